@@ -1,0 +1,21 @@
+"""Protocol features: one module each, each with ``register(router, settings, stores)``.
+
+A feature that is switched off is simply not registered; the core has no
+``if`` for it.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from chatgate.config import Settings
+from chatgate.router import Router
+from chatgate.storage.interfaces import Stores
+
+#: registration order matters only for disco listings
+FEATURES = ("messages", "presence", "roster", "domain_switch", "disco", "ping", "version", "vcard")
+
+
+def register_all(router: Router, settings: Settings, stores: Stores) -> None:
+    for name in FEATURES:
+        import_module(f"chatgate.features.{name}").register(router, settings, stores)

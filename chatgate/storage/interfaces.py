@@ -9,8 +9,8 @@ All methods return Deferreds; blocking I/O never runs on the reactor thread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -148,3 +148,10 @@ class IDirectory(Interface):
 
     def secret(name: str) -> Deferred[bytes]:
         """A 32-byte server secret named *name*, made at first use and then kept."""
+
+
+@dataclass
+class Stores:
+    """The stores a running service uses, handed to every feature's register()."""
+
+    directory: IDirectory

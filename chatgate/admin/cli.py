@@ -1,0 +1,393 @@
+"""chatgate-admin: manage hosted domains and their users from a shell.
+
+It opens the same store as the running service (from tap-config.ini) and
+writes through :class:`~chatgate.storage.interfaces.IDirectory`, so each
+change is recorded in the store's change feed and reaches the service's
+watchers within a poll interval.
+
+Everything a user can get wrong (arguments, addresses, CSV rows, passwords,
+the configuration, the store) is checked before the store is written and
+reported as one line, ``chatgate-admin: <message>``, with exit status 1;
+argparse usage errors exit with 2. Passwords are never printed nor logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+from twisted.internet.task import react
+
+from chatgate.auth.credentials import make_credentials
+from chatgate.config import ConfigError, Settings, load
+from chatgate.jid import parse_domain, parse_user
+from chatgate.storage import open_directory
+from chatgate.storage.interfaces import Credentials, DirectoryError, IDirectory, User
+
+PROG = "chatgate-admin"
+DEFAULT_CONFIG = "tap-config.ini"
+
+#: what a command does once the store is open
+Job = Callable[[IDirectory], Awaitable[None]]
+
+
+class CommandError(Exception):
+    """A mistake in what the user asked for; the message is one line."""
+
+
+# -- the command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Manage chatgate's hosted domains and users.")
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", help=f"configuration file (default: ./{DEFAULT_CONFIG} if present)"
+    )
+    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user}")
+
+    domain = topics.add_parser("domain", help="hosted domains").add_subparsers(dest="action", required=True)
+    for action, prepare, text in (
+        ("add", _domain_add, "host a new domain (chat enabled)"),
+        ("enable", _domain_enable, "turn a domain's chat on"),
+        ("disable", _domain_disable, "turn a domain's chat off (logins refused, sessions closed)"),
+    ):
+        command = domain.add_parser(action, help=text)
+        command.add_argument("domain", metavar="DOMAIN")
+        command.set_defaults(prepare=prepare)
+    domain.add_parser("list", help="list the hosted domains").set_defaults(prepare=_domain_list)
+
+    user_topic = topics.add_parser("user", help="users of hosted domains")
+    user = user_topic.add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", help="add a user")
+    add.add_argument("jid", metavar="JID", help="the user's address, like alice@example.com")
+    add.add_argument("--name", default="", help="full name, shown in rosters")
+    add.add_argument("--title", default="")
+    add.add_argument("--department", default="")
+    add.add_argument("--phone", default="")
+    _password_options(add)
+    add.set_defaults(prepare=_user_add)
+
+    passwd = user.add_parser("passwd", help="set a user's password")
+    passwd.add_argument("jid", metavar="JID")
+    _password_options(passwd)
+    passwd.set_defaults(prepare=_user_passwd)
+
+    remove = user.add_parser("remove", help="remove a user with their credentials and vCard")
+    remove.add_argument("jid", metavar="JID")
+    remove.set_defaults(prepare=_user_remove)
+
+    listing = user.add_parser("list", help="list a domain's users (JID, tab, name)")
+    listing.add_argument("domain", metavar="DOMAIN")
+    listing.set_defaults(prepare=_user_list)
+
+    imports = user.add_parser(
+        "import", help="add users from a CSV file: jid,name,password[,title,department,phone]"
+    )
+    imports.add_argument("file", metavar="FILE.csv")
+    imports.set_defaults(prepare=_user_import)
+    return parser
+
+
+def _password_options(command: argparse.ArgumentParser) -> None:
+    source = command.add_mutually_exclusive_group()
+    source.add_argument("--password", metavar="P", help="the password (visible to other local users)")
+    source.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command and return the exit status.
+
+    Runs the reactor, so it can be called once per process.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return _status(e)
+    try:
+        settings = _settings(args.config)
+        job = args.prepare(args, settings)
+        directory = open_directory(settings)
+    except (CommandError, ConfigError, DirectoryError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return _run(directory, job)
+
+
+def run() -> NoReturn:
+    """The console script's entry point."""
+    sys.exit(main())
+
+
+def _settings(path: str | None) -> Settings:
+    if path is None:
+        settings = load(DEFAULT_CONFIG) if os.path.exists(DEFAULT_CONFIG) else Settings()
+    else:
+        settings = load(path)
+    if settings.storage.backend == "memory":
+        raise CommandError("[storage] backend = memory keeps nothing; chatgate-admin needs sqlite")
+    return settings
+
+
+def _run(directory: IDirectory, job: Job) -> int:
+    """Start the store, do the job, stop the store, all under the reactor."""
+    status = 0
+
+    async def work(reactor: Any) -> None:
+        nonlocal status
+        try:
+            await directory.start()
+        except DirectoryError as e:
+            status = _fail(str(e))
+            return
+        try:
+            await job(directory)
+        except (CommandError, DirectoryError) as e:
+            status = _fail(str(e))
+        except Exception as e:  # a bug, still one line: the user cannot act on a traceback
+            status = _fail(f"unexpected error: {type(e).__name__}: {e}")
+        finally:
+            try:
+                await directory.stop()
+            except Exception as e:
+                status = status or _fail(f"cannot close the store: {e}")
+
+    try:
+        react(work)
+    except SystemExit as e:
+        status = status or _status(e)
+    return status
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 1
+
+
+def _status(exit: SystemExit) -> int:
+    code = exit.code
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+# -- domain commands: each checks its arguments and returns the job
+
+
+def _domain(text: str) -> str:
+    try:
+        return parse_domain(text)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+
+
+def _user(text: str) -> tuple[str, str]:
+    try:
+        return parse_user(text)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+
+
+def _domain_add(args: argparse.Namespace, settings: Settings) -> Job:
+    name = _domain(args.domain)
+
+    async def job(directory: IDirectory) -> None:
+        await directory.add_domain(name)
+        print(f"added domain {name}")
+
+    return job
+
+
+def _domain_list(args: argparse.Namespace, settings: Settings) -> Job:
+    async def job(directory: IDirectory) -> None:
+        for domain in await directory.domains():
+            print(f"{domain.name}  chat {'enabled' if domain.chat_enabled else 'disabled'}")
+
+    return job
+
+
+def _domain_enable(args: argparse.Namespace, settings: Settings) -> Job:
+    return _set_chat(_domain(args.domain), True)
+
+
+def _domain_disable(args: argparse.Namespace, settings: Settings) -> Job:
+    return _set_chat(_domain(args.domain), False)
+
+
+def _set_chat(name: str, enabled: bool) -> Job:
+    async def job(directory: IDirectory) -> None:
+        await directory.set_chat_enabled(name, enabled)
+        print(f"chat {'enabled' if enabled else 'disabled'} for {name}")
+
+    return job
+
+
+# -- user commands
+
+
+def _user_add(args: argparse.Namespace, settings: Settings) -> Job:
+    localpart, domain = _user(args.jid)
+    details = (args.name, args.title, args.department, args.phone)
+    user = User(localpart, domain, *(value.strip() for value in details))
+    credentials = _credentials(_password(args), settings)
+
+    async def job(directory: IDirectory) -> None:
+        await directory.add_user(user, credentials)
+        print(f"added user {user.jid}")
+
+    return job
+
+
+def _user_passwd(args: argparse.Namespace, settings: Settings) -> Job:
+    localpart, domain = _user(args.jid)
+    credentials = _credentials(_password(args), settings)
+
+    async def job(directory: IDirectory) -> None:
+        await directory.set_credentials(domain, localpart, credentials)
+        print(f"changed the password of {localpart}@{domain}")
+
+    return job
+
+
+def _user_remove(args: argparse.Namespace, settings: Settings) -> Job:
+    localpart, domain = _user(args.jid)
+
+    async def job(directory: IDirectory) -> None:
+        await directory.remove_user(domain, localpart)
+        print(f"removed user {localpart}@{domain}")
+
+    return job
+
+
+def _user_list(args: argparse.Namespace, settings: Settings) -> Job:
+    name = _domain(args.domain)
+
+    async def job(directory: IDirectory) -> None:
+        for user in await directory.users(name):
+            print(f"{user.jid}\t{user.name}")
+
+    return job
+
+
+def _user_import(args: argparse.Namespace, settings: Settings) -> Job:
+    path = args.file
+    rows: list[tuple[int, User, Credentials]] = []
+    for line, user, password in _read_csv(path):
+        try:
+            rows.append((line, user, _credentials(password, settings)))
+        except CommandError as e:
+            raise CommandError(f"{path} line {line}: {e}") from None
+
+    async def job(directory: IDirectory) -> None:
+        # every row is checked against the store before the first is written
+        known = {domain.name for domain in await directory.domains()}
+        for line, user, _ in rows:
+            if user.domain not in known:
+                raise CommandError(f"{path} line {line}: unknown domain: {user.domain}")
+            if await directory.user(user.domain, user.localpart) is not None:
+                raise CommandError(f"{path} line {line}: user already exists: {user.jid}")
+        for _, user, credentials in rows:
+            await directory.add_user(user, credentials)
+        print(f"imported {len(rows)} user{'' if len(rows) == 1 else 's'} from {path}")
+
+    return job
+
+
+# -- passwords and CSV files
+
+REQUIRED_COLUMNS = ("jid", "name", "password")
+OPTIONAL_COLUMNS = ("title", "department", "phone")
+
+
+def _read_csv(path: str) -> list[tuple[int, User, str]]:
+    """Read and check every row of a user CSV file: (line number, user, password)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return _parse_csv(path, f)
+    except OSError as e:
+        raise CommandError(f"{path}: cannot read the file: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"{path}: the file is not UTF-8") from None
+
+
+def _parse_csv(path: str, lines: Any) -> list[tuple[int, User, str]]:
+    reader = csv.reader(lines)
+    try:
+        header = [column.strip().lower() for column in next(reader, [])]
+        if not header:
+            raise CommandError(f"{path}: the file is empty (expected a header row: jid,name,password)")
+        for column in header:
+            if column not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+                known = ", ".join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
+                raise CommandError(f"{path} line 1: unknown column {column!r} (known: {known})")
+        if len(set(header)) != len(header):
+            raise CommandError(f"{path} line 1: a column is named twice")
+        for column in REQUIRED_COLUMNS:
+            if column not in header:
+                raise CommandError(f"{path} line 1: missing column {column!r}")
+        rows: list[tuple[int, User, str]] = []
+        seen: dict[str, int] = {}
+        for fields in reader:
+            line = reader.line_num
+            if not any(field.strip() for field in fields):
+                continue  # blank lines are not rows
+            if len(fields) != len(header):
+                raise CommandError(f"{path} line {line}: expected {len(header)} fields, found {len(fields)}")
+            row = dict(zip(header, fields, strict=True))
+            try:
+                localpart, domain = parse_user(row["jid"].strip())
+            except ValueError as e:
+                raise CommandError(f"{path} line {line}: {e}") from None
+            jid = f"{localpart}@{domain}"
+            if jid in seen:
+                raise CommandError(f"{path} line {line}: {jid} is already on line {seen[jid]}")
+            seen[jid] = line
+            if not row["password"]:
+                raise CommandError(f"{path} line {line}: the password is empty")
+            details = {column: row.get(column, "").strip() for column in ("name",) + OPTIONAL_COLUMNS}
+            rows.append((line, User(localpart, domain, **details), row["password"]))
+    except csv.Error as e:
+        raise CommandError(f"{path} line {reader.line_num}: {e}") from None
+    if not rows:
+        raise CommandError(f"{path}: no users in the file")
+    return rows
+
+
+def _password(args: argparse.Namespace) -> str:
+    """The password from --password, --password-stdin or, on a terminal, a prompt."""
+    if args.password is not None:
+        password = args.password
+    elif args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Password again: ") != password:
+                raise CommandError("the passwords do not match")
+        except EOFError:
+            raise CommandError("no password given") from None
+    else:
+        raise CommandError("no password: give --password or --password-stdin (stdin is not a terminal)")
+    if not password:
+        raise CommandError("the password is empty")
+    return password
+
+
+def _credentials(password: str, settings: Settings) -> Credentials:
+    try:
+        return make_credentials(password, settings.auth.scram_iterations)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+
+
+if __name__ == "__main__":
+    run()

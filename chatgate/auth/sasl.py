@@ -1,0 +1,229 @@
+"""Server side of SASL (RFC 6120 §6; RFC 4422): SCRAM-SHA-256, SCRAM-SHA-1, PLAIN.
+
+SCRAM (RFC 5802, RFC 7677) runs through ``scramp``; PLAIN (RFC 4616) checks
+the password against the same stored SCRAM keys, off the reactor thread.
+
+No user enumeration: an unknown user gets a salt derived from a server secret
+and the configured iteration count, exactly as a real one, and fails at the
+same (final) step with the same condition; for PLAIN the same key derivation
+runs against throw-away keys. A user of a domain whose chat is disabled learns
+it (``account-disabled``) only after proving the password.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+
+from scramp import ScramException, ScramMechanism
+from twisted.internet import defer, threads
+from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
+
+from chatgate.auth.credentials import make_credentials, verify_password
+from chatgate.domains import HostedDomains
+from chatgate.storage.interfaces import Credentials, IDirectory, ScramKeys
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
+
+
+class SASLFailure(Exception):
+    """An RFC 6120 §6.5 failure condition, with an optional text."""
+
+    def __init__(self, condition: str, text: str | None = None) -> None:
+        super().__init__(condition)
+        self.condition = condition
+        self.text = text
+
+
+@dataclass
+class Step:
+    """What the server answers to one client message: a challenge, or success."""
+
+    data: bytes | None
+    done: bool = False
+
+
+def decode(text: str) -> bytes | None:
+    """The bytes of an <auth/> or <response/> text: None for no data, b'' for '='."""
+    text = text.strip()
+    if not text:
+        return None
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SASLFailure("incorrect-encoding") from None
+
+
+class Authenticator:
+    """Knows the mechanisms and checks proofs against the directory."""
+
+    def __init__(self, directory: IDirectory, domains: HostedDomains, iterations: int) -> None:
+        self.directory = directory
+        self.domains = domains
+        self.iterations = iterations
+        self._secret = b""
+        self._decoy: Credentials | None = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Load the secret that fakes salts for unknown users."""
+        self._secret = yield self.directory.secret("sasl-decoy")
+        self._decoy = make_credentials(os.urandom(16).hex(), self.iterations)
+
+    def mechanisms(self, secure: bool, allow_plain_insecure: bool) -> list[str]:
+        plain = ["PLAIN"] if secure or allow_plain_insecure else []
+        return [*SCRAM_MECHANISMS, *plain]
+
+    def exchange(self, mechanism: str, domain: str, secure: bool, allow_plain_insecure: bool) -> Exchange:
+        """A new authentication attempt with *mechanism* for a user of *domain*."""
+        if mechanism not in self.mechanisms(secure, allow_plain_insecure):
+            if mechanism == "PLAIN":
+                raise SASLFailure("encryption-required")
+            raise SASLFailure("invalid-mechanism")
+        if mechanism == "PLAIN":
+            return PlainExchange(self, domain)
+        return ScramExchange(self, domain, mechanism)
+
+    # -- helpers for exchanges
+
+    def decoy_keys(self, mechanism: str, domain: str, localpart: str) -> ScramKeys:
+        """Keys for an unknown user: a stable salt that reveals nothing."""
+        digest = hashlib.sha256 if mechanism == "SCRAM-SHA-256" else hashlib.sha1
+        salt = hmac.new(self._secret, f"{mechanism}\0{localpart}@{domain}".encode(), hashlib.sha256).digest()[:16]
+        size = digest().digest_size
+        return ScramKeys(salt, os.urandom(size), os.urandom(size), self.iterations)
+
+    def prepare_user(self, name: str, domain: str) -> str:
+        """The localpart a client names, as a bare localpart or a full address."""
+        if "@" in name:
+            name, _, host = name.rpartition("@")
+            if host.lower() != domain:
+                raise SASLFailure("not-authorized")
+        try:
+            localpart = nodeprep.prepare(name)
+        except UnicodeError:
+            raise SASLFailure("not-authorized") from None
+        if not localpart or len(localpart.encode()) > 1023:
+            raise SASLFailure("not-authorized")
+        return localpart
+
+    def check_enabled(self, domain: str) -> None:
+        if not self.domains.chat_enabled(domain):
+            raise SASLFailure("account-disabled", f"Chat is disabled for {domain}")
+
+
+class Exchange:
+    """One authentication attempt; ``localpart`` is set once it succeeded."""
+
+    mechanism = ""
+
+    def __init__(self, authenticator: Authenticator, domain: str) -> None:
+        self.authenticator = authenticator
+        self.domain = domain
+        self.localpart: str | None = None
+
+    def step(self, data: bytes | None) -> defer.Deferred[Step]:
+        raise NotImplementedError
+
+
+class PlainExchange(Exchange):
+    """RFC 4616: authzid NUL authcid NUL password, in one message."""
+
+    mechanism = "PLAIN"
+
+    @defer.inlineCallbacks
+    def step(self, data):
+        if data is None:
+            return Step(b"")  # empty challenge: the client sends its response next
+        try:
+            authzid, authcid, password = data.decode("utf-8").split("\0")
+        except (UnicodeDecodeError, ValueError):
+            raise SASLFailure("malformed-request") from None
+        a = self.authenticator
+        localpart = a.prepare_user(authcid, self.domain)
+        if authzid and authzid.lower() != f"{localpart}@{self.domain}":
+            raise SASLFailure("invalid-authzid")
+        credentials = yield a.directory.credentials(self.domain, localpart)
+        valid = yield threads.deferToThread(verify_password, credentials or a._decoy, password)
+        if not (valid and credentials):
+            raise SASLFailure("not-authorized")
+        a.check_enabled(self.domain)
+        self.localpart = localpart
+        return Step(None, done=True)
+
+
+class ScramExchange(Exchange):
+    """RFC 5802: client-first, server-first, client-final, server-final."""
+
+    def __init__(self, authenticator: Authenticator, domain: str, mechanism: str) -> None:
+        super().__init__(authenticator, domain)
+        self.mechanism = mechanism
+        self._server = None
+        self._candidate: str | None = None
+        self._known = False
+
+    @defer.inlineCallbacks
+    def step(self, data):
+        if data is None:
+            if self._server is None:
+                return Step(b"")
+            raise SASLFailure("malformed-request")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SASLFailure("malformed-request") from None
+        if self._server is None:
+            return (yield self._client_first(text))
+        return self._client_final(text)
+
+    @defer.inlineCallbacks
+    def _client_first(self, text: str):
+        a = self.authenticator
+        username, authzid = _scram_names(text)
+        localpart = a.prepare_user(username, self.domain)
+        if authzid and authzid.lower() != f"{localpart}@{self.domain}":
+            raise SASLFailure("invalid-authzid")
+        credentials = yield a.directory.credentials(self.domain, localpart)
+        keys = (credentials or {}).get(self.mechanism)
+        self._known = keys is not None
+        if keys is None:
+            keys = a.decoy_keys(self.mechanism, self.domain, localpart)
+        self._candidate = localpart
+        auth_info = (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
+        self._server = ScramMechanism(self.mechanism).make_server(lambda _name: auth_info)
+        try:
+            self._server.set_client_first(text)
+            return Step(self._server.get_server_first().encode())
+        except ScramException:
+            raise SASLFailure("malformed-request") from None
+
+    def _client_final(self, text: str) -> Step:
+        try:
+            self._server.set_client_final(text)
+            final = self._server.get_server_final()
+        except ScramException:
+            raise SASLFailure("not-authorized") from None
+        if not self._known:  # cannot happen with random decoy keys; never let it through
+            raise SASLFailure("not-authorized")
+        self.authenticator.check_enabled(self.domain)
+        self.localpart = self._candidate
+        return Step(final.encode(), done=True)
+
+
+def _scram_names(client_first: str) -> tuple[str, str]:
+    """(username, authzid) from a SCRAM client-first message (RFC 5802 §5.1)."""
+    parts = client_first.split(",", 3)
+    if len(parts) < 4 or not parts[2].startswith("n="):
+        raise SASLFailure("malformed-request")
+    authzid = parts[1][2:] if parts[1].startswith("a=") else ""
+
+    def unescape(value: str) -> str:
+        return value.replace("=2C", ",").replace("=3D", "=")
+
+    return unescape(parts[2][2:]), unescape(authzid)

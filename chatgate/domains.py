@@ -1,0 +1,96 @@
+"""The hosted domains and their users, as the router sees them.
+
+An in-memory mirror of the directory (IDirectory), loaded at start and kept
+current by the directory's change feed, so that routing a stanza, building a
+roster or fanning presence out never waits on the store. Credentials and
+vCards are not mirrored: they are read when a login or a vCard asks for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from chatgate.storage.interfaces import Change, Domain, IDirectory, User
+
+log = Logger()
+
+#: told each change once the mirror reflects it: (change, user or None)
+ChangeListener = Callable[[Change, "User | None"], None]
+
+
+class HostedDomains:
+    """Domains -> users, mirrored from an IDirectory."""
+
+    def __init__(self, directory: IDirectory) -> None:
+        self.directory = directory
+        self._domains: dict[str, Domain] = {}
+        self._users: dict[str, dict[str, User]] = {}
+        self._listeners: list[ChangeListener] = []
+        # Changes are applied one after another, in the order the feed told them.
+        self._queue = defer.DeferredLock()
+
+    @defer.inlineCallbacks
+    def load(self):
+        """Read every domain and user, then follow the change feed."""
+        self.directory.watch(self._changed)
+        for domain in (yield self.directory.domains()):
+            self._domains[domain.name] = domain
+            users = yield self.directory.users(domain.name)
+            self._users[domain.name] = {u.localpart: u for u in users}
+
+    def listen(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    # -- queries (synchronous, in memory)
+
+    def is_hosted(self, domain: str) -> bool:
+        return domain in self._domains
+
+    def chat_enabled(self, domain: str) -> bool:
+        d = self._domains.get(domain)
+        return d is not None and d.chat_enabled
+
+    def user(self, domain: str, localpart: str | None) -> User | None:
+        return self._users.get(domain, {}).get(localpart or "")
+
+    def users(self, domain: str) -> list[User]:
+        """Users of *domain*, sorted by localpart."""
+        return sorted(self._users.get(domain, {}).values(), key=lambda u: u.localpart)
+
+    def names(self) -> list[str]:
+        return sorted(self._domains)
+
+    # -- the change feed
+
+    def _changed(self, change: Change) -> None:
+        self._queue.run(self._apply, change).addErrback(
+            lambda f: log.failure("applying directory change {change}", f, change=change)
+        )
+
+    @defer.inlineCallbacks
+    def _apply(self, change: Change):
+        user = None
+        kind, name = change.kind, change.domain
+        if kind == "domain-added":
+            self._domains[name] = Domain(name, True)
+            self._users.setdefault(name, {})
+        elif kind in ("domain-enabled", "domain-disabled"):
+            if name in self._domains:
+                self._domains[name] = Domain(name, kind == "domain-enabled")
+        elif kind in ("user-added", "user-changed"):
+            user = yield self.directory.user(name, change.localpart)
+            if user is None:  # removed again since; the removal follows in the feed
+                return
+            self._users.setdefault(name, {})[user.localpart] = user
+        elif kind == "user-removed":
+            user = self._users.get(name, {}).pop(change.localpart or "", None)
+            if user is None:
+                return
+        for listener in self._listeners:
+            try:
+                listener(change, user)
+            except Exception:
+                log.failure("listener of directory change {change}", change=change)

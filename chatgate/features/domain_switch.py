@@ -1,0 +1,20 @@
+"""The per-domain chat switch: disabling a domain's chat closes its sessions.
+
+New logins are refused by SASL (<account-disabled/>, see auth/sasl.py); the
+sessions already open end with <policy-violation/> and a text saying why, as
+soon as the directory's change feed tells this process.
+"""
+
+from __future__ import annotations
+
+from chatgate.config import Settings
+from chatgate.router import Router
+from chatgate.storage.interfaces import Change, Stores, User
+
+
+def register(router: Router, settings: Settings, stores: Stores) -> None:
+    def changed(change: Change, user: User | None) -> None:
+        if change.kind == "domain-disabled":
+            router.close_sessions(change.domain, None, "policy-violation", f"Chat is disabled for {change.domain}")
+
+    router.domains.listen(changed)

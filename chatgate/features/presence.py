@@ -1,0 +1,151 @@
+"""Presence within a domain (RFC 6121 §4, §8.5.2.1.2, §8.5.3.1).
+
+Everyone of a domain is subscribed to everyone (the domain roster), so
+broadcast presence goes to every available resource of the domain, the
+sender's own resources included (§4.2.2), and a resource becoming available
+receives the presence of every available resource of the domain. Presence is
+per resource: one going unavailable never changes another. Subscription
+requests need no approval: a ``subscribe`` is answered ``subscribed`` at once
+(§3.1.3), the other subscription types change nothing and are ignored (§3.2-3.3
+allow it when the state does not change).
+"""
+
+from __future__ import annotations
+
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+
+from chatgate.config import Settings
+from chatgate.router import CLIENT_NS, Router, StanzaError
+from chatgate.session import Session
+from chatgate.storage.interfaces import Stores
+
+_SUBSCRIPTION = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
+
+
+def unavailable(session: Session) -> domish.Element:
+    presence = domish.Element((CLIENT_NS, "presence"))
+    presence["from"] = session.full
+    presence["type"] = "unavailable"
+    return presence
+
+
+def _send(presence: domish.Element, to: Session) -> None:
+    # Transports serialize at once, so one element serves every recipient.
+    presence["to"] = to.full
+    to.send(presence)
+
+
+def _priority(stanza: domish.Element) -> int:
+    for child in stanza.elements(CLIENT_NS, "priority"):
+        try:
+            value = int(str(child).strip())
+        except ValueError:
+            raise StanzaError("bad-request", "priority must be a number") from None
+        if not -128 <= value <= 127:
+            raise StanzaError("bad-request", "priority must be between -128 and 127")
+        return value
+    return 0
+
+
+class Presence:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def broadcast(self, stanza: domish.Element, sender: Session, to: JID) -> None:
+        """Presence with no 'to': the resource's own availability (§4.2, §4.4, §4.5)."""
+        ptype = stanza.getAttribute("type")
+        if ptype is None:
+            sender.priority = _priority(stanza)
+            first = not sender.available
+            sender.presence = stanza
+            for session in self.available(sender.domain):
+                _send(stanza, session)
+            if first:
+                self.tell_current(sender)
+        elif ptype == "unavailable":
+            self.leave(sender, stanza)
+        elif ptype not in _SUBSCRIPTION and ptype != "probe":
+            raise StanzaError("bad-request", f"unknown presence type {ptype}")
+
+    def available(self, domain: str) -> list[Session]:
+        return [s for s in self.router.domain_sessions(domain) if s.available]
+
+    def tell_current(self, newcomer: Session) -> None:
+        """Send a newly available resource everyone's current presence (§4.2.2)."""
+        for session in self.available(newcomer.domain):
+            if session is not newcomer:
+                _send(session.presence, newcomer)
+
+    def leave(self, sender: Session, stanza: domish.Element | None = None) -> None:
+        """The resource goes unavailable: tell the domain and its directed-presence peers."""
+        if not sender.available and not sender.directed:
+            return
+        stanza = stanza if stanza is not None else unavailable(sender)
+        stanza["from"] = sender.full
+        was_available = sender.available
+        sender.presence = None
+        told = set()
+        if was_available:
+            for session in self.available(sender.domain):
+                _send(stanza, session)
+                told.add(session.full)
+        for full in sender.directed - told:
+            target = JID(full)
+            session = self.router.resources(target.userhost()).get(target.resource)
+            if session is not None:
+                _send(stanza, session)
+        sender.directed.clear()
+
+    def directed(self, stanza: domish.Element, sender: Session, to: JID) -> None:
+        """Presence sent to one user or resource of the domain."""
+        ptype = stanza.getAttribute("type")
+        if ptype == "probe":
+            self.probe(sender, to)
+        elif ptype == "subscribe":
+            self.subscribed(sender, to)
+        elif ptype in _SUBSCRIPTION:
+            return
+        elif ptype in (None, "unavailable"):
+            targets = self.router.resources(to.userhost())
+            if to.resource:
+                target = targets.get(to.resource)
+                recipients = [target] if target is not None else []
+            else:
+                recipients = [s for s in targets.values() if s.available]
+            for session in recipients:
+                _send(stanza, session)
+            if ptype is None:
+                sender.directed.update(s.full for s in recipients)
+            else:
+                sender.directed.difference_update(s.full for s in recipients)
+        else:
+            raise StanzaError("bad-request", f"unknown presence type {ptype}")
+
+    def probe(self, sender: Session, to: JID) -> None:
+        """Answer a probe with the contact's current presence (§4.3.2)."""
+        sessions = [s for s in self.router.resources(to.userhost()).values() if s.available]
+        for session in sessions:
+            _send(session.presence, sender)
+        if not sessions:
+            presence = domish.Element((CLIENT_NS, "presence"))
+            presence["from"] = to.userhost()
+            presence["type"] = "unavailable"
+            _send(presence, sender)
+
+    def subscribed(self, sender: Session, to: JID) -> None:
+        """Every user of a domain is subscribed already: approve at once (§3.1.3)."""
+        presence = domish.Element((CLIENT_NS, "presence"))
+        presence["from"] = to.userhost()
+        presence["type"] = "subscribed"
+        _send(presence, sender)
+        self.probe(sender, to)
+
+
+def register(router: Router, settings: Settings, stores: Stores) -> None:
+    presence = Presence(router)
+    router.handle("presence/broadcast", presence.broadcast)
+    router.handle("presence/bare", presence.directed)
+    router.handle("presence/full", presence.directed)
+    router.handle("presence/host", lambda stanza, sender, to: None)  # nothing to tell the server
+    router.listen("session-ended", presence.leave)

@@ -1,0 +1,356 @@
+"""The in-memory router: who is online where, and where each stanza goes.
+
+Implements the server side of RFC 6120 §8.1 (addressing, 'from' stamping),
+§8.3 (stanza errors) and §10 (server rules for processing XML stanzas), and
+the delivery rules of RFC 6121 §8 for chatgate's sealed domains: nothing
+crosses from one hosted domain to another.
+
+Dispatch: each stanza gets one key, looked up in a dict — O(1) whatever the
+number of features. IQ get/set keys name the payload
+(``iq-get/host/urn:xmpp:ping:ping``); message and presence keys name the
+addressing only (``message/bare``, ``presence/broadcast``). Features register
+handlers for keys with :meth:`Router.handle` and follow events with
+:meth:`Router.listen`; the router itself knows no feature.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.xish import domish
+
+from chatgate.domains import HostedDomains
+from chatgate.session import Session
+
+CLIENT_NS = "jabber:client"
+STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+# RFC 6120 §8.3.3: the error type each condition goes with.
+_ERROR_TYPES = {
+    "bad-request": "modify",
+    "conflict": "cancel",
+    "feature-not-implemented": "cancel",
+    "forbidden": "auth",
+    "internal-server-error": "cancel",
+    "item-not-found": "cancel",
+    "jid-malformed": "modify",
+    "not-acceptable": "modify",
+    "not-allowed": "cancel",
+    "not-authorized": "auth",
+    "policy-violation": "modify",
+    "recipient-unavailable": "wait",
+    "resource-constraint": "wait",
+    "service-unavailable": "cancel",
+    "undefined-condition": "cancel",
+    "unexpected-request": "wait",
+}
+
+Handler = Callable[[domish.Element, Session, JID], Any]
+
+log = Logger()
+
+
+class StanzaError(Exception):
+    """Raised by a handler to answer the stanza with an RFC 6120 §8.3 error."""
+
+    def __init__(self, condition: str, text: str | None = None) -> None:
+        super().__init__(condition)
+        self.condition = condition
+        self.text = text
+
+
+def error_reply(stanza: domish.Element, condition: str, text: str | None = None) -> domish.Element:
+    """The error stanza answering *stanza* (RFC 6120 §8.3.1): addresses swapped."""
+    reply = domish.Element((CLIENT_NS, stanza.name))
+    for attr in ("id", "xml:lang"):
+        if stanza.hasAttribute(attr):
+            reply[attr] = stanza[attr]
+    if stanza.hasAttribute("from"):
+        reply["to"] = stanza["from"]
+    if stanza.hasAttribute("to"):
+        reply["from"] = stanza["to"]
+    reply["type"] = "error"
+    error = reply.addElement("error")
+    error["type"] = _ERROR_TYPES.get(condition, "cancel")
+    error.addElement((STANZAS_NS, condition))
+    if text:
+        error.addElement((STANZAS_NS, "text"), content=text)
+    return reply
+
+
+def iq_result(iq: domish.Element) -> domish.Element:
+    """An empty result for *iq*, from whom it was sent to."""
+    reply = domish.Element((CLIENT_NS, "iq"))
+    reply["type"] = "result"
+    reply["id"] = iq.getAttribute("id", "")
+    if iq.hasAttribute("from"):
+        reply["to"] = iq["from"]
+    if iq.hasAttribute("to"):
+        reply["from"] = iq["to"]
+    return reply
+
+
+def first_child(stanza: domish.Element) -> domish.Element | None:
+    for child in stanza.elements():
+        return child
+    return None
+
+
+class Router:
+    """Sessions by bare JID and resource, per-domain online sets, delivery."""
+
+    def __init__(self, domains: HostedDomains, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.domains = domains
+        self.clock = clock
+        #: bare JID -> resource -> Session
+        self.sessions: dict[str, dict[str, Session]] = {}
+        #: domain -> bare JIDs with at least one bound resource
+        self.online: dict[str, set[str]] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._listeners: dict[str, list[Callable[..., Any]]] = {}
+        #: what disco#info announces for the server and for accounts (XEP-0030)
+        self.server_features: set[str] = set()
+        self.account_features: set[str] = set()
+        #: id of a server-originated IQ -> (full JID asked, its Deferred)
+        self._pending: dict[str, tuple[str, defer.Deferred[domish.Element]]] = {}
+        self._ids = itertools.count(1)
+
+    # -- registration
+
+    def handle(self, key: str, handler: Handler) -> None:
+        """Make *handler* the one for stanzas whose dispatch key is *key*."""
+        if key in self._handlers:
+            raise ValueError(f"two handlers for {key}")
+        self._handlers[key] = handler
+
+    def listen(self, event: str, listener: Callable[..., Any]) -> None:
+        """Follow *event*: ``session-bound``, ``session-ended``,
+        ``message-undeliverable`` (a listener returning True took the message)."""
+        self._listeners.setdefault(event, []).append(listener)
+
+    def emit(self, event: str, *args: Any) -> bool:
+        """Tell every listener of *event*; True when one of them returned True."""
+        taken = False
+        for listener in self._listeners.get(event, ()):
+            try:
+                taken = bool(listener(*args)) or taken
+            except Exception:
+                log.failure("listener of {event} failed", event=event)
+        return taken
+
+    # -- sessions
+
+    def bind(self, session: Session) -> None:
+        """Make *session* reachable; an older session on the same resource is
+        replaced and closed with <conflict/> (RFC 6120 §7.7.2.2)."""
+        resources = self.sessions.setdefault(session.bare, {})
+        old = resources.get(session.jid.resource)
+        if old is not None:
+            self.unbind(old)
+            old.close("conflict", "Replaced by a new login on the same resource")
+            resources = self.sessions.setdefault(session.bare, {})
+        resources[session.jid.resource] = session
+        self.online.setdefault(session.domain, set()).add(session.bare)
+        self.emit("session-bound", session)
+
+    def unbind(self, session: Session) -> None:
+        """Forget *session*; listeners see it go (presence sends unavailable)."""
+        resources = self.sessions.get(session.bare)
+        if not resources or resources.get(session.jid.resource) is not session:
+            return
+        del resources[session.jid.resource]
+        if not resources:
+            del self.sessions[session.bare]
+            domain_online = self.online.get(session.domain)
+            if domain_online is not None:
+                domain_online.discard(session.bare)
+                if not domain_online:
+                    del self.online[session.domain]
+        self.emit("session-ended", session)
+
+    def resources(self, bare: str) -> dict[str, Session]:
+        return self.sessions.get(bare, {})
+
+    def domain_sessions(self, domain: str) -> list[Session]:
+        """Every bound session of *domain*."""
+        return [s for bare in self.online.get(domain, ()) for s in self.sessions[bare].values()]
+
+    def close_sessions(self, domain: str, localpart: str | None, condition: str, text: str) -> None:
+        """Close the sessions of a user, or of a whole domain when *localpart* is None."""
+        if localpart is None:
+            victims = self.domain_sessions(domain)
+        else:
+            victims = list(self.resources(f"{localpart}@{domain}").values())
+        for session in victims:
+            session.close(condition, text)
+
+    # -- routing
+
+    def route(self, stanza: domish.Element, sender: Session) -> None:
+        """Route one stanza a client sent (RFC 6120 §8.1, §10; RFC 6121 §8)."""
+        stanza["from"] = sender.full
+        kind = stanza.name
+        stype = stanza.getAttribute("type")
+        raw_to = stanza.getAttribute("to")
+        if raw_to is None:
+            to = None
+        else:
+            try:
+                to = JID(raw_to)
+            except InvalidFormat:
+                self._bounce(stanza, sender, "jid-malformed")
+                return
+        if to is not None and to.host != sender.domain:
+            # Hosted domains are sealed from each other and from the world.
+            self._bounce(stanza, sender, "service-unavailable")
+            return
+
+        if to is None:
+            if kind == "presence":
+                addr = "broadcast"
+            else:
+                # RFC 6120 §10.3: no 'to' means the sender's own account.
+                addr = "bare"
+                to = JID(tuple=(sender.jid.user, sender.domain, None))
+        elif to.user is None:
+            addr = "host"
+        else:
+            addr = "full" if to.resource else "bare"
+            if self.domains.user(to.host, to.user) is None:
+                # RFC 6121 §8.5.1: no such user.
+                if kind != "presence":
+                    self._bounce(stanza, sender, "service-unavailable")
+                return
+
+        if kind == "iq":
+            if stype in ("get", "set"):
+                payload = first_child(stanza)
+                if payload is None:
+                    self._bounce(stanza, sender, "bad-request")
+                    return
+                key = f"iq-{stype}/{addr}/{payload.uri}:{payload.name}"
+                handler = self._handlers.get(key)
+                if handler is None:
+                    if addr == "full":
+                        handler = self.deliver_iq
+                    else:
+                        self._bounce(stanza, sender, "service-unavailable")
+                        return
+            elif stype in ("result", "error"):
+                if addr == "host":
+                    self._answered(stanza)
+                elif addr == "full":
+                    self.deliver_iq(stanza, sender, to)
+                return
+            else:
+                self._bounce(stanza, sender, "bad-request")
+                return
+        else:
+            handler = self._handlers.get(f"{kind}/{addr}")
+            if handler is None:
+                if stype != "error":
+                    self._bounce(stanza, sender, "service-unavailable")
+                return
+        self._call(handler, stanza, sender, to)
+
+    def _call(self, handler: Handler, stanza: domish.Element, sender: Session, to: JID) -> None:
+        try:
+            result = handler(stanza, sender, to)
+        except Exception:
+            self._failed(Failure(), stanza, sender)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._failed, stanza, sender)
+
+    def _failed(self, failure: Failure, stanza: domish.Element, sender: Session) -> None:
+        if failure.check(StanzaError):
+            error = failure.value
+            self._bounce(stanza, sender, error.condition, error.text)
+        else:
+            log.failure("handling {kind} from {sender}", failure, kind=stanza.name, sender=sender.full)
+            self._bounce(stanza, sender, "internal-server-error")
+
+    def _bounce(self, stanza: domish.Element, sender: Session, condition: str, text: str | None = None) -> None:
+        """Answer *stanza* with an error, never an error with an error (§8.3.1)."""
+        if stanza.getAttribute("type") != "error":
+            reply = error_reply(stanza, condition, text)
+            if not reply.hasAttribute("from"):
+                reply["from"] = sender.domain
+            sender.send(reply)
+
+    def bounce(self, stanza: domish.Element, sender: Session, condition: str, text: str | None = None) -> None:
+        """Public form of :meth:`_bounce`, for features."""
+        self._bounce(stanza, sender, condition, text)
+
+    # -- delivery (RFC 6121 §8.5)
+
+    def deliver_iq(self, stanza: domish.Element, sender: Session, to: JID) -> None:
+        """An IQ to a full JID reaches that resource or bounces (§8.5.3.1)."""
+        target = self.resources(to.userhost()).get(to.resource)
+        if target is None:
+            self._bounce(stanza, sender, "service-unavailable")
+        else:
+            target.send(stanza)
+
+    def deliver_message(self, stanza: domish.Element, sender: Session | None, to: JID) -> None:
+        """A message to a user of the sender's domain (§8.5.2, §8.5.3)."""
+        mtype = stanza.getAttribute("type", "normal")
+        bare = to.userhost()
+        resources = self.sessions.get(bare, {})
+        if to.resource:
+            target = resources.get(to.resource)
+            if target is not None:
+                target.send(stanza)
+                return
+            if mtype not in ("normal", "chat"):
+                if mtype == "groupchat" and sender is not None:
+                    self._bounce(stanza, sender, "service-unavailable")
+                return
+        if mtype == "error":
+            return
+        if mtype == "groupchat":
+            if sender is not None:
+                self._bounce(stanza, sender, "service-unavailable")
+            return
+        targets = [s for s in resources.values() if s.available and s.priority >= 0]
+        if targets:
+            for target in targets:
+                target.send(stanza)
+        elif mtype != "headline" and not self.emit("message-undeliverable", stanza, bare):
+            if sender is not None:
+                self._bounce(stanza, sender, "service-unavailable")
+
+    # -- server-originated requests
+
+    def request(self, session: Session, iq: domish.Element, timeout: float) -> defer.Deferred[domish.Element]:
+        """Send an IQ from the server to *session*; fires with the result,
+        fails with StanzaError for an error reply or TimeoutError."""
+        iq_id = f"cg{next(self._ids)}"
+        iq["id"] = iq_id
+        iq["from"] = session.domain
+        iq["to"] = session.full
+        d: defer.Deferred[domish.Element] = defer.Deferred(lambda _: self._pending.pop(iq_id, None))
+        self._pending[iq_id] = (session.full, d)
+        d.addTimeout(timeout, self.clock)
+        session.send(iq)
+        return d
+
+    def _answered(self, stanza: domish.Element) -> None:
+        iq_id = stanza.getAttribute("id", "")
+        pending = self._pending.get(iq_id)
+        if pending is None or pending[0] != stanza["from"]:
+            return
+        del self._pending[iq_id]
+        d = pending[1]
+        if stanza.getAttribute("type") == "result":
+            d.callback(stanza)
+        else:
+            d.errback(StanzaError("undefined-condition", "the client answered with an error"))

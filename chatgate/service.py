@@ -1,0 +1,132 @@
+"""The composition root: builds stores, router, features and listeners.
+
+Nothing else wires parts together. ``twistd chatgate`` calls
+:func:`makeService`; a bad configuration stops the start with one line.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.logger import Logger
+
+from chatgate.auth.credentials import make_credentials
+from chatgate.auth.sasl import Authenticator
+from chatgate.config import ConfigError, Settings, load
+from chatgate.domains import HostedDomains
+from chatgate.features import register_all
+from chatgate.router import Router
+from chatgate.storage import open_directory
+from chatgate.storage.interfaces import Stores, User
+from chatgate.tls import context_factory, ensure_certificate
+from chatgate.transports.c2s import C2SFactory
+
+log = Logger()
+
+DEMO_USERS = (("alice", "Alice Archer"), ("bob", "Bob Baker"), ("carol", "Carol Carter"))
+
+
+class ChatService(service.Service):
+    """One chatgate node: its stores, router, features and listening ports."""
+
+    name = "chatgate"
+
+    def __init__(self, settings: Settings, tls_context: Any, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.settings = settings
+        self.tls_context = tls_context
+        self.directory = open_directory(settings)
+        self.stores = Stores(directory=self.directory)
+        self.domains = HostedDomains(self.directory)
+        self.router = Router(self.domains, clock=reactor)
+        self.authenticator = Authenticator(self.directory, self.domains, settings.auth.scram_iterations)
+        register_all(self.router, settings, self.stores)
+        self.ports: list[Any] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self._starting = self._start()
+        self._starting.addErrback(self._start_failed)
+
+    @defer.inlineCallbacks
+    def _start(self):
+        yield self.directory.start()
+        yield self.domains.load()
+        yield self.authenticator.start()
+        if self.settings.demo.create and not self.domains.names():
+            yield self._create_demo()
+        self._listen()
+        self.router.emit("service-started")
+        log.info("chatgate ready: domains {domains}", domains=", ".join(self.domains.names()) or "(none)")
+
+    def _listen(self) -> None:
+        x = self.settings.xmpp
+        plain = C2SFactory(self.router, self.authenticator, self.settings, self.tls_context, clock=self.reactor)
+        direct = C2SFactory(self.router, self.authenticator, self.settings, self.tls_context,
+                            direct_tls=True, clock=self.reactor)
+        for interface in x.interfaces:
+            for port in (x.port, *x.extra_ports):
+                self.ports.append(self.reactor.listenTCP(port, plain, backlog=1024, interface=interface))
+                log.info("XMPP (c2s, STARTTLS) on {interface} port {port}", interface=interface, port=port)
+            if x.direct_tls_port:
+                self.ports.append(
+                    self.reactor.listenSSL(x.direct_tls_port, direct, self.tls_context, backlog=1024,
+                                           interface=interface)
+                )
+                log.info("XMPP (c2s, direct TLS) on {interface} port {port}", interface=interface,
+                         port=x.direct_tls_port)
+
+    def _start_failed(self, failure: Any) -> None:
+        if failure.check(error.CannotListenError):
+            e = failure.value
+            log.critical("chatgate: cannot listen on {iface} port {port}: {reason}",
+                         iface=e.interface or "*", port=e.port, reason=e.socketError)
+        else:
+            log.failure("chatgate could not start", failure)
+        self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def _create_demo(self):
+        domain = self.settings.demo.domain
+        yield self.directory.add_domain(domain)
+        lines = []
+        for localpart, name in DEMO_USERS:
+            password = secrets.token_urlsafe(9)
+            credentials = make_credentials(password, self.settings.auth.scram_iterations)
+            yield self.directory.add_user(User(localpart, domain, name=name), credentials)
+            lines.append(f"  {localpart}@{domain}  password: {password}")
+        log.info("created the demo domain {domain} with users {users}", domain=domain,
+                 users=", ".join(u for u, _ in DEMO_USERS))
+        # Shown once on the console, never written to the log.
+        banner = "\n".join(["", "chatgate demo accounts (shown once):", *lines, ""])
+        sys.__stdout__.write(banner + "\n")
+        sys.__stdout__.flush()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        self.router.emit("service-stopping")
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        for resources in list(self.router.sessions.values()):
+            for session in list(resources.values()):
+                session.close("system-shutdown", "The server is stopping")
+        yield self.directory.stop()
+
+
+def makeService(config_path: str) -> service.IService:
+    """Build the chatgate service from *config_path*; exits with one line on a bad config."""
+    try:
+        settings = load(config_path)
+        cert, key = settings.path(settings.tls.certificate), settings.path(settings.tls.key)
+        if ensure_certificate(cert, key, [settings.demo.domain]):
+            log.info("made a self-signed TLS certificate {cert}", cert=cert)
+        tls_context = context_factory(cert, key)
+    except ConfigError as e:
+        raise SystemExit(f"chatgate: {e}") from None
+    return ChatService(settings, tls_context)

@@ -1,0 +1,151 @@
+"""An in-memory IDirectory: for tests and throw-away demos, gone at exit.
+
+It keeps the contract of the durable backends (same errors, same sorting,
+every mutation told to the watchers) but tells watchers synchronously, right
+after the mutation, since there is no other process to hear from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatgate.storage.interfaces import (
+    Change,
+    Credentials,
+    DirectoryWatcher,
+    Domain,
+    DuplicateDomain,
+    DuplicateUser,
+    IDirectory,
+    UnknownDomain,
+    UnknownUser,
+    User,
+)
+
+log = Logger()
+
+
+@implementer(IDirectory)
+class MemoryDirectory:
+    """Domains, users, credentials, vCards and secrets held in dicts."""
+
+    def __init__(self) -> None:
+        self._domains: dict[str, Domain] = {}
+        self._users: dict[tuple[str, str], User] = {}
+        self._credentials: dict[tuple[str, str], Credentials] = {}
+        self._vcards: dict[tuple[str, str], str] = {}
+        self._secrets: dict[str, bytes] = {}
+        self._watchers: list[DirectoryWatcher] = []
+
+    # -- life cycle and change feed
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    def watch(self, watcher: DirectoryWatcher) -> None:
+        self._watchers.append(watcher)
+
+    def _tell(self, kind: str, domain: str, localpart: str | None = None) -> None:
+        change = Change(kind, domain, localpart)
+        for watcher in list(self._watchers):
+            try:
+                watcher(change)
+            except Exception:
+                log.failure(
+                    "directory watcher {watcher!r} failed on {change}", watcher=watcher, change=change
+                )
+
+    # -- domains
+
+    def domains(self) -> Deferred[list[Domain]]:
+        return succeed(sorted(self._domains.values(), key=lambda d: d.name))
+
+    def add_domain(self, name: str) -> Deferred[Domain]:
+        if name in self._domains:
+            return fail(DuplicateDomain(f"domain already exists: {name}"))
+        domain = self._domains[name] = Domain(name)
+        self._tell("domain-added", name)
+        return succeed(domain)
+
+    def set_chat_enabled(self, name: str, enabled: bool) -> Deferred[None]:
+        if name not in self._domains:
+            return fail(UnknownDomain(f"unknown domain: {name}"))
+        self._domains[name] = replace(self._domains[name], chat_enabled=enabled)
+        self._tell("domain-enabled" if enabled else "domain-disabled", name)
+        return succeed(None)
+
+    # -- users
+
+    def users(self, domain: str) -> Deferred[list[User]]:
+        if domain not in self._domains:
+            return fail(UnknownDomain(f"unknown domain: {domain}"))
+        found = [u for (d, _), u in self._users.items() if d == domain]
+        return succeed(sorted(found, key=lambda u: u.localpart))
+
+    def user(self, domain: str, localpart: str) -> Deferred[User | None]:
+        return succeed(self._users.get((domain, localpart)))
+
+    def add_user(self, user: User, credentials: Credentials) -> Deferred[None]:
+        key = (user.domain, user.localpart)
+        if user.domain not in self._domains:
+            return fail(UnknownDomain(f"unknown domain: {user.domain}"))
+        if key in self._users:
+            return fail(DuplicateUser(f"user already exists: {user.jid}"))
+        self._users[key] = user
+        self._credentials[key] = dict(credentials)
+        self._tell("user-added", user.domain, user.localpart)
+        return succeed(None)
+
+    def update_user(self, user: User) -> Deferred[None]:
+        key = (user.domain, user.localpart)
+        if key not in self._users:
+            return fail(UnknownUser(f"unknown user: {user.jid}"))
+        self._users[key] = user
+        self._tell("user-changed", user.domain, user.localpart)
+        return succeed(None)
+
+    def remove_user(self, domain: str, localpart: str) -> Deferred[None]:
+        key = (domain, localpart)
+        if self._users.pop(key, None) is None:
+            return fail(UnknownUser(f"unknown user: {localpart}@{domain}"))
+        self._credentials.pop(key, None)
+        self._vcards.pop(key, None)
+        self._tell("user-removed", domain, localpart)
+        return succeed(None)
+
+    # -- credentials and vCards
+
+    def credentials(self, domain: str, localpart: str) -> Deferred[Credentials | None]:
+        found = self._credentials.get((domain, localpart))
+        return succeed(None if found is None else dict(found))
+
+    def set_credentials(self, domain: str, localpart: str, credentials: Credentials) -> Deferred[None]:
+        key = (domain, localpart)
+        if key not in self._users:
+            return fail(UnknownUser(f"unknown user: {localpart}@{domain}"))
+        self._credentials[key] = dict(credentials)
+        self._tell("credentials-changed", domain, localpart)
+        return succeed(None)
+
+    def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:
+        return succeed(self._vcards.get((domain, localpart)))
+
+    def set_vcard(self, domain: str, localpart: str, vcard: str) -> Deferred[None]:
+        key = (domain, localpart)
+        if key not in self._users:
+            return fail(UnknownUser(f"unknown user: {localpart}@{domain}"))
+        self._vcards[key] = vcard
+        return succeed(None)
+
+    # -- secrets
+
+    def secret(self, name: str) -> Deferred[bytes]:
+        return succeed(self._secrets.setdefault(name, os.urandom(32)))

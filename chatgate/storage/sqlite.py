@@ -1,0 +1,455 @@
+"""The SQLite IDirectory: the embedded, durable default backend.
+
+One worker thread owns the connection, so blocking SQLite calls never run on
+the reactor and never interleave. The file is shared by the running service
+and the ``chatgate-admin`` command: WAL journal mode lets readers go on while
+one writes, ``busy_timeout`` makes a writer wait for the other instead of
+failing, and every write starts with ``BEGIN IMMEDIATE`` so writers are
+serialised before they read (no deadlock upgrading a read lock) and change
+rows commit in ``seq`` order.
+
+Every mutation writes its :class:`Change` row in the same transaction. The
+change feed polls that table every ``poll_interval`` seconds and tells the
+watchers, so a change reaches every process sharing the file, this one
+included, the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from chatgate.storage.interfaces import (
+    Change,
+    Credentials,
+    DirectoryError,
+    DirectoryWatcher,
+    Domain,
+    DuplicateDomain,
+    DuplicateUser,
+    IDirectory,
+    ScramKeys,
+    UnknownDomain,
+    UnknownUser,
+    User,
+)
+
+log = Logger()
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+#: change rows older than this are deleted at start: every live process has read them
+CHANGE_RETENTION = 24 * 3600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY,
+    chat_enabled INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS users (
+    domain TEXT NOT NULL REFERENCES domains(name),
+    localpart TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    title TEXT NOT NULL DEFAULT '',
+    department TEXT NOT NULL DEFAULT '',
+    phone TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (domain, localpart)
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    domain TEXT NOT NULL,
+    localpart TEXT NOT NULL,
+    mechanism TEXT NOT NULL,
+    salt BLOB NOT NULL,
+    stored_key BLOB NOT NULL,
+    server_key BLOB NOT NULL,
+    iterations INTEGER NOT NULL,
+    PRIMARY KEY (domain, localpart, mechanism),
+    FOREIGN KEY (domain, localpart) REFERENCES users(domain, localpart) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS vcards (
+    domain TEXT NOT NULL,
+    localpart TEXT NOT NULL,
+    xml TEXT NOT NULL,
+    PRIMARY KEY (domain, localpart),
+    FOREIGN KEY (domain, localpart) REFERENCES users(domain, localpart) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    localpart TEXT,
+    at REAL NOT NULL
+);
+"""
+
+
+@implementer(IDirectory)
+class SQLiteDirectory:
+    """IDirectory kept in the SQLite file at *path*.
+
+    :param poll_interval: seconds between reads of the change feed.
+    :param reactor: the reactor for the worker thread's results and the feed's timer.
+    """
+
+    def __init__(self, path: str, poll_interval: float = 0.5, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.path = path
+        self.poll_interval = poll_interval
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, name=f"sqlite {os.path.basename(path)}")
+        self._db: sqlite3.Connection | None = None
+        self._watchers: list[DirectoryWatcher] = []
+        self._last_seq = 0
+        self._feed: LoopingCall | None = None
+        self._feed_done: Deferred[Any] | None = None
+        self._shutdown_trigger: Any = None
+
+    # -- life cycle
+
+    def start(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        self._pool.start()
+        self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+        try:
+            self._last_seq = await self._run(self._open)
+        except BaseException:
+            self._stop_pool()
+            raise
+        self._feed = LoopingCall(lambda: Deferred.fromCoroutine(self._poll()))
+        self._feed.clock = self._reactor
+        self._feed_done = self._feed.start(self.poll_interval, now=False)
+
+    def stop(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._feed is not None:
+            feed, self._feed = self._feed, None
+            feed.stop()
+            await self._feed_done  # a poll under way finishes first
+        if self._pool.started:
+            try:
+                await self._run(self._close)
+            finally:
+                self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        if self._shutdown_trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        self._pool.stop()
+
+    def _open(self) -> int:
+        """Connect, set the pragmas, create the schema; return the newest change's seq."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = db.execute("PRAGMA user_version").fetchone()
+                if version > SCHEMA_VERSION:
+                    raise DirectoryError(
+                        f"{self.path}: made by a newer chatgate"
+                        f" (schema {version}, this one knows {SCHEMA_VERSION})"
+                    )
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("DELETE FROM changes WHERE at < ?", (time.time() - CHANGE_RETENTION,))
+                (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return int(last)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- running work on the worker thread
+
+    def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run *work(*args)* on the worker thread; sqlite3 errors become one-line DirectoryErrors."""
+
+        def guarded() -> T:
+            try:
+                return work(*args)
+            except sqlite3.Error as e:
+                raise DirectoryError(f"{self.path}: {e}") from None
+
+        if not self._pool.started:
+            return fail(DirectoryError(f"{self.path}: the directory is not started"))
+        return deferToThreadPool(self._reactor, self._pool, guarded)
+
+    def _read(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run *work(db, *args)* in one read transaction (one consistent snapshot)."""
+        return self._run(self._transaction, "BEGIN", work, args)
+
+    def _write(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run *work(db, *args)* in one write transaction, taking the write lock first."""
+        return self._run(self._transaction, "BEGIN IMMEDIATE", work, args)
+
+    def _transaction(self, begin: str, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+        db = self._db
+        if db is None:
+            raise DirectoryError(f"{self.path}: the directory is not started")
+        db.execute(begin)
+        try:
+            result = work(db, *args)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return result
+
+    # -- change feed
+
+    def watch(self, watcher: DirectoryWatcher) -> None:
+        self._watchers.append(watcher)
+
+    async def _poll(self) -> None:
+        """Tell the watchers the changes written since the last poll, by any process."""
+        try:
+            rows = await self._read(_changes_since, self._last_seq)
+        except Exception:
+            log.failure("cannot read the change feed of {path}", path=self.path)
+            return  # the next poll tries again
+        for seq, change in rows:
+            self._last_seq = seq
+            for watcher in list(self._watchers):
+                try:
+                    watcher(change)
+                except Exception:
+                    log.failure(
+                        "directory watcher {watcher!r} failed on {change}", watcher=watcher, change=change
+                    )
+
+    # -- domains
+
+    def domains(self) -> Deferred[list[Domain]]:
+        return self._read(_domains)
+
+    def add_domain(self, name: str) -> Deferred[Domain]:
+        return self._write(_add_domain, name)
+
+    def set_chat_enabled(self, name: str, enabled: bool) -> Deferred[None]:
+        return self._write(_set_chat_enabled, name, enabled)
+
+    # -- users
+
+    def users(self, domain: str) -> Deferred[list[User]]:
+        return self._read(_users, domain)
+
+    def user(self, domain: str, localpart: str) -> Deferred[User | None]:
+        return self._read(_user, domain, localpart)
+
+    def add_user(self, user: User, credentials: Credentials) -> Deferred[None]:
+        return self._write(_add_user, user, credentials)
+
+    def update_user(self, user: User) -> Deferred[None]:
+        return self._write(_update_user, user)
+
+    def remove_user(self, domain: str, localpart: str) -> Deferred[None]:
+        return self._write(_remove_user, domain, localpart)
+
+    # -- credentials and vCards
+
+    def credentials(self, domain: str, localpart: str) -> Deferred[Credentials | None]:
+        return self._read(_credentials, domain, localpart)
+
+    def set_credentials(self, domain: str, localpart: str, credentials: Credentials) -> Deferred[None]:
+        return self._write(_set_credentials, domain, localpart, credentials)
+
+    def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:
+        return self._read(_vcard, domain, localpart)
+
+    def set_vcard(self, domain: str, localpart: str, vcard: str) -> Deferred[None]:
+        return self._write(_set_vcard, domain, localpart, vcard)
+
+    # -- secrets
+
+    def secret(self, name: str) -> Deferred[bytes]:
+        return self._write(_secret, name)
+
+
+# -- the SQL, run on the worker thread inside a transaction
+
+
+def _record(db: sqlite3.Connection, kind: str, domain: str, localpart: str | None = None) -> None:
+    db.execute(
+        "INSERT INTO changes (kind, domain, localpart, at) VALUES (?, ?, ?, ?)",
+        (kind, domain, localpart, time.time()),
+    )
+
+
+def _changes_since(db: sqlite3.Connection, seq: int) -> list[tuple[int, Change]]:
+    rows = db.execute(
+        "SELECT seq, kind, domain, localpart FROM changes WHERE seq > ? ORDER BY seq", (seq,)
+    ).fetchall()
+    return [(row[0], Change(row[1], row[2], row[3])) for row in rows]
+
+
+def _domain_exists(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM domains WHERE name = ?", (name,)).fetchone() is not None
+
+
+def _user_exists(db: sqlite3.Connection, domain: str, localpart: str) -> bool:
+    row = db.execute("SELECT 1 FROM users WHERE domain = ? AND localpart = ?", (domain, localpart))
+    return row.fetchone() is not None
+
+
+def _domains(db: sqlite3.Connection) -> list[Domain]:
+    rows = db.execute("SELECT name, chat_enabled FROM domains ORDER BY name")
+    return [Domain(name, bool(enabled)) for name, enabled in rows]
+
+
+def _add_domain(db: sqlite3.Connection, name: str) -> Domain:
+    if _domain_exists(db, name):
+        raise DuplicateDomain(f"domain already exists: {name}")
+    db.execute("INSERT INTO domains (name, chat_enabled) VALUES (?, 1)", (name,))
+    _record(db, "domain-added", name)
+    return Domain(name)
+
+
+def _set_chat_enabled(db: sqlite3.Connection, name: str, enabled: bool) -> None:
+    cursor = db.execute("UPDATE domains SET chat_enabled = ? WHERE name = ?", (int(enabled), name))
+    if cursor.rowcount == 0:
+        raise UnknownDomain(f"unknown domain: {name}")
+    _record(db, "domain-enabled" if enabled else "domain-disabled", name)
+
+
+_USER_COLUMNS = "localpart, domain, name, title, department, phone"
+
+
+def _users(db: sqlite3.Connection, domain: str) -> list[User]:
+    if not _domain_exists(db, domain):
+        raise UnknownDomain(f"unknown domain: {domain}")
+    rows = db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE domain = ? ORDER BY localpart", (domain,))
+    return [User(*row) for row in rows]
+
+
+def _user(db: sqlite3.Connection, domain: str, localpart: str) -> User | None:
+    row = db.execute(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE domain = ? AND localpart = ?", (domain, localpart)
+    ).fetchone()
+    return None if row is None else User(*row)
+
+
+def _add_user(db: sqlite3.Connection, user: User, credentials: Credentials) -> None:
+    if not _domain_exists(db, user.domain):
+        raise UnknownDomain(f"unknown domain: {user.domain}")
+    if _user_exists(db, user.domain, user.localpart):
+        raise DuplicateUser(f"user already exists: {user.jid}")
+    db.execute(
+        f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        (user.localpart, user.domain, user.name, user.title, user.department, user.phone),
+    )
+    _insert_credentials(db, user.domain, user.localpart, credentials)
+    _record(db, "user-added", user.domain, user.localpart)
+
+
+def _update_user(db: sqlite3.Connection, user: User) -> None:
+    cursor = db.execute(
+        "UPDATE users SET name = ?, title = ?, department = ?, phone = ? WHERE domain = ? AND localpart = ?",
+        (user.name, user.title, user.department, user.phone, user.domain, user.localpart),
+    )
+    if cursor.rowcount == 0:
+        raise UnknownUser(f"unknown user: {user.jid}")
+    _record(db, "user-changed", user.domain, user.localpart)
+
+
+def _remove_user(db: sqlite3.Connection, domain: str, localpart: str) -> None:
+    key = (domain, localpart)
+    # explicit deletes rather than ON DELETE CASCADE alone, should foreign keys be off
+    db.execute("DELETE FROM credentials WHERE domain = ? AND localpart = ?", key)
+    db.execute("DELETE FROM vcards WHERE domain = ? AND localpart = ?", key)
+    cursor = db.execute("DELETE FROM users WHERE domain = ? AND localpart = ?", key)
+    if cursor.rowcount == 0:
+        raise UnknownUser(f"unknown user: {localpart}@{domain}")
+    _record(db, "user-removed", domain, localpart)
+
+
+def _credentials(db: sqlite3.Connection, domain: str, localpart: str) -> Credentials | None:
+    if not _user_exists(db, domain, localpart):
+        return None
+    rows = db.execute(
+        "SELECT mechanism, salt, stored_key, server_key, iterations FROM credentials"
+        " WHERE domain = ? AND localpart = ?",
+        (domain, localpart),
+    )
+    return {
+        mechanism: ScramKeys(bytes(salt), bytes(stored), bytes(server), iterations)
+        for mechanism, salt, stored, server, iterations in rows
+    }
+
+
+def _insert_credentials(
+    db: sqlite3.Connection, domain: str, localpart: str, credentials: Credentials
+) -> None:
+    db.executemany(
+        "INSERT INTO credentials (domain, localpart, mechanism, salt, stored_key, server_key, iterations)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (domain, localpart, mechanism, keys.salt, keys.stored_key, keys.server_key, keys.iterations)
+            for mechanism, keys in credentials.items()
+        ],
+    )
+
+
+def _set_credentials(db: sqlite3.Connection, domain: str, localpart: str, credentials: Credentials) -> None:
+    if not _user_exists(db, domain, localpart):
+        raise UnknownUser(f"unknown user: {localpart}@{domain}")
+    db.execute("DELETE FROM credentials WHERE domain = ? AND localpart = ?", (domain, localpart))
+    _insert_credentials(db, domain, localpart, credentials)
+    _record(db, "credentials-changed", domain, localpart)
+
+
+def _vcard(db: sqlite3.Connection, domain: str, localpart: str) -> str | None:
+    row = db.execute("SELECT xml FROM vcards WHERE domain = ? AND localpart = ?", (domain, localpart))
+    found = row.fetchone()
+    return None if found is None else found[0]
+
+
+def _set_vcard(db: sqlite3.Connection, domain: str, localpart: str, vcard: str) -> None:
+    if not _user_exists(db, domain, localpart):
+        raise UnknownUser(f"unknown user: {localpart}@{domain}")
+    db.execute(
+        "INSERT INTO vcards (domain, localpart, xml) VALUES (?, ?, ?)"
+        " ON CONFLICT (domain, localpart) DO UPDATE SET xml = excluded.xml",
+        (domain, localpart, vcard),
+    )
+
+
+def _secret(db: sqlite3.Connection, name: str) -> bytes:
+    # INSERT OR IGNORE then SELECT: two processes racing to make it agree on the first one
+    db.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)", (name, os.urandom(32)))
+    (value,) = db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+    return bytes(value)

@@ -1,0 +1,226 @@
+"""The c2s transport: XMPP over TCP for third-party clients (RFC 6120).
+
+Owns the bytes: the restricted XML parser (§11), the stream header and stream
+errors (§4.7, §4.9), STARTTLS (§5) or direct TLS (XEP-0368), whitespace
+keepalives (§4.6.1). Everything the stream means is in
+:mod:`chatgate.transports.stream`, shared with BOSH.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+
+from chatgate.auth.sasl import Authenticator
+from chatgate.config import Settings
+from chatgate.router import CLIENT_NS, Router
+from chatgate.session import Session
+from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream
+from chatgate.xml import StreamError, StreamParser
+
+STREAM_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+_PREFIXES = {STREAMS_NS: "stream"}
+
+log = Logger()
+
+
+def serialize(element: domish.Element) -> bytes:
+    """One first-level element as it goes on a jabber:client stream."""
+    return element.toXml(prefixes=_PREFIXES, defaultUri=CLIENT_NS, prefixesInScope=["stream"]).encode("utf-8")
+
+
+class C2SSession(Session):
+    transport_name = "c2s"
+
+    def __init__(self, jid: JID, connection: C2SConnection) -> None:
+        super().__init__(jid, connection.peer)
+        self.connection = connection
+
+    def _write(self, element: domish.Element) -> None:
+        self.connection.transport.write(serialize(element))
+
+    def _end(self, condition: str | None, text: str | None) -> None:
+        self.connection.fail(condition, text) if condition else self.connection.close()
+
+
+class C2SConnection(protocol.Protocol, StreamTransport):
+    """One TCP connection from a client."""
+
+    name = "c2s"
+
+    def __init__(self, factory: C2SFactory) -> None:
+        self.factory = factory
+        self.settings: Settings = factory.settings
+        self.secure = factory.direct_tls
+        self.can_starttls = not factory.direct_tls
+        self.stream = XMPPStream(factory.router, factory.authenticator, factory.settings, self)
+        self.parser: StreamParser | None = None
+        self._header_sent = False
+        self._closing = False
+        self._auth_timer: Any = None
+
+    # -- Twisted protocol
+
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()
+        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self._new_parser(authenticated=False)
+        self._auth_timer = self.factory.clock.callLater(
+            self.settings.xmpp.auth_timeout, self.fail, "connection-timeout", "Not authenticated in time"
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.parser is None:
+            return
+        if self.stream.session is not None:
+            self.stream.session.last_active = self.factory.clock.seconds()
+        try:
+            self.parser.feed(data)
+        except StreamError as error:
+            self.fail(error.condition, error.text)
+        except Exception:
+            log.failure("c2s input from {peer}", peer=self.peer)
+            self.fail("internal-server-error")
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._cancel_auth_timer()
+        if self.parser is not None:
+            self.parser.close()
+            self.parser = None
+        self.stream.ended()
+
+    # -- parser callbacks
+
+    def _on_start(self, header: domish.Element) -> None:
+        condition = self._check_header(header)
+        if condition is not None:
+            self.fail(condition)
+            return
+        self.stream.domain = header["to"].lower()
+        self._send_header()
+        self.transport.write(serialize(self.stream.features()))
+
+    def _check_header(self, header: domish.Element) -> str | None:
+        """RFC 6120 §4.7, §4.8: the stream error for a bad header, or None."""
+        if header.uri != STREAMS_NS or header.name != "stream":
+            return "invalid-namespace"
+        if header.defaultUri != CLIENT_NS:
+            return "invalid-namespace"
+        to = header.getAttribute("to", "").lower()
+        if not self.factory.router.domains.is_hosted(to):
+            return "host-unknown"
+        if self.stream.domain and to != self.stream.domain:
+            return "host-unknown"  # a restarted stream must go to the same host
+        version = header.getAttribute("version", "0.9").split(".")
+        if not version[0].isdigit() or int(version[0]) < 1:
+            return "unsupported-version"
+        return None
+
+    def _on_element(self, element: domish.Element) -> None:
+        self.stream.receive(element)
+
+    def _on_end(self) -> None:
+        self.close()
+
+    # -- StreamTransport
+
+    def send(self, element: domish.Element) -> None:
+        if not self._closing:
+            self.transport.write(serialize(element))
+
+    def fail(self, condition: str, text: str | None = None) -> None:
+        """Send a stream error and close (RFC 6120 §4.9.1.1)."""
+        if self._closing:
+            return
+        if not self._header_sent:
+            self._send_header()
+        error = domish.Element((STREAMS_NS, "error"))
+        error.addElement((STREAM_ERRORS_NS, condition))
+        if text:
+            error.addElement((STREAM_ERRORS_NS, "text"), content=text)
+        self.transport.write(serialize(error))
+        if condition not in ("conflict", "system-shutdown", "connection-timeout", "policy-violation"):
+            log.info("stream error {condition} for {peer}", condition=condition, peer=self.peer)
+        self.close()
+
+    def close(self) -> None:
+        """Close the stream and the connection (RFC 6120 §4.4)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self.parser is not None:
+            self.parser.close()
+            self.parser = None
+        self.transport.write(b"</stream:stream>")
+        self.transport.loseConnection()
+
+    def start_tls(self) -> None:
+        self.transport.startTLS(self.factory.tls_context)
+        self.secure = True
+
+    def restart(self, authenticated: bool) -> None:
+        if authenticated:
+            self._cancel_auth_timer()
+        self._new_parser(authenticated)
+
+    def make_session(self, jid: JID) -> Session:
+        session = C2SSession(jid, self)
+        session.last_active = self.factory.clock.seconds()
+        return session
+
+    # -- helpers
+
+    def _new_parser(self, authenticated: bool) -> None:
+        if self.parser is not None:
+            self.parser.close()
+        limits = self.settings.limits
+        self.parser = StreamParser(
+            self._on_start,
+            self._on_element,
+            self._on_end,
+            limits.max_stanza_size if authenticated else limits.max_stanza_size_preauth,
+            limits.max_depth,
+        )
+        self._header_sent = False
+
+    def _send_header(self) -> None:
+        self._header_sent = True
+        domain = self.stream.domain
+        from_attr = f" from='{domain}'" if domain else ""
+        self.transport.write(
+            (
+                "<?xml version='1.0'?>"
+                f"<stream:stream xmlns='{CLIENT_NS}' xmlns:stream='{STREAMS_NS}'"
+                f" id='{secrets.token_hex(8)}'{from_attr} version='1.0' xml:lang='en'>"
+            ).encode()
+        )
+
+    def _cancel_auth_timer(self) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+
+
+class C2SFactory(protocol.ServerFactory):
+    """Makes a C2SConnection per client; one factory per listening port."""
+
+    def __init__(self, router: Router, authenticator: Authenticator, settings: Settings,
+                 tls_context: Any, direct_tls: bool = False, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.router = router
+        self.authenticator = authenticator
+        self.settings = settings
+        self.tls_context = tls_context
+        self.direct_tls = direct_tls
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> C2SConnection:
+        return C2SConnection(self)

@@ -1,0 +1,262 @@
+"""The XMPP stream as every transport carries it: negotiation, then stanzas.
+
+RFC 6120 §4.3 (stream features), §5 (STARTTLS), §6 (SASL), §7 (resource
+binding) and RFC 3921 §3 (the empty session request old clients send). c2s
+feeds this class the first-level elements of its TCP stream, BOSH those of its
+HTTP bodies (XEP-0206); each supplies a :class:`StreamTransport`. After binding
+every stanza goes to the router, which never learns the transport.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
+from twisted.words.xish import domish
+
+from chatgate.auth.sasl import Authenticator, Exchange, SASLFailure, decode
+from chatgate.config import Settings
+from chatgate.router import CLIENT_NS, Router, error_reply, first_child, iq_result
+from chatgate.session import Session
+
+STREAMS_NS = "http://etherx.jabber.org/streams"
+TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
+BIND_NS = "urn:ietf:params:xml:ns:xmpp-bind"
+SESSION_NS = "urn:ietf:params:xml:ns:xmpp-session"
+
+log = Logger()
+
+
+class StreamTransport:
+    """What a transport offers the stream. c2s and BOSH implement it."""
+
+    name = "?"
+    peer = ""
+    secure = False
+    can_starttls = False
+
+    def send(self, element: domish.Element) -> None:
+        raise NotImplementedError
+
+    def fail(self, condition: str, text: str | None = None) -> None:
+        """Send a stream error (RFC 6120 §4.9) and close."""
+        raise NotImplementedError
+
+    def start_tls(self) -> None:
+        raise NotImplementedError
+
+    def restart(self, authenticated: bool) -> None:
+        """Expect a new stream header (after TLS or SASL success)."""
+        raise NotImplementedError
+
+    def make_session(self, jid: JID) -> Session:
+        raise NotImplementedError
+
+
+class XMPPStream:
+    """One client's stream through negotiation into a bound Session."""
+
+    def __init__(self, router: Router, authenticator: Authenticator, settings: Settings,
+                 transport: StreamTransport) -> None:
+        self.router = router
+        self.authenticator = authenticator
+        self.settings = settings
+        self.transport = transport
+        self.domain = ""
+        self.localpart: str | None = None
+        self.session: Session | None = None
+        self._exchange: Exchange | None = None
+        self._failures = 0
+        self._busy = False  # a SASL step is waiting on the store
+
+    # -- negotiation
+
+    @property
+    def tls_needed(self) -> bool:
+        return self.settings.xmpp.require_encryption and not self.transport.secure
+
+    def features(self) -> domish.Element:
+        """The <stream:features/> for the current stage (RFC 6120 §4.3.2)."""
+        features = domish.Element((STREAMS_NS, "features"))
+        if self.localpart is None:
+            if self.transport.can_starttls and not self.transport.secure:
+                starttls = features.addElement((TLS_NS, "starttls"))
+                if self.tls_needed:
+                    starttls.addElement("required")
+            if not self.tls_needed:
+                mechanisms = features.addElement((SASL_NS, "mechanisms"))
+                for name in self.authenticator.mechanisms(
+                    self.transport.secure, self.settings.xmpp.allow_plain_without_tls
+                ):
+                    mechanisms.addElement("mechanism", content=name)
+        elif self.session is None:
+            features.addElement((BIND_NS, "bind"))
+            features.addElement((SESSION_NS, "session")).addElement("optional")
+        return features
+
+    def receive(self, element: domish.Element) -> None:
+        """Handle one first-level element from the client."""
+        if self.session is not None:
+            self._bound(element)
+        elif element.uri == TLS_NS and element.name == "starttls":
+            self._starttls()
+        elif element.uri == SASL_NS:
+            self._sasl(element)
+        elif self.localpart is not None and element.uri == CLIENT_NS and element.name == "iq":
+            self._bind(element)
+        elif element.uri in (TLS_NS, SASL_NS, CLIENT_NS):
+            self.transport.fail("not-authorized")
+        else:
+            self.transport.fail("unsupported-stanza-type")
+
+    def _starttls(self) -> None:
+        if not self.transport.can_starttls or self.transport.secure or self.localpart is not None:
+            self.transport.send(domish.Element((TLS_NS, "failure")))
+            self.transport.fail("undefined-condition", "STARTTLS is not available now")
+            return
+        self.transport.send(domish.Element((TLS_NS, "proceed")))
+        self.transport.start_tls()
+        self.transport.restart(authenticated=False)
+
+    # -- SASL (RFC 6120 §6.4)
+
+    def _sasl(self, element: domish.Element) -> None:
+        if self.localpart is not None:
+            self.transport.fail("policy-violation", "Already authenticated")
+            return
+        if self._busy:
+            self.transport.fail("policy-violation", "One SASL step at a time")
+            return
+        if self.tls_needed:
+            self._sasl_failed(SASLFailure("encryption-required", "Use STARTTLS first"))
+            return
+        try:
+            if element.name == "auth":
+                self._exchange = self.authenticator.exchange(
+                    element.getAttribute("mechanism", ""),
+                    self.domain,
+                    self.transport.secure,
+                    self.settings.xmpp.allow_plain_without_tls,
+                )
+            elif element.name == "abort":
+                self._exchange = None
+                self._sasl_failed(SASLFailure("aborted"))
+                return
+            elif element.name != "response" or self._exchange is None:
+                raise SASLFailure("malformed-request")
+            data = decode(str(element))
+        except SASLFailure as failure:
+            self._sasl_failed(failure)
+            return
+        self._busy = True
+        exchange = self._exchange
+        d = defer.maybeDeferred(exchange.step, data)
+        d.addCallbacks(self._sasl_step, self._sasl_error, callbackArgs=(exchange,), errbackArgs=(exchange,))
+
+    def _sasl_step(self, step, exchange: Exchange) -> None:
+        self._busy = False
+        data = base64.b64encode(step.data).decode() if step.data else ""
+        if not step.done:
+            challenge = domish.Element((SASL_NS, "challenge"))
+            if data:
+                challenge.addContent(data)
+            self.transport.send(challenge)
+            return
+        self.localpart = exchange.localpart
+        self._exchange = None
+        success = domish.Element((SASL_NS, "success"))
+        if data:
+            success.addContent(data)
+        log.info(
+            "login {user}@{domain} via {mechanism} from {peer} ({transport})",
+            user=self.localpart, domain=self.domain, mechanism=exchange.mechanism,
+            peer=self.transport.peer, transport=self.transport.name,
+        )
+        self.transport.send(success)
+        self.transport.restart(authenticated=True)
+
+    def _sasl_error(self, failure: Failure, exchange: Exchange) -> None:
+        self._busy = False
+        if failure.check(SASLFailure):
+            self._sasl_failed(failure.value, exchange)
+            return
+        log.failure("SASL step failed", failure)
+        self._sasl_failed(SASLFailure("temporary-auth-failure"), exchange)
+
+    def _sasl_failed(self, failure: SASLFailure, exchange: Exchange | None = None) -> None:
+        self._exchange = None
+        element = domish.Element((SASL_NS, "failure"))
+        element.addElement(failure.condition)
+        if failure.text:
+            element.addElement("text", content=failure.text)
+        self.transport.send(element)
+        if failure.condition == "aborted":
+            return
+        self._failures += 1
+        log.info(
+            "refused login to {domain} from {peer} ({transport}): {condition}",
+            domain=self.domain, peer=self.transport.peer, transport=self.transport.name,
+            condition=failure.condition,
+        )
+        if self._failures >= self.settings.auth.max_attempts:
+            self.transport.fail("policy-violation", "Too many failed authentication attempts")
+
+    # -- binding (RFC 6120 §7)
+
+    def _bind(self, iq: domish.Element) -> None:
+        payload = first_child(iq)
+        if iq.getAttribute("type") != "set" or payload is None or (payload.uri, payload.name) != (BIND_NS, "bind"):
+            self.transport.fail("not-authorized", "Bind a resource first")
+            return
+        requested = ""
+        for child in payload.elements(BIND_NS, "resource"):
+            requested = str(child).strip()
+        try:
+            resource = resourceprep.prepare(requested) if requested else ""
+        except UnicodeError:
+            resource = None
+        if resource is None or len(resource.encode()) > 1023:
+            self.transport.send(error_reply(iq, "bad-request", "Invalid resource"))
+            return
+        if not self.router.domains.chat_enabled(self.domain):
+            self.transport.fail("policy-violation", f"Chat is disabled for {self.domain}")
+            return
+        if self.router.domains.user(self.domain, self.localpart) is None:
+            self.transport.fail("not-authorized", "The account no longer exists")
+            return
+        resource = resource or f"chatgate-{secrets.token_hex(6)}"
+        jid = JID(tuple=(self.localpart, self.domain, resource))
+        self.session = self.transport.make_session(jid)
+        self.router.bind(self.session)
+        result = iq_result(iq)
+        result.addElement((BIND_NS, "bind")).addElement("jid", content=jid.full())
+        self.transport.send(result)
+
+    def _bound(self, element: domish.Element) -> None:
+        session = self.session
+        if element.uri != CLIENT_NS or element.name not in ("message", "presence", "iq"):
+            self.transport.fail("unsupported-stanza-type")
+            return
+        if element.name == "iq" and element.getAttribute("type") == "set":
+            payload = first_child(element)
+            if payload is not None and payload.uri == SESSION_NS:
+                self.transport.send(iq_result(element))
+                return
+            if payload is not None and payload.uri == BIND_NS:
+                element["from"] = session.full
+                self.router.bounce(element, session, "not-allowed", "A resource is bound already")
+                return
+        self.router.route(element, session)
+
+    def ended(self) -> None:
+        """The transport is gone, cleanly or not: the session leaves the router."""
+        if self.session is not None:
+            log.info("logout {jid} ({transport})", jid=self.session.full, transport=self.transport.name)
+            self.session.closed = True
+            self.router.unbind(self.session)

@@ -1,0 +1,201 @@
+"""Start a real chatgate (``twistd -n chatgate``) and talk to it as users do.
+
+The service runs as a separate process on free loopback ports with a SQLite
+store in a temporary folder; accounts are made with the real
+``chatgate-admin`` command. Clients are slixmpp over real sockets, or a raw
+TCP socket for the attacks no client library would send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import slixmpp
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One chatgate process and its folder."""
+
+    def __init__(self, folder: Path, **sections: dict[str, Any]) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.config = folder / "tap-config.ini"
+        settings: dict[str, dict[str, Any]] = {
+            "xmpp": {"interfaces": "127.0.0.1", "port": self.port},
+            "storage": {"backend": "sqlite", "path": "chatgate.sqlite", "poll_interval": 0.2},
+            "tls": {"certificate": "tls/cert.pem", "key": "tls/key.pem"},
+            "demo": {"create": "false"},
+        }
+        for name, values in sections.items():
+            settings.setdefault(name, {}).update(values)
+        lines = []
+        for name, values in settings.items():
+            lines.append(f"[{name}]")
+            lines += [f"{key} = {value}" for key, value in values.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = folder / "twistd.log"
+
+    def admin(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "chatgate.admin.cli", "-c", str(self.config), *args],
+            input=stdin, capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"chatgate-admin {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def start(self, timeout: float = 30) -> None:
+        self.process = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log), "chatgate",
+             "--config", str(self.config)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                out = self.process.stdout.read().decode() if self.process.stdout else ""
+                raise AssertionError(f"chatgate exited: {out}\n{self.log_text()}")
+            if "chatgate ready" in self.log_text():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"chatgate did not start in {timeout}s:\n{self.log_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process is not None and self.process.stdout:
+            self.process.stdout.close()
+        self.process = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def async_test(timeout: float = 60) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., None]]:
+    """Run an async test in a fresh event loop, bounded in time."""
+
+    def wrap(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> None:
+            asyncio.run(asyncio.wait_for(fn(*args, **kwargs), timeout))
+
+        return run
+
+    return wrap
+
+
+class Client(slixmpp.ClientXMPP):
+    """A slixmpp client that records what it receives."""
+
+    def __init__(self, jid: str, password: str, mechanism: str | None = None) -> None:
+        super().__init__(jid, password, sasl_mech=mechanism)
+        # The test server's certificate is self-signed and made on first start.
+        self.ssl_context.check_hostname = False
+        self.ssl_context.verify_mode = ssl.CERT_NONE
+        self.enable_direct_tls = False  # the test port speaks STARTTLS
+        for plugin in ("xep_0030", "xep_0054", "xep_0092", "xep_0199"):
+            self.register_plugin(plugin)
+        self.messages: asyncio.Queue[slixmpp.Message] = asyncio.Queue()
+        self.presences: list[slixmpp.Presence] = []
+        self.presence_changed = asyncio.Event()
+        self.stream_errors: list[str] = []
+        self.gone = asyncio.Event()
+        self.add_event_handler("disconnected", lambda _: self.gone.set())
+        self.add_event_handler("message", self.messages.put_nowait)
+        self.add_event_handler("message_error", self.messages.put_nowait)
+        self.add_event_handler("presence", self._presence)
+        self.add_event_handler("stream_error", lambda e: self.stream_errors.append(e["condition"]))
+
+    def _presence(self, presence: slixmpp.Presence) -> None:
+        self.presences.append(presence)
+        self.presence_changed.set()
+
+    async def wait_presence(
+        self, predicate: Callable[[slixmpp.Presence], bool], timeout: float = 10
+    ) -> slixmpp.Presence:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for presence in self.presences:
+                if predicate(presence):
+                    return presence
+            self.presence_changed.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"no such presence; got {[str(p) for p in self.presences]}")
+            try:
+                await asyncio.wait_for(self.presence_changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def wait_closed(self, timeout: float = 10) -> None:
+        """Wait until the connection is closed (it may be already)."""
+        await asyncio.wait_for(self.gone.wait(), timeout)
+
+    async def next_message(self, timeout: float = 10) -> slixmpp.Message:
+        return await asyncio.wait_for(self.messages.get(), timeout)
+
+
+async def login(server: Server, jid: str, password: str, mechanism: str | None = None,
+                presence: bool = True, roster: bool = True) -> Client:
+    """Connect, authenticate, bind; fail the test with the reason otherwise."""
+    client = Client(jid, password, mechanism)
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def settle(outcome: str) -> None:
+        if not started.done():
+            started.set_result(outcome)
+
+    client.add_event_handler("session_start", lambda _: settle("ok"))
+    client.add_event_handler("failed_all_auth", lambda _: settle("auth failed"))
+    client.add_event_handler("disconnected", lambda _: settle("disconnected"))
+    client.connect("127.0.0.1", server.port)
+    outcome = await asyncio.wait_for(started, 20)
+    if outcome != "ok":
+        client.disconnect()
+        raise LoginFailed(f"{jid}: {outcome}; server log ends:\n{server.log_text()[-1500:]}")
+    if roster:
+        await client.get_roster()
+    if presence:
+        client.send_presence()
+    return client
+
+
+class LoginFailed(Exception):
+    pass
+
+
+async def logout(*clients: Client) -> None:
+    for client in clients:
+        if client.transport is not None:
+            client.disconnect()
+            await client.wait_until("disconnected", 10)

@@ -1,0 +1,309 @@
+"""chatgate-admin run as a user runs it: a real process on a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
+from twisted.internet.task import deferLater
+
+from chatgate.auth.credentials import verify_password
+from chatgate.storage.interfaces import Change, User
+from chatgate.storage.sqlite import SQLiteDirectory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Admin:
+    """Runs chatgate-admin in a folder holding a tap-config.ini."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+        self.database = str(folder / "var" / "chat.sqlite")
+        (folder / "tap-config.ini").write_text("[storage]\npath = var/chat.sqlite\npoll_interval = 0.05\n")
+
+    def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        return subprocess.run(
+            [sys.executable, "-m", "chatgate.admin.cli", *args],
+            cwd=self.folder,
+            env=env,
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        result = self(*args, stdin=stdin)
+        assert (result.returncode, result.stderr) == (0, ""), result
+        return result.stdout
+
+    def fails(self, *args: str, stdin: str | None = None) -> str:
+        """The one-line error of a refused command."""
+        result = self(*args, stdin=stdin)
+        assert result.returncode == 1, result
+        assert result.stdout == ""
+        assert result.stderr.startswith("chatgate-admin: ")
+        assert result.stderr.count("\n") == 1, result.stderr
+        return result.stderr.removeprefix("chatgate-admin: ").rstrip("\n")
+
+
+@pytest.fixture
+def admin(tmp_path):
+    return Admin(tmp_path)
+
+
+@pytest.fixture
+def hosted(admin):
+    admin.ok("domain", "add", "example.com")
+    return admin
+
+
+async def read(admin: Admin, work):
+    """Open the admin's database as the service would and run *work(directory)*."""
+    directory = SQLiteDirectory(admin.database, 0.05)
+    await directory.start()
+    try:
+        return await work(directory)
+    finally:
+        await directory.stop()
+
+
+def test_domains_are_added_listed_disabled_and_enabled(admin):
+    assert admin.ok("domain", "add", "Example.COM") == "added domain example.com\n"
+    admin.ok("domain", "add", "chat.example.org")
+    assert admin.ok("domain", "list") == "chat.example.org  chat enabled\nexample.com  chat enabled\n"
+    admin.ok("domain", "disable", "example.com")
+    assert "example.com  chat disabled\n" in admin.ok("domain", "list")
+    admin.ok("domain", "enable", "example.com")
+    assert "example.com  chat enabled\n" in admin.ok("domain", "list")
+    assert os.path.isfile(admin.database)
+
+
+def test_domain_errors_are_one_line(hosted):
+    assert hosted.fails("domain", "add", "example.com") == "domain already exists: example.com"
+    assert hosted.fails("domain", "enable", "example.org") == "unknown domain: example.org"
+    assert "at least one dot" in hosted.fails("domain", "add", "localhost")
+    assert "IP address" in hosted.fails("domain", "add", "192.0.2.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_users_are_added_listed_and_removed(hosted):
+    details = [
+        "--name",
+        "Alice Liddell",
+        "--title",
+        "Dreamer",
+        "--department",
+        "Wonder",
+        "--phone",
+        "+1 555 0100",
+    ]
+    out = hosted.ok("user", "add", "Alice@example.com", *details, "--password", "s3cret")
+    assert out == "added user alice@example.com\n"
+    hosted.ok("user", "add", "bob@example.com", "--password", "pw")
+    assert hosted.ok("user", "list", "example.com") == "alice@example.com\tAlice Liddell\nbob@example.com\t\n"
+
+    async def check(directory):
+        assert await directory.user("example.com", "alice") == User(
+            "alice", "example.com", "Alice Liddell", "Dreamer", "Wonder", "+1 555 0100"
+        )
+        assert verify_password(await directory.credentials("example.com", "alice"), "s3cret")
+
+    await read(hosted, check)
+    assert hosted.ok("user", "remove", "bob@example.com") == "removed user bob@example.com\n"
+    assert hosted.ok("user", "list", "example.com") == "alice@example.com\tAlice Liddell\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_is_changed_from_stdin_and_never_shown(hosted):
+    hosted.ok("user", "add", "alice@example.com", "--password-stdin", stdin="first pass\n")
+    result = hosted("user", "passwd", "alice@example.com", "--password-stdin", stdin="second pass\n")
+    assert result.returncode == 0
+    assert "pass" not in result.stdout.replace("password", "") + result.stderr
+
+    async def credentials(directory):
+        return await directory.credentials("example.com", "alice")
+
+    stored = await read(hosted, credentials)
+    assert verify_password(stored, "second pass")
+    assert not verify_password(stored, "first pass")
+
+
+def on_terminal(admin: Admin, args: list[str], dialogue: list[tuple[bytes, bytes]]) -> tuple[int, str]:
+    """Run chatgate-admin on a pseudo-terminal, giving each answer once its prompt is shown."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes chatgate-admin with the terminal as its own
+        try:
+            os.chdir(admin.folder)
+            os.environ["PYTHONPATH"] = ROOT
+            os.execv(sys.executable, [sys.executable, "-m", "chatgate.admin.cli", *args])
+        finally:
+            os._exit(127)
+    output = b""
+    try:
+        for prompt, answer in dialogue:
+            deadline = time.monotonic() + 30
+            while not output.endswith(prompt) and time.monotonic() < deadline:
+                output += os.read(fd, 1024)
+            os.write(fd, answer + b"\n")
+        while True:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # EIO: the child has gone
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode().replace("\r\n", "\n")
+
+
+def test_on_a_terminal_the_password_is_asked_twice_unseen(hosted):
+    dialogue = [(b"Password: ", b"tty pass"), (b"Password again: ", b"tty pass")]
+    status, output = on_terminal(hosted, ["user", "add", "alice@example.com"], dialogue)
+    assert (status, output) == (0, "Password: \nPassword again: \nadded user alice@example.com\n")
+    dialogue = [(b"Password: ", b"one"), (b"Password again: ", b"two")]
+    status, output = on_terminal(hosted, ["user", "passwd", "alice@example.com"], dialogue)
+    assert status == 1
+    assert output.endswith("chatgate-admin: the passwords do not match\n")
+
+
+def test_without_a_password_or_a_terminal_it_refuses(hosted):
+    assert "no password" in hosted.fails("user", "add", "alice@example.com")
+    assert (
+        hosted.fails("user", "add", "alice@example.com", "--password-stdin", stdin="")
+        == "the password is empty"
+    )
+    assert hosted.ok("user", "list", "example.com") == ""
+
+
+def test_user_errors_are_one_line(hosted):
+    hosted.ok("user", "add", "alice@example.com", "--password", "pw")
+    assert (
+        hosted.fails("user", "add", "alice@example.org", "--password", "pw") == "unknown domain: example.org"
+    )
+    assert hosted.fails("user", "add", "alice@example.com", "--password", "pw") == (
+        "user already exists: alice@example.com"
+    )
+    assert hosted.fails("user", "add", "al ice@example.com", "--password", "pw") == (
+        "invalid address 'al ice@example.com': invalid character ' ' in localpart"
+    )
+    assert "resource" in hosted.fails("user", "add", "bob@example.com/desk", "--password", "pw")
+    assert (
+        hosted.fails("user", "passwd", "bob@example.com", "--password", "pw")
+        == "unknown user: bob@example.com"
+    )
+    assert hosted.fails("user", "remove", "bob@example.com") == "unknown user: bob@example.com"
+    assert hosted.fails("user", "list", "example.org") == "unknown domain: example.org"
+
+
+def test_users_are_imported_from_csv(hosted):
+    (hosted.folder / "users.csv").write_text(
+        "jid,name,password,title,department,phone\n"
+        "alice@example.com,Alice Liddell,pw1,Dreamer,Wonder,+1 555 0100\n"
+        "\n"
+        'bob@example.com,"Bob, Jr.",pw2,,,\n',
+        encoding="utf-8",
+    )
+    assert hosted.ok("user", "import", "users.csv") == "imported 2 users from users.csv\n"
+    assert (
+        hosted.ok("user", "list", "example.com")
+        == "alice@example.com\tAlice Liddell\nbob@example.com\tBob, Jr.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "rows, error",
+    [
+        (
+            "carol@example.com,Carol,pw\nbad jid,X,pw\n",
+            "users.csv line 3: invalid address 'bad jid': missing localpart",
+        ),
+        (
+            "carol@example.com,Carol,pw\ndave@example.org,Dave,pw\n",
+            "users.csv line 3: unknown domain: example.org",
+        ),
+        (
+            "carol@example.com,Carol,pw\nalice@example.com,A,pw\n",
+            "users.csv line 3: user already exists: alice@",
+        ),
+        (
+            "carol@example.com,Carol,pw\nCarol@example.com,C,pw\n",
+            "users.csv line 3: carol@example.com is already on line 2",
+        ),
+        (
+            "carol@example.com,Carol,pw\ndave@example.com,Dave\n",
+            "users.csv line 3: expected 3 fields, found 2",
+        ),
+        ("carol@example.com,Carol,pw\ndave@example.com,Dave,\n", "users.csv line 3: the password is empty"),
+    ],
+)
+def test_a_bad_csv_row_is_named_and_nothing_is_written(hosted, rows, error):
+    hosted.ok("user", "add", "alice@example.com", "--password", "pw")
+    (hosted.folder / "users.csv").write_text("jid,name,password\n" + rows, encoding="utf-8")
+    assert hosted.fails("user", "import", "users.csv").startswith(error)
+    assert hosted.ok("user", "list", "example.com") == "alice@example.com\t\n"
+
+
+def test_a_bad_csv_file_is_named(hosted):
+    (hosted.folder / "cols.csv").write_text("jid,name,secret\nalice@example.com,A,pw\n")
+    assert hosted.fails("user", "import", "cols.csv").startswith("cols.csv line 1: unknown column 'secret'")
+    (hosted.folder / "short.csv").write_text("jid,name\nalice@example.com,A\n")
+    assert hosted.fails("user", "import", "short.csv") == "short.csv line 1: missing column 'password'"
+    assert hosted.fails("user", "import", "missing.csv").startswith("missing.csv: cannot read the file")
+
+
+def test_configuration_errors_are_one_line(admin, tmp_path):
+    (tmp_path / "bad.ini").write_text("[storage]\nbackend = postgres\n")
+    assert admin.fails("-c", "bad.ini", "domain", "list") == (
+        "[storage] backend = 'postgres': expected sqlite or memory"
+    )
+    assert "cannot read the configuration file" in admin.fails("-c", "absent.ini", "domain", "list")
+
+
+def test_config_option_names_the_database(admin, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "chat.ini").write_text("[storage]\npath = data/other.sqlite\n")
+    admin.ok("--config", str(other / "chat.ini"), "domain", "add", "example.net")
+    assert (other / "data" / "other.sqlite").is_file()
+    assert admin.ok("domain", "list") == ""  # the default ./tap-config.ini names another file
+
+
+def test_usage_errors_exit_2(admin):
+    result = admin("user", "frobnicate")
+    assert result.returncode == 2
+    assert "usage: chatgate-admin" in result.stderr
+    result = admin("user", "add", "a@example.com", "--password", "x", "--password-stdin")
+    assert result.returncode == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_service_hears_the_admin_change(hosted):
+    """What the admin process writes reaches the service's watchers within a poll interval."""
+    service = SQLiteDirectory(hosted.database, 0.05)
+    changes: list[Change] = []
+    service.watch(changes.append)
+    await service.start()
+    try:
+        await threads.deferToThread(hosted.ok, "user", "add", "alice@example.com", "--password", "pw")
+        await threads.deferToThread(hosted.ok, "domain", "disable", "example.com")
+        deadline = time.monotonic() + 5
+        while len(changes) < 2 and time.monotonic() < deadline:
+            await deferLater(reactor, 0.02, lambda: None)
+        assert changes == [
+            Change("user-added", "example.com", "alice"),
+            Change("domain-disabled", "example.com"),
+        ]
+    finally:
+        await service.stop()

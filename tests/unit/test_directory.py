@@ -1,0 +1,435 @@
+"""The IDirectory contract, run against every backend; then what only SQLite adds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from scramp import ScramClient, ScramMechanism
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from chatgate.auth.credentials import make_credentials, verify_password
+from chatgate.config import Settings, StorageSettings
+from chatgate.storage import open_directory
+from chatgate.storage.interfaces import (
+    Change,
+    DirectoryError,
+    Domain,
+    DuplicateDomain,
+    DuplicateUser,
+    IDirectory,
+    UnknownDomain,
+    UnknownUser,
+    User,
+)
+from chatgate.storage.memory import MemoryDirectory
+from chatgate.storage.sqlite import SQLiteDirectory
+
+POLL = 0.02
+ALICE = User("alice", "example.com", "Alice Liddell", "Dreamer", "Wonder", "+1 555 0100")
+BOB = User("bob", "example.com", "Bob")
+
+
+@pytest.fixture(scope="module")
+def secret_credentials():
+    return make_credentials("s3cret pass", 4096)
+
+
+@pytest.fixture(scope="module")
+def other_credentials():
+    return make_credentials("another", 4096)
+
+
+class Recorder:
+    """A watcher that keeps what it is told and lets a test wait for it."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def __call__(self, change: Change) -> None:
+        self.changes.append(change)
+
+    async def until(self, count: int, timeout: float = 5.0) -> list[Change]:
+        deadline = time.monotonic() + timeout
+        while len(self.changes) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"waited for {count} changes, got {self.changes}")
+            await deferLater(reactor, 0.01, lambda: None)
+        return self.changes
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+async def directory(request, tmp_path):
+    if request.param == "memory":
+        store = MemoryDirectory()
+    else:
+        store = SQLiteDirectory(str(tmp_path / "directory.sqlite"), POLL)
+    await store.start()
+    yield store
+    await store.stop()
+
+
+@pytest_twisted.async_fixture
+async def hosted(directory, secret_credentials):
+    """A directory hosting example.com with alice."""
+    await directory.add_domain("example.com")
+    await directory.add_user(ALICE, secret_credentials)
+    return directory
+
+
+def test_backends_provide_the_interface(tmp_path):
+    assert IDirectory.providedBy(MemoryDirectory())
+    assert IDirectory.providedBy(SQLiteDirectory(str(tmp_path / "x.sqlite"), POLL))
+
+
+# -- domains
+
+
+@pytest_twisted.ensureDeferred
+async def test_starts_without_domains(directory):
+    assert await directory.domains() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_domains_are_added_enabled_and_listed_by_name(directory):
+    assert await directory.add_domain("example.org") == Domain("example.org", True)
+    await directory.add_domain("example.com")
+    assert await directory.domains() == [Domain("example.com"), Domain("example.org")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_domain_is_refused(directory):
+    await directory.add_domain("example.com")
+    with pytest.raises(DuplicateDomain, match="^domain already exists: example.com$"):
+        await directory.add_domain("example.com")
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_is_disabled_and_enabled_again(directory):
+    await directory.add_domain("example.com")
+    await directory.set_chat_enabled("example.com", False)
+    assert await directory.domains() == [Domain("example.com", False)]
+    await directory.set_chat_enabled("example.com", True)
+    assert await directory.domains() == [Domain("example.com", True)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_of_unknown_domain_is_refused(directory):
+    with pytest.raises(UnknownDomain, match="^unknown domain: example.org$"):
+        await directory.set_chat_enabled("example.org", False)
+
+
+# -- users
+
+
+@pytest_twisted.ensureDeferred
+async def test_users_are_listed_by_localpart_with_details(hosted, secret_credentials):
+    await hosted.add_user(BOB, secret_credentials)
+    await hosted.add_user(User("aaron", "example.com"), secret_credentials)
+    users = await hosted.users("example.com")
+    assert [u.localpart for u in users] == ["aaron", "alice", "bob"]
+    assert users[1] == ALICE
+    assert await hosted.user("example.com", "alice") == ALICE
+    assert await hosted.user("example.com", "carol") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_users_of_one_domain_only(hosted, secret_credentials):
+    await hosted.add_domain("example.org")
+    await hosted.add_user(User("alice", "example.org"), secret_credentials)
+    assert await hosted.users("example.com") == [ALICE]
+    assert await hosted.users("example.org") == [User("alice", "example.org")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_users_of_unknown_domain_are_refused(directory):
+    with pytest.raises(UnknownDomain, match="^unknown domain: example.org$"):
+        await directory.users("example.org")
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_in_unknown_domain_is_refused(directory, secret_credentials):
+    with pytest.raises(UnknownDomain, match="^unknown domain: example.com$"):
+        await directory.add_user(ALICE, secret_credentials)
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_user_is_refused(hosted, other_credentials):
+    with pytest.raises(DuplicateUser, match="^user already exists: alice@example.com$"):
+        await hosted.add_user(User("alice", "example.com", "Other Alice"), other_credentials)
+    assert await hosted.user("example.com", "alice") == ALICE
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_details_are_replaced(hosted):
+    changed = User("alice", "example.com", "Alice L.", phone="+1 555 0199")
+    await hosted.update_user(changed)
+    assert await hosted.user("example.com", "alice") == changed
+
+
+@pytest_twisted.ensureDeferred
+async def test_updating_unknown_user_is_refused(hosted):
+    with pytest.raises(UnknownUser, match="^unknown user: bob@example.com$"):
+        await hosted.update_user(BOB)
+
+
+@pytest_twisted.ensureDeferred
+async def test_removing_a_user_removes_credentials_and_vcard(hosted, secret_credentials):
+    await hosted.set_vcard("example.com", "alice", "<vCard xmlns='vcard-temp'/>")
+    await hosted.remove_user("example.com", "alice")
+    assert await hosted.user("example.com", "alice") is None
+    assert await hosted.credentials("example.com", "alice") is None
+    assert await hosted.vcard("example.com", "alice") is None
+    # the same name may be taken again, with nothing left over
+    await hosted.add_user(User("alice", "example.com"), secret_credentials)
+    assert await hosted.vcard("example.com", "alice") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_removing_unknown_user_is_refused(hosted):
+    with pytest.raises(UnknownUser, match="^unknown user: bob@example.com$"):
+        await hosted.remove_user("example.com", "bob")
+
+
+# -- credentials
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_round_trip_and_verify(hosted, secret_credentials):
+    stored = await hosted.credentials("example.com", "alice")
+    assert stored == secret_credentials
+    assert set(stored) == {"SCRAM-SHA-1", "SCRAM-SHA-256"}
+    assert verify_password(stored, "s3cret pass")
+    assert not verify_password(stored, "s3cret Pass")
+    assert not verify_password(stored, "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_of_unknown_user_are_none(hosted):
+    assert await hosted.credentials("example.com", "bob") is None
+    assert await hosted.credentials("example.org", "alice") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_password_replaces_the_old(hosted, other_credentials):
+    await hosted.set_credentials("example.com", "alice", other_credentials)
+    stored = await hosted.credentials("example.com", "alice")
+    assert verify_password(stored, "another")
+    assert not verify_password(stored, "s3cret pass")
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_of_unknown_user_are_refused(hosted, other_credentials):
+    with pytest.raises(UnknownUser, match="^unknown user: bob@example.com$"):
+        await hosted.set_credentials("example.com", "bob", other_credentials)
+
+
+# -- vCards and secrets
+
+
+@pytest_twisted.ensureDeferred
+async def test_vcard_is_stored_and_replaced(hosted):
+    assert await hosted.vcard("example.com", "alice") is None
+    await hosted.set_vcard("example.com", "alice", "<vCard xmlns='vcard-temp'><FN>A</FN></vCard>")
+    await hosted.set_vcard("example.com", "alice", "<vCard xmlns='vcard-temp'><FN>Ä</FN></vCard>")
+    assert await hosted.vcard("example.com", "alice") == "<vCard xmlns='vcard-temp'><FN>Ä</FN></vCard>"
+
+
+@pytest_twisted.ensureDeferred
+async def test_vcard_of_unknown_user_is_refused(hosted):
+    with pytest.raises(UnknownUser, match="^unknown user: bob@example.com$"):
+        await hosted.set_vcard("example.com", "bob", "<vCard xmlns='vcard-temp'/>")
+
+
+@pytest_twisted.ensureDeferred
+async def test_secrets_are_made_once_per_name(directory):
+    first = await directory.secret("tokens")
+    assert isinstance(first, bytes) and len(first) == 32
+    assert await directory.secret("tokens") == first
+    assert await directory.secret("other") != first
+
+
+# -- change feed
+
+
+@pytest_twisted.ensureDeferred
+async def test_watchers_hear_every_change_in_order(directory, secret_credentials, other_credentials):
+    first, second = Recorder(), Recorder()
+    directory.watch(first)
+    directory.watch(second)
+    await directory.add_domain("example.com")
+    await directory.set_chat_enabled("example.com", False)
+    await directory.set_chat_enabled("example.com", True)
+    await directory.add_user(ALICE, secret_credentials)
+    await directory.update_user(User("alice", "example.com", "Alice L."))
+    await directory.set_credentials("example.com", "alice", other_credentials)
+    await directory.remove_user("example.com", "alice")
+    expected = [
+        Change("domain-added", "example.com"),
+        Change("domain-disabled", "example.com"),
+        Change("domain-enabled", "example.com"),
+        Change("user-added", "example.com", "alice"),
+        Change("user-changed", "example.com", "alice"),
+        Change("credentials-changed", "example.com", "alice"),
+        Change("user-removed", "example.com", "alice"),
+    ]
+    assert await first.until(len(expected)) == expected
+    assert await second.until(len(expected)) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_mutation_tells_nothing(directory, secret_credentials):
+    recorder = Recorder()
+    directory.watch(recorder)
+    await directory.add_domain("example.com")
+    with pytest.raises(DuplicateDomain):
+        await directory.add_domain("example.com")
+    with pytest.raises(UnknownUser):
+        await directory.remove_user("example.com", "alice")
+    await directory.add_user(ALICE, secret_credentials)
+    assert await recorder.until(2) == [
+        Change("domain-added", "example.com"),
+        Change("user-added", "example.com", "alice"),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_failing_watcher_does_not_stop_the_others(directory):
+    def broken(change):
+        raise RuntimeError("watcher bug")
+
+    recorder = Recorder()
+    directory.watch(broken)
+    directory.watch(recorder)
+    await directory.add_domain("example.com")
+    await directory.add_domain("example.org")
+    assert len(await recorder.until(2)) == 2
+
+
+def test_memory_watchers_hear_at_once():
+    directory = MemoryDirectory()
+    recorder = Recorder()
+    directory.watch(recorder)
+    directory.add_domain("example.com")
+    assert recorder.changes == [Change("domain-added", "example.com")]
+
+
+# -- credentials themselves
+
+
+def test_credentials_work_for_a_real_scram_exchange(secret_credentials):
+    for name, keys in secret_credentials.items():
+        server = ScramMechanism(name).make_server(
+            lambda _user, keys=keys: (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
+        )
+        client = ScramClient([name], "alice", "s3cret pass")
+        server.set_client_first(client.get_client_first())
+        client.set_server_first(server.get_server_first())
+        server.set_client_final(client.get_client_final())
+        client.set_server_final(server.get_server_final())  # raises if the server proof is wrong
+
+
+def test_credentials_are_salted_per_call():
+    one, two = make_credentials("same", 4096), make_credentials("same", 4096)
+    assert one["SCRAM-SHA-256"].salt != two["SCRAM-SHA-256"].salt
+    assert one["SCRAM-SHA-256"].iterations == 4096
+
+
+def test_verify_falls_back_to_sha1():
+    credentials = make_credentials("pw", 4096)
+    only_sha1 = {"SCRAM-SHA-1": credentials["SCRAM-SHA-1"]}
+    assert verify_password(only_sha1, "pw")
+    assert not verify_password(only_sha1, "wrong")
+    assert not verify_password({}, "pw")
+
+
+@pytest.mark.parametrize(
+    "password, iterations, reason",
+    [("pw", 1000, "at least 4096"), ("", 4096, "empty"), ("a\u0007b", 4096, "SASLprep")],
+)
+def test_bad_credentials_are_refused(password, iterations, reason):
+    with pytest.raises(ValueError, match=reason):
+        make_credentials(password, iterations)
+
+
+# -- what only SQLite adds: durability and other processes
+
+
+def sqlite_at(tmp_path) -> SQLiteDirectory:
+    return SQLiteDirectory(str(tmp_path / "shared.sqlite"), POLL)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_keeps_everything_across_restart(tmp_path, secret_credentials):
+    store = sqlite_at(tmp_path)
+    await store.start()
+    await store.add_domain("example.com")
+    await store.add_user(ALICE, secret_credentials)
+    await store.set_vcard("example.com", "alice", "<vCard xmlns='vcard-temp'/>")
+    secret = await store.secret("tokens")
+    await store.stop()
+
+    store = sqlite_at(tmp_path)
+    recorder = Recorder()
+    store.watch(recorder)
+    await store.start()
+    try:
+        assert await store.secret("tokens") == secret
+        assert await store.users("example.com") == [ALICE]
+        assert await store.credentials("example.com", "alice") == secret_credentials
+        assert await store.vcard("example.com", "alice") == "<vCard xmlns='vcard-temp'/>"
+        await deferLater(reactor, POLL * 5, lambda: None)
+        assert recorder.changes == []  # changes made before start are not told again
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_change_by_another_process_reaches_watchers(tmp_path, secret_credentials):
+    service, admin = sqlite_at(tmp_path), sqlite_at(tmp_path)
+    recorder = Recorder()
+    service.watch(recorder)
+    await service.start()
+    await admin.start()
+    try:
+        await admin.add_domain("example.com")
+        await admin.add_user(ALICE, secret_credentials)
+        await admin.set_chat_enabled("example.com", False)
+        assert await recorder.until(3) == [
+            Change("domain-added", "example.com"),
+            Change("user-added", "example.com", "alice"),
+            Change("domain-disabled", "example.com"),
+        ]
+        assert await service.user("example.com", "alice") == ALICE
+        assert await service.secret("shared") == await admin.secret("shared")
+    finally:
+        await admin.stop()
+        await service.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_errors_are_one_line_directory_errors(tmp_path):
+    store = SQLiteDirectory(str(tmp_path / "missing" / "folder" / "x.sqlite"), POLL)
+    with pytest.raises(DirectoryError, match="unable to open database file"):
+        await store.start()
+    with pytest.raises(DirectoryError, match="not started"):
+        await store.domains()
+    await store.stop()  # harmless after a failed start
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_directory_picks_the_configured_backend(tmp_path):
+    memory = open_directory(Settings(storage=StorageSettings(backend="memory")))
+    assert isinstance(memory, MemoryDirectory)
+    settings = Settings(
+        storage=StorageSettings(path="var/db/chat.sqlite", poll_interval=0.3), base_dir=str(tmp_path)
+    )
+    store = open_directory(settings)
+    assert isinstance(store, SQLiteDirectory)
+    assert store.path == str(tmp_path / "var" / "db" / "chat.sqlite")
+    assert store.poll_interval == 0.3
+    assert (tmp_path / "var" / "db").is_dir()
+    await store.start()
+    await store.stop()
