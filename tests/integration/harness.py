@@ -9,6 +9,7 @@ TCP socket for the attacks no client library would send.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import socket
 import ssl
@@ -199,3 +200,72 @@ async def logout(*clients: Client) -> None:
         if client.transport is not None:
             client.disconnect()
             await client.wait_until("disconnected", 10)
+
+
+class RawClient:
+    """A hand-driven XMPP client on a raw socket, for what libraries won't do
+    (stop answering, misbehave at a chosen step)."""
+
+    HEADER = (
+        "<stream:stream to='{domain}' xmlns='jabber:client'"
+        " xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+    )
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, domain: str) -> None:
+        self.reader, self.writer, self.domain = reader, writer, domain
+        self.received = b""
+
+    @classmethod
+    async def connect(cls, port: int, domain: str = "example.com") -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer, domain)
+
+    def send(self, data: str | bytes) -> None:
+        self.writer.write(data.encode() if isinstance(data, str) else data)
+
+    async def expect(self, marker: str, timeout: float = 10) -> bytes:
+        """Read until *marker* appears in what was received; return all of it."""
+        async def read() -> bytes:
+            while marker.encode() not in self.received:
+                chunk = await self.reader.read(65536)
+                if not chunk:
+                    raise AssertionError(f"closed before {marker!r}; got {self.received!r}")
+                self.received += chunk
+            return self.received
+        return await asyncio.wait_for(read(), timeout)
+
+    async def read_to_end(self, timeout: float = 10) -> bytes:
+        async def read() -> bytes:
+            while chunk := await self.reader.read(65536):
+                self.received += chunk
+            return self.received
+        return await asyncio.wait_for(read(), timeout)
+
+    async def open(self) -> None:
+        self.received = b""
+        self.send(self.HEADER.format(domain=self.domain))
+        await self.expect("</stream:features>")
+
+    async def login(self, localpart: str, password: str, resource: str) -> str:
+        """STARTTLS, SASL PLAIN, bind; returns the bound full JID."""
+        await self.open()
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await self.expect("<proceed")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        await self.writer.start_tls(context)
+        await self.open()
+        token = base64.b64encode(f"\0{localpart}\0{password}".encode()).decode()
+        self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
+        await self.expect("<success")
+        await self.open()
+        self.send(
+            "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            f"<resource>{resource}</resource></bind></iq>"
+        )
+        answer = await self.expect("</iq>")
+        return answer.split(b"<jid>")[1].split(b"</jid>")[0].decode()
+
+    def close(self) -> None:
+        self.writer.close()
