@@ -57,10 +57,10 @@ class ChatService(service.Service):
     @defer.inlineCallbacks
     def _start(self):
         yield self.directory.start()
+        if self.settings.demo.create and not (yield self.directory.domains()):
+            yield self._create_demo()
         yield self.domains.load()
         yield self.authenticator.start()
-        if self.settings.demo.create and not self.domains.names():
-            yield self._create_demo()
         self._listen()
         self.router.emit("service-started")
         log.info("chatgate ready: domains {domains}", domains=", ".join(self.domains.names()) or "(none)")
