@@ -51,6 +51,12 @@ class StorageSettings:
 class AuthSettings:
     scram_iterations: int = 4096
     max_attempts: int = 3
+    #: failed logins on one account from one address before it is locked there
+    failures_per_account: int = 5
+    #: failed logins from one address, any account, before the address is locked
+    failures_per_address: int = 30
+    #: seconds failures are remembered, and a lock lasts
+    lockout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,16 @@ class LimitSettings:
     max_stanza_size: int = 262144
     max_stanza_size_preauth: int = 8192
     max_depth: int = 64
+    #: bytes queued for a client that does not read before its session is closed
+    max_output_buffer: int = 1048576
+    #: bytes per second a session may send, sustained, and in one burst
+    read_rate: int = 65536
+    read_burst: int = 1048576
+    #: stanzas per second a session may send, sustained, and in one burst
+    stanza_rate: float = 50.0
+    stanza_burst: int = 500
+    #: connections from one address not yet authenticated, at once
+    max_preauth_per_address: int = 16
 
 
 @dataclass(frozen=True)
@@ -179,13 +195,28 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
         StorageSettings,
         {"backend": _backend, "path": _nonempty, "poll_interval": _seconds},
     ),
-    "auth": (AuthSettings, {"scram_iterations": _positive_int, "max_attempts": _positive_int}),
+    "auth": (
+        AuthSettings,
+        {
+            "scram_iterations": _positive_int,
+            "max_attempts": _positive_int,
+            "failures_per_account": _positive_int,
+            "failures_per_address": _positive_int,
+            "lockout": _seconds,
+        },
+    ),
     "limits": (
         LimitSettings,
         {
             "max_stanza_size": _positive_int,
             "max_stanza_size_preauth": _positive_int,
             "max_depth": _positive_int,
+            "max_output_buffer": _positive_int,
+            "read_rate": _positive_int,
+            "read_burst": _positive_int,
+            "stanza_rate": _seconds,
+            "stanza_burst": _positive_int,
+            "max_preauth_per_address": _positive_int,
         },
     ),
     "demo": (DemoSettings, {"create": _bool, "domain": _nonempty}),
@@ -229,6 +260,8 @@ def _check(settings: Settings) -> None:
     limits = settings.limits
     if limits.max_stanza_size_preauth > limits.max_stanza_size:
         raise ConfigError("[limits] max_stanza_size_preauth: must not exceed max_stanza_size")
+    if limits.read_burst < limits.max_stanza_size:
+        raise ConfigError("[limits] read_burst: must be at least max_stanza_size")
 
 
 def load(path: str) -> Settings:

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from chatgate.auth.credentials import make_credentials
 from chatgate.auth.sasl import Authenticator
+from chatgate.auth.throttle import LoginThrottle
 from chatgate.config import ConfigError, Settings, load
 from chatgate.domains import HostedDomains
 from chatgate.features import register_all
@@ -45,7 +46,9 @@ class ChatService(service.Service):
         self.stores = Stores(directory=self.directory)
         self.domains = HostedDomains(self.directory)
         self.router = Router(self.domains, clock=reactor)
-        self.authenticator = Authenticator(self.directory, self.domains, settings.auth.scram_iterations)
+        a = settings.auth
+        throttle = LoginThrottle(reactor, a.failures_per_account, a.failures_per_address, a.lockout)
+        self.authenticator = Authenticator(self.directory, self.domains, a.scram_iterations, throttle)
         register_all(self.router, settings, self.stores)
         self.ports: list[Any] = []
 
@@ -67,9 +70,11 @@ class ChatService(service.Service):
 
     def _listen(self) -> None:
         x = self.settings.xmpp
-        plain = C2SFactory(self.router, self.authenticator, self.settings, self.tls_context, clock=self.reactor)
+        preauth: dict[str, int] = {}
+        plain = C2SFactory(self.router, self.authenticator, self.settings, self.tls_context,
+                           clock=self.reactor, preauth=preauth)
         direct = C2SFactory(self.router, self.authenticator, self.settings, self.tls_context,
-                            direct_tls=True, clock=self.reactor)
+                            direct_tls=True, clock=self.reactor, preauth=preauth)
         for interface in x.interfaces:
             for port in (x.port, *x.extra_ports):
                 self.ports.append(self.reactor.listenTCP(port, plain, backlog=1024, interface=interface))

@@ -7,7 +7,8 @@ No user enumeration: an unknown user gets a salt derived from a server secret
 and the configured iteration count, exactly as a real one, and fails at the
 same (final) step with the same condition; for PLAIN the same key derivation
 runs against throw-away keys. A user of a domain whose chat is disabled learns
-it (``account-disabled``) only after proving the password.
+it (``account-disabled``) only after proving the password. Guessing is slowed
+and then refused by :mod:`chatgate.auth.throttle`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import os
 from dataclasses import dataclass
 
 from scramp import ScramException, ScramMechanism
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from chatgate.auth.credentials import make_credentials, verify_password
+from chatgate.auth.throttle import LoginThrottle
 from chatgate.domains import HostedDomains
 from chatgate.storage.interfaces import Credentials, IDirectory, ScramKeys
 
@@ -63,10 +65,12 @@ def decode(text: str) -> bytes | None:
 class Authenticator:
     """Knows the mechanisms and checks proofs against the directory."""
 
-    def __init__(self, directory: IDirectory, domains: HostedDomains, iterations: int) -> None:
+    def __init__(self, directory: IDirectory, domains: HostedDomains, iterations: int,
+                 throttle: LoginThrottle) -> None:
         self.directory = directory
         self.domains = domains
         self.iterations = iterations
+        self.throttle = throttle
         self._secret = b""
         self._decoy: Credentials | None = None
 
@@ -80,15 +84,17 @@ class Authenticator:
         plain = ["PLAIN"] if secure or allow_plain_insecure else []
         return [*SCRAM_MECHANISMS, *plain]
 
-    def exchange(self, mechanism: str, domain: str, secure: bool, allow_plain_insecure: bool) -> Exchange:
-        """A new authentication attempt with *mechanism* for a user of *domain*."""
+    def exchange(self, mechanism: str, domain: str, secure: bool, allow_plain_insecure: bool,
+                 address: str) -> Exchange:
+        """A new authentication attempt with *mechanism* for a user of *domain*
+        from the IP *address*."""
         if mechanism not in self.mechanisms(secure, allow_plain_insecure):
             if mechanism == "PLAIN":
                 raise SASLFailure("encryption-required")
             raise SASLFailure("invalid-mechanism")
         if mechanism == "PLAIN":
-            return PlainExchange(self, domain)
-        return ScramExchange(self, domain, mechanism)
+            return PlainExchange(self, domain, address)
+        return ScramExchange(self, domain, address, mechanism)
 
     # -- helpers for exchanges
 
@@ -117,15 +123,30 @@ class Authenticator:
         if not self.domains.chat_enabled(domain):
             raise SASLFailure("account-disabled", f"Chat is disabled for {domain}")
 
+    def check_throttle(self, account: str, address: str) -> None:
+        if self.throttle.locked(account, address):
+            raise SASLFailure("temporary-auth-failure", "Too many failed logins; try again later")
+
+    def pause(self, account: str, address: str) -> defer.Deferred[None]:
+        """Wait as long as earlier failures from *address* ask, before answering."""
+        return task.deferLater(self.throttle.clock, self.throttle.delay(account, address))
+
+    def judged(self, account: str, address: str, valid: bool) -> None:
+        if valid:
+            self.throttle.succeeded(account, address)
+        else:
+            self.throttle.failed(account, address)
+
 
 class Exchange:
     """One authentication attempt; ``localpart`` is set once it succeeded."""
 
     mechanism = ""
 
-    def __init__(self, authenticator: Authenticator, domain: str) -> None:
+    def __init__(self, authenticator: Authenticator, domain: str, address: str) -> None:
         self.authenticator = authenticator
         self.domain = domain
+        self.address = address
         self.localpart: str | None = None
 
     def step(self, data: bytes | None) -> defer.Deferred[Step]:
@@ -149,9 +170,14 @@ class PlainExchange(Exchange):
         localpart = a.prepare_user(authcid, self.domain)
         if authzid and authzid.lower() != f"{localpart}@{self.domain}":
             raise SASLFailure("invalid-authzid")
+        account = f"{localpart}@{self.domain}"
+        a.check_throttle(account, self.address)
+        yield a.pause(account, self.address)
         credentials = yield a.directory.credentials(self.domain, localpart)
         valid = yield threads.deferToThread(verify_password, credentials or a._decoy, password)
-        if not (valid and credentials):
+        valid = bool(valid and credentials)
+        a.judged(account, self.address, valid)
+        if not valid:
             raise SASLFailure("not-authorized")
         a.check_enabled(self.domain)
         self.localpart = localpart
@@ -161,8 +187,8 @@ class PlainExchange(Exchange):
 class ScramExchange(Exchange):
     """RFC 5802: client-first, server-first, client-final, server-final."""
 
-    def __init__(self, authenticator: Authenticator, domain: str, mechanism: str) -> None:
-        super().__init__(authenticator, domain)
+    def __init__(self, authenticator: Authenticator, domain: str, address: str, mechanism: str) -> None:
+        super().__init__(authenticator, domain, address)
         self.mechanism = mechanism
         self._server = None
         self._candidate: str | None = None
@@ -180,6 +206,7 @@ class ScramExchange(Exchange):
             raise SASLFailure("malformed-request") from None
         if self._server is None:
             return (yield self._client_first(text))
+        yield self.authenticator.pause(f"{self._candidate}@{self.domain}", self.address)
         return self._client_final(text)
 
     @defer.inlineCallbacks
@@ -189,6 +216,7 @@ class ScramExchange(Exchange):
         localpart = a.prepare_user(username, self.domain)
         if authzid and authzid.lower() != f"{localpart}@{self.domain}":
             raise SASLFailure("invalid-authzid")
+        a.check_throttle(f"{localpart}@{self.domain}", self.address)
         credentials = yield a.directory.credentials(self.domain, localpart)
         keys = (credentials or {}).get(self.mechanism)
         self._known = keys is not None
@@ -204,12 +232,15 @@ class ScramExchange(Exchange):
             raise SASLFailure("malformed-request") from None
 
     def _client_final(self, text: str) -> Step:
+        account = f"{self._candidate}@{self.domain}"
         try:
             self._server.set_client_final(text)
             final = self._server.get_server_final()
+            valid = self._known  # decoy keys are random: a proof against them cannot hold
         except ScramException:
-            raise SASLFailure("not-authorized") from None
-        if not self._known:  # cannot happen with random decoy keys; never let it through
+            valid = False
+        self.authenticator.judged(account, self.address, valid)
+        if not valid:
             raise SASLFailure("not-authorized")
         self.authenticator.check_enabled(self.domain)
         self.localpart = self._candidate

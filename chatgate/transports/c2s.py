@@ -4,6 +4,13 @@ Owns the bytes: the restricted XML parser (§11), the stream header and stream
 errors (§4.7, §4.9), STARTTLS (§5) or direct TLS (XEP-0368), whitespace
 keepalives (§4.6.1). Everything the stream means is in
 :mod:`chatgate.transports.stream`, shared with BOSH.
+
+It also keeps one client from hurting others (RFC 6120 §13.12): a client
+sending too fast is read more slowly (token buckets for bytes and stanzas,
+the transport paused meanwhile); one that stops reading is closed once
+``max_output_buffer`` bytes wait for it (the connection is registered as the
+transport's producer, so Twisted says when its buffer is full); and each
+address may hold only a few unauthenticated connections.
 """
 
 from __future__ import annotations
@@ -11,16 +18,18 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import interfaces, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from chatgate.auth.sasl import Authenticator
 from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router
 from chatgate.session import Session
+from chatgate.transports.ratelimit import TokenBucket
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream
 from chatgate.xml import StreamError, StreamParser
 
@@ -44,12 +53,13 @@ class C2SSession(Session):
         self.connection = connection
 
     def _write(self, element: domish.Element) -> None:
-        self.connection.transport.write(serialize(element))
+        self.connection.write(serialize(element))
 
     def _end(self, condition: str | None, text: str | None) -> None:
         self.connection.fail(condition, text) if condition else self.connection.close()
 
 
+@implementer(interfaces.IPushProducer)
 class C2SConnection(protocol.Protocol, StreamTransport):
     """One TCP connection from a client."""
 
@@ -65,22 +75,37 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         self._header_sent = False
         self._closing = False
         self._auth_timer: Any = None
+        self._preauth = False  # counted among its address's unauthenticated connections
+        self._backlog: int | None = None  # bytes written since the transport's buffer filled
+        self._reading_paused = False
+        limits = self.settings.limits
+        self._bytes = TokenBucket(limits.read_rate, limits.read_burst, factory.clock)
+        self._stanzas = TokenBucket(limits.stanza_rate, limits.stanza_burst, factory.clock)
 
     # -- Twisted protocol
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
-        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self.address = getattr(address, "host", "?")
+        self.peer = f"{self.address}:{getattr(address, 'port', '?')}"
+        self.transport.registerProducer(self, True)
         self._new_parser(authenticated=False)
         self._auth_timer = self.factory.clock.callLater(
             self.settings.xmpp.auth_timeout, self.fail, "connection-timeout", "Not authenticated in time"
         )
+        preauth = self.factory.preauth
+        if preauth.get(self.address, 0) >= self.settings.limits.max_preauth_per_address:
+            self.fail("policy-violation", "Too many unauthenticated connections from your address")
+            return
+        preauth[self.address] = preauth.get(self.address, 0) + 1
+        self._preauth = True
 
     def dataReceived(self, data: bytes) -> None:
         if self.parser is None:
             return
         if self.stream.session is not None:
             self.stream.session.last_active = self.factory.clock.seconds()
+        self._slow_down(self._bytes.take(len(data)))
         try:
             self.parser.feed(data)
         except StreamError as error:
@@ -91,6 +116,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._cancel_auth_timer()
+        self._leave_preauth()
         if self.parser is not None:
             self.parser.close()
             self.parser = None
@@ -124,16 +150,53 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         return None
 
     def _on_element(self, element: domish.Element) -> None:
+        self._slow_down(self._stanzas.take(1))
         self.stream.receive(element)
 
     def _on_end(self) -> None:
         self.close()
 
+    # -- flow control
+
+    def _slow_down(self, seconds: float) -> None:
+        """Stop reading for *seconds*: a fast sender is slowed, nothing dropped."""
+        if seconds > 0 and not self._reading_paused and not self._closing:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+            self.factory.clock.callLater(seconds, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        if not self._closing:
+            self.transport.resumeProducing()
+
+    def write(self, data: bytes) -> None:
+        """Write to the client, closing the stream if it stopped reading."""
+        if self._closing:
+            return
+        if self._backlog is not None:
+            self._backlog += len(data)
+            if self._backlog > self.settings.limits.max_output_buffer:
+                self.fail("policy-violation", "Too much data waiting; the client does not read")
+                return
+        self.transport.write(data)
+
+    # IPushProducer: Twisted calls these about its own write buffer.
+
+    def pauseProducing(self) -> None:
+        if self._backlog is None:
+            self._backlog = 0
+
+    def resumeProducing(self) -> None:
+        self._backlog = None
+
+    def stopProducing(self) -> None:
+        self._backlog = None
+
     # -- StreamTransport
 
     def send(self, element: domish.Element) -> None:
-        if not self._closing:
-            self.transport.write(serialize(element))
+        self.write(serialize(element))
 
     def fail(self, condition: str, text: str | None = None) -> None:
         """Send a stream error and close (RFC 6120 §4.9.1.1)."""
@@ -159,6 +222,8 @@ class C2SConnection(protocol.Protocol, StreamTransport):
             self.parser.close()
             self.parser = None
         self.transport.write(b"</stream:stream>")
+        # TLS shuts down only once no producer is registered.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def start_tls(self) -> None:
@@ -168,6 +233,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
     def restart(self, authenticated: bool) -> None:
         if authenticated:
             self._cancel_auth_timer()
+            self._leave_preauth()
         self._new_parser(authenticated)
 
     def make_session(self, jid: JID) -> Session:
@@ -202,6 +268,15 @@ class C2SConnection(protocol.Protocol, StreamTransport):
             ).encode()
         )
 
+    def _leave_preauth(self) -> None:
+        if self._preauth:
+            self._preauth = False
+            count = self.factory.preauth[self.address] - 1
+            if count:
+                self.factory.preauth[self.address] = count
+            else:
+                del self.factory.preauth[self.address]
+
     def _cancel_auth_timer(self) -> None:
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
@@ -212,7 +287,8 @@ class C2SFactory(protocol.ServerFactory):
     """Makes a C2SConnection per client; one factory per listening port."""
 
     def __init__(self, router: Router, authenticator: Authenticator, settings: Settings,
-                 tls_context: Any, direct_tls: bool = False, clock: Any = None) -> None:
+                 tls_context: Any, direct_tls: bool = False, clock: Any = None,
+                 preauth: dict[str, int] | None = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.router = router
@@ -221,6 +297,8 @@ class C2SFactory(protocol.ServerFactory):
         self.tls_context = tls_context
         self.direct_tls = direct_tls
         self.clock = clock
+        #: address -> its connections not authenticated yet; shared by every port
+        self.preauth: dict[str, int] = preauth if preauth is not None else {}
 
     def buildProtocol(self, addr: Any) -> C2SConnection:
         return C2SConnection(self)

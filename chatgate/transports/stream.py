@@ -37,7 +37,9 @@ class StreamTransport:
     """What a transport offers the stream. c2s and BOSH implement it."""
 
     name = "?"
+    #: "host:port" for logs, and the host alone for per-address limits
     peer = ""
+    address = ""
     secure = False
     can_starttls = False
 
@@ -143,6 +145,7 @@ class XMPPStream:
                     self.domain,
                     self.transport.secure,
                     self.settings.xmpp.allow_plain_without_tls,
+                    self.transport.address,
                 )
             elif element.name == "abort":
                 self._exchange = None
