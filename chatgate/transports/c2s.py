@@ -36,6 +36,10 @@ from chatgate.xml import StreamError, StreamParser
 STREAM_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 _PREFIXES = {STREAMS_NS: "stream"}
+#: seconds a closed stream's connection may take to flush before it is cut
+CLOSE_GRACE = 10.0
+#: bytes parsed between two looks at the rate limits
+PARSE_SLICE = 4096
 
 log = Logger()
 
@@ -75,9 +79,11 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         self._header_sent = False
         self._closing = False
         self._auth_timer: Any = None
+        self._abort_timer: Any = None
         self._preauth = False  # counted among its address's unauthenticated connections
         self._backlog: int | None = None  # bytes written since the transport's buffer filled
         self._reading_paused = False
+        self._inbox = bytearray()  # received, not parsed yet (only while slowed down)
         limits = self.settings.limits
         self._bytes = TokenBucket(limits.read_rate, limits.read_burst, factory.clock)
         self._stanzas = TokenBucket(limits.stanza_rate, limits.stanza_burst, factory.clock)
@@ -105,17 +111,28 @@ class C2SConnection(protocol.Protocol, StreamTransport):
             return
         if self.stream.session is not None:
             self.stream.session.last_active = self.factory.clock.seconds()
-        self._slow_down(self._bytes.take(len(data)))
-        try:
-            self.parser.feed(data)
-        except StreamError as error:
-            self.fail(error.condition, error.text)
-        except Exception:
-            log.failure("c2s input from {peer}", peer=self.peer)
-            self.fail("internal-server-error")
+        self._inbox += data
+        self._parse()
+
+    def _parse(self) -> None:
+        """Parse what was received, a slice at a time, until the rate limits
+        say wait: a burst read in one go is still handled at the allowed pace."""
+        while self._inbox and self.parser is not None and not self._reading_paused:
+            piece = bytes(self._inbox[:PARSE_SLICE])
+            del self._inbox[:PARSE_SLICE]
+            self._slow_down(self._bytes.take(len(piece)))
+            try:
+                self.parser.feed(piece)
+            except StreamError as error:
+                self.fail(error.condition, error.text)
+            except Exception:
+                log.failure("c2s input from {peer}", peer=self.peer)
+                self.fail("internal-server-error")
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._cancel_auth_timer()
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
         self._leave_preauth()
         if self.parser is not None:
             self.parser.close()
@@ -169,6 +186,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         self._reading_paused = False
         if not self._closing:
             self.transport.resumeProducing()
+            self._parse()
 
     def write(self, data: bytes) -> None:
         """Write to the client, closing the stream if it stopped reading."""
@@ -178,6 +196,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
             self._backlog += len(data)
             if self._backlog > self.settings.limits.max_output_buffer:
                 self.fail("policy-violation", "Too much data waiting; the client does not read")
+                self.transport.abortConnection()  # it would not read the rest either
                 return
         self.transport.write(data)
 
@@ -209,7 +228,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         if text:
             error.addElement((STREAM_ERRORS_NS, "text"), content=text)
         self.transport.write(serialize(error))
-        if condition not in ("conflict", "system-shutdown", "connection-timeout", "policy-violation"):
+        if condition != "system-shutdown":
             log.info("stream error {condition} for {peer}", condition=condition, peer=self.peer)
         self.close()
 
@@ -225,12 +244,18 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         # TLS shuts down only once no producer is registered.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+        self.stream.ended()
+        # A peer that never reads would keep a half-closed connection forever.
+        self._abort_timer = self.factory.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     def start_tls(self) -> None:
         self.transport.startTLS(self.factory.tls_context)
         self.secure = True
 
     def restart(self, authenticated: bool) -> None:
+        # Bytes sent after <starttls/> or the SASL exchange, before the restart,
+        # are never read into the new stream (no command injection).
+        self._inbox.clear()
         if authenticated:
             self._cancel_auth_timer()
             self._leave_preauth()

@@ -258,8 +258,10 @@ class XMPPStream:
         self.router.route(element, session)
 
     def ended(self) -> None:
-        """The transport is gone, cleanly or not: the session leaves the router."""
-        if self.session is not None:
-            log.info("logout {jid} ({transport})", jid=self.session.full, transport=self.transport.name)
-            self.session.closed = True
-            self.router.unbind(self.session)
+        """The stream is over, cleanly or not: the session leaves the router now,
+        without waiting for the transport to finish closing. Idempotent."""
+        session, self.session = self.session, None
+        if session is not None:
+            log.info("logout {jid} ({transport})", jid=session.full, transport=self.transport.name)
+            session.closed = True
+            self.router.unbind(session)

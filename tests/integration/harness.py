@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import re
 import socket
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import scramp
 import slixmpp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,8 +218,10 @@ class RawClient:
         self.received = b""
 
     @classmethod
-    async def connect(cls, port: int, domain: str = "example.com") -> RawClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(cls, port: int, domain: str = "example.com", source: str | None = None) -> RawClient:
+        """Connect to 127.0.0.1, from the loopback address *source* if given."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
         return cls(reader, writer, domain)
 
     def send(self, data: str | bytes) -> None:
@@ -246,8 +250,7 @@ class RawClient:
         self.send(self.HEADER.format(domain=self.domain))
         await self.expect("</stream:features>")
 
-    async def login(self, localpart: str, password: str, resource: str) -> str:
-        """STARTTLS, SASL PLAIN, bind; returns the bound full JID."""
+    async def starttls(self) -> None:
         await self.open()
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         await self.expect("<proceed")
@@ -256,9 +259,46 @@ class RawClient:
         context.verify_mode = ssl.CERT_NONE
         await self.writer.start_tls(context)
         await self.open()
+
+    _SASL_ANSWER = re.compile(rb"<(challenge|success|failure) xmlns='[^']*'(?:/>|>(.*?)</\1>)", re.S)
+
+    async def sasl_reply(self, timeout: float = 15) -> tuple[str, bytes]:
+        """The next SASL answer: (challenge|success|failure, its data: decoded, or the failure's XML)."""
+        async def read() -> tuple[str, bytes]:
+            while (match := self._SASL_ANSWER.search(self.received)) is None:
+                chunk = await self.reader.read(65536)
+                if not chunk:
+                    raise AssertionError(f"closed during SASL; got {self.received!r}")
+                self.received += chunk
+            self.received = self.received[match.end():]
+            name, body = match.group(1).decode(), match.group(2) or b""
+            return name, body if name == "failure" else base64.b64decode(body)
+        return await asyncio.wait_for(read(), timeout)
+
+    async def plain(self, localpart: str, password: str) -> tuple[str, bytes]:
         token = base64.b64encode(f"\0{localpart}\0{password}".encode()).decode()
         self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
-        await self.expect("<success")
+        return await self.sasl_reply()
+
+    async def scram(self, localpart: str, password: str) -> list[tuple[str, bytes]]:
+        """A SCRAM-SHA-256 exchange; every server answer, in order."""
+        client = scramp.ScramClient(["SCRAM-SHA-256"], localpart, password)
+        first = base64.b64encode(client.get_client_first().encode()).decode()
+        self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{first}</auth>")
+        answers = [await self.sasl_reply()]
+        if answers[-1][0] != "challenge":
+            return answers
+        client.set_server_first(answers[-1][1].decode())
+        final = base64.b64encode(client.get_client_final().encode()).decode()
+        self.send(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final}</response>")
+        answers.append(await self.sasl_reply())
+        return answers
+
+    async def login(self, localpart: str, password: str, resource: str) -> str:
+        """STARTTLS, SASL PLAIN, bind; returns the bound full JID."""
+        await self.starttls()
+        name, data = await self.plain(localpart, password)
+        assert name == "success", data
         await self.open()
         self.send(
             "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
