@@ -7,6 +7,7 @@ Nothing else wires parts together. ``twistd chatgate`` calls
 from __future__ import annotations
 
 import secrets
+import signal
 import sys
 from typing import Any
 
@@ -23,7 +24,7 @@ from chatgate.features import register_all
 from chatgate.router import Router
 from chatgate.storage import open_directory
 from chatgate.storage.interfaces import Stores, User
-from chatgate.tls import context_factory, ensure_certificate
+from chatgate.tls import ReloadableContext, ensure_certificate
 from chatgate.transports.c2s import C2SFactory
 
 log = Logger()
@@ -65,6 +66,8 @@ class ChatService(service.Service):
         yield self.domains.load()
         yield self.authenticator.start()
         self._listen()
+        # SIGHUP: read the certificate again (after a renewal) without a restart.
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload_tls))
         self.router.emit("service-started")
         log.info("chatgate ready: domains {domains}", domains=", ".join(self.domains.names()) or "(none)")
 
@@ -86,6 +89,14 @@ class ChatService(service.Service):
                 )
                 log.info("XMPP (c2s, direct TLS) on {interface} port {port}", interface=interface,
                          port=x.direct_tls_port)
+
+    def reload_tls(self) -> None:
+        try:
+            self.tls_context.reload()
+        except ConfigError as e:
+            log.error("TLS certificate not reloaded, the old one stays: {error}", error=str(e))
+        else:
+            log.info("TLS certificate reloaded from {path}", path=self.tls_context.cert_path)
 
     def _start_failed(self, failure: Any) -> None:
         if failure.check(error.CannotListenError):
@@ -131,7 +142,7 @@ def makeService(config_path: str) -> service.IService:
         cert, key = settings.path(settings.tls.certificate), settings.path(settings.tls.key)
         if ensure_certificate(cert, key, [settings.demo.domain]):
             log.info("made a self-signed TLS certificate {cert}", cert=cert)
-        tls_context = context_factory(cert, key)
+        tls_context = ReloadableContext(cert, key)
     except ConfigError as e:
         raise SystemExit(f"chatgate: {e}") from None
     return ChatService(settings, tls_context)

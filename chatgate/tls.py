@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from zope.interface import implementer
 
 from chatgate.config import ConfigError
 
@@ -213,3 +215,26 @@ def _openssl_reason(error: Exception) -> str:
         return str(error.args[0][0][2])
     except (IndexError, TypeError):
         return str(error) or type(error).__name__
+
+
+@implementer(IOpenSSLContextFactory)
+class ReloadableContext:
+    """The TLS context every listener uses, replaceable while the server runs.
+
+    Each new handshake asks :meth:`getContext`, so after :meth:`reload` (on
+    SIGHUP) new connections get the new certificate and sessions already
+    encrypted keep theirs. A reload that fails keeps the old certificate.
+    """
+
+    def __init__(self, cert_path: str, key_path: str) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self._options = context_factory(cert_path, key_path)
+
+    def getContext(self) -> SSL.Context:
+        return self._options.getContext()
+
+    def reload(self) -> None:
+        """Read the files again; raises ConfigError (one line) and keeps the old
+        certificate when they are unusable."""
+        self._options = context_factory(self.cert_path, self.key_path)
