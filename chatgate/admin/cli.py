@@ -1,4 +1,4 @@
-"""chatgate-admin: manage hosted domains and their users from a shell.
+"""chatgate-admin: manage hosted domains, their users and aliases from a shell.
 
 It opens the same store as the running service (from tap-config.ini) and
 writes through :class:`~chatgate.storage.interfaces.IDirectory`, so each
@@ -27,7 +27,7 @@ from chatgate.auth.credentials import make_credentials
 from chatgate.config import ConfigError, Settings, load
 from chatgate.jid import parse_domain, parse_user
 from chatgate.storage import open_directory
-from chatgate.storage.interfaces import Credentials, DirectoryError, IDirectory, User
+from chatgate.storage.interfaces import Alias, Credentials, DirectoryError, IDirectory, UnknownAlias, User
 
 PROG = "chatgate-admin"
 DEFAULT_CONFIG = "tap-config.ini"
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", metavar="FILE", help=f"configuration file (default: ./{DEFAULT_CONFIG} if present)"
     )
-    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user}")
+    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user,alias}")
 
     domain = topics.add_parser("domain", help="hosted domains").add_subparsers(dest="action", required=True)
     for action, prepare, text in (
@@ -90,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imports.add_argument("file", metavar="FILE.csv")
     imports.set_defaults(prepare=_user_import)
+
+    alias = topics.add_parser("alias", help="mail aliases: contacts that reach their members")
+    alias_actions = alias.add_subparsers(dest="action", required=True)
+    alias_add = alias_actions.add_parser("add", help="create an alias, or add members to it")
+    alias_add.add_argument("alias", metavar="ALIAS", help="the alias address, like sales@example.com")
+    alias_add.add_argument("members", metavar="MEMBER", nargs="*", help="member addresses of the same domain")
+    alias_add.add_argument("--name", default=None, help="the name shown in rosters")
+    alias_add.set_defaults(prepare=_alias_add)
+    alias_remove = alias_actions.add_parser("remove", help="remove members, or the whole alias when none given")
+    alias_remove.add_argument("alias", metavar="ALIAS")
+    alias_remove.add_argument("members", metavar="MEMBER", nargs="*")
+    alias_remove.set_defaults(prepare=_alias_remove)
+    alias_members = alias_actions.add_parser("members", help="list an alias's members")
+    alias_members.add_argument("alias", metavar="ALIAS")
+    alias_members.set_defaults(prepare=_alias_members)
+    alias_list = alias_actions.add_parser("list", help="list a domain's aliases (JID, tab, name, tab, members)")
+    alias_list.add_argument("domain", metavar="DOMAIN")
+    alias_list.set_defaults(prepare=_alias_list)
     return parser
 
 
@@ -298,6 +316,82 @@ def _user_import(args: argparse.Namespace, settings: Settings) -> Job:
         for _, user, credentials in rows:
             await directory.add_user(user, credentials)
         print(f"imported {len(rows)} user{'' if len(rows) == 1 else 's'} from {path}")
+
+    return job
+
+
+# -- alias commands
+
+
+def _members(alias_domain: str, texts: list[str]) -> tuple[str, ...]:
+    """Member localparts; every member must be of the alias's own domain."""
+    members = []
+    for text in texts:
+        localpart, domain = _user(text)
+        if domain != alias_domain:
+            raise CommandError(f"{localpart}@{domain} is not of the alias's domain {alias_domain}")
+        members.append(localpart)
+    return tuple(members)
+
+
+def _alias_add(args: argparse.Namespace, settings: Settings) -> Job:
+    localpart, domain = _user(args.alias)
+    members = _members(domain, args.members)
+
+    async def job(directory: IDirectory) -> None:
+        current = await directory.alias(domain, localpart)
+        if current is None:
+            await directory.add_alias(Alias(localpart, domain, (args.name or "").strip(), members))
+            print(f"added alias {localpart}@{domain} with {len(set(members))} members")
+        else:
+            name = current.name if args.name is None else args.name.strip()
+            await directory.set_alias(Alias(localpart, domain, name, current.members + members))
+            print(f"alias {localpart}@{domain} has {len(set(current.members + members))} members")
+
+    return job
+
+
+def _alias_remove(args: argparse.Namespace, settings: Settings) -> Job:
+    localpart, domain = _user(args.alias)
+    members = _members(domain, args.members)
+
+    async def job(directory: IDirectory) -> None:
+        if not members:
+            await directory.remove_alias(domain, localpart)
+            print(f"removed alias {localpart}@{domain}")
+            return
+        current = await directory.alias(domain, localpart)
+        if current is None:
+            raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
+        strangers = [m for m in members if m not in current.members]
+        if strangers:
+            raise CommandError(f"{strangers[0]}@{domain} is not a member of {localpart}@{domain}")
+        remaining = tuple(m for m in current.members if m not in members)
+        await directory.set_alias(Alias(localpart, domain, current.name, remaining))
+        print(f"alias {localpart}@{domain} has {len(remaining)} members")
+
+    return job
+
+
+def _alias_members(args: argparse.Namespace, settings: Settings) -> Job:
+    localpart, domain = _user(args.alias)
+
+    async def job(directory: IDirectory) -> None:
+        alias = await directory.alias(domain, localpart)
+        if alias is None:
+            raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
+        for member in alias.members:
+            print(f"{member}@{domain}")
+
+    return job
+
+
+def _alias_list(args: argparse.Namespace, settings: Settings) -> Job:
+    name = _domain(args.domain)
+
+    async def job(directory: IDirectory) -> None:
+        for alias in await directory.aliases(name):
+            print(f"{alias.jid}\t{alias.name}\t{' '.join(f'{m}@{name}' for m in alias.members)}")
 
     return job
 

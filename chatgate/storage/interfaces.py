@@ -33,6 +33,10 @@ class DuplicateDomain(DirectoryError):
 
 
 class DuplicateUser(DirectoryError):
+    """The address is taken, by a user or an alias."""
+
+
+class UnknownAlias(DirectoryError):
     pass
 
 
@@ -63,6 +67,28 @@ class User:
 
 
 @dataclass(frozen=True)
+class Alias:
+    """A mail alias of a domain (salesteam@example.com), a contact reaching its members.
+
+    Users and aliases share a domain's addresses: one name is one or the other.
+    """
+
+    localpart: str
+    domain: str
+    name: str = ""
+    #: localparts of the member users, sorted
+    members: tuple[str, ...] = ()
+
+    @property
+    def jid(self) -> str:
+        return f"{self.localpart}@{self.domain}"
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.localpart
+
+
+@dataclass(frozen=True)
 class ScramKeys:
     """What SCRAM (RFC 5802 §3) needs to verify a password, never the password."""
 
@@ -82,7 +108,9 @@ class Change:
 
     kinds: ``domain-added``, ``domain-enabled``, ``domain-disabled``,
     ``user-added``, ``user-changed``, ``user-removed``,
-    ``credentials-changed``. ``localpart`` is None for domain changes.
+    ``credentials-changed``, ``alias-added``, ``alias-changed`` (name or
+    members, also when a member user is removed), ``alias-removed``.
+    ``localpart`` is None for domain changes.
     """
 
     kind: str
@@ -148,6 +176,22 @@ class IDirectory(Interface):
 
     def secret(name: str) -> Deferred[bytes]:
         """A 32-byte server secret named *name*, made at first use and then kept."""
+
+    def aliases(domain: str) -> Deferred[list[Alias]]:
+        """The aliases of *domain*, sorted by localpart. UnknownDomain if absent."""
+
+    def alias(domain: str, localpart: str) -> Deferred[Alias | None]:
+        """One alias, or None."""
+
+    def add_alias(alias: Alias) -> Deferred[None]:
+        """Add an alias. UnknownDomain; DuplicateUser when the address is taken;
+        UnknownUser when a member is not a user of the domain."""
+
+    def set_alias(alias: Alias) -> Deferred[None]:
+        """Replace an alias's name and members. UnknownAlias, UnknownUser."""
+
+    def remove_alias(domain: str, localpart: str) -> Deferred[None]:
+        """Remove an alias. UnknownAlias."""
 
 
 @dataclass

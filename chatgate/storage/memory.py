@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatgate.storage.interfaces import (
+    Alias,
     Change,
     Credentials,
     DirectoryWatcher,
@@ -22,6 +23,7 @@ from chatgate.storage.interfaces import (
     DuplicateDomain,
     DuplicateUser,
     IDirectory,
+    UnknownAlias,
     UnknownDomain,
     UnknownUser,
     User,
@@ -40,6 +42,7 @@ class MemoryDirectory:
         self._credentials: dict[tuple[str, str], Credentials] = {}
         self._vcards: dict[tuple[str, str], str] = {}
         self._secrets: dict[str, bytes] = {}
+        self._aliases: dict[tuple[str, str], Alias] = {}
         self._watchers: list[DirectoryWatcher] = []
 
     # -- life cycle and change feed
@@ -97,7 +100,7 @@ class MemoryDirectory:
         key = (user.domain, user.localpart)
         if user.domain not in self._domains:
             return fail(UnknownDomain(f"unknown domain: {user.domain}"))
-        if key in self._users:
+        if key in self._users or key in self._aliases:
             return fail(DuplicateUser(f"user already exists: {user.jid}"))
         self._users[key] = user
         self._credentials[key] = dict(credentials)
@@ -119,6 +122,11 @@ class MemoryDirectory:
         self._credentials.pop(key, None)
         self._vcards.pop(key, None)
         self._tell("user-removed", domain, localpart)
+        for alias_key, alias in list(self._aliases.items()):
+            if alias.domain == domain and localpart in alias.members:
+                members = tuple(m for m in alias.members if m != localpart)
+                self._aliases[alias_key] = replace(alias, members=members)
+                self._tell("alias-changed", domain, alias.localpart)
         return succeed(None)
 
     # -- credentials and vCards
@@ -149,3 +157,49 @@ class MemoryDirectory:
 
     def secret(self, name: str) -> Deferred[bytes]:
         return succeed(self._secrets.setdefault(name, os.urandom(32)))
+
+    # -- aliases
+
+    def aliases(self, domain: str) -> Deferred[list[Alias]]:
+        if domain not in self._domains:
+            return fail(UnknownDomain(f"unknown domain: {domain}"))
+        return succeed(sorted((a for a in self._aliases.values() if a.domain == domain), key=lambda a: a.localpart))
+
+    def alias(self, domain: str, localpart: str) -> Deferred[Alias | None]:
+        return succeed(self._aliases.get((domain, localpart)))
+
+    def _checked(self, alias: Alias) -> Alias:
+        for member in alias.members:
+            if (alias.domain, member) not in self._users:
+                raise UnknownUser(f"unknown user: {member}@{alias.domain}")
+        return replace(alias, members=tuple(sorted(set(alias.members))))
+
+    def add_alias(self, alias: Alias) -> Deferred[None]:
+        key = (alias.domain, alias.localpart)
+        if alias.domain not in self._domains:
+            return fail(UnknownDomain(f"unknown domain: {alias.domain}"))
+        if key in self._users or key in self._aliases:
+            return fail(DuplicateUser(f"address already in use: {alias.jid}"))
+        try:
+            self._aliases[key] = self._checked(alias)
+        except UnknownUser as e:
+            return fail(e)
+        self._tell("alias-added", alias.domain, alias.localpart)
+        return succeed(None)
+
+    def set_alias(self, alias: Alias) -> Deferred[None]:
+        key = (alias.domain, alias.localpart)
+        if key not in self._aliases:
+            return fail(UnknownAlias(f"unknown alias: {alias.jid}"))
+        try:
+            self._aliases[key] = self._checked(alias)
+        except UnknownUser as e:
+            return fail(e)
+        self._tell("alias-changed", alias.domain, alias.localpart)
+        return succeed(None)
+
+    def remove_alias(self, domain: str, localpart: str) -> Deferred[None]:
+        if self._aliases.pop((domain, localpart), None) is None:
+            return fail(UnknownAlias(f"unknown alias: {localpart}@{domain}"))
+        self._tell("alias-removed", domain, localpart)
+        return succeed(None)

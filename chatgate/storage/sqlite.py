@@ -30,6 +30,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from chatgate.storage.interfaces import (
+    Alias,
     Change,
     Credentials,
     DirectoryError,
@@ -39,6 +40,7 @@ from chatgate.storage.interfaces import (
     DuplicateUser,
     IDirectory,
     ScramKeys,
+    UnknownAlias,
     UnknownDomain,
     UnknownUser,
     User,
@@ -86,6 +88,20 @@ CREATE TABLE IF NOT EXISTS vcards (
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    domain TEXT NOT NULL REFERENCES domains(name),
+    localpart TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (domain, localpart)
+);
+CREATE TABLE IF NOT EXISTS alias_members (
+    domain TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    member TEXT NOT NULL,
+    PRIMARY KEY (domain, alias, member),
+    FOREIGN KEY (domain, alias) REFERENCES aliases(domain, localpart) ON DELETE CASCADE,
+    FOREIGN KEY (domain, member) REFERENCES users(domain, localpart) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -299,6 +315,23 @@ class SQLiteDirectory:
     def secret(self, name: str) -> Deferred[bytes]:
         return self._write(_secret, name)
 
+    # -- aliases
+
+    def aliases(self, domain: str) -> Deferred[list[Alias]]:
+        return self._read(_aliases, domain)
+
+    def alias(self, domain: str, localpart: str) -> Deferred[Alias | None]:
+        return self._read(_alias, domain, localpart)
+
+    def add_alias(self, alias: Alias) -> Deferred[None]:
+        return self._write(_add_alias, alias)
+
+    def set_alias(self, alias: Alias) -> Deferred[None]:
+        return self._write(_set_alias, alias)
+
+    def remove_alias(self, domain: str, localpart: str) -> Deferred[None]:
+        return self._write(_remove_alias, domain, localpart)
+
 
 # -- the SQL, run on the worker thread inside a transaction
 
@@ -323,6 +356,11 @@ def _domain_exists(db: sqlite3.Connection, name: str) -> bool:
 
 def _user_exists(db: sqlite3.Connection, domain: str, localpart: str) -> bool:
     row = db.execute("SELECT 1 FROM users WHERE domain = ? AND localpart = ?", (domain, localpart))
+    return row.fetchone() is not None
+
+
+def _alias_exists(db: sqlite3.Connection, domain: str, localpart: str) -> bool:
+    row = db.execute("SELECT 1 FROM aliases WHERE domain = ? AND localpart = ?", (domain, localpart))
     return row.fetchone() is not None
 
 
@@ -366,7 +404,7 @@ def _user(db: sqlite3.Connection, domain: str, localpart: str) -> User | None:
 def _add_user(db: sqlite3.Connection, user: User, credentials: Credentials) -> None:
     if not _domain_exists(db, user.domain):
         raise UnknownDomain(f"unknown domain: {user.domain}")
-    if _user_exists(db, user.domain, user.localpart):
+    if _user_exists(db, user.domain, user.localpart) or _alias_exists(db, user.domain, user.localpart):
         raise DuplicateUser(f"user already exists: {user.jid}")
     db.execute(
         f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
@@ -391,10 +429,15 @@ def _remove_user(db: sqlite3.Connection, domain: str, localpart: str) -> None:
     # explicit deletes rather than ON DELETE CASCADE alone, should foreign keys be off
     db.execute("DELETE FROM credentials WHERE domain = ? AND localpart = ?", key)
     db.execute("DELETE FROM vcards WHERE domain = ? AND localpart = ?", key)
+    groups = [row[0] for row in db.execute(
+        "SELECT alias FROM alias_members WHERE domain = ? AND member = ? ORDER BY alias", key)]
+    db.execute("DELETE FROM alias_members WHERE domain = ? AND member = ?", key)
     cursor = db.execute("DELETE FROM users WHERE domain = ? AND localpart = ?", key)
     if cursor.rowcount == 0:
         raise UnknownUser(f"unknown user: {localpart}@{domain}")
     _record(db, "user-removed", domain, localpart)
+    for alias in groups:
+        _record(db, "alias-changed", domain, alias)
 
 
 def _credentials(db: sqlite3.Connection, domain: str, localpart: str) -> Credentials | None:
@@ -453,3 +496,61 @@ def _secret(db: sqlite3.Connection, name: str) -> bytes:
     db.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)", (name, os.urandom(32)))
     (value,) = db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
     return bytes(value)
+
+
+def _aliases(db: sqlite3.Connection, domain: str) -> list[Alias]:
+    if not _domain_exists(db, domain):
+        raise UnknownDomain(f"unknown domain: {domain}")
+    names = db.execute("SELECT localpart FROM aliases WHERE domain = ? ORDER BY localpart", (domain,))
+    return [_alias(db, domain, localpart) for (localpart,) in names.fetchall()]
+
+
+def _alias(db: sqlite3.Connection, domain: str, localpart: str) -> Alias | None:
+    row = db.execute("SELECT name FROM aliases WHERE domain = ? AND localpart = ?", (domain, localpart))
+    found = row.fetchone()
+    if found is None:
+        return None
+    members = db.execute(
+        "SELECT member FROM alias_members WHERE domain = ? AND alias = ? ORDER BY member", (domain, localpart)
+    )
+    return Alias(localpart, domain, found[0], tuple(m for (m,) in members))
+
+
+def _insert_members(db: sqlite3.Connection, alias: Alias) -> None:
+    for member in alias.members:
+        if not _user_exists(db, alias.domain, member):
+            raise UnknownUser(f"unknown user: {member}@{alias.domain}")
+    db.executemany(
+        "INSERT OR IGNORE INTO alias_members (domain, alias, member) VALUES (?, ?, ?)",
+        [(alias.domain, alias.localpart, member) for member in alias.members],
+    )
+
+
+def _add_alias(db: sqlite3.Connection, alias: Alias) -> None:
+    if not _domain_exists(db, alias.domain):
+        raise UnknownDomain(f"unknown domain: {alias.domain}")
+    if _user_exists(db, alias.domain, alias.localpart) or _alias_exists(db, alias.domain, alias.localpart):
+        raise DuplicateUser(f"address already in use: {alias.jid}")
+    db.execute(
+        "INSERT INTO aliases (domain, localpart, name) VALUES (?, ?, ?)", (alias.domain, alias.localpart, alias.name)
+    )
+    _insert_members(db, alias)
+    _record(db, "alias-added", alias.domain, alias.localpart)
+
+
+def _set_alias(db: sqlite3.Connection, alias: Alias) -> None:
+    key = (alias.domain, alias.localpart)
+    cursor = db.execute("UPDATE aliases SET name = ? WHERE domain = ? AND localpart = ?", (alias.name, *key))
+    if cursor.rowcount == 0:
+        raise UnknownAlias(f"unknown alias: {alias.jid}")
+    db.execute("DELETE FROM alias_members WHERE domain = ? AND alias = ?", key)
+    _insert_members(db, alias)
+    _record(db, "alias-changed", alias.domain, alias.localpart)
+
+
+def _remove_alias(db: sqlite3.Connection, domain: str, localpart: str) -> None:
+    db.execute("DELETE FROM alias_members WHERE domain = ? AND alias = ?", (domain, localpart))
+    cursor = db.execute("DELETE FROM aliases WHERE domain = ? AND localpart = ?", (domain, localpart))
+    if cursor.rowcount == 0:
+        raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
+    _record(db, "alias-removed", domain, localpart)

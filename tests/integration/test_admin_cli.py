@@ -307,3 +307,37 @@ async def test_a_running_service_hears_the_admin_change(hosted):
         ]
     finally:
         await service.stop()
+
+
+def test_aliases_are_made_changed_and_removed(hosted):
+    for user in ("alice", "bob", "carol"):
+        hosted.ok("user", "add", f"{user}@example.com", "--password", "pw")
+    assert hosted.ok("alias", "add", "Sales@example.com", "alice@example.com", "bob@example.com",
+                     "--name", "Sales Team") == "added alias sales@example.com with 2 members\n"
+    assert hosted.ok("alias", "add", "sales@example.com", "carol@example.com") == (
+        "alias sales@example.com has 3 members\n")
+    assert hosted.ok("alias", "members", "sales@example.com") == (
+        "alice@example.com\nbob@example.com\ncarol@example.com\n")
+    assert hosted.ok("alias", "list", "example.com") == (
+        "sales@example.com\tSales Team\talice@example.com bob@example.com carol@example.com\n")
+    assert hosted.ok("alias", "remove", "sales@example.com", "bob@example.com") == (
+        "alias sales@example.com has 2 members\n")
+    hosted.ok("user", "remove", "carol@example.com")
+    assert hosted.ok("alias", "members", "sales@example.com") == "alice@example.com\n"
+    assert hosted.ok("alias", "remove", "sales@example.com") == "removed alias sales@example.com\n"
+    assert hosted.ok("alias", "list", "example.com") == ""
+
+
+def test_alias_errors_are_one_line(hosted):
+    hosted.ok("user", "add", "alice@example.com", "--password", "pw")
+    hosted.ok("domain", "add", "example.org")
+    assert hosted.fails("alias", "add", "alice@example.com") == "address already in use: alice@example.com"
+    assert hosted.fails("alias", "add", "team@example.com", "zed@example.com") == "unknown user: zed@example.com"
+    assert hosted.fails("alias", "add", "team@example.com", "alice@example.org") == (
+        "alice@example.org is not of the alias's domain example.com")
+    assert hosted.fails("alias", "members", "team@example.com") == "unknown alias: team@example.com"
+    assert hosted.fails("alias", "remove", "team@example.com") == "unknown alias: team@example.com"
+    hosted.ok("alias", "add", "team@example.com", "alice@example.com")
+    assert hosted.fails("user", "add", "team@example.com", "--password", "pw") == (
+        "user already exists: team@example.com")
+    assert "invalid" in hosted.fails("alias", "add", "bad alias@example.com")

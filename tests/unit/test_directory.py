@@ -14,12 +14,14 @@ from chatgate.auth.credentials import make_credentials, verify_password
 from chatgate.config import Settings, StorageSettings
 from chatgate.storage import open_directory
 from chatgate.storage.interfaces import (
+    Alias,
     Change,
     DirectoryError,
     Domain,
     DuplicateDomain,
     DuplicateUser,
     IDirectory,
+    UnknownAlias,
     UnknownDomain,
     UnknownUser,
     User,
@@ -191,6 +193,62 @@ async def test_removing_a_user_removes_credentials_and_vcard(hosted, secret_cred
 async def test_removing_unknown_user_is_refused(hosted):
     with pytest.raises(UnknownUser, match="^unknown user: bob@example.com$"):
         await hosted.remove_user("example.com", "bob")
+
+
+# -- aliases
+
+
+@pytest_twisted.ensureDeferred
+async def test_aliases_are_added_listed_and_changed(hosted, secret_credentials):
+    await hosted.add_user(BOB, secret_credentials)
+    await hosted.add_alias(Alias("sales", "example.com", "Sales Team", ("bob", "alice", "bob")))
+    sales = Alias("sales", "example.com", "Sales Team", ("alice", "bob"))
+    assert await hosted.alias("example.com", "sales") == sales
+    assert await hosted.aliases("example.com") == [sales]
+    await hosted.set_alias(Alias("sales", "example.com", "Sales", ("bob",)))
+    assert await hosted.alias("example.com", "sales") == Alias("sales", "example.com", "Sales", ("bob",))
+    await hosted.remove_alias("example.com", "sales")
+    assert await hosted.alias("example.com", "sales") is None
+    assert await hosted.aliases("example.com") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_aliases_and_users_share_the_addresses(hosted, secret_credentials):
+    with pytest.raises(DuplicateUser, match="^address already in use: alice@example.com$"):
+        await hosted.add_alias(Alias("alice", "example.com"))
+    await hosted.add_alias(Alias("team", "example.com", "", ("alice",)))
+    with pytest.raises(DuplicateUser):
+        await hosted.add_user(User("team", "example.com"), secret_credentials)
+
+
+@pytest_twisted.ensureDeferred
+async def test_alias_refusals(hosted):
+    with pytest.raises(UnknownUser, match="^unknown user: zed@example.com$"):
+        await hosted.add_alias(Alias("team", "example.com", "", ("alice", "zed")))
+    assert await hosted.alias("example.com", "team") is None  # nothing half written
+    with pytest.raises(UnknownDomain):
+        await hosted.add_alias(Alias("team", "example.org"))
+    with pytest.raises(UnknownAlias, match="^unknown alias: team@example.com$"):
+        await hosted.set_alias(Alias("team", "example.com"))
+    with pytest.raises(UnknownAlias):
+        await hosted.remove_alias("example.com", "team")
+
+
+@pytest_twisted.ensureDeferred
+async def test_removing_a_user_removes_their_memberships(directory, secret_credentials):
+    recorder = Recorder()
+    directory.watch(recorder)
+    await directory.add_domain("example.com")
+    await directory.add_user(ALICE, secret_credentials)
+    await directory.add_user(BOB, secret_credentials)
+    await directory.add_alias(Alias("team", "example.com", "", ("alice", "bob")))
+    await directory.remove_user("example.com", "bob")
+    assert (await directory.alias("example.com", "team")).members == ("alice",)
+    assert (await recorder.until(6))[-3:] == [
+        Change("alias-added", "example.com", "team"),
+        Change("user-removed", "example.com", "bob"),
+        Change("alias-changed", "example.com", "team"),
+    ]
 
 
 # -- credentials
