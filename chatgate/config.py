@@ -77,6 +77,14 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class WebmailSettings:
+    #: HMAC key shared with the webmail for login tokens; empty: tokens are off
+    token_secret: str = ""
+    #: seconds a login token minted by chatgate stays valid
+    token_lifetime: float = 300.0
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     create: bool = True
     domain: str = "example.com"
@@ -89,6 +97,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    webmail: WebmailSettings = field(default_factory=WebmailSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     #: Directory relative paths in the file are resolved against.
     base_dir: str = "."
@@ -164,6 +173,13 @@ def _backend(raw: str) -> str:
     return value
 
 
+def _secret(raw: str) -> str:
+    value = raw.strip()
+    if value and len(value) < 32:
+        raise ValueError("too short: use at least 32 random characters (or leave empty to turn tokens off)")
+    return value
+
+
 def _nonempty(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -219,6 +235,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "max_preauth_per_address": _positive_int,
         },
     ),
+    "webmail": (WebmailSettings, {"token_secret": _secret, "token_lifetime": _seconds}),
     "demo": (DemoSettings, {"create": _bool, "domain": _nonempty}),
 }
 

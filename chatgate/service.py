@@ -49,7 +49,8 @@ class ChatService(service.Service):
         self.router = Router(self.domains, clock=reactor)
         a = settings.auth
         throttle = LoginThrottle(reactor, a.failures_per_account, a.failures_per_address, a.lockout)
-        self.authenticator = Authenticator(self.directory, self.domains, a.scram_iterations, throttle)
+        self.authenticator = Authenticator(self.directory, self.domains, a.scram_iterations, throttle,
+                                           settings.webmail.token_secret.encode())
         register_all(self.router, settings, self.stores)
         self.ports: list[Any] = []
 

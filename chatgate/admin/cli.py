@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from twisted.internet.task import react
 
 from chatgate.auth.credentials import make_credentials
+from chatgate.auth.tokens import TokenError, mint
 from chatgate.config import ConfigError, Settings, load
 from chatgate.jid import parse_domain, parse_user
 from chatgate.storage import open_directory
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", metavar="FILE", help=f"configuration file (default: ./{DEFAULT_CONFIG} if present)"
     )
-    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user,alias}")
+    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user,alias,token}")
 
     domain = topics.add_parser("domain", help="hosted domains").add_subparsers(dest="action", required=True)
     for action, prepare, text in (
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     alias_list = alias_actions.add_parser("list", help="list a domain's aliases (JID, tab, name, tab, members)")
     alias_list.add_argument("domain", metavar="DOMAIN")
     alias_list.set_defaults(prepare=_alias_list)
+
+    token = topics.add_parser("token", help="print a webmail login token for a user ([webmail] token_secret)")
+    token.add_argument("jid", metavar="JID")
+    token.add_argument("--lifetime", type=float, default=None, help="seconds (default: [webmail] token_lifetime)")
+    token.set_defaults(prepare=_token)
     return parser
 
 
@@ -392,6 +398,27 @@ def _alias_list(args: argparse.Namespace, settings: Settings) -> Job:
     async def job(directory: IDirectory) -> None:
         for alias in await directory.aliases(name):
             print(f"{alias.jid}\t{alias.name}\t{' '.join(f'{m}@{name}' for m in alias.members)}")
+
+    return job
+
+
+# -- login tokens
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> Job:
+    localpart, domain = _user(args.jid)
+    lifetime = settings.webmail.token_lifetime if args.lifetime is None else args.lifetime
+    if lifetime <= 0:
+        raise CommandError("--lifetime must be greater than 0")
+    try:
+        token, _ = mint(settings.webmail.token_secret.encode(), f"{localpart}@{domain}", lifetime)
+    except TokenError as e:
+        raise CommandError(str(e)) from None
+
+    async def job(directory: IDirectory) -> None:
+        if await directory.user(domain, localpart) is None:
+            raise CommandError(f"unknown user: {localpart}@{domain}")
+        print(token)
 
     return job
 

@@ -6,7 +6,8 @@ the password against the same stored SCRAM keys, off the reactor thread.
 No user enumeration: an unknown user gets a salt derived from a server secret
 and the configured iteration count, exactly as a real one, and fails at the
 same (final) step with the same condition; for PLAIN the same key derivation
-runs against throw-away keys. A user of a domain whose chat is disabled learns
+runs against throw-away keys. PLAIN also takes a webmail login token in place
+of the password (:mod:`chatgate.auth.tokens`). A user of a domain whose chat is disabled learns
 it (``account-disabled``) only after proving the password. Guessing is slowed
 and then refused by :mod:`chatgate.auth.throttle`.
 """
@@ -26,6 +27,7 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from chatgate.auth.credentials import make_credentials, verify_password
 from chatgate.auth.throttle import LoginThrottle
+from chatgate.auth.tokens import TokenError, looks_like_token, verify
 from chatgate.domains import HostedDomains
 from chatgate.storage.interfaces import Credentials, IDirectory, ScramKeys
 
@@ -66,11 +68,12 @@ class Authenticator:
     """Knows the mechanisms and checks proofs against the directory."""
 
     def __init__(self, directory: IDirectory, domains: HostedDomains, iterations: int,
-                 throttle: LoginThrottle) -> None:
+                 throttle: LoginThrottle, token_secret: bytes = b"") -> None:
         self.directory = directory
         self.domains = domains
         self.iterations = iterations
         self.throttle = throttle
+        self.token_secret = token_secret
         self._secret = b""
         self._decoy: Credentials | None = None
 
@@ -123,6 +126,14 @@ class Authenticator:
         if not self.domains.chat_enabled(domain):
             raise SASLFailure("account-disabled", f"Chat is disabled for {domain}")
 
+    def token_valid(self, token: str, domain: str, localpart: str) -> bool:
+        """A webmail login token (see auth/tokens.py) for this very user."""
+        try:
+            verify(self.token_secret, token, f"{localpart}@{domain}")
+        except TokenError:
+            return False
+        return self.domains.user(domain, localpart) is not None
+
     def check_throttle(self, account: str, address: str) -> None:
         if self.throttle.locked(account, address):
             raise SASLFailure("temporary-auth-failure", "Too many failed logins; try again later")
@@ -173,9 +184,12 @@ class PlainExchange(Exchange):
         account = f"{localpart}@{self.domain}"
         a.check_throttle(account, self.address)
         yield a.pause(account, self.address)
-        credentials = yield a.directory.credentials(self.domain, localpart)
-        valid = yield threads.deferToThread(verify_password, credentials or a._decoy, password)
-        valid = bool(valid and credentials)
+        if looks_like_token(password):
+            valid = a.token_valid(password, self.domain, localpart)
+        else:
+            credentials = yield a.directory.credentials(self.domain, localpart)
+            valid = yield threads.deferToThread(verify_password, credentials or a._decoy, password)
+            valid = bool(valid and credentials)
         a.judged(account, self.address, valid)
         if not valid:
             raise SASLFailure("not-authorized")
