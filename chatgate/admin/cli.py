@@ -28,7 +28,16 @@ from chatgate.auth.tokens import TokenError, mint
 from chatgate.config import ConfigError, Settings, load
 from chatgate.jid import parse_domain, parse_user
 from chatgate.storage import open_directory
-from chatgate.storage.interfaces import Alias, Credentials, DirectoryError, IDirectory, UnknownAlias, User
+from chatgate.storage.interfaces import (
+    Alias,
+    Credentials,
+    DirectoryError,
+    IDirectory,
+    Site,
+    UnknownAlias,
+    UnknownSite,
+    User,
+)
 
 PROG = "chatgate-admin"
 DEFAULT_CONFIG = "tap-config.ini"
@@ -49,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", metavar="FILE", help=f"configuration file (default: ./{DEFAULT_CONFIG} if present)"
     )
-    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user,alias,token}")
+    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user,alias,site,token}")
 
     domain = topics.add_parser("domain", help="hosted domains").add_subparsers(dest="action", required=True)
     for action, prepare, text in (
@@ -109,6 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     alias_list = alias_actions.add_parser("list", help="list a domain's aliases (JID, tab, name, tab, members)")
     alias_list.add_argument("domain", metavar="DOMAIN")
     alias_list.set_defaults(prepare=_alias_list)
+
+    site = topics.add_parser("site", help="private-label webmail sites and their chat link")
+    site_actions = site.add_subparsers(dest="action", required=True)
+    site_add = site_actions.add_parser("add", help="add a site (or change its owner), chat link shown")
+    site_add.add_argument("host", metavar="HOST", help="the webmail's host name, like mail.reseller.net")
+    site_add.add_argument("--owner", default="", help="the reseller or customer owning it")
+    site_add.add_argument("--hide-chat-link", action="store_true", help="add it with the chat link hidden")
+    site_add.set_defaults(prepare=_site_add)
+    for action, show, text in (("show", True, "show the chat link"), ("hide", False, "hide the chat link")):
+        command = site_actions.add_parser(action, help=f"{text} on a site")
+        command.add_argument("host", metavar="HOST")
+        command.set_defaults(prepare=_site_link, show=show)
+    site_remove = site_actions.add_parser("remove", help="forget a site")
+    site_remove.add_argument("host", metavar="HOST")
+    site_remove.set_defaults(prepare=_site_remove)
+    site_actions.add_parser("list", help="list the sites").set_defaults(prepare=_site_list)
 
     token = topics.add_parser("token", help="print a webmail login token for a user ([webmail] token_secret)")
     token.add_argument("jid", metavar="JID")
@@ -398,6 +423,51 @@ def _alias_list(args: argparse.Namespace, settings: Settings) -> Job:
     async def job(directory: IDirectory) -> None:
         for alias in await directory.aliases(name):
             print(f"{alias.jid}\t{alias.name}\t{' '.join(f'{m}@{name}' for m in alias.members)}")
+
+    return job
+
+
+# -- sites
+
+
+def _site_add(args: argparse.Namespace, settings: Settings) -> Job:
+    host = _domain(args.host)
+    site = Site(host, args.owner.strip(), not args.hide_chat_link)
+
+    async def job(directory: IDirectory) -> None:
+        await directory.put_site(site)
+        print(f"site {host}: chat link {'shown' if site.show_chat_link else 'hidden'}")
+
+    return job
+
+
+def _site_link(args: argparse.Namespace, settings: Settings) -> Job:
+    host = _domain(args.host)
+
+    async def job(directory: IDirectory) -> None:
+        site = await directory.site(host)
+        if site is None:
+            raise UnknownSite(f"unknown site: {host}")
+        await directory.put_site(Site(host, site.owner, args.show))
+        print(f"site {host}: chat link {'shown' if args.show else 'hidden'}")
+
+    return job
+
+
+def _site_remove(args: argparse.Namespace, settings: Settings) -> Job:
+    host = _domain(args.host)
+
+    async def job(directory: IDirectory) -> None:
+        await directory.remove_site(host)
+        print(f"removed site {host}")
+
+    return job
+
+
+def _site_list(args: argparse.Namespace, settings: Settings) -> Job:
+    async def job(directory: IDirectory) -> None:
+        for site in await directory.sites():
+            print(f"{site.host}\tchat link {'shown' if site.show_chat_link else 'hidden'}\t{site.owner}")
 
     return job
 

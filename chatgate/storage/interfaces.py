@@ -40,6 +40,10 @@ class UnknownAlias(DirectoryError):
     pass
 
 
+class UnknownSite(DirectoryError):
+    pass
+
+
 @dataclass(frozen=True)
 class Domain:
     name: str
@@ -86,6 +90,16 @@ class Alias:
     @property
     def display_name(self) -> str:
         return self.name or self.localpart
+
+
+@dataclass(frozen=True)
+class Site:
+    """A private-label webmail site (its host name), owned by a reseller or a
+    direct customer, which may hide the chat link from its users."""
+
+    host: str
+    owner: str = ""
+    show_chat_link: bool = True
 
 
 @dataclass(frozen=True)
@@ -192,6 +206,18 @@ class IDirectory(Interface):
 
     def remove_alias(domain: str, localpart: str) -> Deferred[None]:
         """Remove an alias. UnknownAlias."""
+
+    def sites() -> Deferred[list[Site]]:
+        """Every private-label site, sorted by host."""
+
+    def site(host: str) -> Deferred[Site | None]:
+        """One site, or None."""
+
+    def put_site(site: Site) -> Deferred[None]:
+        """Add a site or replace its owner and chat-link setting."""
+
+    def remove_site(host: str) -> Deferred[None]:
+        """Remove a site. UnknownSite."""
 
 
 @dataclass

@@ -23,8 +23,10 @@ from chatgate.storage.interfaces import (
     DuplicateDomain,
     DuplicateUser,
     IDirectory,
+    Site,
     UnknownAlias,
     UnknownDomain,
+    UnknownSite,
     UnknownUser,
     User,
 )
@@ -43,6 +45,7 @@ class MemoryDirectory:
         self._vcards: dict[tuple[str, str], str] = {}
         self._secrets: dict[str, bytes] = {}
         self._aliases: dict[tuple[str, str], Alias] = {}
+        self._sites: dict[str, Site] = {}
         self._watchers: list[DirectoryWatcher] = []
 
     # -- life cycle and change feed
@@ -202,4 +205,21 @@ class MemoryDirectory:
         if self._aliases.pop((domain, localpart), None) is None:
             return fail(UnknownAlias(f"unknown alias: {localpart}@{domain}"))
         self._tell("alias-removed", domain, localpart)
+        return succeed(None)
+
+    # -- sites
+
+    def sites(self) -> Deferred[list[Site]]:
+        return succeed(sorted(self._sites.values(), key=lambda site: site.host))
+
+    def site(self, host: str) -> Deferred[Site | None]:
+        return succeed(self._sites.get(host))
+
+    def put_site(self, site: Site) -> Deferred[None]:
+        self._sites[site.host] = site
+        return succeed(None)
+
+    def remove_site(self, host: str) -> Deferred[None]:
+        if self._sites.pop(host, None) is None:
+            return fail(UnknownSite(f"unknown site: {host}"))
         return succeed(None)

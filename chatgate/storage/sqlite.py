@@ -40,8 +40,10 @@ from chatgate.storage.interfaces import (
     DuplicateUser,
     IDirectory,
     ScramKeys,
+    Site,
     UnknownAlias,
     UnknownDomain,
+    UnknownSite,
     UnknownUser,
     User,
 )
@@ -102,6 +104,11 @@ CREATE TABLE IF NOT EXISTS alias_members (
     PRIMARY KEY (domain, alias, member),
     FOREIGN KEY (domain, alias) REFERENCES aliases(domain, localpart) ON DELETE CASCADE,
     FOREIGN KEY (domain, member) REFERENCES users(domain, localpart) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS sites (
+    host TEXT PRIMARY KEY,
+    owner TEXT NOT NULL DEFAULT '',
+    show_chat_link INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -332,6 +339,20 @@ class SQLiteDirectory:
     def remove_alias(self, domain: str, localpart: str) -> Deferred[None]:
         return self._write(_remove_alias, domain, localpart)
 
+    # -- sites
+
+    def sites(self) -> Deferred[list[Site]]:
+        return self._read(_sites)
+
+    def site(self, host: str) -> Deferred[Site | None]:
+        return self._read(_site, host)
+
+    def put_site(self, site: Site) -> Deferred[None]:
+        return self._write(_put_site, site)
+
+    def remove_site(self, host: str) -> Deferred[None]:
+        return self._write(_remove_site, host)
+
 
 # -- the SQL, run on the worker thread inside a transaction
 
@@ -554,3 +575,26 @@ def _remove_alias(db: sqlite3.Connection, domain: str, localpart: str) -> None:
     if cursor.rowcount == 0:
         raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
     _record(db, "alias-removed", domain, localpart)
+
+
+def _sites(db: sqlite3.Connection) -> list[Site]:
+    rows = db.execute("SELECT host, owner, show_chat_link FROM sites ORDER BY host")
+    return [Site(host, owner, bool(show)) for host, owner, show in rows]
+
+
+def _site(db: sqlite3.Connection, host: str) -> Site | None:
+    row = db.execute("SELECT host, owner, show_chat_link FROM sites WHERE host = ?", (host,)).fetchone()
+    return None if row is None else Site(row[0], row[1], bool(row[2]))
+
+
+def _put_site(db: sqlite3.Connection, site: Site) -> None:
+    db.execute(
+        "INSERT INTO sites (host, owner, show_chat_link) VALUES (?, ?, ?) ON CONFLICT (host)"
+        " DO UPDATE SET owner = excluded.owner, show_chat_link = excluded.show_chat_link",
+        (site.host, site.owner, int(site.show_chat_link)),
+    )
+
+
+def _remove_site(db: sqlite3.Connection, host: str) -> None:
+    if db.execute("DELETE FROM sites WHERE host = ?", (host,)).rowcount == 0:
+        raise UnknownSite(f"unknown site: {host}")

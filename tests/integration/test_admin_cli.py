@@ -341,3 +341,16 @@ def test_alias_errors_are_one_line(hosted):
     assert hosted.fails("user", "add", "team@example.com", "--password", "pw") == (
         "user already exists: team@example.com")
     assert "invalid" in hosted.fails("alias", "add", "bad alias@example.com")
+
+
+def test_sites_show_and_hide_the_chat_link(admin):
+    assert admin.ok("site", "add", "Mail.Reseller.net", "--owner", "Reseller Inc.") == (
+        "site mail.reseller.net: chat link shown\n")
+    admin.ok("site", "add", "webmail.example.com", "--hide-chat-link")
+    assert admin.ok("site", "list") == (
+        "mail.reseller.net\tchat link shown\tReseller Inc.\nwebmail.example.com\tchat link hidden\t\n")
+    assert admin.ok("site", "hide", "mail.reseller.net") == "site mail.reseller.net: chat link hidden\n"
+    assert admin.ok("site", "show", "webmail.example.com") == "site webmail.example.com: chat link shown\n"
+    assert admin.ok("site", "remove", "webmail.example.com") == "removed site webmail.example.com\n"
+    assert admin.fails("site", "show", "webmail.example.com") == "unknown site: webmail.example.com"
+    assert "at least one dot" in admin.fails("site", "add", "intranet")

@@ -21,8 +21,10 @@ from chatgate.storage.interfaces import (
     DuplicateDomain,
     DuplicateUser,
     IDirectory,
+    Site,
     UnknownAlias,
     UnknownDomain,
+    UnknownSite,
     UnknownUser,
     User,
 )
@@ -249,6 +251,23 @@ async def test_removing_a_user_removes_their_memberships(directory, secret_crede
         Change("user-removed", "example.com", "bob"),
         Change("alias-changed", "example.com", "team"),
     ]
+
+
+# -- sites
+
+
+@pytest_twisted.ensureDeferred
+async def test_sites_are_put_listed_and_removed(directory):
+    await directory.put_site(Site("mail.reseller.net", "Reseller Inc."))
+    await directory.put_site(Site("webmail.example.com", "", False))
+    assert await directory.sites() == [Site("mail.reseller.net", "Reseller Inc.", True),
+                                       Site("webmail.example.com", "", False)]
+    await directory.put_site(Site("mail.reseller.net", "Reseller Inc.", False))
+    assert await directory.site("mail.reseller.net") == Site("mail.reseller.net", "Reseller Inc.", False)
+    await directory.remove_site("mail.reseller.net")
+    assert await directory.site("mail.reseller.net") is None
+    with pytest.raises(UnknownSite, match="^unknown site: mail.reseller.net$"):
+        await directory.remove_site("mail.reseller.net")
 
 
 # -- credentials
