@@ -85,6 +85,14 @@ class WebmailSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    interfaces: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 5281
+    #: bearer key of the admin API; empty: the API is off
+    api_key: str = ""
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     create: bool = True
     domain: str = "example.com"
@@ -98,6 +106,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     webmail: WebmailSettings = field(default_factory=WebmailSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     #: Directory relative paths in the file are resolved against.
     base_dir: str = "."
@@ -176,7 +185,7 @@ def _backend(raw: str) -> str:
 def _secret(raw: str) -> str:
     value = raw.strip()
     if value and len(value) < 32:
-        raise ValueError("too short: use at least 32 random characters (or leave empty to turn tokens off)")
+        raise ValueError("too short: use at least 32 random characters (or leave it empty to turn this off)")
     return value
 
 
@@ -236,6 +245,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
         },
     ),
     "webmail": (WebmailSettings, {"token_secret": _secret, "token_lifetime": _seconds}),
+    "admin": (AdminSettings, {"interfaces": _interfaces, "port": _port, "api_key": _secret}),
     "demo": (DemoSettings, {"create": _bool, "domain": _nonempty}),
 }
 

@@ -63,6 +63,15 @@ class HostedDomains:
     def names(self) -> list[str]:
         return sorted(self._domains)
 
+    @defer.inlineCallbacks
+    def refresh_user(self, domain: str, localpart: str):
+        """Read one user from the directory into the mirror, ahead of the change
+        feed (a login right after the account was made); None if absent."""
+        user = yield self.directory.user(domain, localpart)
+        if user is not None and domain in self._users:
+            self._users[domain][localpart] = user
+        return user
+
     # -- the change feed
 
     def _changed(self, change: Change) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer, error
 from twisted.logger import Logger
+from twisted.web import server
 
 from chatgate.auth.credentials import make_credentials
 from chatgate.auth.sasl import Authenticator
@@ -26,6 +27,7 @@ from chatgate.storage import open_directory
 from chatgate.storage.interfaces import Stores, User
 from chatgate.tls import ReloadableContext, ensure_certificate
 from chatgate.transports.c2s import C2SFactory
+from chatgate.web.admin_api import AdminAPI
 
 log = Logger()
 
@@ -67,6 +69,7 @@ class ChatService(service.Service):
         yield self.domains.load()
         yield self.authenticator.start()
         self._listen()
+        self._listen_admin()
         # SIGHUP: read the certificate again (after a renewal) without a restart.
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload_tls))
         self.router.emit("service-started")
@@ -90,6 +93,16 @@ class ChatService(service.Service):
                 )
                 log.info("XMPP (c2s, direct TLS) on {interface} port {port}", interface=interface,
                          port=x.direct_tls_port)
+
+    def _listen_admin(self) -> None:
+        a = self.settings.admin
+        if not a.api_key:
+            return
+        site = server.Site(AdminAPI(self.directory, self.settings))
+        site.log = lambda request: None  # requests carry user names; the API's effects are logged
+        for interface in a.interfaces:
+            self.ports.append(self.reactor.listenTCP(a.port, site, interface=interface))
+            log.info("admin API on {interface} port {port}", interface=interface, port=a.port)
 
     def reload_tls(self) -> None:
         try:

@@ -23,21 +23,12 @@ from typing import Any, NoReturn
 
 from twisted.internet.task import react
 
-from chatgate.auth.credentials import make_credentials
-from chatgate.auth.tokens import TokenError, mint
+from chatgate.admin import operations as ops
+from chatgate.admin.operations import AdminError
 from chatgate.config import ConfigError, Settings, load
-from chatgate.jid import parse_domain, parse_user
+from chatgate.jid import parse_user
 from chatgate.storage import open_directory
-from chatgate.storage.interfaces import (
-    Alias,
-    Credentials,
-    DirectoryError,
-    IDirectory,
-    Site,
-    UnknownAlias,
-    UnknownSite,
-    User,
-)
+from chatgate.storage.interfaces import Credentials, DirectoryError, IDirectory, User
 
 PROG = "chatgate-admin"
 DEFAULT_CONFIG = "tap-config.ini"
@@ -164,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args.config)
         job = args.prepare(args, settings)
         directory = open_directory(settings)
-    except (CommandError, ConfigError, DirectoryError) as e:
+    except (CommandError, AdminError, ConfigError, DirectoryError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         print(file=sys.stderr)
@@ -200,7 +191,7 @@ def _run(directory: IDirectory, job: Job) -> int:
             return
         try:
             await job(directory)
-        except (CommandError, DirectoryError) as e:
+        except (CommandError, AdminError, DirectoryError) as e:
             status = _fail(str(e))
         except Exception as e:  # a bug, still one line: the user cannot act on a traceback
             status = _fail(f"unexpected error: {type(e).__name__}: {e}")
@@ -233,17 +224,11 @@ def _status(exit: SystemExit) -> int:
 
 
 def _domain(text: str) -> str:
-    try:
-        return parse_domain(text)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
+    return ops.domain_name(text)
 
 
 def _user(text: str) -> tuple[str, str]:
-    try:
-        return parse_user(text)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
+    return ops.address(text)
 
 
 def _domain_add(args: argparse.Namespace, settings: Settings) -> Job:
@@ -354,65 +339,42 @@ def _user_import(args: argparse.Namespace, settings: Settings) -> Job:
 # -- alias commands
 
 
-def _members(alias_domain: str, texts: list[str]) -> tuple[str, ...]:
-    """Member localparts; every member must be of the alias's own domain."""
-    members = []
-    for text in texts:
-        localpart, domain = _user(text)
-        if domain != alias_domain:
-            raise CommandError(f"{localpart}@{domain} is not of the alias's domain {alias_domain}")
-        members.append(localpart)
-    return tuple(members)
-
-
 def _alias_add(args: argparse.Namespace, settings: Settings) -> Job:
     localpart, domain = _user(args.alias)
-    members = _members(domain, args.members)
+    ops.members(domain, args.members)  # checked before the store is opened
 
     async def job(directory: IDirectory) -> None:
-        current = await directory.alias(domain, localpart)
-        if current is None:
-            await directory.add_alias(Alias(localpart, domain, (args.name or "").strip(), members))
-            print(f"added alias {localpart}@{domain} with {len(set(members))} members")
+        existed = await directory.alias(domain, localpart) is not None
+        alias = await ops.add_alias_members(directory, args.alias, args.members, args.name)
+        if existed:
+            print(f"alias {alias.jid} has {len(alias.members)} members")
         else:
-            name = current.name if args.name is None else args.name.strip()
-            await directory.set_alias(Alias(localpart, domain, name, current.members + members))
-            print(f"alias {localpart}@{domain} has {len(set(current.members + members))} members")
+            print(f"added alias {alias.jid} with {len(alias.members)} members")
 
     return job
 
 
 def _alias_remove(args: argparse.Namespace, settings: Settings) -> Job:
     localpart, domain = _user(args.alias)
-    members = _members(domain, args.members)
+    ops.members(domain, args.members)
 
     async def job(directory: IDirectory) -> None:
-        if not members:
-            await directory.remove_alias(domain, localpart)
+        alias = await ops.remove_alias_members(directory, args.alias, args.members)
+        if alias is None:
             print(f"removed alias {localpart}@{domain}")
-            return
-        current = await directory.alias(domain, localpart)
-        if current is None:
-            raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
-        strangers = [m for m in members if m not in current.members]
-        if strangers:
-            raise CommandError(f"{strangers[0]}@{domain} is not a member of {localpart}@{domain}")
-        remaining = tuple(m for m in current.members if m not in members)
-        await directory.set_alias(Alias(localpart, domain, current.name, remaining))
-        print(f"alias {localpart}@{domain} has {len(remaining)} members")
+        else:
+            print(f"alias {alias.jid} has {len(alias.members)} members")
 
     return job
 
 
 def _alias_members(args: argparse.Namespace, settings: Settings) -> Job:
-    localpart, domain = _user(args.alias)
+    _user(args.alias)
 
     async def job(directory: IDirectory) -> None:
-        alias = await directory.alias(domain, localpart)
-        if alias is None:
-            raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
+        alias = await ops.alias(directory, args.alias)
         for member in alias.members:
-            print(f"{member}@{domain}")
+            print(f"{member}@{alias.domain}")
 
     return job
 
@@ -431,25 +393,22 @@ def _alias_list(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _site_add(args: argparse.Namespace, settings: Settings) -> Job:
-    host = _domain(args.host)
-    site = Site(host, args.owner.strip(), not args.hide_chat_link)
+    _domain(args.host)
 
     async def job(directory: IDirectory) -> None:
-        await directory.put_site(site)
-        print(f"site {host}: chat link {'shown' if site.show_chat_link else 'hidden'}")
+        site = await ops.put_site(directory, args.host, args.owner, not args.hide_chat_link)
+        print(f"site {site.host}: chat link {'shown' if site.show_chat_link else 'hidden'}")
 
     return job
 
 
 def _site_link(args: argparse.Namespace, settings: Settings) -> Job:
-    host = _domain(args.host)
+    _domain(args.host)
 
     async def job(directory: IDirectory) -> None:
-        site = await directory.site(host)
-        if site is None:
-            raise UnknownSite(f"unknown site: {host}")
-        await directory.put_site(Site(host, site.owner, args.show))
-        print(f"site {host}: chat link {'shown' if args.show else 'hidden'}")
+        await ops.site(directory, args.host)  # it must exist already
+        site = await ops.put_site(directory, args.host, show_chat_link=args.show)
+        print(f"site {site.host}: chat link {'shown' if site.show_chat_link else 'hidden'}")
 
     return job
 
@@ -476,18 +435,10 @@ def _site_list(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> Job:
-    localpart, domain = _user(args.jid)
-    lifetime = settings.webmail.token_lifetime if args.lifetime is None else args.lifetime
-    if lifetime <= 0:
-        raise CommandError("--lifetime must be greater than 0")
-    try:
-        token, _ = mint(settings.webmail.token_secret.encode(), f"{localpart}@{domain}", lifetime)
-    except TokenError as e:
-        raise CommandError(str(e)) from None
+    _user(args.jid)
 
     async def job(directory: IDirectory) -> None:
-        if await directory.user(domain, localpart) is None:
-            raise CommandError(f"unknown user: {localpart}@{domain}")
+        token, _ = await ops.token(directory, settings, args.jid, args.lifetime)
         print(token)
 
     return job
@@ -574,10 +525,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def _credentials(password: str, settings: Settings) -> Credentials:
-    try:
-        return make_credentials(password, settings.auth.scram_iterations)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
+    return ops.credentials(password, settings)
 
 
 if __name__ == "__main__":

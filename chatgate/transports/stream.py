@@ -75,7 +75,7 @@ class XMPPStream:
         self.session: Session | None = None
         self._exchange: Exchange | None = None
         self._failures = 0
-        self._busy = False  # a SASL step is waiting on the store
+        self._busy = False  # a SASL step or a bind is waiting on the store
 
     # -- negotiation
 
@@ -110,6 +110,8 @@ class XMPPStream:
             self._starttls()
         elif element.uri == SASL_NS:
             self._sasl(element)
+        elif self._busy:
+            self.transport.fail("policy-violation", "Wait for the answer to your last request")
         elif self.localpart is not None and element.uri == CLIENT_NS and element.name == "iq":
             self._bind(element)
         elif element.uri in (TLS_NS, SASL_NS, CLIENT_NS):
@@ -231,6 +233,20 @@ class XMPPStream:
             self.transport.fail("policy-violation", f"Chat is disabled for {self.domain}")
             return
         if self.router.domains.user(self.domain, self.localpart) is None:
+            # An account made a moment ago may not have reached the mirror yet.
+            self._busy = True
+            d = self.router.domains.refresh_user(self.domain, self.localpart)
+            d.addCallbacks(self._bind_known, self._bind_failed, callbackArgs=(iq, resource))
+            return
+        self._bind_known(True, iq, resource)
+
+    def _bind_failed(self, failure: Failure) -> None:
+        log.failure("binding a resource for {user}@{domain}", failure, user=self.localpart, domain=self.domain)
+        self.transport.fail("internal-server-error")
+
+    def _bind_known(self, user: object, iq: domish.Element, resource: str) -> None:
+        self._busy = False
+        if user is None:
             self.transport.fail("not-authorized", "The account no longer exists")
             return
         resource = resource or f"chatgate-{secrets.token_hex(6)}"

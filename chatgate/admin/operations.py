@@ -1,0 +1,208 @@
+"""What an administrator can do, checked once, for both the command line and
+the admin HTTP API.
+
+Each operation validates its inputs (addresses per RFC 7622, passwords, host
+names), then acts through IDirectory. A mistake raises :class:`AdminError`
+naming the bad field in one line; the API turns its ``status`` into the HTTP
+status code, the command line prints its message.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import threads
+
+from chatgate.auth.credentials import make_credentials
+from chatgate.auth.tokens import TokenError, mint
+from chatgate.config import Settings
+from chatgate.jid import parse_domain, parse_user
+from chatgate.storage.interfaces import (
+    Alias,
+    Credentials,
+    DirectoryError,
+    Domain,
+    DuplicateDomain,
+    DuplicateUser,
+    IDirectory,
+    Site,
+    UnknownAlias,
+    UnknownDomain,
+    UnknownSite,
+    UnknownUser,
+    User,
+)
+
+
+class AdminError(Exception):
+    """A refused request: one line, the field it is about, an HTTP status."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+_STATUS = {
+    UnknownDomain: (404, "domain"),
+    UnknownUser: (404, "user"),
+    UnknownAlias: (404, "alias"),
+    UnknownSite: (404, "site"),
+    DuplicateDomain: (409, "domain"),
+    DuplicateUser: (409, "jid"),
+}
+
+
+def refused(error: DirectoryError) -> AdminError:
+    """The AdminError for a directory refusal (unknown: 404, taken: 409, else 500)."""
+    status, field = _STATUS.get(type(error), (500, None))
+    return AdminError(str(error), field, status)
+
+
+# -- checking inputs
+
+
+def domain_name(text: str, field: str = "domain") -> str:
+    try:
+        return parse_domain(text)
+    except ValueError as e:
+        raise AdminError(str(e), field) from None
+
+
+def address(text: str, field: str = "jid") -> tuple[str, str]:
+    """(localpart, domain) of a user or alias address."""
+    try:
+        return parse_user(text)
+    except ValueError as e:
+        raise AdminError(str(e), field) from None
+
+
+def members(alias_domain: str, texts: list[str], field: str = "members") -> tuple[str, ...]:
+    """Member localparts; every member must be of the alias's own domain."""
+    result = []
+    for text in texts:
+        localpart, domain = address(text, field)
+        if domain != alias_domain:
+            raise AdminError(f"{localpart}@{domain} is not of the alias's domain {alias_domain}", field)
+        result.append(localpart)
+    return tuple(result)
+
+
+def credentials(password: str, settings: Settings, field: str = "password") -> Credentials:
+    """SCRAM keys for *password* (the password itself is never kept)."""
+    if not password:
+        raise AdminError("the password is empty", field)
+    try:
+        return make_credentials(password, settings.auth.scram_iterations)
+    except ValueError as e:
+        raise AdminError(str(e), field) from None
+
+
+async def credentials_off_thread(password: str, settings: Settings) -> Credentials:
+    """:func:`credentials`, with the key derivation off the reactor thread."""
+    return await threads.deferToThread(credentials, password, settings)
+
+
+# -- acting through the directory (DirectoryErrors pass through; see refused())
+
+
+async def add_domain(directory: IDirectory, name: str) -> Domain:
+    return await directory.add_domain(domain_name(name))
+
+
+async def set_chat(directory: IDirectory, name: str, enabled: bool) -> None:
+    await directory.set_chat_enabled(domain_name(name), enabled)
+
+
+async def add_alias_members(directory: IDirectory, jid: str, texts: list[str], name: str | None) -> Alias:
+    """Create the alias with these members, or add them to it (and rename it if *name*)."""
+    localpart, domain = address(jid, "alias")
+    new = members(domain, texts)
+    current = await directory.alias(domain, localpart)
+    if current is None:
+        alias = Alias(localpart, domain, (name or "").strip(), new)
+        await directory.add_alias(alias)
+    else:
+        alias = Alias(localpart, domain, current.name if name is None else name.strip(), current.members + new)
+        await directory.set_alias(alias)
+    return await directory.alias(domain, localpart)
+
+
+async def remove_alias_members(directory: IDirectory, jid: str, texts: list[str]) -> Alias | None:
+    """Remove these members, or the whole alias when none are named (then None)."""
+    localpart, domain = address(jid, "alias")
+    gone = members(domain, texts)
+    if not gone:
+        await directory.remove_alias(domain, localpart)
+        return None
+    current = await directory.alias(domain, localpart)
+    if current is None:
+        raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
+    strangers = [m for m in gone if m not in current.members]
+    if strangers:
+        raise AdminError(f"{strangers[0]}@{domain} is not a member of {localpart}@{domain}", "members")
+    alias = Alias(localpart, domain, current.name, tuple(m for m in current.members if m not in gone))
+    await directory.set_alias(alias)
+    return alias
+
+
+async def alias(directory: IDirectory, jid: str) -> Alias:
+    localpart, domain = address(jid, "alias")
+    found = await directory.alias(domain, localpart)
+    if found is None:
+        raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
+    return found
+
+
+async def put_site(directory: IDirectory, host: str, owner: str | None = None,
+                   show_chat_link: bool | None = None) -> Site:
+    """Add a site or change what is given of it; a new site shows the chat link."""
+    host = domain_name(host, "host")
+    current = await directory.site(host) or Site(host)
+    site = Site(
+        host,
+        current.owner if owner is None else owner.strip(),
+        current.show_chat_link if show_chat_link is None else show_chat_link,
+    )
+    await directory.put_site(site)
+    return site
+
+
+async def site(directory: IDirectory, host: str) -> Site:
+    host = domain_name(host, "host")
+    found = await directory.site(host)
+    if found is None:
+        raise UnknownSite(f"unknown site: {host}")
+    return found
+
+
+async def chat_link(directory: IDirectory, host: str, jid: str) -> tuple[bool, str]:
+    """Whether *host* shows *jid* the chat link, and why: the site shows it and
+    the user's domain has chat enabled."""
+    found = await site(directory, host)
+    localpart, domain = address(jid, "user")
+    if not found.show_chat_link:
+        return False, "the site hides the chat link"
+    domains = {d.name: d for d in await directory.domains()}
+    if domain not in domains or await directory.user(domain, localpart) is None:
+        return False, "no such chat user"
+    if not domains[domain].chat_enabled:
+        return False, f"chat is disabled for {domain}"
+    return True, "chat is available"
+
+
+async def token(directory: IDirectory, settings: Settings, jid: str, lifetime: float | None = None) -> tuple[str, int]:
+    """A webmail login token for an existing user: (token, expiry as Unix time)."""
+    localpart, domain = address(jid, "user")
+    lifetime = settings.webmail.token_lifetime if lifetime is None else lifetime
+    if lifetime <= 0:
+        raise AdminError("the lifetime must be greater than 0", "lifetime")
+    if await directory.user(domain, localpart) is None:
+        raise UnknownUser(f"unknown user: {localpart}@{domain}")
+    try:
+        return mint(settings.webmail.token_secret.encode(), f"{localpart}@{domain}", lifetime)
+    except TokenError as e:
+        raise AdminError(str(e), None, 409) from None
+
+
+def user_record(localpart: str, domain: str, name: str = "", title: str = "", department: str = "",
+                phone: str = "") -> User:
+    return User(localpart, domain, name.strip(), title.strip(), department.strip(), phone.strip())
