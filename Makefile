@@ -21,15 +21,19 @@ PIP := $(BIN)/pip --disable-pip-version-check
 
 # System programs the tests need, as command:apt-package pairs, installed with
 # apt-get by `make test-deps` when the command is missing (e.g. redis-server:redis-server).
-TEST_SYSTEM_PACKAGES :=
+TEST_SYSTEM_PACKAGES := chromium:chromium npm:npm redis-server:redis-server
 
-.PHONY: run test test-deps
+# The browser tests' JavaScript (Strophe.js, an independent BOSH client),
+# installed from tests/browser/package-lock.json into its git-ignored node_modules.
+BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
+
+.PHONY: run test test-deps browser-deps
 
 run: $(VENV)/.build-tools
 	$(PIP) install --quiet --no-build-isolation .
 	exec $(BIN)/twistd --pidfile= -n chatgate --config tap-config.ini
 
-test: test-deps $(VENV)/.build-tools
+test: test-deps browser-deps $(VENV)/.build-tools
 	$(PIP) install --quiet --no-build-isolation -e '.[test]'
 	$(BIN)/pytest -q
 
@@ -42,6 +46,11 @@ test-deps:
 		echo "installing system packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+browser-deps: $(BROWSER_DEPS)
+
+$(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json | test-deps
+	cd tests/browser && npm ci --no-audit --no-fund
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -45,6 +46,26 @@ class StorageSettings:
     backend: str = "sqlite"
     path: str = "var/chatgate.sqlite"
     poll_interval: float = 0.5
+    #: the Redis server of the stores [archive] puts on redis (txredisapi)
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_db: int = 0
+    redis_password: str = ""
+    redis_tls: bool = False
+    redis_tls_ca: str = ""
+    redis_prefix: str = "chatgate"
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """History (XEP-0313 archive) and offline messages (XEP-0160)."""
+
+    backend: str = "sqlite"
+    offline_backend: str = "sqlite"
+    commit_interval: float = 0.01
+    conversation_gap: float = 1800.0
+    retention_days: int | None = None
+    offline_quota: int = 1000
 
 
 @dataclass(frozen=True)
@@ -77,6 +98,22 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class HTTPSettings:
+    interfaces: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 5280
+    tls: bool = False
+    bosh_path: str = "/http-bind"
+    cors_origins: tuple[str, ...] = ()
+    bosh_hold: int = 1
+    bosh_requests: int = 2
+    bosh_max_wait: int = 120
+    bosh_inactivity: int = 60
+    bosh_polling: int = 2
+    bosh_max_pause: int = 120
+    bosh_max_body_size: int = 262144
+
+
+@dataclass(frozen=True)
 class WebmailSettings:
     #: HMAC key shared with the webmail for login tokens; empty: tokens are off
     token_secret: str = ""
@@ -103,8 +140,10 @@ class Settings:
     xmpp: XMPPSettings = field(default_factory=XMPPSettings)
     tls: TLSSettings = field(default_factory=TLSSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
     webmail: WebmailSettings = field(default_factory=WebmailSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
@@ -182,6 +221,31 @@ def _backend(raw: str) -> str:
     return value
 
 
+def _history_backend(raw: str) -> str:
+    value = raw.strip()
+    if value not in ("sqlite", "memory", "redis"):
+        raise ValueError("expected sqlite, redis or memory")
+    return value
+
+
+def _database_number(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _optional_days(raw: str) -> int | None:
+    return _positive_int(raw) if raw.strip() else None
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
 def _secret(raw: str) -> str:
     value = raw.strip()
     if value and len(value) < 32:
@@ -194,6 +258,36 @@ def _nonempty(raw: str) -> str:
     if not value:
         raise ValueError("must not be empty")
     return value
+
+
+def _whole(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _url_path(raw: str) -> str:
+    value = raw.strip()
+    segments = value.split("/")
+    if not value.startswith("/") or value == "/" or not all(segments[1:]):
+        raise ValueError("expected a path such as /http-bind (no empty segment, no trailing /)")
+    if any(s in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._~-]+", s) for s in segments[1:]):
+        raise ValueError("use letters, digits and . _ ~ - between the slashes")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = []
+    for value in _split(raw):
+        if value != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?",
+                                             value):
+            raise ValueError(f"{value!r} is not an origin such as https://mail.example.com (scheme and host, no path)")
+        origins.append(value.lower())
+    return tuple(origins)
 
 
 def _split(raw: str) -> list[str]:
@@ -218,7 +312,29 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
     "tls": (TLSSettings, {"certificate": _nonempty, "key": _nonempty}),
     "storage": (
         StorageSettings,
-        {"backend": _backend, "path": _nonempty, "poll_interval": _seconds},
+        {
+            "backend": _backend,
+            "path": _nonempty,
+            "poll_interval": _seconds,
+            "redis_host": _nonempty,
+            "redis_port": _port,
+            "redis_db": _database_number,
+            "redis_password": _text,
+            "redis_tls": _bool,
+            "redis_tls_ca": _text,
+            "redis_prefix": _nonempty,
+        },
+    ),
+    "archive": (
+        ArchiveSettings,
+        {
+            "backend": _history_backend,
+            "offline_backend": _history_backend,
+            "commit_interval": _seconds,
+            "conversation_gap": _seconds,
+            "retention_days": _optional_days,
+            "offline_quota": _positive_int,
+        },
     ),
     "auth": (
         AuthSettings,
@@ -242,6 +358,23 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "stanza_rate": _seconds,
             "stanza_burst": _positive_int,
             "max_preauth_per_address": _positive_int,
+        },
+    ),
+    "http": (
+        HTTPSettings,
+        {
+            "interfaces": _interfaces,
+            "port": _port,
+            "tls": _bool,
+            "bosh_path": _url_path,
+            "cors_origins": _origins,
+            "bosh_hold": _positive_int,
+            "bosh_requests": _positive_int,
+            "bosh_max_wait": _positive_int,
+            "bosh_inactivity": _positive_int,
+            "bosh_polling": _whole,
+            "bosh_max_pause": _whole,
+            "bosh_max_body_size": _positive_int,
         },
     ),
     "webmail": (WebmailSettings, {"token_secret": _secret, "token_lifetime": _seconds}),
@@ -284,9 +417,20 @@ def _check(settings: Settings) -> None:
     ports = [x.port, *x.extra_ports] + ([x.direct_tls_port] if x.direct_tls_port else [])
     if len(set(ports)) != len(ports):
         raise ConfigError("[xmpp] extra_ports: a port is listed twice (with port or direct_tls_port)")
+    if settings.archive.commit_interval > 1:
+        raise ConfigError("[archive] commit_interval: at most 1 second (a crash loses what is not committed)")
     limits = settings.limits
     if limits.max_stanza_size_preauth > limits.max_stanza_size:
         raise ConfigError("[limits] max_stanza_size_preauth: must not exceed max_stanza_size")
+    h = settings.http
+    if h.port in ports:
+        raise ConfigError(f"[http] port: {h.port} is an [xmpp] port already")
+    if h.bosh_requests <= h.bosh_hold:
+        raise ConfigError("[http] bosh_requests: must be greater than bosh_hold (XEP-0124 §7.2)")
+    if h.bosh_polling >= h.bosh_inactivity:
+        raise ConfigError("[http] bosh_polling: must be shorter than bosh_inactivity")
+    if h.bosh_max_body_size < limits.max_stanza_size_preauth:
+        raise ConfigError("[http] bosh_max_body_size: must be at least [limits] max_stanza_size_preauth")
     if limits.read_burst < limits.max_stanza_size:
         raise ConfigError("[limits] read_burst: must be at least max_stanza_size")
 

@@ -133,7 +133,13 @@ class Router:
 
     def listen(self, event: str, listener: Callable[..., Any]) -> None:
         """Follow *event*: ``session-bound``, ``session-ended``,
-        ``message-undeliverable`` (a listener returning True took the message)."""
+        ``message-undeliverable`` (a listener returning True took the message),
+        ``message-delivering`` (stanza, sender or None, recipient's bare JID,
+        the sessions it goes to — none when it is about to be stored or
+        refused): told before a message to a user goes out, in registration
+        order, so listeners may add to the stanza; ``message-refused``
+        (stanza, recipient's bare JID): a message told as delivering was
+        bounced after all."""
         self._listeners.setdefault(event, []).append(listener)
 
     def emit(self, event: str, *args: Any) -> bool:
@@ -308,6 +314,7 @@ class Router:
         if to.resource:
             target = resources.get(to.resource)
             if target is not None:
+                self.emit("message-delivering", stanza, sender, bare, [target])
                 target.send(stanza)
                 return
             if mtype not in ("normal", "chat"):
@@ -322,11 +329,15 @@ class Router:
             return
         targets = [s for s in resources.values() if s.available and s.priority >= 0]
         if targets:
+            self.emit("message-delivering", stanza, sender, bare, targets)
             for target in targets:
                 target.send(stanza)
-        elif mtype != "headline" and not self.emit("message-undeliverable", stanza, bare):
-            if sender is not None:
-                self._bounce(stanza, sender, "service-unavailable")
+        elif mtype != "headline":
+            self.emit("message-delivering", stanza, sender, bare, [])
+            if not self.emit("message-undeliverable", stanza, bare):
+                self.emit("message-refused", stanza, bare)
+                if sender is not None:
+                    self._bounce(stanza, sender, "service-unavailable")
 
     # -- server-originated requests
 

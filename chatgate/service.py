@@ -23,11 +23,14 @@ from chatgate.config import ConfigError, Settings, load
 from chatgate.domains import HostedDomains
 from chatgate.features import register_all
 from chatgate.router import Router
-from chatgate.storage import open_directory
+from chatgate.storage import open_archive, open_directory, open_offline
 from chatgate.storage.interfaces import Stores, User
 from chatgate.tls import ReloadableContext, ensure_certificate
+from chatgate.transports.bosh import BOSHResource, ConnectionManager
 from chatgate.transports.c2s import C2SFactory
 from chatgate.web.admin_api import AdminAPI
+from chatgate.web.history import HistoryAPI
+from chatgate.web.site import make_site
 
 log = Logger()
 
@@ -46,7 +49,9 @@ class ChatService(service.Service):
         self.settings = settings
         self.tls_context = tls_context
         self.directory = open_directory(settings)
-        self.stores = Stores(directory=self.directory)
+        self.archive = open_archive(settings)
+        self.offline = open_offline(settings)
+        self.stores = Stores(directory=self.directory, archive=self.archive, offline=self.offline)
         self.domains = HostedDomains(self.directory)
         self.router = Router(self.domains, clock=reactor)
         a = settings.auth
@@ -64,6 +69,8 @@ class ChatService(service.Service):
     @defer.inlineCallbacks
     def _start(self):
         yield self.directory.start()
+        yield self.archive.start()
+        yield self.offline.start()
         if self.settings.demo.create and not (yield self.directory.domains()):
             yield self._create_demo()
         yield self.domains.load()
@@ -93,6 +100,19 @@ class ChatService(service.Service):
                 )
                 log.info("XMPP (c2s, direct TLS) on {interface} port {port}", interface=interface,
                          port=x.direct_tls_port)
+        h = self.settings.http
+        self.bosh = ConnectionManager(self.router, self.authenticator, self.settings, self.reactor, preauth)
+        site = make_site(h, bosh=BOSHResource(self.bosh))
+        history = HistoryAPI(self.authenticator, self.domains, self.archive, self.settings.archive.conversation_gap)
+        history.mount(site.resource, h.cors_origins)  # the webmail's conversations, at /history/
+        for interface in h.interfaces:
+            if h.tls:
+                self.ports.append(self.reactor.listenSSL(h.port, site, self.tls_context, backlog=1024,
+                                                         interface=interface))
+            else:
+                self.ports.append(self.reactor.listenTCP(h.port, site, backlog=1024, interface=interface))
+            log.info("{scheme} (BOSH at {path}) on {interface} port {port}", scheme="HTTPS" if h.tls else "HTTP",
+                     path=h.bosh_path, interface=interface, port=h.port)
 
     def _listen_admin(self) -> None:
         a = self.settings.admin
@@ -146,6 +166,8 @@ class ChatService(service.Service):
         for resources in list(self.router.sessions.values()):
             for session in list(resources.values()):
                 session.close("system-shutdown", "The server is stopping")
+        yield self.archive.stop()  # commits the history still queued
+        yield self.offline.stop()
         yield self.directory.stop()
 
 

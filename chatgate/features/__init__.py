@@ -12,8 +12,10 @@ from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.storage.interfaces import Stores
 
-#: registration order matters only for disco listings
-FEATURES = ("messages", "presence", "roster", "domain_switch", "disco", "ping", "version", "vcard")
+#: registration order matters for disco listings, and for the listeners of one
+#: router event: archive stamps stanza-ids before carbons copies the message
+FEATURES = ("messages", "presence", "roster", "domain_switch", "disco", "ping", "version", "vcard",
+            "archive", "carbons", "offline", "mam")
 
 
 def register_all(router: Router, settings: Settings, stores: Stores) -> None:

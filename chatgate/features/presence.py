@@ -56,6 +56,7 @@ class Presence:
         """Presence with no 'to': the resource's own availability (§4.2, §4.4, §4.5)."""
         ptype = stanza.getAttribute("type")
         if ptype is None:
+            was_reachable = sender.available and sender.priority >= 0
             sender.priority = _priority(stanza)
             first = not sender.available
             sender.presence = stanza
@@ -63,6 +64,9 @@ class Presence:
                 _send(stanza, session)
             if first:
                 self.tell_current(sender)
+            if sender.priority >= 0 and not was_reachable:
+                # now reached by messages to the bare JID (RFC 6121 §8.5.2.1.1)
+                self.router.emit("session-available", sender)
         elif ptype == "unavailable":
             self.leave(sender, stanza)
         elif ptype not in _SUBSCRIPTION and ptype != "probe":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from chatgate.storage.interfaces import DirectoryError, IDirectory
+from chatgate.storage.interfaces import DirectoryError, IArchive, IDirectory, IOfflineStore
 
 if TYPE_CHECKING:
     from chatgate.config import Settings
@@ -36,3 +36,60 @@ def open_directory(settings: Settings) -> IDirectory:
         except OSError as e:
             raise DirectoryError(f"{folder}: cannot create the storage folder: {e.strerror}") from None
     return SQLiteDirectory(path, settings.storage.poll_interval)
+
+
+def open_archive(settings: Settings) -> IArchive:
+    """The history backend ``[archive] backend`` names, not started yet."""
+    backend = settings.archive.backend
+    if backend == "memory":
+        from chatgate.storage.memory_history import MemoryArchive
+
+        return MemoryArchive()
+    if backend == "redis":
+        from chatgate.storage.redis import RedisArchive
+
+        return RedisArchive(**_redis_options(settings))
+    from chatgate.storage.sqlite_history import SQLiteArchive
+
+    return SQLiteArchive(_sqlite_path(settings), settings.archive.commit_interval)
+
+
+def open_offline(settings: Settings) -> IOfflineStore:
+    """The offline-message backend ``[archive] offline_backend`` names, not started yet."""
+    backend = settings.archive.offline_backend
+    if backend == "memory":
+        from chatgate.storage.memory_history import MemoryOfflineStore
+
+        return MemoryOfflineStore()
+    if backend == "redis":
+        from chatgate.storage.redis import RedisOfflineStore
+
+        return RedisOfflineStore(**_redis_options(settings))
+    from chatgate.storage.sqlite_history import SQLiteOfflineStore
+
+    return SQLiteOfflineStore(_sqlite_path(settings), settings.archive.commit_interval)
+
+
+def _sqlite_path(settings: Settings) -> str:
+    """The ``[storage] path`` file, its folder made if missing (DirectoryError if that fails)."""
+    path = settings.path(settings.storage.path)
+    folder = os.path.dirname(path)
+    if folder:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise DirectoryError(f"{folder}: cannot create the storage folder: {e.strerror}") from None
+    return path
+
+
+def _redis_options(settings: Settings) -> dict[str, object]:
+    s = settings.storage
+    return {
+        "host": s.redis_host,
+        "port": s.redis_port,
+        "db": s.redis_db,
+        "password": s.redis_password,
+        "tls": s.redis_tls,
+        "tls_ca": settings.path(s.redis_tls_ca) if s.redis_tls_ca else "",
+        "prefix": s.redis_prefix,
+    }

@@ -10,7 +10,7 @@ All methods return Deferreds; blocking I/O never runs on the reactor thread.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -220,8 +220,178 @@ class IDirectory(Interface):
         """Remove a site. UnknownSite."""
 
 
+class ArchiveError(Exception):
+    """A history store failed or refused; the message is one line for a log or a user."""
+
+
+class UnknownMessage(ArchiveError):
+    """An archive id a query names is not in the owner's archive (XEP-0313 §4.1.3: item-not-found)."""
+
+
+@dataclass(frozen=True)
+class ArchivedMessage:
+    """One message in one user's archive (XEP-0313 §3).
+
+    ``id`` is the archive's id for it, the XEP-0359 stanza-id the owner's
+    clients saw (``by`` = the owner's bare JID). Ids made by
+    :class:`chatgate.storage.history.ArchiveIds` sort like the times they were
+    made, so the id order is the archive's chronological order.
+    """
+
+    owner: str  # bare JID of the user whose archive this is
+    id: str
+    contact: str  # bare JID of the other party
+    resource: str  # the other party's resource, "" when there was none
+    outgoing: bool  # the owner sent it
+    at: float  # when the server took it (POSIX seconds; the id's own time)
+    body: str
+    stanza: str  # the <message/> as delivered, serialized
+
+
+@dataclass(frozen=True)
+class ArchiveQuery:
+    """What a MAM query (XEP-0313 §4) asks of one archive.
+
+    The filters make the result set: ``contact`` (and ``resource`` for a full
+    JID), ``start``/``end`` (inclusive, POSIX seconds), ``after_id``/
+    ``before_id`` (exclusive bounds) and ``ids``. RSM (XEP-0059) picks one page
+    of it: ``after`` (forward from an id), ``before`` (backward from an id;
+    ``""`` is the last page), ``index`` (from a position), else the first page;
+    ``max`` items at most.
+    """
+
+    contact: str | None = None
+    resource: str | None = None
+    start: float | None = None
+    end: float | None = None
+    after_id: str | None = None
+    before_id: str | None = None
+    ids: tuple[str, ...] | None = None
+    after: str | None = None
+    before: str | None = None
+    index: int | None = None
+    max: int = 50
+
+
+@dataclass(frozen=True)
+class ArchivePage:
+    """One page of a result set, in chronological order (XEP-0059 §2)."""
+
+    messages: list[ArchivedMessage]
+    count: int  # the whole result set's size
+    first_index: int | None  # position of messages[0] in the result set; None when empty
+    complete: bool  # no more items past this page in the paging direction (XEP-0313 <fin complete/>)
+
+
+@dataclass(frozen=True)
+class ArchiveContact:
+    """Someone the owner exchanged messages with, and when last."""
+
+    contact: str
+    last_at: float
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A run of messages with one contact without a silence longer than the gap."""
+
+    id: str  # the id of its first message
+    contact: str
+    start: float
+    end: float
+    count: int
+    preview: str  # the start of its first message's body
+
+
+class IArchive(Interface):
+    """Every user's message history (XEP-0313 user archives).
+
+    Appends are acknowledged once durable as far as the backend goes (see
+    each backend). A query sees every append made before it by this process.
+    """
+
+    def start() -> Deferred[None]:
+        """Open the store (create its schema when new)."""
+
+    def stop() -> Deferred[None]:
+        """Write out whatever is pending, then close."""
+
+    def append(messages: list[ArchivedMessage]) -> Deferred[None]:
+        """Add messages (to one archive or several). Ids are unique per owner."""
+
+    def remove(owner: str, ids: list[str]) -> Deferred[None]:
+        """Take messages back out (a message refused after all). Unknown ids are ignored."""
+
+    def query(owner: str, query: ArchiveQuery) -> Deferred[ArchivePage]:
+        """One page of the owner's archive. UnknownMessage when an id the query
+        names (after, before, after_id, before_id, ids) is not in the archive."""
+
+    def contacts(owner: str) -> Deferred[list[ArchiveContact]]:
+        """Everyone the owner has history with, the most recent first."""
+
+    def conversations(
+        owner: str, contact: str, gap: float, before: str | None = None, limit: int = 20
+    ) -> Deferred[list[Conversation]]:
+        """The owner's conversations with *contact*, newest first: messages
+        split wherever more than *gap* seconds passed. *before* is a
+        conversation id: list only the older ones."""
+
+    def conversation(owner: str, conversation_id: str, gap: float) -> Deferred[list[ArchivedMessage]]:
+        """The messages of one conversation, oldest first. UnknownMessage if
+        there is no message with that id."""
+
+    def expire(before: float) -> Deferred[int]:
+        """Delete every message older than *before* (POSIX seconds); return how many."""
+
+
+@dataclass(frozen=True)
+class OfflineMessage:
+    """A message kept for a user who had no available resource (XEP-0160)."""
+
+    at: float  # when the server took it (POSIX seconds)
+    stanza: str  # the <message/>, serialized
+
+
+class IOfflineStore(Interface):
+    """Messages waiting for their recipient's next available presence."""
+
+    def start() -> Deferred[None]:
+        """Open the store."""
+
+    def stop() -> Deferred[None]:
+        """Write out whatever is pending, then close."""
+
+    def push(owner: str, message: OfflineMessage, quota: int | None) -> Deferred[bool]:
+        """Keep *message* for the bare JID *owner*, unless *quota* (when not
+        None) messages wait already: then False."""
+
+    def pop(owner: str) -> Deferred[list[OfflineMessage]]:
+        """Take every message kept for *owner*, oldest first."""
+
+    def count(owner: str) -> Deferred[int]:
+        """How many messages wait for *owner*."""
+
+
+def _memory_archive() -> IArchive:
+    from chatgate.storage.memory_history import MemoryArchive
+
+    return MemoryArchive()
+
+
+def _memory_offline() -> IOfflineStore:
+    from chatgate.storage.memory_history import MemoryOfflineStore
+
+    return MemoryOfflineStore()
+
+
 @dataclass
 class Stores:
-    """The stores a running service uses, handed to every feature's register()."""
+    """The stores a running service uses, handed to every feature's register().
+
+    ``service.py`` always passes the configured archive and offline stores;
+    the in-memory defaults serve unit tests that only care about the directory.
+    """
 
     directory: IDirectory
+    archive: IArchive = field(default_factory=_memory_archive)
+    offline: IOfflineStore = field(default_factory=_memory_offline)

@@ -30,10 +30,9 @@ from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router
 from chatgate.session import Session
 from chatgate.transports.ratelimit import TokenBucket
-from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream
+from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, StreamParser
 
-STREAM_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 _PREFIXES = {STREAMS_NS: "stream"}
 #: seconds a closed stream's connection may take to flush before it is cut
@@ -223,11 +222,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
             return
         if not self._header_sent:
             self._send_header()
-        error = domish.Element((STREAMS_NS, "error"))
-        error.addElement((STREAM_ERRORS_NS, condition))
-        if text:
-            error.addElement((STREAM_ERRORS_NS, "text"), content=text)
-        self.transport.write(serialize(error))
+        self.transport.write(serialize(stream_error(condition, text)))
         if condition != "system-shutdown":
             log.info("stream error {condition} for {peer}", condition=condition, peer=self.peer)
         self.close()

@@ -29,8 +29,18 @@ TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
 SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
 BIND_NS = "urn:ietf:params:xml:ns:xmpp-bind"
 SESSION_NS = "urn:ietf:params:xml:ns:xmpp-session"
+STREAM_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
 
 log = Logger()
+
+
+def stream_error(condition: str, text: str | None = None) -> domish.Element:
+    """A <stream:error/> with its RFC 6120 §4.9.3 *condition* and optional text (§4.9.2)."""
+    error = domish.Element((STREAMS_NS, "error"))
+    error.addElement((STREAM_ERRORS_NS, condition))
+    if text:
+        error.addElement((STREAM_ERRORS_NS, "text"), content=text)
+    return error
 
 
 class StreamTransport:

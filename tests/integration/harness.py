@@ -40,12 +40,15 @@ class Server:
     def __init__(self, folder: Path, **sections: dict[str, Any]) -> None:
         self.folder = folder
         self.port = free_port()
+        #: the web listener (BOSH at /http-bind), plain HTTP on loopback
+        self.http_port = free_port()
         self.config = folder / "tap-config.ini"
         settings: dict[str, dict[str, Any]] = {
             "xmpp": {"interfaces": "127.0.0.1", "port": self.port},
             "storage": {"backend": "sqlite", "path": "chatgate.sqlite", "poll_interval": 0.2},
             "tls": {"certificate": "tls/cert.pem", "key": "tls/key.pem"},
             "demo": {"create": "false"},
+            "http": {"interfaces": "127.0.0.1", "port": self.http_port},
         }
         for name, values in sections.items():
             settings.setdefault(name, {}).update(values)
@@ -67,6 +70,7 @@ class Server:
         return result
 
     def start(self, timeout: float = 30) -> None:
+        seen = self.log_text().count("chatgate ready")  # a restart appends to the same log
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log), "chatgate",
              "--config", str(self.config)],
@@ -77,7 +81,7 @@ class Server:
             if self.process.poll() is not None:
                 out = self.process.stdout.read().decode() if self.process.stdout else ""
                 raise AssertionError(f"chatgate exited: {out}\n{self.log_text()}")
-            if "chatgate ready" in self.log_text():
+            if self.log_text().count("chatgate ready") > seen:
                 return
             time.sleep(0.1)
         raise AssertionError(f"chatgate did not start in {timeout}s:\n{self.log_text()}")
@@ -99,6 +103,10 @@ class Server:
             return self.log.read_text()
         except FileNotFoundError:
             return ""
+
+    @property
+    def bosh_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/http-bind"
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -18,8 +18,10 @@ SECRET = "a-webmail-secret-of-at-least-32-characters"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("adminapi"), admin={"port": free_port(), "api_key": KEY},
+    admin_port = free_port()
+    srv = Server(tmp_path_factory.mktemp("adminapi"), admin={"port": admin_port, "api_key": KEY},
                  webmail={"token_secret": SECRET})
+    srv.admin_port = admin_port
     provision(srv)
     srv.start()
     yield srv
@@ -28,10 +30,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def call(server: Server, method: str, path: str, body: object = None, key: str | None = KEY,
          content_type: str = "application/json") -> tuple[int, object]:
-    port = int(next(line for line in server.config.read_text().splitlines() if line.startswith("port = ")
-                    and line != f"port = {server.port}").split(" = ")[1])
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    request = urllib.request.Request(f"http://127.0.0.1:{server.admin_port}{path}", data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", content_type)
     if key is not None:

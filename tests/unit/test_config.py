@@ -61,6 +61,37 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
         ("[auth]\nscram_iterations = 0\n", "[auth] scram_iterations"),
         ("[limits]\nmax_stanza_size_preauth = 999999\n", "[limits] max_stanza_size_preauth"),
         ("[demo]\ncreate = yes please\n", "[demo] create"),
+        ("[archive]\nbackend = mysql\n", "[archive] backend"),
+        ("[archive]\noffline_backend = files\n", "[archive] offline_backend"),
+        ("[archive]\ncommit_interval = 0\n", "[archive] commit_interval"),
+        ("[archive]\ncommit_interval = 5\n", "[archive] commit_interval"),
+        ("[archive]\nconversation_gap = soon\n", "[archive] conversation_gap"),
+        ("[archive]\nretention_days = 0\n", "[archive] retention_days"),
+        ("[archive]\nretention_days = forever\n", "[archive] retention_days"),
+        ("[archive]\noffline_quota = -3\n", "[archive] offline_quota"),
+        ("[storage]\nredis_port = 0\n", "[storage] redis_port"),
+        ("[storage]\nredis_db = -1\n", "[storage] redis_db"),
+        ("[storage]\nredis_tls = maybe\n", "[storage] redis_tls"),
+        ("[storage]\nredis_prefix =\n", "[storage] redis_prefix"),
+        ("[http]\nport = 0\n", "[http] port"),
+        ("[http]\nport = 5291\n", "[http] port"),
+        ("[http]\ninterfaces = localhost\n", "[http] interfaces"),
+        ("[http]\ntls = sometimes\n", "[http] tls"),
+        ("[http]\nbosh_path = http-bind\n", "[http] bosh_path"),
+        ("[http]\nbosh_path = /http-bind/\n", "[http] bosh_path"),
+        ("[http]\nbosh_path = /a/../b\n", "[http] bosh_path"),
+        ("[http]\nbosh_path = /a b\n", "[http] bosh_path"),
+        ("[http]\ncors_origins = https://mail.example.com/inbox\n", "[http] cors_origins"),
+        ("[http]\ncors_origins = mail.example.com\n", "[http] cors_origins"),
+        ("[http]\nbosh_hold = 0\n", "[http] bosh_hold"),
+        ("[http]\nbosh_hold = 2\n", "[http] bosh_requests"),
+        ("[http]\nbosh_requests = 1\n", "[http] bosh_requests"),
+        ("[http]\nbosh_max_wait = -5\n", "[http] bosh_max_wait"),
+        ("[http]\nbosh_inactivity = 1.5\n", "[http] bosh_inactivity"),
+        ("[http]\nbosh_polling = -1\n", "[http] bosh_polling"),
+        ("[http]\nbosh_polling = 60\n", "[http] bosh_polling"),
+        ("[http]\nbosh_max_pause = soon\n", "[http] bosh_max_pause"),
+        ("[http]\nbosh_max_body_size = 100\n", "[http] bosh_max_body_size"),
     ],
 )
 def test_bad_value_is_one_line_naming_section_and_key(text, names):
@@ -86,3 +117,35 @@ def test_unreadable_file_names_it(tmp_path):
     missing = str(tmp_path / "nope.ini")
     with pytest.raises(ConfigError, match=r"nope\.ini: cannot read"):
         load(missing)
+
+
+def test_http_section():
+    settings = parse(
+        "[http]\ninterfaces = 127.0.0.1, ::1\nport = 8080\ntls = true\nbosh_path = /chat/http-bind\n"
+        "cors_origins = https://Mail.example.com, http://127.0.0.1:8000, https://[::1]:8443\n"
+        "bosh_hold = 2\nbosh_requests = 3\nbosh_max_wait = 30\nbosh_inactivity = 20\nbosh_polling = 0\n"
+        "bosh_max_pause = 0\nbosh_max_body_size = 65536\n"
+    )
+    h = settings.http
+    assert (h.interfaces, h.port, h.tls, h.bosh_path) == (("127.0.0.1", "::1"), 8080, True, "/chat/http-bind")
+    assert h.cors_origins == ("https://mail.example.com", "http://127.0.0.1:8000", "https://[::1]:8443")
+    assert (h.bosh_hold, h.bosh_requests, h.bosh_max_wait, h.bosh_inactivity) == (2, 3, 30, 20)
+    assert (h.bosh_polling, h.bosh_max_pause, h.bosh_max_body_size) == (0, 0, 65536)
+    assert parse("[http]\ncors_origins = *\n").http.cors_origins == ("*",)
+
+
+def test_archive_section_and_redis_keys():
+    settings = parse(
+        "[archive]\nbackend = redis\noffline_backend = memory\ncommit_interval = 0.05\n"
+        "conversation_gap = 600\nretention_days = 365\noffline_quota = 50\n"
+        "[storage]\nredis_host = cache.internal\nredis_port = 6380\nredis_db = 2\nredis_password = s3cret\n"
+        "redis_tls = true\nredis_tls_ca = ca.pem\nredis_prefix = chat\n"
+    )
+    a, s = settings.archive, settings.storage
+    assert (a.backend, a.offline_backend, a.commit_interval) == ("redis", "memory", 0.05)
+    assert (a.conversation_gap, a.retention_days, a.offline_quota) == (600.0, 365, 50)
+    assert (s.redis_host, s.redis_port, s.redis_db, s.redis_password) == ("cache.internal", 6380, 2, "s3cret")
+    assert (s.redis_tls, s.redis_tls_ca, s.redis_prefix) == (True, "ca.pem", "chat")
+    defaults = parse("").archive
+    assert (defaults.backend, defaults.conversation_gap, defaults.retention_days) == ("sqlite", 1800.0, None)
+    assert parse("[archive]\nretention_days =\n").archive.retention_days is None

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Install what the load benchmark (bench/run.py) needs; safe to run again.
+#
+#   - Prosody and ejabberd from Debian (the reference servers), never assumed
+#     present; the benchmark runs them from throw-away configs, so their
+#     system services are not needed: if installing them started a service
+#     that was not running before, it is stopped again here (and only it).
+#   - lua-dbi-sqlite3 is not needed: Prosody keeps users and the archive in
+#     its internal (file) storage, ejabberd in Mnesia, their defaults.
+#   - py-spy in the project's venv, for the profile under S2.
+#
+# Usage: sh bench/setup.sh    (as root; apt-get update is run when a package is missing)
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+venv="$here/../.venv"
+
+running() { pgrep -x "$1" >/dev/null 2>&1; }
+
+missing=""
+command -v prosody >/dev/null 2>&1 || missing="$missing prosody"
+command -v ejabberdctl >/dev/null 2>&1 || missing="$missing ejabberd"
+command -v taskset >/dev/null 2>&1 || missing="$missing util-linux"
+
+if [ -n "$missing" ]; then
+    prosody_before=no; running prosody && prosody_before=yes
+    ejabberd_before=no; running beam.smp && ejabberd_before=yes
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing
+    # Stop only what this install started.
+    if [ "$prosody_before" = no ] && running prosody; then
+        echo "setup: stopping the prosody service the install started"
+        service prosody stop >/dev/null 2>&1 || true
+    fi
+    if [ "$ejabberd_before" = no ] && running beam.smp; then
+        echo "setup: stopping the ejabberd service the install started"
+        service ejabberd stop >/dev/null 2>&1 || true
+    fi
+fi
+
+if [ -x "$venv/bin/python" ] && ! [ -x "$venv/bin/py-spy" ]; then
+    "$venv/bin/python" -m pip install -q py-spy
+fi
+
+prosody --version 2>/dev/null | head -1 || true
+dpkg-query -W -f='ejabberd ${Version}\n' ejabberd
+[ -x "$venv/bin/py-spy" ] && "$venv/bin/py-spy" --version

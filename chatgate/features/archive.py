@@ -1,0 +1,179 @@
+"""History that is never lost: every message is archived for both parties.
+
+XEP-0313 §5.1.1: every message of type ``chat`` or ``normal`` with a
+``<body/>`` a user sends or receives goes into their archive — once, however
+many of their resources get a copy — whichever client sent it. chatgate
+archives for both parties: the recipient's copy as it was delivered, and the
+sender's. History cannot be switched off (the prefs of ``mam.py`` say
+``always`` and refuse anything else).
+
+XEP-0313 §3.5 and XEP-0359: the delivered message carries the recipient's
+archive id, ``<stanza-id by='recipient@domain' id='…'/>``, so clients can match
+it with MAM results; the sender's copy (kept in their archive and forwarded
+in their sent carbons, XEP-0280) carries the sender's own id instead, never
+the recipient's (§3.5: not to JIDs without access to that archive). A
+stanza-id a client put in claiming to be by one of the two archives is
+removed first (XEP-0359 §5 rule 3).
+
+Listens to the router's ``message-delivering`` (registered before carbons, so
+copies carry the ids) and ``message-refused`` (a message bounced after all,
+over an offline quota: taken back out, XEP-0313 §5.1 "only messages accepted
+for delivery"). Writes are handed to the IArchive without waiting; its
+backend batches them (see ``storage/sqlite_history.py`` for what a crash can
+lose). ``[archive] retention_days`` deletes older messages once an hour.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from weakref import WeakKeyDictionary
+
+from twisted.internet import task
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.xish import domish
+
+from chatgate.config import Settings
+from chatgate.router import CLIENT_NS, Router
+from chatgate.session import Session
+from chatgate.storage.history import ArchiveIds
+from chatgate.storage.interfaces import ArchivedMessage, IArchive, Stores
+
+SID_NS = "urn:xmpp:sid:0"
+#: seconds between two retention sweeps
+EXPIRE_EVERY = 3600.0
+
+log = Logger()
+
+# XEP-0082 §3.3 DateTime: CCYY-MM-DDThh:mm:ss[.sss]TZD
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def stamp(at: float) -> str:
+    """*at* (POSIX seconds) as a XEP-0082 DateTime in UTC, to the microsecond."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_stamp(text: str) -> float:
+    """A XEP-0082 DateTime as POSIX seconds; ValueError if it is not one."""
+    text = text.strip()
+    if not _DATETIME.match(text):
+        raise ValueError(f"not a XEP-0082 date and time: {text!r}")
+    return datetime.fromisoformat(text).timestamp()
+
+
+def archivable(stanza: domish.Element) -> bool:
+    """XEP-0313 §5.1.1: chat or normal, with a body."""
+    return stanza.getAttribute("type", "normal") in ("chat", "normal") and body_of(stanza) is not None
+
+
+def body_of(stanza: domish.Element) -> str | None:
+    for body in stanza.elements(CLIENT_NS, "body"):
+        return str(body)
+    return None
+
+
+def _strip_ids(stanza: domish.Element, owners: set[str]) -> None:
+    """Remove stanza-ids claiming to be by *owners*' archives (XEP-0359 §5 rule 3)."""
+    for child in list(stanza.elements(SID_NS, "stanza-id")):
+        if child.getAttribute("by") in owners:
+            stanza.children.remove(child)
+
+
+def _stanza_id(by: str, archive_id: str) -> domish.Element:
+    element = domish.Element((SID_NS, "stanza-id"))
+    element["by"], element["id"] = by, archive_id
+    return element
+
+
+#: stanza -> {owner: (archive id, the stanza as that owner's archive keeps it)}, while it is being routed
+_archived: WeakKeyDictionary[domish.Element, dict[str, tuple[str, str]]] = WeakKeyDictionary()
+
+
+def view_for(stanza: domish.Element, owner: str) -> str:
+    """The stanza serialized as *owner*'s archive keeps it: with their
+    stanza-id and no one else's (for XEP-0280 sent copies, XEP-0313 §3.5)."""
+    copies = _archived.get(stanza, {})
+    if owner in copies:
+        return copies[owner][1]
+    return stanza.toXml()  # not archived: it carries no stanza-id of ours
+
+
+class History:
+    """Archives messages as the router delivers them."""
+
+    def __init__(self, router: Router, archive: IArchive) -> None:
+        self.router = router
+        self.archive = archive
+        self.ids = ArchiveIds()
+
+    def delivering(self, stanza: domish.Element, sender: Session | None, bare: str,
+                   targets: list[Session]) -> None:
+        """Stamp the recipient's archive id on the stanza and archive both copies."""
+        owners = {bare} if sender is None else {bare, sender.bare}
+        _strip_ids(stanza, owners)
+        if not archivable(stanza):
+            return
+        try:
+            origin = JID(stanza.getAttribute("from", ""))
+            addressee = JID(stanza.getAttribute("to", bare))
+        except (InvalidFormat, RuntimeError):  # no or bad address: nothing to archive it under
+            return
+        body = body_of(stanza) or ""
+        now = self.router.clock.seconds()
+        messages: list[ArchivedMessage] = []
+        copies: dict[str, tuple[str, str]] = {}
+        archive_id, at = self.ids.make(now)
+        if sender is not None and sender.bare != bare:
+            # the sender's copy: their own id, not the recipient's
+            sent_id, sent_at = self.ids.twin(archive_id), at
+            mark = _stanza_id(sender.bare, sent_id)
+            stanza.addChild(mark)
+            xml = stanza.toXml()
+            stanza.children.remove(mark)
+            copies[sender.bare] = (sent_id, xml)
+            messages.append(ArchivedMessage(sender.bare, sent_id, bare, addressee.resource or "", True, sent_at,
+                                            body, xml))
+        stanza.addChild(_stanza_id(bare, archive_id))
+        xml = stanza.toXml()
+        copies[bare] = (archive_id, xml)
+        to_self = sender is not None and sender.bare == bare
+        messages.append(ArchivedMessage(bare, archive_id, origin.userhost(), origin.resource or "", to_self, at,
+                                        body, xml))
+        _archived[stanza] = copies
+        self.archive.append(messages).addErrback(
+            lambda f: log.failure("archiving a message to {bare} failed", f, bare=bare)
+        )
+
+    def refused(self, stanza: domish.Element, bare: str) -> None:
+        """A message bounced after all leaves both archives (XEP-0313 §5.1)."""
+        for owner, (archive_id, _) in _archived.pop(stanza, {}).items():
+            self.archive.remove(owner, [archive_id]).addErrback(
+                lambda f, owner=owner: log.failure("taking a refused message out of {owner}'s history", f,
+                                                   owner=owner)
+            )
+
+
+def register(router: Router, settings: Settings, stores: Stores) -> None:
+    history = History(router, stores.archive)
+    router.server_features.add(SID_NS)
+    router.account_features.add(SID_NS)
+    router.listen("message-delivering", history.delivering)
+    router.listen("message-refused", history.refused)
+
+    days = settings.archive.retention_days
+    if days is None:
+        return
+
+    def expire() -> None:
+        cutoff = router.clock.seconds() - days * 86400
+        d = stores.archive.expire(cutoff)
+        d.addCallback(lambda n: n and log.info("retention: deleted {n} messages older than {days} days",
+                                               n=n, days=days))
+        d.addErrback(lambda f: log.failure("retention: expiring old history failed", f))
+
+    sweep = task.LoopingCall(expire)
+    sweep.clock = router.clock
+    router.listen("service-started", lambda: sweep.start(EXPIRE_EVERY, now=True))
+    router.listen("service-stopping", lambda: sweep.stop() if sweep.running else None)

@@ -1,0 +1,132 @@
+"""Offline messages (XEP-0160): kept while a user has no available resource.
+
+A message of type ``normal`` or ``chat`` the router cannot deliver (no
+resource of the recipient available with a non-negative priority) is kept in
+the IOfflineStore, stanza-id and all, unless (§3):
+
+- it carries only XEP-0085 chat states (and hints, ids, a thread): nothing to
+  keep, and nothing worth an error either, so it is dropped;
+- it carries the XEP-0334 ``<no-store/>`` hint: the router bounces it;
+- the recipient already has ``[archive] offline_quota`` messages waiting: the
+  sender gets <service-unavailable/> (§2 step 3), and the message leaves the
+  archive again (router event ``message-refused``).
+
+When a resource becomes reachable (its available presence with priority >= 0,
+the presence feature's ``session-available``), every waiting message goes to
+it (§2 step 5), oldest first, with a XEP-0203 ``<delay/>`` from the server
+saying when it arrived. Should that resource be gone by the time the store
+answers, they go to another reachable resource, or back into the store.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.xish import domish
+
+from chatgate.config import Settings
+from chatgate.features.archive import SID_NS, body_of, stamp
+from chatgate.router import CLIENT_NS, Router, error_reply
+from chatgate.session import Session
+from chatgate.storage.interfaces import IOfflineStore, OfflineMessage, Stores
+from chatgate.xml import StreamError, parse_document
+
+CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
+HINTS_NS = "urn:xmpp:hints"
+DELAY_NS = "urn:xmpp:delay"
+
+log = Logger()
+
+
+def chat_state_only(stanza: domish.Element) -> bool:
+    """XEP-0160 §3: a message with nothing but XEP-0085 content is not stored."""
+    if body_of(stanza) is not None:
+        return False
+    for child in stanza.elements():
+        if child.uri not in (CHATSTATES_NS, HINTS_NS, SID_NS) and not (child.uri == CLIENT_NS
+                                                                         and child.name == "thread"):
+            return False
+    return True
+
+
+class OfflineMessages:
+    def __init__(self, router: Router, store: IOfflineStore, quota: int, max_size: int) -> None:
+        self.router = router
+        self.store = store
+        self.quota = quota
+        self.max_size = max_size
+
+    def undeliverable(self, stanza: domish.Element, bare: str) -> bool:
+        """Take a message for *bare* that no resource can receive now."""
+        if stanza.getAttribute("type", "normal") not in ("normal", "chat"):
+            return False
+        if chat_state_only(stanza):
+            return True
+        if next(stanza.elements(HINTS_NS, "no-store"), None) is not None:
+            return False
+        message = OfflineMessage(self.router.clock.seconds(), stanza.toXml())
+        d = self.store.push(bare, message, self.quota)
+        d.addCallbacks(self._stored, self._not_stored, (stanza, bare), None, (stanza, bare))
+        return True
+
+    def _stored(self, stored: bool, stanza: domish.Element, bare: str) -> None:
+        if not stored:
+            log.info("offline messages for {bare}: quota of {quota} reached", bare=bare, quota=self.quota)
+            self._refuse(stanza, bare, "service-unavailable", "The recipient is offline and their message box is full")
+
+    def _not_stored(self, failure: Failure, stanza: domish.Element, bare: str) -> None:
+        log.failure("keeping an offline message for {bare} failed", failure, bare=bare)
+        self._refuse(stanza, bare, "internal-server-error", None)
+
+    def _refuse(self, stanza: domish.Element, bare: str, condition: str, text: str | None) -> None:
+        """Bounce a message the store would not keep, to the resource that sent it if still there."""
+        self.router.emit("message-refused", stanza, bare)
+        try:
+            origin = JID(stanza.getAttribute("from", ""))
+        except (InvalidFormat, RuntimeError):
+            return
+        sender = self.router.resources(origin.userhost()).get(origin.resource or "")
+        if sender is not None and stanza.getAttribute("type") != "error":
+            sender.send(error_reply(stanza, condition, text))
+
+    def available(self, session: Session) -> None:
+        """Deliver what waits for a resource that just became reachable (§2 step 5)."""
+        d = self.store.pop(session.bare)
+        d.addCallback(self._deliver, session)
+        d.addErrback(lambda f: log.failure("reading offline messages for {bare} failed", f, bare=session.bare))
+
+    def _deliver(self, messages: list[OfflineMessage], session: Session) -> None:
+        if not messages:
+            return
+        target = session if _reachable(session) else None
+        if target is None:
+            target = next((s for s in self.router.resources(session.bare).values() if _reachable(s)), None)
+        if target is None:  # gone meanwhile: keep them for next time
+            for message in messages:
+                self.store.push(session.bare, message, None).addErrback(
+                    lambda f: log.failure("putting back an offline message for {bare} failed", f,
+                                          bare=session.bare))
+            return
+        for message in messages:
+            try:
+                stanza = parse_document(message.stanza.encode("utf-8"), self.max_size)
+            except StreamError:
+                log.error("an offline message for {bare} could not be read back; dropped", bare=session.bare)
+                continue
+            delay = stanza.addElement((DELAY_NS, "delay"), content="Offline Storage")
+            delay["from"], delay["stamp"] = session.domain, stamp(message.at)
+            target.send(stanza)
+
+
+def _reachable(session: Session) -> bool:
+    return not session.closed and session.available and session.priority >= 0
+
+
+def register(router: Router, settings: Settings, stores: Stores) -> None:
+    # what was stored fit within max_stanza_size, plus the stanza-id the server added
+    offline = OfflineMessages(router, stores.offline, settings.archive.offline_quota,
+                              settings.limits.max_stanza_size + 4096)
+    router.server_features.add("msgoffline")
+    router.listen("message-undeliverable", offline.undeliverable)
+    router.listen("session-available", offline.available)

@@ -1,0 +1,213 @@
+"""What every history backend shares: archive ids, RSM paging, conversations.
+
+Archive ids (XEP-0359 stanza-ids, XEP-0313 archive UIDs) are
+``<14 hex digits: microseconds since the epoch>-<10 random hex digits>``. They
+sort like the times they were made, so every backend orders an archive by id
+alone (XEP-0313 §3.1), turns a time filter into an id range (``start`` is
+"ids >= the time's prefix"), and Redis pages through a sorted set by lexical
+range. The random part makes them unpredictable (XEP-0313 §3, XEP-0359 §4);
+the time part tells no more than the <delay/> stamp MAM sends with each
+message anyway.
+
+Paging follows XEP-0059 §2: a result set is the filtered archive in id order;
+``after``/``before``/``index`` choose a page of at most ``max`` items; the
+answer carries the set's ``count``, the page's first index and whether the
+page reaches the end in its direction (XEP-0313 <fin complete/>).
+:func:`paginate` does it over a sorted list (the memory backend, ``ids``
+queries); SQLite and Redis do the same with their indexes, and one interface
+test suite holds all three to the same answers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from chatgate.storage.interfaces import (
+    ArchivedMessage,
+    ArchivePage,
+    ArchiveQuery,
+    Conversation,
+    UnknownMessage,
+)
+
+#: characters of a conversation's preview
+PREVIEW_LENGTH = 100
+#: messages read per step while grouping conversations
+SCAN_PAGE = 200
+
+_ID = re.compile(r"^[0-9a-f]{14}-[0-9a-f]{10}$")
+
+
+def micros(at: float) -> int:
+    """POSIX seconds as whole microseconds (the archive's resolution)."""
+    return round(at * 1_000_000)
+
+
+def id_floor(at: float) -> str:
+    """The lowest possible id made at or after *at*: ``id >= id_floor(t)`` means "at or after t"."""
+    return f"{max(micros(at), 0):014x}"
+
+
+def id_ceiling(at: float) -> str:
+    """``id < id_ceiling(t)`` means "at or before t" (the end of a range is inclusive)."""
+    return f"{max(micros(at) + 1, 0):014x}"
+
+
+def time_of(archive_id: str) -> float:
+    """When the id was made (POSIX seconds); ValueError for something that is not an archive id."""
+    if not _ID.match(archive_id):
+        raise ValueError(f"not an archive id: {archive_id!r}")
+    return int(archive_id[:14], 16) / 1_000_000
+
+
+class ArchiveIds:
+    """Makes archive ids, strictly increasing within this process even when
+    the clock stands still or steps back."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def make(self, now: float) -> tuple[str, float]:
+        """A new id and the time it stands for (*now*, or just after the last id's)."""
+        stamp = max(micros(now), self._last + 1)
+        self._last = stamp
+        return f"{stamp:014x}-{secrets.token_hex(5)}", stamp / 1_000_000
+
+    @staticmethod
+    def twin(archive_id: str) -> str:
+        """Another id for the same moment, for another archive (both parties'
+        copies of one message keep the same time)."""
+        return f"{archive_id[:14]}-{secrets.token_hex(5)}"
+
+
+def check_query(query: ArchiveQuery) -> None:
+    """ValueError for a query no backend can answer (the protocol layer checks first)."""
+    if query.max < 0:
+        raise ValueError("max must not be negative")
+    if sum(x is not None for x in (query.after, query.before, query.index)) > 1:
+        raise ValueError("after, before and index exclude each other")
+    if query.index is not None and query.index < 0:
+        raise ValueError("index must not be negative")
+    if query.resource is not None and query.contact is None:
+        raise ValueError("a resource needs a contact")
+
+
+def named_ids(query: ArchiveQuery) -> list[str]:
+    """Every id the query names; each has to be in the archive."""
+    named = [x for x in (query.after_id, query.before_id, query.after, query.before) if x]
+    return named + list(query.ids or ())
+
+
+def matches(message: ArchivedMessage, query: ArchiveQuery) -> bool:
+    """Whether *message* is in the query's result set (its filters, not its page)."""
+    if query.contact is not None and message.contact != query.contact:
+        return False
+    if query.resource is not None and message.resource != query.resource:
+        return False
+    if query.start is not None and message.id < id_floor(query.start):
+        return False
+    if query.end is not None and message.id >= id_ceiling(query.end):
+        return False
+    if query.after_id is not None and message.id <= query.after_id:
+        return False
+    if query.before_id is not None and message.id >= query.before_id:
+        return False
+    return query.ids is None or message.id in query.ids
+
+
+def paginate(result_set: Sequence[ArchivedMessage], query: ArchiveQuery) -> ArchivePage:
+    """The RSM page of *result_set* (sorted by id, already filtered) that *query* asks for."""
+    ids = [m.id for m in result_set]
+    count = len(ids)
+    if query.before is not None:
+        end = bisect.bisect_left(ids, query.before) if query.before else count
+        begin = max(0, end - query.max)
+        complete = begin == 0
+    else:
+        if query.after is not None:
+            begin = bisect.bisect_right(ids, query.after)
+        else:
+            begin = min(query.index or 0, count)
+        end = min(count, begin + query.max)
+        complete = end == count
+    page = list(result_set[begin:end])
+    return ArchivePage(page, count, begin if page else None, complete)
+
+
+def preview(body: str) -> str:
+    """The start of a body on one line."""
+    text = " ".join(body.split())
+    return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
+
+
+def _summary(messages: list[ArchivedMessage]) -> Conversation:
+    """A conversation from its messages, oldest first."""
+    first, last = messages[0], messages[-1]
+    return Conversation(first.id, first.contact, first.at, last.at, len(messages), preview(first.body))
+
+
+QueryFunction = Callable[[str, ArchiveQuery], "Deferred[ArchivePage]"]
+
+
+async def conversations(
+    query: QueryFunction, owner: str, contact: str, gap: float, before: str | None, limit: int
+) -> list[Conversation]:
+    """Walk the archive backwards from *before* (a conversation id) or the
+    newest message, splitting at silences longer than *gap* seconds."""
+    found: list[Conversation] = []
+    current: list[ArchivedMessage] = []  # newest first
+    cursor = before or ""
+    while len(found) < limit:
+        page = await query(owner, ArchiveQuery(contact=contact, before=cursor, max=SCAN_PAGE))
+        for message in reversed(page.messages):
+            if current and current[-1].at - message.at > gap:
+                found.append(_summary(current[::-1]))
+                current = []
+                if len(found) == limit:
+                    return found
+            current.append(message)
+        if page.complete or not page.messages:
+            break
+        cursor = page.messages[0].id
+    if current and len(found) < limit:
+        found.append(_summary(current[::-1]))
+    return found
+
+
+async def conversation(query: QueryFunction, owner: str, conversation_id: str, gap: float) -> list[ArchivedMessage]:
+    """The messages from *conversation_id* on, up to the first silence longer than *gap*."""
+    first = await query(owner, ArchiveQuery(ids=(conversation_id,), max=1))
+    messages = list(first.messages)
+    contact = messages[0].contact
+    while True:
+        page = await query(owner, ArchiveQuery(contact=contact, after=messages[-1].id, max=SCAN_PAGE))
+        for message in page.messages:
+            if message.at - messages[-1].at > gap:
+                return messages
+            messages.append(message)
+        if page.complete or not page.messages:
+            return messages
+
+
+class ConversationsMixin:
+    """IArchive.conversations and .conversation for a backend that has ``query``."""
+
+    query: Any
+
+    def conversations(
+        self, owner: str, contact: str, gap: float, before: str | None = None, limit: int = 20
+    ) -> Deferred[list[Conversation]]:
+        return Deferred.fromCoroutine(conversations(self.query, owner, contact, gap, before, limit))
+
+    def conversation(self, owner: str, conversation_id: str, gap: float) -> Deferred[list[ArchivedMessage]]:
+        return Deferred.fromCoroutine(conversation(self.query, owner, conversation_id, gap))
+
+
+def unknown(archive_id: str) -> UnknownMessage:
+    return UnknownMessage(f"no message {archive_id} in the archive")

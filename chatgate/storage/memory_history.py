@@ -1,0 +1,106 @@
+"""In-memory IArchive and IOfflineStore: for tests and throw-away demos, gone at exit.
+
+The contract is the durable backends' (the same interface tests run against
+all of them); answers are synchronous.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from chatgate.storage.history import ConversationsMixin, check_query, matches, named_ids, paginate, unknown
+from chatgate.storage.interfaces import (
+    ArchiveContact,
+    ArchivedMessage,
+    ArchivePage,
+    ArchiveQuery,
+    IArchive,
+    IOfflineStore,
+    OfflineMessage,
+)
+
+
+@implementer(IArchive)
+class MemoryArchive(ConversationsMixin):
+    """Each owner's messages in a list sorted by id."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, list[str]] = defaultdict(list)
+        self._messages: dict[str, dict[str, ArchivedMessage]] = defaultdict(dict)
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    def append(self, messages: list[ArchivedMessage]) -> Deferred[None]:
+        for message in messages:
+            if message.id not in self._messages[message.owner]:
+                bisect.insort(self._ids[message.owner], message.id)
+            self._messages[message.owner][message.id] = message
+        return succeed(None)
+
+    def remove(self, owner: str, ids: list[str]) -> Deferred[None]:
+        for archive_id in ids:
+            if self._messages[owner].pop(archive_id, None) is not None:
+                self._ids[owner].remove(archive_id)
+        return succeed(None)
+
+    def query(self, owner: str, query: ArchiveQuery) -> Deferred[ArchivePage]:
+        check_query(query)
+        archive = self._messages.get(owner, {})
+        for archive_id in named_ids(query):
+            if archive_id not in archive:
+                return fail(unknown(archive_id))
+        result_set = [archive[i] for i in self._ids.get(owner, ()) if matches(archive[i], query)]
+        return succeed(paginate(result_set, query))
+
+    def contacts(self, owner: str) -> Deferred[list[ArchiveContact]]:
+        last: dict[str, float] = {}
+        for archive_id in self._ids.get(owner, ()):
+            message = self._messages[owner][archive_id]
+            last[message.contact] = message.at
+        ordered = sorted(last.items(), key=lambda item: item[1], reverse=True)
+        return succeed([ArchiveContact(contact, at) for contact, at in ordered])
+
+    def expire(self, before: float) -> Deferred[int]:
+        removed = 0
+        for owner, archive in self._messages.items():
+            old = [i for i in self._ids[owner] if archive[i].at < before]
+            for archive_id in old:
+                del archive[archive_id]
+            self._ids[owner] = self._ids[owner][len(old):]
+            removed += len(old)
+        return succeed(removed)
+
+
+@implementer(IOfflineStore)
+class MemoryOfflineStore:
+    """Each owner's waiting messages in a list."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[OfflineMessage]] = defaultdict(list)
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    def push(self, owner: str, message: OfflineMessage, quota: int | None) -> Deferred[bool]:
+        waiting = self._waiting[owner]
+        if quota is not None and len(waiting) >= quota:
+            return succeed(False)
+        waiting.append(message)
+        return succeed(True)
+
+    def pop(self, owner: str) -> Deferred[list[OfflineMessage]]:
+        return succeed(self._waiting.pop(owner, []))
+
+    def count(self, owner: str) -> Deferred[int]:
+        return succeed(len(self._waiting.get(owner, ())))

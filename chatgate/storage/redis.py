@@ -1,0 +1,451 @@
+"""Redis IArchive and IOfflineStore (txredisapi): history shared by several nodes.
+
+Keys start with ``[storage] redis_prefix`` and the domain, so domains and
+deployments never mix (``chatgate:example.com:archive:alice:ids``):
+
+- ``…:archive:<local>:ids`` — sorted set of the owner's archive ids, all with
+  score 0 so that it is ordered by id, that is by time (see
+  :mod:`chatgate.storage.history`); paging is ZRANGEBYLEX and counting
+  ZLEXCOUNT, both O(log n).
+- ``…:archive:<local>:with:<contact>`` and ``…:with:<contact>/<resource>`` —
+  the same per contact, and per contact's resource, for ``with`` filters.
+- ``…:archive:<local>:messages`` — hash id -> the message (JSON).
+- ``…:archive:<local>:contacts`` — sorted set contact -> time of the last message.
+- ``…:archive-owners`` (per domain) and ``<prefix>:archive-domains``, to walk
+  every archive when expiring.
+- ``…:offline:<local>`` — list of waiting messages (JSON), oldest first.
+
+Every write, and every query, is one Lua script: atomic, one round trip.
+Writes are acknowledged when Redis has them in memory; what survives a crash
+of Redis is what its persistence settings keep (``appendonly yes`` with
+``appendfsync everysec`` loses at most about a second; chatgate's own crash
+loses nothing acknowledged).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chatgate.storage.history import (
+    ConversationsMixin,
+    check_query,
+    id_ceiling,
+    id_floor,
+    matches,
+    named_ids,
+    paginate,
+    time_of,
+    unknown,
+)
+from chatgate.storage.interfaces import (
+    ArchiveContact,
+    ArchivedMessage,
+    ArchiveError,
+    ArchivePage,
+    ArchiveQuery,
+    IArchive,
+    IOfflineStore,
+    OfflineMessage,
+)
+
+log = Logger()
+
+#: seconds to reach Redis at start before giving up with a one-line error
+CONNECT_TIMEOUT = 5.0
+#: messages deleted per script run when expiring
+EXPIRE_CHUNK = 2000
+
+# KEYS, 7 per message: ids, with, with-resource ('' when none), messages, contacts, owners, domains
+# ARGV, 6 per message: id, record, contact, time in microseconds, localpart, domain
+_APPEND = """
+for i = 0, #KEYS / 7 - 1 do
+  local k, a = i * 7, i * 6
+  local id = ARGV[a + 1]
+  if redis.call('HSETNX', KEYS[k + 4], id, ARGV[a + 2]) == 1 then
+    redis.call('ZADD', KEYS[k + 1], 0, id)
+    redis.call('ZADD', KEYS[k + 2], 0, id)
+    if KEYS[k + 3] ~= '' then redis.call('ZADD', KEYS[k + 3], 0, id) end
+    redis.call('ZADD', KEYS[k + 5], 'GT', ARGV[a + 4], ARGV[a + 3])
+    redis.call('SADD', KEYS[k + 6], ARGV[a + 5])
+    redis.call('SADD', KEYS[k + 7], ARGV[a + 6])
+  end
+end
+return 0
+"""
+
+# Shared by removal and expiry. KEYS: ids, messages, contacts; ARGV[1]: the with-key prefix.
+_REMOVE_IDS = """
+local function remove(ids)
+  local touched = {}
+  for _, id in ipairs(ids) do
+    local record = redis.call('HGET', KEYS[2], id)
+    if record then
+      local m = cjson.decode(record)
+      redis.call('HDEL', KEYS[2], id)
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', ARGV[1] .. m.c, id)
+      if m.r ~= '' then redis.call('ZREM', ARGV[1] .. m.c .. '/' .. m.r, id) end
+      touched[m.c] = true
+    end
+  end
+  for contact, _ in pairs(touched) do
+    local last = redis.call('ZREVRANGEBYLEX', ARGV[1] .. contact, '+', '-', 'LIMIT', 0, 1)
+    if #last == 0 then
+      redis.call('ZREM', KEYS[3], contact)
+    else
+      redis.call('ZADD', KEYS[3], tonumber(string.sub(last[1], 1, 14), 16), contact)
+    end
+  end
+end
+"""
+
+# ARGV[2..]: the ids
+_REMOVE = _REMOVE_IDS + """
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+remove(ids)
+return 0
+"""
+
+# ARGV[2]: the cutoff (an id floor), ARGV[3]: how many at most; returns how many went
+_EXPIRE = _REMOVE_IDS + """
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+remove(ids)
+return #ids
+"""
+
+# KEYS: the result set's sorted set, the owner's ids, messages.
+# ARGV: low, high (the result set's lexical range), mode (first/after/before),
+# the page's own bound (after: its low, before: its high), after: the high to
+# count the first index with, max, offset, then the ids that have to exist.
+# Returns {count, first index, more (0/1), id, record, id, record, ...}.
+_QUERY = """
+for i = 8, #ARGV do
+  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then return redis.error_reply('UNKNOWN ' .. ARGV[i]) end
+end
+local total = redis.call('ZLEXCOUNT', KEYS[1], ARGV[1], ARGV[2])
+local max = tonumber(ARGV[6])
+local ids, first
+if ARGV[3] == 'before' then
+  ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[4], ARGV[1], 'LIMIT', 0, max + 1)
+  first = redis.call('ZLEXCOUNT', KEYS[1], ARGV[1], ARGV[4])
+elseif ARGV[3] == 'after' then
+  ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[4], ARGV[2], 'LIMIT', 0, max + 1)
+  first = redis.call('ZLEXCOUNT', KEYS[1], ARGV[1], ARGV[5])
+else
+  first = tonumber(ARGV[7])
+  ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', first, max + 1)
+end
+local more = 0
+if #ids > max then
+  more = 1
+  ids[#ids] = nil
+end
+if ARGV[3] == 'before' then
+  first = first - #ids
+  local n = #ids
+  for i = 1, math.floor(n / 2) do ids[i], ids[n + 1 - i] = ids[n + 1 - i], ids[i] end
+end
+local out = {total, first, more}
+if #ids > 0 then
+  local records = redis.call('HMGET', KEYS[3], unpack(ids))
+  for i = 1, #ids do
+    out[#out + 1] = ids[i]
+    out[#out + 1] = records[i]
+  end
+end
+return out
+"""
+
+# KEYS: the list; ARGV: record, quota ('' for none)
+_PUSH = """
+if ARGV[2] ~= '' and redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return 1
+"""
+
+_POP = """
+local waiting = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return waiting
+"""
+
+
+# -- lexical range bounds ('-', '+', '[value', '(value')
+
+
+def _higher_low(a: str, b: str) -> str:
+    """The tighter of two low bounds."""
+    if a == "-":
+        return b
+    if b == "-":
+        return a
+    if a[1:] != b[1:]:
+        return a if a[1:] > b[1:] else b
+    return a if a[0] == "(" else b
+
+
+def _lower_high(a: str, b: str) -> str:
+    """The tighter of two high bounds."""
+    if a == "+":
+        return b
+    if b == "+":
+        return a
+    if a[1:] != b[1:]:
+        return a if a[1:] < b[1:] else b
+    return a if a[0] == "(" else b
+
+
+def _range(query: ArchiveQuery) -> tuple[str, str]:
+    low, high = "-", "+"
+    if query.start is not None:
+        low = "[" + id_floor(query.start)
+    if query.after_id is not None:
+        low = _higher_low(low, "(" + query.after_id)
+    if query.end is not None:
+        high = "(" + id_ceiling(query.end)
+    if query.before_id is not None:
+        high = _lower_high(high, "(" + query.before_id)
+    return low, high
+
+
+def _record(message: ArchivedMessage) -> str:
+    return json.dumps(
+        {"c": message.contact, "r": message.resource, "o": int(message.outgoing), "b": message.body,
+         "s": message.stanza},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def _message(owner: str, archive_id: str, record: str) -> ArchivedMessage:
+    m = json.loads(record)
+    return ArchivedMessage(owner, archive_id, m["c"], m["r"], bool(m["o"]), time_of(archive_id), m["b"], m["s"])
+
+
+class _RedisStore:
+    """A txredisapi connection pool to the configured server."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6379, db: int = 0, password: str = "",
+                 tls: bool = False, tls_ca: str = "", prefix: str = "chatgate", poolsize: int = 4,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.host, self.port, self.db = host, port, db
+        self.connect_timeout = connect_timeout
+        self.prefix = prefix
+        self._password = password or None
+        self._tls_wanted, self._tls_ca = tls, tls_ca
+        self._poolsize = poolsize
+        self._redis: Any = None
+
+    def start(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        from twisted.internet import reactor
+
+        tls = False
+        if self._tls_wanted:  # reads the CA file: off the reactor thread
+            tls = await deferToThread(_tls_options, self.host, self._tls_ca)
+        self._redis = txredisapi.lazyConnectionPool(
+            self.host, self.port, dbid=self.db, poolsize=self._poolsize, password=self._password,
+            ssl_context_factory=tls, connectTimeout=self.connect_timeout, convertNumbers=False,
+        )
+        # Ready when a PING is answered; failed at once when txredisapi gives
+        # up (wrong password, bad database), else after the timeout.
+        ready: Deferred[None] = Deferred()
+
+        def settle(outcome: Any) -> None:
+            if not ready.called:
+                ready.callback(None) if not isinstance(outcome, Failure) else ready.errback(outcome)
+
+        self._redis.ping().addBoth(settle)
+        connected = getattr(self._redis, "_connected", None)  # the factory's first-connection Deferred
+        if isinstance(connected, Deferred):
+            connected.addErrback(settle)
+        ready.addTimeout(self.connect_timeout, reactor)
+        try:
+            await ready
+        except Exception as e:
+            await self._disconnect()
+            reason = "no answer" if isinstance(e, defer.TimeoutError) else str(e).replace("Redis error: ", "")
+            raise ArchiveError(f"redis {self.host}:{self.port}: cannot connect ({reason})") from None
+
+    def stop(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._disconnect())
+
+    async def _disconnect(self) -> None:
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            try:
+                await redis.disconnect()
+            except Exception:
+                log.failure("closing the redis connection")
+
+    def _eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        if self._redis is None:
+            return fail(ArchiveError(f"redis {self.host}:{self.port}: the store is not started"))
+        d = self._redis.eval(script, keys, args)
+        d.addErrback(self._failed)
+        return d
+
+    def _failed(self, failure: Any) -> Any:
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("UNKNOWN "):
+            raise unknown(str(failure.value)[len("UNKNOWN "):])
+        if failure.check(txredisapi.RedisError, ConnectionError):
+            raise ArchiveError(f"redis {self.host}:{self.port}: {failure.value}")
+        return failure
+
+    def _base(self, owner: str, kind: str) -> tuple[str, str, str]:
+        """(key stem, localpart, domain) of *owner*'s *kind* keys."""
+        localpart, _, domain = owner.partition("@")
+        return f"{self.prefix}:{domain}:{kind}:{localpart}", localpart, domain
+
+
+def _tls_options(host: str, ca_path: str) -> Any:
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    if not ca_path:
+        return optionsForClientTLS(host)
+    try:
+        with open(ca_path, "rb") as f:
+            trust = Certificate.loadPEM(f.read())
+    except OSError as e:
+        raise ArchiveError(f"{ca_path}: cannot read the Redis CA certificate: {e.strerror}") from None
+    except Exception:
+        raise ArchiveError(f"{ca_path}: not a PEM certificate") from None
+    return optionsForClientTLS(host, trustRoot=trust)
+
+
+@implementer(IArchive)
+class RedisArchive(ConversationsMixin, _RedisStore):
+    """IArchive in Redis sorted sets and hashes (see the module's docstring)."""
+
+    def append(self, messages: list[ArchivedMessage]) -> Deferred[None]:
+        keys: list[str] = []
+        args: list[Any] = []
+        for m in messages:
+            base, localpart, domain = self._base(m.owner, "archive")
+            keys += [
+                f"{base}:ids",
+                f"{base}:with:{m.contact}",
+                f"{base}:with:{m.contact}/{m.resource}" if m.resource else "",
+                f"{base}:messages",
+                f"{base}:contacts",
+                f"{self.prefix}:{domain}:archive-owners",
+                f"{self.prefix}:archive-domains",
+            ]
+            args += [m.id, _record(m), m.contact, int(round(m.at * 1_000_000)), localpart, domain]
+        if not keys:
+            return defer.succeed(None)
+        return self._eval(_APPEND, keys, args).addCallback(lambda _: None)
+
+    def remove(self, owner: str, ids: list[str]) -> Deferred[None]:
+        if not ids:
+            return defer.succeed(None)
+        base, _, _ = self._base(owner, "archive")
+        keys = [f"{base}:ids", f"{base}:messages", f"{base}:contacts"]
+        return self._eval(_REMOVE, keys, [f"{base}:with:", *ids]).addCallback(lambda _: None)
+
+    def query(self, owner: str, query: ArchiveQuery) -> Deferred[ArchivePage]:
+        try:
+            check_query(query)
+        except ValueError as e:
+            return fail(e)
+        if query.ids is not None:
+            return Deferred.fromCoroutine(self._query_ids(owner, query))
+        base, _, _ = self._base(owner, "archive")
+        if query.contact is None:
+            result_set = f"{base}:ids"
+        elif query.resource is None:
+            result_set = f"{base}:with:{query.contact}"
+        else:
+            result_set = f"{base}:with:{query.contact}/{query.resource}"
+        low, high = _range(query)
+        mode, bound, count_high = "first", "", ""
+        if query.before is not None:
+            mode = "before"
+            bound = _lower_high(high, "(" + query.before) if query.before else high
+        elif query.after is not None:
+            mode = "after"
+            bound = _higher_low(low, "(" + query.after)
+            count_high = _lower_high(high, "[" + query.after)
+        args = [low, high, mode, bound, count_high, query.max, query.index or 0, *named_ids(query)]
+        d = self._eval(_QUERY, [result_set, f"{base}:ids", f"{base}:messages"], args)
+        return d.addCallback(self._page, owner)
+
+    @staticmethod
+    def _page(reply: list[Any], owner: str) -> ArchivePage:
+        total, first, more = (int(x) for x in reply[:3])
+        pairs = reply[3:]
+        messages = [_message(owner, pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2) if pairs[i + 1]]
+        return ArchivePage(messages, total, first if messages else None, not more)
+
+    async def _query_ids(self, owner: str, query: ArchiveQuery) -> ArchivePage:
+        """``ids`` queries name their messages: fetch them, then filter and page here."""
+        base, _, _ = self._base(owner, "archive")
+        for archive_id in named_ids(query):
+            if await self._redis.zscore(f"{base}:ids", archive_id) is None:
+                raise unknown(archive_id)
+        wanted = sorted(set(query.ids or ()))
+        records = await self._redis.hmget(f"{base}:messages", wanted) if wanted else []
+        found = [_message(owner, i, r) for i, r in zip(wanted, records, strict=True) if r]
+        return paginate([m for m in found if matches(m, query)], query)
+
+    def contacts(self, owner: str) -> Deferred[list[ArchiveContact]]:
+        if self._redis is None:
+            return fail(ArchiveError(f"redis {self.host}:{self.port}: the store is not started"))
+        base, _, _ = self._base(owner, "archive")
+        d = self._redis.zrevrange(f"{base}:contacts", 0, -1, withscores=True)
+        return d.addCallback(lambda pairs: [ArchiveContact(c, float(score) / 1_000_000) for c, score in pairs])
+
+    def expire(self, before: float) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._expire(id_floor(before)))
+
+    async def _expire(self, cutoff: str) -> int:
+        removed = 0
+        for domain in sorted(await self._redis.smembers(f"{self.prefix}:archive-domains")):
+            for localpart in sorted(await self._redis.smembers(f"{self.prefix}:{domain}:archive-owners")):
+                base, _, _ = self._base(f"{localpart}@{domain}", "archive")
+                keys = [f"{base}:ids", f"{base}:messages", f"{base}:contacts"]
+                while True:
+                    count = int(await self._eval(_EXPIRE, keys, [f"{base}:with:", cutoff, EXPIRE_CHUNK]))
+                    removed += count
+                    if count < EXPIRE_CHUNK:
+                        break
+        return removed
+
+
+@implementer(IOfflineStore)
+class RedisOfflineStore(_RedisStore):
+    """IOfflineStore in one Redis list per user."""
+
+    def push(self, owner: str, message: OfflineMessage, quota: int | None) -> Deferred[bool]:
+        base, _, _ = self._base(owner, "offline")
+        record = json.dumps({"at": message.at, "s": message.stanza}, separators=(",", ":"), ensure_ascii=False)
+        d = self._eval(_PUSH, [base], [record, "" if quota is None else quota])
+        return d.addCallback(lambda stored: int(stored) == 1)
+
+    def pop(self, owner: str) -> Deferred[list[OfflineMessage]]:
+        base, _, _ = self._base(owner, "offline")
+        d = self._eval(_POP, [base], [])
+        return d.addCallback(lambda records: [_offline(r) for r in records or ()])
+
+    def count(self, owner: str) -> Deferred[int]:
+        if self._redis is None:
+            return fail(ArchiveError(f"redis {self.host}:{self.port}: the store is not started"))
+        base, _, _ = self._base(owner, "offline")
+        return self._redis.llen(base).addCallback(int)
+
+
+def _offline(record: str) -> OfflineMessage:
+    m = json.loads(record)
+    return OfflineMessage(float(m["at"]), m["s"])

@@ -1,0 +1,480 @@
+"""SQLite IArchive and IOfflineStore: history in the embedded, durable default store.
+
+Each store owns one connection on one worker thread, so SQLite never blocks
+the reactor and its calls never interleave. The tables live in the
+``[storage] path`` file beside the directory's (WAL journal, so readers never
+wait for the writer; ``busy_timeout`` for the short moments two connections
+want the write lock).
+
+Writes are batched: an append (or a removal, an offline push) is queued on
+the reactor thread, and the queue goes to the worker as one transaction
+``commit_interval`` seconds after its first write, or at once when
+:data:`MAX_BATCH` writes wait, or before any read (a query always sees every
+write queued before it). Each write runs in its own SAVEPOINT, so one failing
+write fails alone. ``synchronous = FULL`` makes each commit durable (the WAL
+is synced to disk) before the writes' Deferreds fire. :meth:`stop` commits
+what is queued before closing.
+
+What a crash (process killed, machine down) can lose: the writes not yet
+committed — those queued in the last ``commit_interval``, and the batch being
+committed at that moment (more batches wait only while writes come faster
+than the worker commits them; see ``bench/RESULTS.md``). Everything whose
+Deferred fired is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from chatgate.storage.history import (
+    ConversationsMixin,
+    check_query,
+    id_ceiling,
+    id_floor,
+    named_ids,
+    time_of,
+    unknown,
+)
+from chatgate.storage.interfaces import (
+    ArchiveContact,
+    ArchivedMessage,
+    ArchiveError,
+    ArchivePage,
+    ArchiveQuery,
+    IArchive,
+    IOfflineStore,
+    OfflineMessage,
+)
+
+log = Logger()
+T = TypeVar("T")
+
+#: writes that make the queue go to the worker at once, not waiting for the interval
+MAX_BATCH = 2000
+#: messages deleted per transaction when expiring, so appends interleave
+EXPIRE_CHUNK = 5000
+HISTORY_SCHEMA_VERSION = 1
+
+_SCHEMA = {
+    "archive": """
+CREATE TABLE IF NOT EXISTS archive (
+    seq INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    id TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    stanza TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS archive_by_owner ON archive (owner, id);
+CREATE INDEX IF NOT EXISTS archive_by_contact ON archive (owner, contact, id);
+CREATE TABLE IF NOT EXISTS archive_contacts (
+    owner TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    last_id TEXT NOT NULL,
+    PRIMARY KEY (owner, contact)
+) WITHOUT ROWID;
+""",
+    "offline": """
+CREATE TABLE IF NOT EXISTS offline (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT NOT NULL,
+    at REAL NOT NULL,
+    stanza TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offline_by_owner ON offline (owner, seq);
+""",
+}
+
+_Write = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]
+
+
+class _BatchedSQLite:
+    """One connection on one worker thread; writes queued and committed in batches."""
+
+    #: which part of _SCHEMA this store creates
+    tables = ""
+
+    def __init__(self, path: str, commit_interval: float = 0.01, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.path = path
+        self.commit_interval = commit_interval
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, name=f"sqlite {self.tables} {os.path.basename(path)}")
+        self._db: sqlite3.Connection | None = None
+        self._queue: list[_Write] = []
+        self._timer: Any = None
+        self._shutdown_trigger: Any = None
+
+    # -- life cycle
+
+    def start(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        self._pool.start()
+        self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._stop_pool()
+            raise
+
+    def stop(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if not self._pool.started:
+            return
+        self._flush()
+        try:
+            await self._run(self._close)  # runs after every batch handed over before it
+        finally:
+            self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        if self._shutdown_trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        self._pool.stop()
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA cache_size = -16000")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("CREATE TABLE IF NOT EXISTS history_schema (version INTEGER NOT NULL)")
+                row = db.execute("SELECT MAX(version) FROM history_schema").fetchone()
+                if row[0] is None:
+                    db.execute("INSERT INTO history_schema (version) VALUES (?)", (HISTORY_SCHEMA_VERSION,))
+                elif row[0] > HISTORY_SCHEMA_VERSION:
+                    raise ArchiveError(
+                        f"{self.path}: history made by a newer chatgate"
+                        f" (schema {row[0]}, this one knows {HISTORY_SCHEMA_VERSION})"
+                    )
+                for statement in _SCHEMA[self.tables].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- the worker thread
+
+    def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run *work(*args)* on the worker thread; sqlite3 errors become one-line ArchiveErrors."""
+
+        def guarded() -> T:
+            try:
+                return work(*args)
+            except sqlite3.Error as e:
+                raise ArchiveError(f"{self.path}: {e}") from None
+
+        if not self._pool.started:
+            return fail(ArchiveError(f"{self.path}: the {self.tables} store is not started"))
+        return deferToThreadPool(self._reactor, self._pool, guarded)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise ArchiveError(f"{self.path}: the {self.tables} store is not started")
+        return self._db
+
+    def _read(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run *work(db, *args)* in a read transaction, after every write queued before it."""
+        self._flush()
+        return self._run(self._read_transaction, work, args)
+
+    def _read_transaction(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+        db = self._connection()
+        db.execute("BEGIN")
+        try:
+            return work(db, *args)
+        finally:
+            db.execute("COMMIT")
+
+    def _write(self, work: Callable[..., T], *args: Any, now: bool = False) -> Deferred[T]:
+        """Queue *work(db, *args)* for the next batch; fires once it is committed."""
+        d: Deferred[T] = Deferred()
+        self._queue.append((work, args, d))
+        if now or len(self._queue) >= MAX_BATCH:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self._reactor.callLater(self.commit_interval, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        """Hand the queued writes to the worker as one transaction."""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        d = self._run(self._commit, [(work, args) for work, args, _ in batch])
+        d.addCallbacks(self._committed, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _commit(self, batch: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        db = self._connection()
+        outcomes: list[tuple[bool, Any]] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for work, args in batch:
+                outcomes.append(self._savepoint(db, work, args))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    def _savepoint(self, db: sqlite3.Connection, work: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
+        """Run one write in its own savepoint: (True, result), or (False, the exception) with nothing written."""
+        db.execute("SAVEPOINT write")
+        try:
+            outcome: tuple[bool, Any] = (True, work(db, *args))
+        except Exception as e:
+            db.execute("ROLLBACK TO write")
+            outcome = (False, ArchiveError(f"{self.path}: {e}") if isinstance(e, sqlite3.Error) else e)
+        db.execute("RELEASE write")
+        return outcome
+
+    @staticmethod
+    def _committed(outcomes: list[tuple[bool, Any]], batch: list[_Write]) -> None:
+        for (ok, value), (_, _, d) in zip(outcomes, batch, strict=True):
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(Failure(value))
+
+    @staticmethod
+    def _batch_failed(failure: Failure, batch: list[_Write]) -> None:
+        for _, _, d in batch:
+            d.errback(failure)
+
+
+@implementer(IArchive)
+class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
+    """IArchive in the tables ``archive`` and ``archive_contacts``."""
+
+    tables = "archive"
+
+    def append(self, messages: list[ArchivedMessage]) -> Deferred[None]:
+        return self._write(_append, messages)
+
+    def remove(self, owner: str, ids: list[str]) -> Deferred[None]:
+        return self._write(_remove, owner, ids)
+
+    def query(self, owner: str, query: ArchiveQuery) -> Deferred[ArchivePage]:
+        try:
+            check_query(query)
+        except ValueError as e:
+            return fail(e)
+        return self._read(_query, owner, query)
+
+    def contacts(self, owner: str) -> Deferred[list[ArchiveContact]]:
+        return self._read(_contacts, owner)
+
+    def expire(self, before: float) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._expire(id_floor(before)))
+
+    async def _expire(self, cutoff: str) -> int:
+        owners = await self._read(_owners)
+        removed = 0
+        for owner in owners:
+            while True:
+                count = await self._write(_expire_chunk, owner, cutoff, now=True)
+                removed += count
+                if count < EXPIRE_CHUNK:
+                    break
+        return removed
+
+
+@implementer(IOfflineStore)
+class SQLiteOfflineStore(_BatchedSQLite):
+    """IOfflineStore in the table ``offline``."""
+
+    tables = "offline"
+
+    def push(self, owner: str, message: OfflineMessage, quota: int | None) -> Deferred[bool]:
+        return self._write(_push, owner, message, quota)
+
+    def pop(self, owner: str) -> Deferred[list[OfflineMessage]]:
+        return self._write(_pop, owner, now=True)
+
+    def count(self, owner: str) -> Deferred[int]:
+        return self._read(lambda db: db.execute("SELECT COUNT(*) FROM offline WHERE owner = ?", (owner,))
+                          .fetchone()[0])
+
+
+# -- the SQL, run on the worker thread inside a transaction
+
+_COLUMNS = "owner, id, contact, resource, outgoing, body, stanza"
+
+
+def _message(row: tuple[Any, ...]) -> ArchivedMessage:
+    owner, archive_id, contact, resource, outgoing, body, stanza = row
+    return ArchivedMessage(owner, archive_id, contact, resource, bool(outgoing), time_of(archive_id), body, stanza)
+
+
+def _append(db: sqlite3.Connection, messages: list[ArchivedMessage]) -> None:
+    db.executemany(
+        f"INSERT OR IGNORE INTO archive ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(m.owner, m.id, m.contact, m.resource, int(m.outgoing), m.body, m.stanza) for m in messages],
+    )
+    db.executemany(
+        "INSERT INTO archive_contacts (owner, contact, last_id) VALUES (?, ?, ?)"
+        " ON CONFLICT (owner, contact) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
+        [(m.owner, m.contact, m.id) for m in messages],
+    )
+
+
+def _remove(db: sqlite3.Connection, owner: str, ids: list[str]) -> None:
+    contacts = set()
+    for archive_id in ids:
+        row = db.execute("DELETE FROM archive WHERE owner = ? AND id = ? RETURNING contact", (owner, archive_id))
+        contacts.update(r[0] for r in row.fetchall())
+    for contact in contacts:
+        _recount_contact(db, owner, contact)
+
+
+def _recount_contact(db: sqlite3.Connection, owner: str, contact: str) -> None:
+    (last,) = db.execute(
+        "SELECT MAX(id) FROM archive WHERE owner = ? AND contact = ?", (owner, contact)
+    ).fetchone()
+    if last is None:
+        db.execute("DELETE FROM archive_contacts WHERE owner = ? AND contact = ?", (owner, contact))
+    else:
+        db.execute("UPDATE archive_contacts SET last_id = ? WHERE owner = ? AND contact = ?", (last, owner, contact))
+
+
+def _owners(db: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in db.execute("SELECT DISTINCT owner FROM archive_contacts")]
+
+
+def _expire_chunk(db: sqlite3.Connection, owner: str, cutoff: str) -> int:
+    rows = db.execute(
+        "DELETE FROM archive WHERE seq IN"
+        " (SELECT seq FROM archive WHERE owner = ? AND id < ? ORDER BY id LIMIT ?) RETURNING contact",
+        (owner, cutoff, EXPIRE_CHUNK),
+    ).fetchall()
+    for contact in {r[0] for r in rows}:
+        _recount_contact(db, owner, contact)
+    return len(rows)
+
+
+def _filters(owner: str, query: ArchiveQuery) -> tuple[list[str], list[Any]]:
+    """The WHERE terms that make the query's result set."""
+    terms, params = ["owner = ?"], [owner]
+    if query.contact is not None:
+        terms.append("contact = ?")
+        params.append(query.contact)
+    if query.resource is not None:
+        terms.append("resource = ?")
+        params.append(query.resource)
+    if query.start is not None:
+        terms.append("id >= ?")
+        params.append(id_floor(query.start))
+    if query.end is not None:
+        terms.append("id < ?")
+        params.append(id_ceiling(query.end))
+    if query.after_id is not None:
+        terms.append("id > ?")
+        params.append(query.after_id)
+    if query.before_id is not None:
+        terms.append("id < ?")
+        params.append(query.before_id)
+    if query.ids is not None:
+        terms.append(f"id IN ({', '.join('?' * len(query.ids))})")
+        params.extend(query.ids)
+    return terms, params
+
+
+def _query(db: sqlite3.Connection, owner: str, query: ArchiveQuery) -> ArchivePage:
+    named = named_ids(query)
+    if named:
+        found = {row[0] for row in db.execute(
+            f"SELECT id FROM archive WHERE owner = ? AND id IN ({', '.join('?' * len(named))})", (owner, *named)
+        )}
+        for archive_id in named:
+            if archive_id not in found:
+                raise unknown(archive_id)
+    terms, params = _filters(owner, query)
+    where = " AND ".join(terms)
+
+    def count(extra: str = "", *extra_params: Any) -> int:
+        sql = f"SELECT COUNT(*) FROM archive WHERE {where}{extra}"
+        return db.execute(sql, (*params, *extra_params)).fetchone()[0]
+
+    def rows(extra: str, order: str, *extra_params: Any, offset: int = 0) -> list[ArchivedMessage]:
+        sql = f"SELECT {_COLUMNS} FROM archive WHERE {where}{extra} ORDER BY id {order} LIMIT ? OFFSET ?"
+        return [_message(r) for r in db.execute(sql, (*params, *extra_params, query.max + 1, offset))]
+
+    total = count()
+    if query.before is not None:
+        if query.before:
+            found_rows = rows(" AND id < ?", "DESC", query.before)
+            preceding = count(" AND id < ?", query.before)
+        else:
+            found_rows = rows("", "DESC")
+            preceding = total
+        page = found_rows[: query.max][::-1]
+        first_index = preceding - len(page)
+    elif query.after is not None:
+        found_rows = rows(" AND id > ?", "ASC", query.after)
+        page = found_rows[: query.max]
+        first_index = count(" AND id <= ?", query.after)
+    else:
+        first_index = query.index or 0
+        found_rows = rows("", "ASC", offset=first_index)
+        page = found_rows[: query.max]
+    complete = len(found_rows) <= query.max
+    return ArchivePage(page, total, first_index if page else None, complete)
+
+
+def _contacts(db: sqlite3.Connection, owner: str) -> list[ArchiveContact]:
+    rows = db.execute(
+        "SELECT contact, last_id FROM archive_contacts WHERE owner = ? ORDER BY last_id DESC", (owner,)
+    )
+    return [ArchiveContact(contact, time_of(last_id)) for contact, last_id in rows]
+
+
+def _push(db: sqlite3.Connection, owner: str, message: OfflineMessage, quota: int | None) -> bool:
+    if quota is not None:
+        (waiting,) = db.execute("SELECT COUNT(*) FROM offline WHERE owner = ?", (owner,)).fetchone()
+        if waiting >= quota:
+            return False
+    db.execute("INSERT INTO offline (owner, at, stanza) VALUES (?, ?, ?)", (owner, message.at, message.stanza))
+    return True
+
+
+def _pop(db: sqlite3.Connection, owner: str) -> list[OfflineMessage]:
+    rows = db.execute("DELETE FROM offline WHERE owner = ? RETURNING seq, at, stanza", (owner,)).fetchall()
+    return [OfflineMessage(at, stanza) for _, at, stanza in sorted(rows)]

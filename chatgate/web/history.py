@@ -1,0 +1,219 @@
+"""The webmail's history: a user's conversations as JSON on the web listener.
+
+Three GET endpoints under :data:`PATH`, each answering for the authenticated
+user's own archive only:
+
+- ``contacts``: everyone the user has history with, most recent first::
+
+    {"contacts": [{"jid": "bob@example.com", "name": "Bob Baker", "last": "2026-…Z"}]}
+
+- ``conversations?with=<bare JID>[&before=<conversation id>][&limit=<1..100>]``:
+  conversations with one contact, newest first — messages split wherever
+  more than ``[archive] conversation_gap`` seconds passed — and whether older
+  ones exist (ask again with ``before`` = the last id)::
+
+    {"with": "bob@…", "conversations": [{"id": "…", "start": "…", "end": "…",
+     "count": 12, "preview": "the first line…"}], "more": true}
+
+- ``conversation?id=<conversation id>``: one conversation, oldest first::
+
+    {"id": "…", "with": "bob@…", "messages": [{"id": "…", "at": "…",
+     "from": "bob@…", "outgoing": false, "body": "…"}]}
+
+Times are XEP-0082 UTC stamps; message ids are the archive ids MAM uses.
+
+Authentication, until the pane's own session token exists: HTTP Basic with
+the user's address and password, checked exactly as an XMPP SASL PLAIN login
+(the same throttling and decoy, the password hash computed on a thread, never
+on the reactor). A wrong password or unknown user is 401, a disabled domain
+403, too many failures 429. Serve it over HTTPS only (``[http] tls``, or a
+TLS proxy in front): the password travels in every request.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from base64 import b64decode
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import resource, server
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+
+from chatgate.auth.sasl import Authenticator, SASLFailure
+from chatgate.domains import HostedDomains
+from chatgate.features.archive import stamp
+from chatgate.storage.interfaces import IArchive, UnknownMessage
+from chatgate.web.site import Endpoint, Folder
+
+#: where the endpoints are mounted on the web listener
+PATH = "/history"
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
+
+log = Logger()
+
+Answer = dict[str, Any]
+Handler = Callable[[str, dict[bytes, list[bytes]]], Awaitable[Answer]]
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_SASL_STATUS = {"temporary-auth-failure": 429, "account-disabled": 403}
+
+
+class HistoryAPI:
+    """The three endpoints over one archive, authenticated by *authenticator*."""
+
+    def __init__(self, authenticator: Authenticator, domains: HostedDomains, archive: IArchive,
+                 gap: float) -> None:
+        self.authenticator = authenticator
+        self.domains = domains
+        self.archive = archive
+        self.gap = gap
+
+    def mount(self, root: Folder, origins: Sequence[str]) -> None:
+        """Serve the endpoints below :data:`PATH` of *root*."""
+        for name, handler in (("contacts", self.contacts), ("conversations", self.conversations),
+                              ("conversation", self.conversation)):
+            root.mount(f"{PATH}/{name}", Endpoint(_JSONResource(self, handler), origins))
+
+    # -- authentication
+
+    async def authenticate(self, request: server.Request) -> str:
+        """The bare JID of the user the request's Basic credentials prove, or HTTPError."""
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"basic":
+            raise HTTPError(401, "authentication required")
+        try:
+            user, _, password = b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, ValueError):
+            raise HTTPError(401, "malformed credentials") from None
+        localpart, _, domain = user.rpartition("@")
+        domain = domain.lower()
+        if not localpart or not self.domains.is_hosted(domain):
+            raise HTTPError(401, "wrong address or password")
+        address = request.getClientAddress()
+        exchange = self.authenticator.exchange("PLAIN", domain, True, True, getattr(address, "host", "?"))
+        try:
+            await exchange.step(f"\0{localpart}\0{password}".encode())
+        except SASLFailure as failure:
+            raise HTTPError(_SASL_STATUS.get(failure.condition, 401),
+                            failure.text or "wrong address or password") from None
+        return f"{exchange.localpart}@{domain}"
+
+    # -- the endpoints
+
+    async def contacts(self, owner: str, args: dict[bytes, list[bytes]]) -> Answer:
+        domain = owner.partition("@")[2]
+        found = []
+        for contact in await self.archive.contacts(owner):
+            localpart, _, host = contact.contact.rpartition("@")
+            user = self.domains.user(host, localpart) if host == domain else None
+            found.append({"jid": contact.contact, "name": user.display_name if user else contact.contact,
+                          "last": stamp(contact.last_at)})
+        return {"contacts": found}
+
+    async def conversations(self, owner: str, args: dict[bytes, list[bytes]]) -> Answer:
+        contact = _bare(_arg(args, "with", required=True))
+        before = _arg(args, "before")
+        limit = _limit(_arg(args, "limit"))
+        try:
+            found = await self.archive.conversations(owner, contact, self.gap, before or None, limit + 1)
+        except UnknownMessage:
+            raise HTTPError(404, f"no conversation {before}") from None
+        return {
+            "with": contact,
+            "conversations": [{"id": c.id, "start": stamp(c.start), "end": stamp(c.end), "count": c.count,
+                               "preview": c.preview} for c in found[:limit]],
+            "more": len(found) > limit,
+        }
+
+    async def conversation(self, owner: str, args: dict[bytes, list[bytes]]) -> Answer:
+        conversation_id = _arg(args, "id", required=True)
+        try:
+            messages = await self.archive.conversation(owner, conversation_id, self.gap)
+        except UnknownMessage:
+            raise HTTPError(404, f"no conversation {conversation_id}") from None
+        contact = messages[0].contact
+        return {
+            "id": conversation_id,
+            "with": contact,
+            "messages": [{"id": m.id, "at": stamp(m.at), "from": owner if m.outgoing else contact,
+                          "outgoing": m.outgoing, "body": m.body} for m in messages],
+        }
+
+
+def _arg(args: dict[bytes, list[bytes]], name: str, required: bool = False) -> str:
+    values = args.get(name.encode(), [])
+    if not values or not values[0]:
+        if required:
+            raise HTTPError(400, f"{name}: missing")
+        return ""
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, f"{name}: not UTF-8") from None
+
+
+def _bare(value: str) -> str:
+    try:
+        jid = JID(value)
+    except InvalidFormat:
+        raise HTTPError(400, f"with: not a JID: {value}") from None
+    if jid.user is None or jid.resource:
+        raise HTTPError(400, f"with: not a bare JID: {value}")
+    return jid.userhost()
+
+
+def _limit(value: str) -> int:
+    if not value:
+        return DEFAULT_LIMIT
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise HTTPError(400, f"limit: a whole number from 1 to {MAX_LIMIT}")
+    return int(value)
+
+
+class _JSONResource(resource.Resource):
+    """One GET endpoint: authenticate, run the handler, answer JSON."""
+
+    isLeaf = True
+    allowedMethods = (b"GET",)
+
+    def __init__(self, api: HistoryAPI, handler: Handler) -> None:
+        super().__init__()
+        self.api = api
+        self.handler = handler
+
+    def render_GET(self, request: server.Request) -> int:
+        Deferred.fromCoroutine(self._answer(request))
+        return server.NOT_DONE_YET
+
+    async def _answer(self, request: server.Request) -> None:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        try:
+            owner = await self.api.authenticate(request)
+            status, body = 200, await self.handler(owner, request.args or {})
+        except HTTPError as e:
+            status, body = e.status, {"error": e.message}
+            if e.status == 401:
+                request.setHeader(b"www-authenticate", b'Basic realm="chatgate", charset="UTF-8"')
+        except Exception:
+            log.failure("history request {path}", path=request.path)
+            status, body = 500, {"error": "internal error"}
+        if gone:
+            return
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.write(json.dumps(body, ensure_ascii=False).encode("utf-8"))
+        request.finish()

@@ -1,0 +1,144 @@
+"""The HTTP site of the web listener (twisted.web).
+
+What is served where is decided in :func:`make_site`, and only there: today
+the BOSH endpoint at ``[http] bosh_path``; the webmail pane, the admin API and
+metrics are mounted beside it the same way.
+
+Around every dynamic endpoint, :class:`Endpoint` adds what HTTP asks of it:
+answers are never cached, and pages of the configured webmail origins may
+call it from the browser (CORS, with the preflight answered). The site
+refuses to buffer a request body beyond its limit and writes no access log
+(the reverse proxy in front keeps one; a long-polling client would add a line
+every few seconds).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from twisted.web import resource, server
+
+from chatgate.config import HTTPSettings
+
+_NO_CACHE = {
+    b"cache-control": b"no-cache, no-store, must-revalidate",
+    b"pragma": b"no-cache",
+    b"expires": b"0",
+    b"x-content-type-options": b"nosniff",
+    b"server": b"chatgate",
+}
+
+
+class Request(server.Request):
+    """A request whose body is dropped, not stored, once it is longer than the
+    site's ``max_body_size``; ``oversized`` then tells the resource."""
+
+    oversized = False
+
+    def _limit(self) -> int:
+        return self.channel.site.max_body_size
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self.oversized = True
+            self.content = io.BytesIO()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.oversized:
+            return
+        if self.content.tell() + len(data) > self._limit():
+            self.oversized = True
+            self.content.close()
+            self.content = io.BytesIO()
+            return
+        super().handleContentChunk(data)
+
+
+class Endpoint(resource.Resource):
+    """A dynamic endpoint at one path: never cached, callable from the pages
+    of *origins* (``*`` for any) with CORS; answers the CORS preflight
+    (OPTIONS) itself and hands every other request to *wrapped*."""
+
+    isLeaf = True
+
+    def __init__(self, wrapped: resource.Resource, origins: Sequence[str]) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+        self.origins = frozenset(o.encode("ascii") for o in origins)
+        methods = (*getattr(wrapped, "allowedMethods", (b"GET",)), b"OPTIONS")
+        self.methods = b", ".join(methods)
+
+    def render(self, request: server.Request) -> bytes | int:
+        if request.postpath not in ([], [b""]):
+            return resource.NoResource().render(request)
+        for name, value in _NO_CACHE.items():
+            request.setHeader(name, value)
+        allowed = self._allowed(request)
+        if request.method == b"OPTIONS":
+            request.setResponseCode(204)
+            request.setHeader(b"allow", self.methods)
+            if allowed:
+                request.setHeader(b"access-control-allow-methods", self.methods)
+                request.setHeader(b"access-control-allow-headers", b"Content-Type")
+                request.setHeader(b"access-control-max-age", b"86400")
+            return b""
+        return self.wrapped.render(request)
+
+    def _allowed(self, request: server.Request) -> bool:
+        """Set the CORS answer headers when the request's Origin may call us."""
+        origin = request.getHeader(b"origin")
+        if origin is None or not self.origins:
+            return False
+        request.setHeader(b"vary", b"Origin")
+        if b"*" in self.origins:
+            request.setHeader(b"access-control-allow-origin", b"*")
+            return True
+        if origin.lower() in self.origins:
+            request.setHeader(b"access-control-allow-origin", origin)
+            return True
+        return False
+
+
+class Folder(resource.Resource):
+    """A path segment under which things are mounted; itself not found."""
+
+    def render(self, request: server.Request) -> bytes:
+        return resource.NoResource().render(request)
+
+    def mount(self, path: str, child: resource.Resource) -> None:
+        """Serve *child* at *path* (``/a/b``) below this folder."""
+        *folders, last = path.strip("/").split("/")
+        parent: resource.Resource = self
+        for name in folders:
+            key = name.encode()
+            below = parent.children.get(key)
+            if below is None:
+                below = Folder()
+                parent.putChild(key, below)
+            parent = below
+        parent.putChild(last.encode(), child)
+
+
+class Site(server.Site):
+    """The web listener's site: size-limited requests, no tracebacks, no access log."""
+
+    requestFactory = Request
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(self, root: resource.Resource, max_body_size: int) -> None:
+        super().__init__(root)
+        self.max_body_size = max_body_size
+
+    def log(self, request: server.Request) -> None:
+        """No access log (see the module's docstring)."""
+
+
+def make_site(http: HTTPSettings, bosh: resource.Resource) -> Site:
+    """The site of ``[http]``: *bosh* (XEP-0124/0206) at ``bosh_path``."""
+    root = Folder()
+    root.mount(http.bosh_path, Endpoint(bosh, http.cors_origins))
+    return Site(root, max_body_size=http.bosh_max_body_size)

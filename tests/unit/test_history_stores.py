@@ -1,0 +1,534 @@
+"""The IArchive and IOfflineStore contract, run against memory, SQLite and a
+real redis-server; then what only SQLite (durability, batching) and Redis (TLS,
+key layout) add."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from chatgate.config import ArchiveSettings, Settings, StorageSettings
+from chatgate.storage import open_archive, open_offline
+from chatgate.storage.history import ArchiveIds
+from chatgate.storage.interfaces import (
+    ArchiveContact,
+    ArchivedMessage,
+    ArchiveError,
+    ArchiveQuery,
+    IArchive,
+    IOfflineStore,
+    OfflineMessage,
+    UnknownMessage,
+)
+from chatgate.storage.memory_history import MemoryArchive, MemoryOfflineStore
+from chatgate.storage.redis import RedisArchive, RedisOfflineStore
+from chatgate.storage.sqlite_history import SQLiteArchive, SQLiteOfflineStore
+from tests.redis_server import RedisServer
+
+ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
+T0 = 1_700_000_000.0
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def _backend(kind: str, request: pytest.FixtureRequest, tmp_path, archive: bool):
+    if kind == "memory":
+        return MemoryArchive() if archive else MemoryOfflineStore()
+    if kind == "sqlite":
+        cls = SQLiteArchive if archive else SQLiteOfflineStore
+        return cls(str(tmp_path / "history.sqlite"), commit_interval=0.005)
+    server = request.getfixturevalue("redis_server")
+    cls = RedisArchive if archive else RedisOfflineStore
+    return cls(port=server.port, prefix=f"test{next(_prefixes)}")
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
+async def archive(request, tmp_path):
+    store = _backend(request.param, request, tmp_path, archive=True)
+    await store.start()
+    yield store
+    await store.stop()
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
+async def offline(request, tmp_path):
+    store = _backend(request.param, request, tmp_path, archive=False)
+    await store.start()
+    yield store
+    await store.stop()
+
+
+class Conversation:
+    """Makes messages the way the archive feature does: ids from the time."""
+
+    def __init__(self) -> None:
+        self.ids = ArchiveIds()
+
+    def message(self, owner: str, contact: str, at: float, body: str = "hi", outgoing: bool = False,
+                resource: str = "") -> ArchivedMessage:
+        archive_id, at = self.ids.make(at)
+        stanza = f"<message xmlns='jabber:client' type='chat'><body>{body}</body></message>"
+        return ArchivedMessage(owner, archive_id, contact, resource, outgoing, at, body, stanza)
+
+
+async def fill(archive, count: int = 10, contact: str = BOB, step: float = 60.0) -> list[ArchivedMessage]:
+    """*count* messages between alice and *contact*, one a minute from T0, alternating direction."""
+    maker = Conversation()
+    messages = [maker.message(ALICE, contact, T0 + i * step, f"message {i}", outgoing=i % 2 == 0)
+                for i in range(count)]
+    await archive.append(messages)
+    return messages
+
+
+def ids(page) -> list[str]:
+    return [m.id for m in page.messages]
+
+
+def test_backends_provide_the_interfaces(tmp_path):
+    assert IArchive.providedBy(MemoryArchive())
+    assert IArchive.providedBy(SQLiteArchive(str(tmp_path / "h.sqlite")))
+    assert IArchive.providedBy(RedisArchive())
+    assert IOfflineStore.providedBy(MemoryOfflineStore())
+    assert IOfflineStore.providedBy(SQLiteOfflineStore(str(tmp_path / "h.sqlite")))
+    assert IOfflineStore.providedBy(RedisOfflineStore())
+
+
+def test_open_picks_the_configured_backends(tmp_path):
+    def settings(backend: str) -> Settings:
+        return Settings(storage=StorageSettings(path="h.sqlite"), base_dir=str(tmp_path),
+                        archive=ArchiveSettings(backend=backend, offline_backend=backend))
+
+    for backend, archive_cls, offline_cls in [
+        ("memory", MemoryArchive, MemoryOfflineStore),
+        ("sqlite", SQLiteArchive, SQLiteOfflineStore),
+        ("redis", RedisArchive, RedisOfflineStore),
+    ]:
+        assert isinstance(open_archive(settings(backend)), archive_cls)
+        assert isinstance(open_offline(settings(backend)), offline_cls)
+    store = open_archive(settings("sqlite"))
+    assert store.path == str(tmp_path / "h.sqlite") and store.commit_interval == 0.01
+
+
+# -- the archive: result sets and paging (XEP-0313 §4, XEP-0059 §2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_archive(archive):
+    page = await archive.query(ALICE, ArchiveQuery())
+    assert (page.messages, page.count, page.first_index, page.complete) == ([], 0, None, True)
+    assert await archive.contacts(ALICE) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_whole_archive_in_order_with_what_was_stored(archive):
+    messages = await fill(archive, 5)
+    page = await archive.query(ALICE, ArchiveQuery())
+    assert page.messages == messages
+    assert (page.count, page.first_index, page.complete) == (5, 0, True)
+    assert page.messages[0].at == T0 and page.messages[0].outgoing and not page.messages[1].outgoing
+
+
+@pytest_twisted.ensureDeferred
+async def test_paging_forward_with_after(archive):
+    messages = await fill(archive, 10)
+    seen, after, indexes = [], None, []
+    while True:
+        page = await archive.query(ALICE, ArchiveQuery(after=after, max=3))
+        seen += ids(page)
+        indexes.append(page.first_index)
+        assert page.count == 10
+        if page.complete:
+            break
+        after = page.messages[-1].id
+    assert seen == [m.id for m in messages]
+    assert indexes == [0, 3, 6, 9]
+
+
+@pytest_twisted.ensureDeferred
+async def test_paging_backward_from_the_last_page(archive):
+    messages = await fill(archive, 10)
+    pages, before = [], ""
+    while True:
+        page = await archive.query(ALICE, ArchiveQuery(before=before, max=4))
+        pages.append((ids(page), page.first_index, page.complete))
+        if page.complete:
+            break
+        before = page.messages[0].id
+    every = [m.id for m in messages]
+    assert pages == [(every[6:], 6, False), (every[2:6], 2, False), (every[:2], 0, True)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_by_index_and_count_only(archive):
+    messages = await fill(archive, 10)
+    page = await archive.query(ALICE, ArchiveQuery(index=4, max=3))
+    assert ids(page) == [m.id for m in messages[4:7]] and page.first_index == 4 and not page.complete
+    page = await archive.query(ALICE, ArchiveQuery(index=8, max=3))
+    assert ids(page) == [m.id for m in messages[8:]] and page.complete
+    count_only = await archive.query(ALICE, ArchiveQuery(max=0))
+    assert (count_only.messages, count_only.count, count_only.first_index, count_only.complete) == ([], 10, None,
+                                                                                                      False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_filter_by_contact_and_resource(archive):
+    maker = Conversation()
+    messages = [
+        maker.message(ALICE, BOB, T0, "to bob", outgoing=True),
+        maker.message(ALICE, CAROL, T0 + 1, "from carol's phone", resource="phone"),
+        maker.message(ALICE, BOB, T0 + 2, "from bob's desk", resource="desk"),
+        maker.message(ALICE, CAROL, T0 + 3, "from carol's desk", resource="desk"),
+        maker.message(ALICE, BOB, T0 + 4, "from bob's phone", resource="phone"),
+    ]
+    await archive.append(messages)
+    with_bob = await archive.query(ALICE, ArchiveQuery(contact=BOB))
+    assert [m.body for m in with_bob.messages] == ["to bob", "from bob's desk", "from bob's phone"]
+    assert with_bob.count == 3
+    bob_desk = await archive.query(ALICE, ArchiveQuery(contact=BOB, resource="desk"))
+    assert [m.body for m in bob_desk.messages] == ["from bob's desk"]
+    nobody = await archive.query(ALICE, ArchiveQuery(contact="dave@example.com"))
+    assert nobody.count == 0 and nobody.complete
+
+
+@pytest_twisted.ensureDeferred
+async def test_time_range_is_inclusive_at_both_ends(archive):
+    messages = await fill(archive, 10)  # one a minute from T0
+    page = await archive.query(ALICE, ArchiveQuery(start=T0 + 120, end=T0 + 300))
+    assert ids(page) == [m.id for m in messages[2:6]]
+    assert page.count == 4
+    page = await archive.query(ALICE, ArchiveQuery(start=T0 + 120.000001, end=T0 + 299.999999))
+    assert ids(page) == [m.id for m in messages[3:5]]
+    page = await archive.query(ALICE, ArchiveQuery(start=T0 + 10_000))
+    assert page.count == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_paging_inside_a_filtered_result_set(archive):
+    maker = Conversation()
+    messages = [maker.message(ALICE, BOB if i % 3 else CAROL, T0 + i * 60, f"m{i}") for i in range(12)]
+    await archive.append(messages)
+    bob = [m for m in messages if m.contact == BOB]
+    # 'after' names a carol message: paging resumes in bob's set after that point
+    page = await archive.query(ALICE, ArchiveQuery(contact=BOB, after=messages[3].id, max=2))
+    assert ids(page) == [bob[2].id, bob[3].id]
+    assert page.first_index == 2 and page.count == len(bob) and not page.complete
+    page = await archive.query(ALICE, ArchiveQuery(contact=BOB, before=messages[6].id, max=10))
+    assert ids(page) == [m.id for m in bob[:4]] and page.first_index == 0 and page.complete
+    ranged = ArchiveQuery(contact=BOB, start=T0 + 120, end=T0 + 600)
+    in_range = [m for m in bob if T0 + 120 <= m.at <= T0 + 600]
+    page = await archive.query(ALICE, ArchiveQuery(**{**ranged.__dict__, "before": "", "max": 2}))
+    assert ids(page) == [m.id for m in in_range[-2:]] and page.first_index == len(in_range) - 2
+    page = await archive.query(ALICE, ArchiveQuery(**{**ranged.__dict__, "after": messages[11].id, "max": 2}))
+    assert page.messages == [] and page.first_index is None and page.complete
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_id_before_id_and_ids(archive):
+    messages = await fill(archive, 8)
+    page = await archive.query(ALICE, ArchiveQuery(after_id=messages[1].id, before_id=messages[5].id))
+    assert ids(page) == [m.id for m in messages[2:5]] and page.count == 3
+    wanted = (messages[6].id, messages[0].id, messages[3].id)
+    page = await archive.query(ALICE, ArchiveQuery(ids=wanted))
+    assert ids(page) == [messages[0].id, messages[3].id, messages[6].id]
+    page = await archive.query(ALICE, ArchiveQuery(ids=wanted, start=T0 + 60, max=1))
+    assert ids(page) == [messages[3].id] and page.count == 2 and not page.complete
+
+
+@pytest.mark.parametrize("field", ["after", "before", "after_id", "before_id", "ids"])
+@pytest_twisted.ensureDeferred
+async def test_ids_not_in_the_archive_are_unknown(archive, field):
+    await fill(archive, 3)
+    bobs = await fill_other_owner(archive)
+    for missing in ("0000000000000f-0123456789", bobs.id, "not an id"):
+        value = (missing,) if field == "ids" else missing
+        with pytest.raises(UnknownMessage, match=missing):
+            await archive.query(ALICE, ArchiveQuery(**{field: value}))
+
+
+async def fill_other_owner(archive) -> ArchivedMessage:
+    message = Conversation().message(BOB, ALICE, T0 + 5, "bob's own copy", outgoing=True)
+    await archive.append([message])
+    return message
+
+
+@pytest_twisted.ensureDeferred
+async def test_archives_are_per_owner(archive):
+    await fill(archive, 3)
+    await fill_other_owner(archive)
+    assert (await archive.query(ALICE, ArchiveQuery())).count == 3
+    bob = await archive.query(BOB, ArchiveQuery())
+    assert [m.body for m in bob.messages] == ["bob's own copy"]
+    assert (await archive.query("alice@example.org", ArchiveQuery())).count == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_is_idempotent_and_keeps_any_text(archive):
+    maker = Conversation()
+    body = "quotes ' \" <tags> & émoji 🎉 and a\nnewline"
+    message = maker.message(ALICE, BOB, T0, body)
+    await archive.append([message])
+    await archive.append([message])
+    page = await archive.query(ALICE, ArchiveQuery())
+    assert page.count == 1 and page.messages[0].body == body and page.messages[0].stanza == message.stanza
+
+
+@pytest_twisted.ensureDeferred
+async def test_remove_takes_messages_back(archive):
+    messages = await fill(archive, 4)
+    await archive.remove(ALICE, [messages[1].id, messages[3].id, "0000000000000f-0123456789"])
+    assert ids(await archive.query(ALICE, ArchiveQuery())) == [messages[0].id, messages[2].id]
+    assert await archive.contacts(ALICE) == [ArchiveContact(BOB, messages[2].at)]
+    await archive.remove(ALICE, [messages[0].id, messages[2].id])
+    assert await archive.contacts(ALICE) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_contacts_most_recent_first(archive):
+    maker = Conversation()
+    await archive.append([
+        maker.message(ALICE, BOB, T0), maker.message(ALICE, CAROL, T0 + 10),
+        maker.message(ALICE, "dave@example.com", T0 + 15), maker.message(ALICE, BOB, T0 + 20),
+    ])
+    assert await archive.contacts(ALICE) == [
+        ArchiveContact(BOB, T0 + 20), ArchiveContact("dave@example.com", T0 + 15), ArchiveContact(CAROL, T0 + 10),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_expire_deletes_the_oldest(archive):
+    messages = await fill(archive, 6)
+    carol = Conversation().message(ALICE, CAROL, T0 + 30)
+    await archive.append([carol])
+    assert await archive.expire(T0 + 120) == 3  # T0, T0+30 (carol), T0+60
+    assert ids(await archive.query(ALICE, ArchiveQuery())) == [m.id for m in messages[2:]]
+    assert [c.contact for c in await archive.contacts(ALICE)] == [BOB]
+    assert await archive.expire(T0) == 0
+
+
+# -- conversations (grouped by contact and silence)
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversations_split_at_silences_newest_first(archive):
+    maker = Conversation()
+    times = [0, 60, 120, 4000, 4100, 9000, 20000, 20010, 20020, 20030]
+    messages = [maker.message(ALICE, BOB, T0 + t, f"message at {t}") for t in times]
+    messages.insert(2, maker.message(ALICE, CAROL, T0 + 90, "carol in between"))
+    await archive.append(messages)
+    found = await archive.conversations(ALICE, BOB, gap=1800)
+    assert [(c.start - T0, c.end - T0, c.count, c.preview) for c in found] == [
+        (20000, 20030, 4, "message at 20000"),
+        (9000, 9000, 1, "message at 9000"),
+        (4000, 4100, 2, "message at 4000"),
+        (0, 120, 3, "message at 0"),
+    ]
+    assert all(c.contact == BOB for c in found)
+    older = await archive.conversations(ALICE, BOB, gap=1800, before=found[1].id, limit=1)
+    assert [c.id for c in older] == [found[2].id]
+    assert [c.count for c in await archive.conversations(ALICE, BOB, gap=10_000)] == [4, 6]
+    one = await archive.conversation(ALICE, found[3].id, gap=1800)
+    assert [m.body for m in one] == ["message at 0", "message at 60", "message at 120"]
+    with pytest.raises(UnknownMessage):
+        await archive.conversation(ALICE, "0000000000000f-0123456789", gap=1800)
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_conversations_span_scan_pages(archive):
+    messages = await fill(archive, 450, step=10)
+    found = await archive.conversations(ALICE, BOB, gap=60)
+    assert len(found) == 1 and found[0].count == 450 and found[0].id == messages[0].id
+    assert len(await archive.conversation(ALICE, messages[0].id, gap=60)) == 450
+    assert found[0].preview == "message 0"
+
+
+# -- offline messages (XEP-0160)
+
+
+@pytest_twisted.ensureDeferred
+async def test_offline_messages_wait_in_order_and_are_taken_once(offline):
+    for i in range(3):
+        assert await offline.push(BOB, OfflineMessage(T0 + i, f"<message n='{i}'/>"), None)
+    await offline.push(CAROL, OfflineMessage(T0, "<message/>"), None)
+    assert await offline.count(BOB) == 3
+    assert await offline.pop(BOB) == [OfflineMessage(T0 + i, f"<message n='{i}'/>") for i in range(3)]
+    assert await offline.pop(BOB) == [] and await offline.count(BOB) == 0
+    assert await offline.count(CAROL) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_offline_quota(offline):
+    assert await offline.push(BOB, OfflineMessage(T0, "<message/>"), 2)
+    assert await offline.push(BOB, OfflineMessage(T0, "<message/>"), 2)
+    assert not await offline.push(BOB, OfflineMessage(T0, "<message/>"), 2)
+    assert await offline.count(BOB) == 2
+    assert await offline.push(BOB, OfflineMessage(T0, "<message/>"), None)  # a redelivery ignores the quota
+    await offline.pop(BOB)
+    assert await offline.push(BOB, OfflineMessage(T0, "<message/>"), 2)
+
+
+# -- SQLite: batching and durability
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_query_sees_writes_still_queued(tmp_path):
+    store = SQLiteArchive(str(tmp_path / "h.sqlite"), commit_interval=0.5)
+    await store.start()
+    maker = Conversation()
+    appended = store.append([maker.message(ALICE, BOB, T0)])  # not awaited: still queued
+    assert not appended.called
+    assert (await store.query(ALICE, ArchiveQuery())).count == 1
+    assert appended.called
+    await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_batches_writes_and_stop_commits_the_queue(tmp_path):
+    path = str(tmp_path / "h.sqlite")
+    store = SQLiteArchive(path, commit_interval=60)
+    await store.start()
+    maker = Conversation()
+    pending = [store.append([maker.message(ALICE, BOB, T0 + i)]) for i in range(50)]
+    assert not any(d.called for d in pending)  # waiting for the commit interval
+    await store.stop()
+    assert all(d.called for d in pending)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM archive").fetchone()[0] == 50
+    again = SQLiteArchive(path)
+    await again.start()
+    assert (await again.query(ALICE, ArchiveQuery())).count == 50
+    await again.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_commits_within_the_interval(tmp_path):
+    path = str(tmp_path / "h.sqlite")
+    store = SQLiteArchive(path, commit_interval=0.02)
+    await store.start()
+    done = store.append([Conversation().message(ALICE, BOB, T0)])
+    await deferLater(reactor, 0.3, lambda: None)
+    assert done.called
+    with sqlite3.connect(path) as db:  # another connection: it is on disk
+        assert db.execute("SELECT COUNT(*) FROM archive").fetchone()[0] == 1
+    await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_one_failing_write_fails_alone(tmp_path):
+    store = SQLiteOfflineStore(str(tmp_path / "h.sqlite"), commit_interval=0.05)
+    await store.start()
+    good = store.push(BOB, OfflineMessage(T0, "<message/>"), None)
+    bad = store.push(BOB, OfflineMessage(T0, None), None)  # NOT NULL constraint
+    other = store.push(BOB, OfflineMessage(T0 + 1, "<message/>"), None)
+    assert await good and await other
+    with pytest.raises(ArchiveError, match="NOT NULL"):
+        await bad
+    assert await store.count(BOB) == 2
+    await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_shares_the_directory_file(tmp_path):
+    from chatgate.storage.sqlite import SQLiteDirectory
+
+    path = str(tmp_path / "chatgate.sqlite")
+    directory = SQLiteDirectory(path, 0.05)
+    archive, offline = SQLiteArchive(path), SQLiteOfflineStore(path)
+    for store in (directory, archive, offline):
+        await store.start()
+    await directory.add_domain("example.com")
+    await archive.append([Conversation().message(ALICE, BOB, T0)])
+    await offline.push(BOB, OfflineMessage(T0, "<message/>"), None)
+    assert [d.name for d in await directory.domains()] == ["example.com"]
+    assert (await archive.query(ALICE, ArchiveQuery())).count == 1
+    for store in (directory, archive, offline):
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_not_started_is_one_line(tmp_path):
+    store = SQLiteArchive(str(tmp_path / "h.sqlite"))
+    with pytest.raises(ArchiveError, match="not started"):
+        await store.query(ALICE, ArchiveQuery())
+
+
+# -- Redis: keys, connection errors, TLS
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_keys_are_namespaced_by_prefix_and_domain(redis_server):
+    store = RedisArchive(port=redis_server.port, prefix="ns")
+    offline = RedisOfflineStore(port=redis_server.port, prefix="ns")
+    await store.start()
+    await offline.start()
+    await store.append([Conversation().message(ALICE, BOB, T0, resource="desk")])
+    await offline.push("bob@example.org", OfflineMessage(T0, "<message/>"), None)
+    keys = sorted(await store._redis.keys("ns:*"))
+    assert keys == [
+        "ns:archive-domains",
+        "ns:example.com:archive-owners",
+        "ns:example.com:archive:alice:contacts",
+        "ns:example.com:archive:alice:ids",
+        "ns:example.com:archive:alice:messages",
+        "ns:example.com:archive:alice:with:bob@example.com",
+        "ns:example.com:archive:alice:with:bob@example.com/desk",
+        "ns:example.org:offline:bob",
+    ]
+    await store.stop()
+    await offline.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_unreachable_is_one_line():
+    from tests.redis_server import free_port
+
+    store = RedisArchive(port=free_port(), connect_timeout=0.5)
+    with pytest.raises(ArchiveError, match=r"^redis 127\.0\.0\.1:\d+: cannot connect"):
+        await store.start()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_password(tmp_path):
+    server = RedisServer(tmp_path, password="s3cret").start()
+    try:
+        wrong = RedisArchive(port=server.port, password="wrong")
+        with pytest.raises(ArchiveError, match="cannot connect .*could not auth"):
+            await wrong.start()
+        right = RedisArchive(port=server.port, password="s3cret")
+        await right.start()
+        await right.append([Conversation().message(ALICE, BOB, T0)])
+        assert (await right.query(ALICE, ArchiveQuery())).count == 1
+        await right.stop()
+    finally:
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_over_tls_checks_the_certificate(tmp_path):
+    from chatgate.tls import ensure_certificate
+
+    cert, key = str(tmp_path / "redis.crt"), str(tmp_path / "redis.key")
+    ensure_certificate(cert, key, ["localhost"])
+    server = RedisServer(tmp_path, tls=(cert, key)).start()
+    try:
+        trusted = RedisArchive(host="localhost", port=server.port, tls=True, tls_ca=cert)
+        await trusted.start()
+        await trusted.append([Conversation().message(ALICE, BOB, T0)])
+        assert (await trusted.query(ALICE, ArchiveQuery())).count == 1
+        await trusted.stop()
+        untrusted = RedisArchive(host="localhost", port=server.port, tls=True, connect_timeout=1)
+        with pytest.raises(ArchiveError, match="cannot connect"):
+            await untrusted.start()
+    finally:
+        server.stop()
