@@ -44,6 +44,6 @@ if [ -x "$venv/bin/python" ] && ! [ -x "$venv/bin/py-spy" ]; then
     "$venv/bin/python" -m pip install -q py-spy
 fi
 
-prosody --version 2>/dev/null | head -1 || true
+dpkg-query -W -f="prosody ${Version}\n" prosody
 dpkg-query -W -f='ejabberd ${Version}\n' ejabberd
 [ -x "$venv/bin/py-spy" ] && "$venv/bin/py-spy" --version

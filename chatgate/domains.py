@@ -2,8 +2,9 @@
 
 An in-memory mirror of the directory (IDirectory), loaded at start and kept
 current by the directory's change feed, so that routing a stanza, building a
-roster or fanning presence out never waits on the store. Credentials and
-vCards are not mirrored: they are read when a login or a vCard asks for them.
+roster, fanning presence out or expanding an alias never waits on the store.
+Credentials and vCards are not mirrored: they are read when a login or a
+vCard asks for them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from collections.abc import Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from chatgate.storage.interfaces import Change, Domain, IDirectory, User
+from chatgate.storage.interfaces import Alias, Change, Domain, IDirectory, User
 
 log = Logger()
 
-#: told each change once the mirror reflects it: (change, user or None)
-ChangeListener = Callable[[Change, "User | None"], None]
+#: told each change once the mirror reflects it: (change, the user or alias concerned, or None)
+ChangeListener = Callable[[Change, "User | Alias | None"], None]
 
 
 class HostedDomains:
@@ -28,6 +29,9 @@ class HostedDomains:
         self.directory = directory
         self._domains: dict[str, Domain] = {}
         self._users: dict[str, dict[str, User]] = {}
+        self._aliases: dict[str, dict[str, Alias]] = {}
+        #: (domain, member localpart) -> localparts of the aliases they belong to
+        self._memberships: dict[tuple[str, str], set[str]] = {}
         self._listeners: list[ChangeListener] = []
         # Changes are applied one after another, in the order the feed told them.
         self._queue = defer.DeferredLock()
@@ -40,6 +44,8 @@ class HostedDomains:
             self._domains[domain.name] = domain
             users = yield self.directory.users(domain.name)
             self._users[domain.name] = {u.localpart: u for u in users}
+            for alias in (yield self.directory.aliases(domain.name)):
+                self._put_alias(alias)
 
     def listen(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -62,6 +68,32 @@ class HostedDomains:
 
     def names(self) -> list[str]:
         return sorted(self._domains)
+
+    def alias(self, domain: str, localpart: str | None) -> Alias | None:
+        return self._aliases.get(domain, {}).get(localpart or "")
+
+    def aliases(self, domain: str) -> list[Alias]:
+        """Aliases of *domain*, sorted by localpart."""
+        return sorted(self._aliases.get(domain, {}).values(), key=lambda a: a.localpart)
+
+    def aliases_of(self, domain: str, localpart: str) -> set[str]:
+        """Localparts of the aliases the user belongs to."""
+        return self._memberships.get((domain, localpart), set())
+
+    def _put_alias(self, alias: Alias) -> None:
+        self._drop_alias(alias.domain, alias.localpart)
+        self._aliases.setdefault(alias.domain, {})[alias.localpart] = alias
+        for member in alias.members:
+            self._memberships.setdefault((alias.domain, member), set()).add(alias.localpart)
+
+    def _drop_alias(self, domain: str, localpart: str) -> Alias | None:
+        old = self._aliases.get(domain, {}).pop(localpart, None)
+        for member in old.members if old else ():
+            groups = self._memberships.get((domain, member), set())
+            groups.discard(localpart)
+            if not groups:
+                self._memberships.pop((domain, member), None)
+        return old
 
     @defer.inlineCallbacks
     def refresh_user(self, domain: str, localpart: str):
@@ -96,6 +128,15 @@ class HostedDomains:
             self._users.setdefault(name, {})[user.localpart] = user
         elif kind == "user-removed":
             user = self._users.get(name, {}).pop(change.localpart or "", None)
+            if user is None:
+                return
+        elif kind in ("alias-added", "alias-changed"):
+            user = yield self.directory.alias(name, change.localpart)
+            if user is None:  # removed again since; the removal follows in the feed
+                return
+            self._put_alias(user)
+        elif kind == "alias-removed":
+            user = self._drop_alias(name, change.localpart or "")
             if user is None:
                 return
         for listener in self._listeners:

@@ -8,7 +8,9 @@ crosses from one hosted domain to another.
 Dispatch: each stanza gets one key, looked up in a dict — O(1) whatever the
 number of features. IQ get/set keys name the payload
 (``iq-get/host/urn:xmpp:ping:ping``); message and presence keys name the
-addressing only (``message/bare``, ``presence/broadcast``). Features register
+addressing only (``message/bare``, ``presence/broadcast``). The addressing is
+``host``, ``bare``, ``full``, ``broadcast`` (presence without 'to'), or
+``alias`` for a mail alias of the domain, bare or with a resource. Features register
 handlers for keys with :meth:`Router.handle` and follow events with
 :meth:`Router.listen`; the router itself knows no feature.
 """
@@ -139,7 +141,11 @@ class Router:
         refused): told before a message to a user goes out, in registration
         order, so listeners may add to the stanza; ``message-refused``
         (stanza, recipient's bare JID): a message told as delivering was
-        bounced after all."""
+        bounced after all; ``message-sent`` (stanza, sender, peer's bare JID):
+        a message a user sent that reaches its recipients another way than
+        :meth:`deliver_message` (an alias fan-out), for the sender's history;
+        ``presence-changed`` (session, whether it was available before):
+        a resource's availability or status changed."""
         self._listeners.setdefault(event, []).append(listener)
 
     def emit(self, event: str, *args: Any) -> bool:
@@ -231,10 +237,13 @@ class Router:
         else:
             addr = "full" if to.resource else "bare"
             if self.domains.user(to.host, to.user) is None:
-                # RFC 6121 §8.5.1: no such user.
-                if kind != "presence":
-                    self._bounce(stanza, sender, "service-unavailable")
-                return
+                if self.domains.alias(to.host, to.user) is not None:
+                    addr = "alias"  # a mail alias: the aliases feature fans it out
+                else:
+                    # RFC 6121 §8.5.1: no such user.
+                    if kind != "presence":
+                        self._bounce(stanza, sender, "service-unavailable")
+                    return
 
         if kind == "iq":
             if stype in ("get", "set"):

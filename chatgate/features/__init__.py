@@ -13,8 +13,9 @@ from chatgate.router import Router
 from chatgate.storage.interfaces import Stores
 
 #: registration order matters for disco listings, and for the listeners of one
-#: router event: archive stamps stanza-ids before carbons copies the message
-FEATURES = ("messages", "presence", "roster", "domain_switch", "disco", "ping", "version", "vcard",
+#: event: archive stamps stanza-ids before carbons copies the message; aliases
+#: tells a removed alias unavailable before roster pushes its removal
+FEATURES = ("messages", "presence", "aliases", "roster", "domain_switch", "disco", "ping", "version", "vcard",
             "archive", "carbons", "offline", "mam")
 
 

@@ -146,6 +146,26 @@ class History:
             lambda f: log.failure("archiving a message to {bare} failed", f, bare=bare)
         )
 
+    def sent(self, stanza: domish.Element, sender: Session, peer: str) -> None:
+        """Keep the sender's copy of a message the router fanned out another way
+        (to a mail alias: each member's copy is archived as it is delivered)."""
+        _strip_ids(stanza, {sender.bare})
+        if not archivable(stanza):
+            return
+        try:
+            resource = JID(stanza.getAttribute("to", peer)).resource or ""
+        except (InvalidFormat, RuntimeError):
+            return
+        archive_id, at = self.ids.make(self.router.clock.seconds())
+        mark = _stanza_id(sender.bare, archive_id)
+        stanza.addChild(mark)
+        xml = stanza.toXml()
+        stanza.children.remove(mark)
+        message = ArchivedMessage(sender.bare, archive_id, peer, resource, True, at, body_of(stanza) or "", xml)
+        self.archive.append([message]).addErrback(
+            lambda f: log.failure("archiving a message of {bare} failed", f, bare=sender.bare)
+        )
+
     def refused(self, stanza: domish.Element, bare: str) -> None:
         """A message bounced after all leaves both archives (XEP-0313 §5.1)."""
         for owner, (archive_id, _) in _archived.pop(stanza, {}).items():
@@ -161,6 +181,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.account_features.add(SID_NS)
     router.listen("message-delivering", history.delivering)
     router.listen("message-refused", history.refused)
+    router.listen("message-sent", history.sent)
 
     days = settings.archive.retention_days
     if days is None:

@@ -64,6 +64,7 @@ class Presence:
                 _send(stanza, session)
             if first:
                 self.tell_current(sender)
+            self.router.emit("presence-changed", sender, not first)
             if sender.priority >= 0 and not was_reachable:
                 # now reached by messages to the bare JID (RFC 6121 §8.5.2.1.1)
                 self.router.emit("session-available", sender)
@@ -100,6 +101,8 @@ class Presence:
             if session is not None:
                 _send(stanza, session)
         sender.directed.clear()
+        if was_available:
+            self.router.emit("presence-changed", sender, True)
 
     def directed(self, stanza: domish.Element, sender: Session, to: JID) -> None:
         """Presence sent to one user or resource of the domain."""

@@ -1,7 +1,8 @@
 """The domain roster (RFC 6121 §2), computed, never stored per user.
 
-A user's roster is every other user of the same domain: name from the
-directory, subscription ``both``, the domain as group. It comes from the
+A user's roster is every other user of the same domain (name from the
+directory, subscription ``both``, the domain as group) and the domain's mail
+aliases (group "Aliases"; see aliases.py). It comes from the
 in-memory directory mirror, so a roster get never waits on the store. Users
 added, renamed or removed are pushed (§2.1.6) to every session that asked for
 its roster. Roster sets would break the rule and are refused <not-allowed/>.
@@ -15,18 +16,20 @@ from twisted.words.xish import domish
 from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import Session
-from chatgate.storage.interfaces import Change, Stores, User
+from chatgate.storage.interfaces import Alias, Change, Stores, User
+
+ALIASES_GROUP = "Aliases"
 
 NS = "jabber:iq:roster"
 
 
-def _item(parent: domish.Element, user: User, subscription: str = "both") -> None:
+def _item(parent: domish.Element, contact: User | Alias, subscription: str = "both") -> None:
     item = parent.addElement("item")
-    item["jid"] = user.jid
+    item["jid"] = contact.jid
     item["subscription"] = subscription
     if subscription != "remove":
-        item["name"] = user.display_name
-        item.addElement("group", content=user.domain)
+        item["name"] = contact.display_name
+        item.addElement("group", content=ALIASES_GROUP if isinstance(contact, Alias) else contact.domain)
 
 
 def register(router: Router, settings: Settings, stores: Stores) -> None:
@@ -43,6 +46,8 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
         for user in domains.users(sender.domain):
             if user.jid != sender.bare:
                 _item(query, user)
+        for alias in domains.aliases(sender.domain):
+            _item(query, alias)
         sender.state["roster"] = True
         sender.send(reply)
 
@@ -50,22 +55,26 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
         own_roster_only(sender, to)
         raise StanzaError("not-allowed", "The roster is everyone of your domain; it cannot be edited")
 
-    def changed(change: Change, user: User | None) -> None:
-        if change.kind == "user-removed" and user is not None:
-            router.close_sessions(user.domain, user.localpart, "not-authorized", "The account was removed")
-            push(user, "remove")
-        elif change.kind in ("user-added", "user-changed") and user is not None:
-            push(user)
+    def changed(change: Change, subject: User | Alias | None) -> None:
+        if subject is None:
+            return
+        if change.kind == "user-removed":
+            router.close_sessions(subject.domain, subject.localpart, "not-authorized", "The account was removed")
+            push(subject, "remove")
+        elif change.kind == "alias-removed":
+            push(subject, "remove")
+        elif change.kind in ("user-added", "user-changed", "alias-added", "alias-changed"):
+            push(subject)
 
-    def push(user: User, subscription: str = "both") -> None:
-        for session in router.domain_sessions(user.domain):
-            if session.bare == user.jid or not session.state.get("roster"):
+    def push(contact: User | Alias, subscription: str = "both") -> None:
+        for session in router.domain_sessions(contact.domain):
+            if session.bare == contact.jid or not session.state.get("roster"):
                 continue
             iq = domish.Element((CLIENT_NS, "iq"))
             iq["type"] = "set"
             iq["id"] = f"push-{id(iq):x}"
             iq["to"] = session.full
-            _item(iq.addElement((NS, "query")), user, subscription)
+            _item(iq.addElement((NS, "query")), contact, subscription)
             session.send(iq)
 
     router.handle(f"iq-get/bare/{NS}:query", get)

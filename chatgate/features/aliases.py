@@ -1,0 +1,172 @@
+"""Mail aliases as chat contacts: salesteam@example.com reaches its members.
+
+Every user of a domain has the domain's aliases in their roster (roster.py,
+group "Aliases") and uses one like any contact:
+
+- A message to the alias's bare JID reaches every member but the sender,
+  from ``alias@domain/<sender's localpart>``, with a XEP-0033 ``ofrom``
+  address naming the sender's bare JID (any addresses the client put in are
+  dropped: ``ofrom`` is the server's word). A member with no available
+  resource gets it the offline way, as mail would (XEP-0160), and sees it at
+  the next login. An alias with nobody else in it answers
+  <service-unavailable/>.
+- A reply to ``alias@domain/<localpart>`` reaches that user, from
+  ``alias@domain/<replier's localpart>``, again with ``ofrom``.
+- Each copy is archived for its recipient as it is delivered (with the
+  alias as the contact), and once for the sender (``message-sent``).
+- The alias is available while any member is: its presence comes from its
+  bare JID, with a status such as "2 of 5 members online", and changes only
+  when that count does.
+
+Members come from the in-memory directory mirror: a message to a large
+alias costs no directory query.
+"""
+
+from __future__ import annotations
+
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+
+from chatgate.config import Settings
+from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
+from chatgate.session import Session
+from chatgate.storage.interfaces import Alias, Change, Stores, User
+
+ADDRESS_NS = "http://jabber.org/protocol/address"
+VCARD_NS = "vcard-temp"
+
+
+def clone(element: domish.Element) -> domish.Element:
+    """A deep copy: each member's copy gets its own stanza-id from the archive."""
+    copy = domish.Element((element.uri, element.name), element.defaultUri, dict(element.attributes))
+    for child in element.children:
+        copy.addChild(clone(child) if isinstance(child, domish.Element) else child)
+    return copy
+
+
+class Aliases:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.domains = router.domains
+        #: (domain, alias localpart) -> members online when last told
+        self._told: dict[tuple[str, str], int] = {}
+
+    # -- messages
+
+    def message(self, stanza: domish.Element, sender: Session, to: JID) -> None:
+        alias = self.domains.alias(to.host, to.user)
+        mtype = stanza.getAttribute("type", "normal")
+        if mtype == "error":
+            return
+        if mtype == "groupchat":
+            raise StanzaError("service-unavailable", "An alias is not a chat room")
+        if to.resource:
+            if self.domains.user(to.host, to.resource) is None:
+                raise StanzaError("service-unavailable", "Nobody by that name behind this alias")
+            recipients = [to.resource]
+        else:
+            recipients = [m for m in alias.members if m != sender.jid.user]
+            if not recipients:
+                raise StanzaError("service-unavailable", "The alias has no other members")
+        for old in list(stanza.elements(ADDRESS_NS, "addresses")):
+            stanza.children.remove(old)
+        self.router.emit("message-sent", stanza, sender, alias.jid)
+        outgoing = clone(stanza)
+        outgoing["from"] = f"{alias.jid}/{sender.jid.user}"
+        address = outgoing.addElement((ADDRESS_NS, "addresses")).addElement("address")
+        address["type"], address["jid"] = "ofrom", sender.bare
+        for member in recipients:
+            copy = clone(outgoing)
+            copy["to"] = f"{member}@{alias.domain}"
+            self.router.deliver_message(copy, None, JID(tuple=(member, alias.domain, None)))
+
+    # -- presence
+
+    def online(self, alias: Alias) -> int:
+        """How many members have an available resource."""
+        return sum(
+            1 for m in alias.members
+            if any(s.available for s in self.router.resources(f"{m}@{alias.domain}").values())
+        )
+
+    def presence(self, alias: Alias, online: int) -> domish.Element:
+        presence = domish.Element((CLIENT_NS, "presence"))
+        presence["from"] = alias.jid
+        if online:
+            presence.addElement("status", content=f"{online} of {len(alias.members)} members online")
+        else:
+            presence["type"] = "unavailable"
+        return presence
+
+    def _tell(self, presence: domish.Element, session: Session) -> None:
+        presence["to"] = session.full
+        session.send(presence)
+
+    def recount(self, alias: Alias, removed: bool = False) -> None:
+        """Tell the domain the alias's presence if its online count changed."""
+        key = (alias.domain, alias.localpart)
+        online = 0 if removed else self.online(alias)
+        if self._told.get(key, 0) == online:
+            return
+        if online:
+            self._told[key] = online
+        else:
+            self._told.pop(key, None)
+        presence = self.presence(alias, online)
+        for session in self.router.domain_sessions(alias.domain):
+            if session.available:
+                self._tell(presence, session)
+
+    def presence_changed(self, session: Session, was_available: bool) -> None:
+        if not was_available and session.available:
+            # a newcomer learns which aliases are available
+            for alias in self.domains.aliases(session.domain):
+                online = self._told.get((alias.domain, alias.localpart), 0)
+                if online:
+                    self._tell(self.presence(alias, online), session)
+        if was_available != session.available:
+            for name in self.domains.aliases_of(session.domain, session.jid.user):
+                self.recount(self.domains.alias(session.domain, name))
+
+    def directed(self, stanza: domish.Element, sender: Session, to: JID) -> None:
+        """Presence sent to an alias: a probe is answered, a subscription approved."""
+        alias = self.domains.alias(to.host, to.user)
+        ptype = stanza.getAttribute("type")
+        if ptype == "subscribe":
+            approval = domish.Element((CLIENT_NS, "presence"))
+            approval["from"], approval["type"] = alias.jid, "subscribed"
+            self._tell(approval, sender)
+        if ptype in ("probe", "subscribe"):
+            self._tell(self.presence(alias, self.online(alias)), sender)
+
+    def directory_changed(self, change: Change, subject: User | Alias | None) -> None:
+        if not isinstance(subject, Alias):
+            return
+        if change.kind == "alias-removed":
+            # unavailable first: the roster push removing the contact follows
+            self.recount(subject, removed=True)
+        else:
+            # after the roster push that adds or changes the contact
+            self.router.clock.callLater(0, self.recount, subject)
+
+    # -- vCard
+
+    def vcard(self, stanza: domish.Element, sender: Session, to: JID) -> None:
+        alias = self.domains.alias(to.host, to.user)
+        reply = iq_result(stanza)
+        card = reply.addElement((VCARD_NS, "vCard"))
+        card.addElement("FN", content=alias.display_name)
+        card.addElement("DESC", content=f"Mail alias of {len(alias.members)} members")
+        email = card.addElement("EMAIL")
+        email.addElement("INTERNET")
+        email.addElement("USERID", content=alias.jid)
+        sender.send(reply)
+
+
+def register(router: Router, settings: Settings, stores: Stores) -> None:
+    aliases = Aliases(router)
+    router.handle("message/alias", aliases.message)
+    router.handle("presence/alias", aliases.directed)
+    router.handle(f"iq-get/alias/{VCARD_NS}:vCard", aliases.vcard)
+    router.listen("presence-changed", aliases.presence_changed)
+    router.domains.listen(aliases.directory_changed)
