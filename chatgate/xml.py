@@ -240,3 +240,11 @@ def parse_document(data: bytes, max_size: int, max_depth: int = 64) -> domish.El
     if not ended:
         raise StreamError("not-well-formed", "incomplete document")
     return root[0]
+
+
+def copy_element(element: domish.Element) -> domish.Element:
+    """A deep copy of *element*, for a stanza that is kept or changed per recipient."""
+    copy = domish.Element((element.uri, element.name), element.defaultUri, dict(element.attributes))
+    for child in element.children:
+        copy.addChild(copy_element(child) if isinstance(child, domish.Element) else child)
+    return copy

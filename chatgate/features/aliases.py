@@ -31,17 +31,10 @@ from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import Session
 from chatgate.storage.interfaces import Alias, Change, Stores, User
+from chatgate.xml import copy_element
 
 ADDRESS_NS = "http://jabber.org/protocol/address"
 VCARD_NS = "vcard-temp"
-
-
-def clone(element: domish.Element) -> domish.Element:
-    """A deep copy: each member's copy gets its own stanza-id from the archive."""
-    copy = domish.Element((element.uri, element.name), element.defaultUri, dict(element.attributes))
-    for child in element.children:
-        copy.addChild(clone(child) if isinstance(child, domish.Element) else child)
-    return copy
 
 
 class Aliases:
@@ -71,12 +64,12 @@ class Aliases:
         for old in list(stanza.elements(ADDRESS_NS, "addresses")):
             stanza.children.remove(old)
         self.router.emit("message-sent", stanza, sender, alias.jid)
-        outgoing = clone(stanza)
+        outgoing = copy_element(stanza)
         outgoing["from"] = f"{alias.jid}/{sender.jid.user}"
         address = outgoing.addElement((ADDRESS_NS, "addresses")).addElement("address")
         address["type"], address["jid"] = "ofrom", sender.bare
         for member in recipients:
-            copy = clone(outgoing)
+            copy = copy_element(outgoing)  # each member's copy gets its own stanza-id
             copy["to"] = f"{member}@{alias.domain}"
             self.router.deliver_message(copy, None, JID(tuple=(member, alias.domain, None)))
 

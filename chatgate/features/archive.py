@@ -18,9 +18,10 @@ removed first (XEP-0359 §5 rule 3).
 Listens to the router's ``message-delivering`` (registered before carbons, so
 copies carry the ids) and ``message-refused`` (a message bounced after all,
 over an offline quota: taken back out, XEP-0313 §5.1 "only messages accepted
-for delivery"). Writes are handed to the IArchive without waiting; its
-backend batches them (see ``storage/sqlite_history.py`` for what a crash can
-lose). ``[archive] retention_days`` deletes older messages once an hour.
+for delivery"). Writes are handed to the IArchive, whose backend batches
+them, and both parties' sessions are held (Session.hold) until the write is
+committed: what any client has received is in history, whatever crashes.
+``[archive] retention_days`` deletes older messages once an hour.
 """
 
 from __future__ import annotations
@@ -142,9 +143,14 @@ class History:
         messages.append(ArchivedMessage(bare, archive_id, origin.userhost(), origin.resource or "", to_self, at,
                                         body, xml))
         _archived[stanza] = copies
-        self.archive.append(messages).addErrback(
-            lambda f: log.failure("archiving a message to {bare} failed", f, bare=bare)
-        )
+        written = self.archive.append(messages)
+        written.addErrback(lambda f: log.failure("archiving a message to {bare} failed", f, bare=bare))
+        # Write-ahead: neither party's clients see the message (or its carbons)
+        # before it is in both archives, so a crash cannot lose a message
+        # someone has read.
+        for party in owners:
+            for session in self.router.resources(party).values():
+                session.hold(written)
 
     def sent(self, stanza: domish.Element, sender: Session, peer: str) -> None:
         """Keep the sender's copy of a message the router fanned out another way
