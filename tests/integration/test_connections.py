@@ -75,3 +75,19 @@ async def test_extra_port_and_direct_tls_port(server):
     alice.send_message(mto="bob@example.com/direct", mbody="over direct TLS", mtype="chat")
     assert (await bob.next_message())["body"] == "over direct TLS"
     await logout(alice, bob)
+
+
+@async_test()
+async def test_trickling_unauthenticated_connection_still_times_out(server):
+    raw = await RawClient.connect(server.port)
+    await raw.open()
+
+    async def trickle() -> None:
+        for _ in range(40):  # a byte of whitespace every quarter second, never authenticating
+            raw.send(b" ")
+            await asyncio.sleep(0.25)
+
+    trickling = asyncio.create_task(trickle())
+    answer = await raw.read_to_end(timeout=10)  # the server closes after auth_timeout (2 s here)
+    trickling.cancel()
+    assert b"<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'" in answer

@@ -12,6 +12,7 @@ import pytest
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from tests.integration.bosh_client import BOSHClient
 from tests.integration.conftest import PASSWORD, provision
 from tests.integration.harness import RawClient, Server, async_test, login, logout
 
@@ -157,3 +158,18 @@ async def test_flooding_client_is_slowed_not_dropped(server):
     assert elapsed >= 0.8 * (count - 200) / 200
     assert max(latencies) < 2, latencies
     await logout(alice, bob, carol)
+
+
+@async_test(timeout=90)
+async def test_bosh_session_flood_is_capped_per_address(server):
+    alice = await login(server, "alice@example.com/bosh-flood", PASSWORD)
+    bob = await login(server, "bob@example.com/bosh-flood", PASSWORD)
+    made, refused = [], []
+    for _ in range(12):
+        answer = await asyncio.to_thread(BOSHClient(server.http_port, wait=2).create)
+        (made if answer.get("sid") else refused).append(answer)
+    # four unauthenticated sessions from one address (this server's limit), the rest refused
+    assert len(made) == 4
+    assert all(a.condition == "remote-stream-error" and a.stream_error() == "policy-violation" for a in refused)
+    assert await chat_round(alice, bob, "through the BOSH flood") < 5
+    await logout(alice, bob)
