@@ -177,21 +177,28 @@ def _port(raw: str) -> int:
     return value
 
 
-def _optional_port(raw: str) -> int | None:
-    return _port(raw) if raw.strip() else None
-
-
 def _ports(raw: str) -> tuple[int, ...]:
     return tuple(_port(p) for p in _split(raw))
 
 
-def _positive_int(raw: str) -> int:
+def _integer(raw: str) -> int:
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
         raise ValueError("expected a whole number") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = _integer(raw)
     if value <= 0:
         raise ValueError("must be greater than 0")
+    return value
+
+
+def _iterations(raw: str) -> int:
+    value = _positive_int(raw)
+    if value < 4096:
+        raise ValueError("at least 4096 (RFC 7677 §4; fewer make passwords cheap to guess)")
     return value
 
 
@@ -214,32 +221,22 @@ def _interfaces(raw: str) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _backend(raw: str) -> str:
-    value = raw.strip()
-    if value not in ("sqlite", "memory"):
-        raise ValueError("expected sqlite or memory")
-    return value
+def _one_of(*choices: str) -> Callable[[str], str]:
+    """A parser taking one of *choices* (named in this order in its error)."""
+    expected = f"expected {', '.join(choices[:-1])} or {choices[-1]}"
+
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value not in choices:
+            raise ValueError(expected)
+        return value
+
+    return parse
 
 
-def _history_backend(raw: str) -> str:
-    value = raw.strip()
-    if value not in ("sqlite", "memory", "redis"):
-        raise ValueError("expected sqlite, redis or memory")
-    return value
-
-
-def _database_number(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError("expected a whole number") from None
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
-def _optional_days(raw: str) -> int | None:
-    return _positive_int(raw) if raw.strip() else None
+def _optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:
+    """*parse*, or None for an empty value."""
+    return lambda raw: parse(raw) if raw.strip() else None
 
 
 def _text(raw: str) -> str:
@@ -261,10 +258,7 @@ def _nonempty(raw: str) -> str:
 
 
 def _whole(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError("expected a whole number") from None
+    value = _integer(raw)
     if value < 0:
         raise ValueError("must not be negative")
     return value
@@ -301,7 +295,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "interfaces": _interfaces,
             "port": _port,
             "extra_ports": _ports,
-            "direct_tls_port": _optional_port,
+            "direct_tls_port": _optional(_port),
             "require_encryption": _bool,
             "allow_plain_without_tls": _bool,
             "ping_interval": _seconds,
@@ -313,12 +307,12 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
     "storage": (
         StorageSettings,
         {
-            "backend": _backend,
+            "backend": _one_of("sqlite", "memory"),
             "path": _nonempty,
             "poll_interval": _seconds,
             "redis_host": _nonempty,
             "redis_port": _port,
-            "redis_db": _database_number,
+            "redis_db": _whole,
             "redis_password": _text,
             "redis_tls": _bool,
             "redis_tls_ca": _text,
@@ -328,18 +322,18 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
     "archive": (
         ArchiveSettings,
         {
-            "backend": _history_backend,
-            "offline_backend": _history_backend,
+            "backend": _one_of("sqlite", "redis", "memory"),
+            "offline_backend": _one_of("sqlite", "redis", "memory"),
             "commit_interval": _seconds,
             "conversation_gap": _seconds,
-            "retention_days": _optional_days,
+            "retention_days": _optional(_positive_int),
             "offline_quota": _positive_int,
         },
     ),
     "auth": (
         AuthSettings,
         {
-            "scram_iterations": _positive_int,
+            "scram_iterations": _iterations,
             "max_attempts": _positive_int,
             "failures_per_account": _positive_int,
             "failures_per_address": _positive_int,

@@ -26,7 +26,6 @@ from twisted.internet.task import react
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import ConfigError, Settings, load
-from chatgate.jid import parse_user
 from chatgate.storage import open_directory
 from chatgate.storage.interfaces import Credentials, DirectoryError, IDirectory, User
 
@@ -223,19 +222,11 @@ def _status(exit: SystemExit) -> int:
 # -- domain commands: each checks its arguments and returns the job
 
 
-def _domain(text: str) -> str:
-    return ops.domain_name(text)
-
-
-def _user(text: str) -> tuple[str, str]:
-    return ops.address(text)
-
-
 def _domain_add(args: argparse.Namespace, settings: Settings) -> Job:
-    name = _domain(args.domain)
+    name = ops.domain_name(args.domain)
 
     async def job(directory: IDirectory) -> None:
-        await directory.add_domain(name)
+        await ops.add_domain(directory, name)
         print(f"added domain {name}")
 
     return job
@@ -250,16 +241,16 @@ def _domain_list(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _domain_enable(args: argparse.Namespace, settings: Settings) -> Job:
-    return _set_chat(_domain(args.domain), True)
+    return _set_chat(ops.domain_name(args.domain), True)
 
 
 def _domain_disable(args: argparse.Namespace, settings: Settings) -> Job:
-    return _set_chat(_domain(args.domain), False)
+    return _set_chat(ops.domain_name(args.domain), False)
 
 
 def _set_chat(name: str, enabled: bool) -> Job:
     async def job(directory: IDirectory) -> None:
-        await directory.set_chat_enabled(name, enabled)
+        await ops.set_chat(directory, name, enabled)
         print(f"chat {'enabled' if enabled else 'disabled'} for {name}")
 
     return job
@@ -269,10 +260,9 @@ def _set_chat(name: str, enabled: bool) -> Job:
 
 
 def _user_add(args: argparse.Namespace, settings: Settings) -> Job:
-    localpart, domain = _user(args.jid)
-    details = (args.name, args.title, args.department, args.phone)
-    user = User(localpart, domain, *(value.strip() for value in details))
-    credentials = _credentials(_password(args), settings)
+    localpart, domain = ops.address(args.jid)
+    user = ops.user_record(localpart, domain, args.name, args.title, args.department, args.phone)
+    credentials = ops.credentials(_password(args), settings)
 
     async def job(directory: IDirectory) -> None:
         await directory.add_user(user, credentials)
@@ -282,8 +272,8 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _user_passwd(args: argparse.Namespace, settings: Settings) -> Job:
-    localpart, domain = _user(args.jid)
-    credentials = _credentials(_password(args), settings)
+    localpart, domain = ops.address(args.jid)
+    credentials = ops.credentials(_password(args), settings)
 
     async def job(directory: IDirectory) -> None:
         await directory.set_credentials(domain, localpart, credentials)
@@ -293,7 +283,7 @@ def _user_passwd(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _user_remove(args: argparse.Namespace, settings: Settings) -> Job:
-    localpart, domain = _user(args.jid)
+    localpart, domain = ops.address(args.jid)
 
     async def job(directory: IDirectory) -> None:
         await directory.remove_user(domain, localpart)
@@ -303,7 +293,7 @@ def _user_remove(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _user_list(args: argparse.Namespace, settings: Settings) -> Job:
-    name = _domain(args.domain)
+    name = ops.domain_name(args.domain)
 
     async def job(directory: IDirectory) -> None:
         for user in await directory.users(name):
@@ -317,8 +307,8 @@ def _user_import(args: argparse.Namespace, settings: Settings) -> Job:
     rows: list[tuple[int, User, Credentials]] = []
     for line, user, password in _read_csv(path):
         try:
-            rows.append((line, user, _credentials(password, settings)))
-        except CommandError as e:
+            rows.append((line, user, ops.credentials(password, settings)))
+        except (CommandError, AdminError) as e:
             raise CommandError(f"{path} line {line}: {e}") from None
 
     async def job(directory: IDirectory) -> None:
@@ -340,7 +330,7 @@ def _user_import(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _alias_add(args: argparse.Namespace, settings: Settings) -> Job:
-    localpart, domain = _user(args.alias)
+    localpart, domain = ops.address(args.alias)
     ops.members(domain, args.members)  # checked before the store is opened
 
     async def job(directory: IDirectory) -> None:
@@ -355,7 +345,7 @@ def _alias_add(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _alias_remove(args: argparse.Namespace, settings: Settings) -> Job:
-    localpart, domain = _user(args.alias)
+    localpart, domain = ops.address(args.alias)
     ops.members(domain, args.members)
 
     async def job(directory: IDirectory) -> None:
@@ -369,7 +359,7 @@ def _alias_remove(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _alias_members(args: argparse.Namespace, settings: Settings) -> Job:
-    _user(args.alias)
+    ops.address(args.alias)
 
     async def job(directory: IDirectory) -> None:
         alias = await ops.alias(directory, args.alias)
@@ -380,7 +370,7 @@ def _alias_members(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _alias_list(args: argparse.Namespace, settings: Settings) -> Job:
-    name = _domain(args.domain)
+    name = ops.domain_name(args.domain)
 
     async def job(directory: IDirectory) -> None:
         for alias in await directory.aliases(name):
@@ -393,7 +383,7 @@ def _alias_list(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _site_add(args: argparse.Namespace, settings: Settings) -> Job:
-    _domain(args.host)
+    ops.domain_name(args.host)
 
     async def job(directory: IDirectory) -> None:
         site = await ops.put_site(directory, args.host, args.owner, not args.hide_chat_link)
@@ -403,7 +393,7 @@ def _site_add(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _site_link(args: argparse.Namespace, settings: Settings) -> Job:
-    _domain(args.host)
+    ops.domain_name(args.host)
 
     async def job(directory: IDirectory) -> None:
         await ops.site(directory, args.host)  # it must exist already
@@ -414,7 +404,7 @@ def _site_link(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _site_remove(args: argparse.Namespace, settings: Settings) -> Job:
-    host = _domain(args.host)
+    host = ops.domain_name(args.host)
 
     async def job(directory: IDirectory) -> None:
         await directory.remove_site(host)
@@ -435,7 +425,7 @@ def _site_list(args: argparse.Namespace, settings: Settings) -> Job:
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> Job:
-    _user(args.jid)
+    ops.address(args.jid)
 
     async def job(directory: IDirectory) -> None:
         token, _ = await ops.token(directory, settings, args.jid, args.lifetime)
@@ -486,8 +476,8 @@ def _parse_csv(path: str, lines: Any) -> list[tuple[int, User, str]]:
                 raise CommandError(f"{path} line {line}: expected {len(header)} fields, found {len(fields)}")
             row = dict(zip(header, fields, strict=True))
             try:
-                localpart, domain = parse_user(row["jid"].strip())
-            except ValueError as e:
+                localpart, domain = ops.address(row["jid"].strip())
+            except AdminError as e:
                 raise CommandError(f"{path} line {line}: {e}") from None
             jid = f"{localpart}@{domain}"
             if jid in seen:
@@ -519,13 +509,7 @@ def _password(args: argparse.Namespace) -> str:
             raise CommandError("no password given") from None
     else:
         raise CommandError("no password: give --password or --password-stdin (stdin is not a terminal)")
-    if not password:
-        raise CommandError("the password is empty")
-    return password
-
-
-def _credentials(password: str, settings: Settings) -> Credentials:
-    return ops.credentials(password, settings)
+    return password  # ops.credentials refuses an empty one
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ same store the same way.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatgate.storage.interfaces import DirectoryError, IArchive, IDirectory, IOfflineStore
 
@@ -28,46 +28,32 @@ def open_directory(settings: Settings) -> IDirectory:
         return MemoryDirectory()
     from chatgate.storage.sqlite import SQLiteDirectory
 
-    path = settings.path(settings.storage.path)
-    folder = os.path.dirname(path)
-    if folder:
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise DirectoryError(f"{folder}: cannot create the storage folder: {e.strerror}") from None
-    return SQLiteDirectory(path, settings.storage.poll_interval)
+    return SQLiteDirectory(_sqlite_path(settings), settings.storage.poll_interval)
 
 
 def open_archive(settings: Settings) -> IArchive:
     """The history backend ``[archive] backend`` names, not started yet."""
-    backend = settings.archive.backend
-    if backend == "memory":
-        from chatgate.storage.memory_history import MemoryArchive
-
-        return MemoryArchive()
-    if backend == "redis":
-        from chatgate.storage.redis import RedisArchive
-
-        return RedisArchive(**_redis_options(settings))
-    from chatgate.storage.sqlite_history import SQLiteArchive
-
-    return SQLiteArchive(_sqlite_path(settings), settings.archive.commit_interval)
+    return _open_history(settings, settings.archive.backend, "Archive")
 
 
 def open_offline(settings: Settings) -> IOfflineStore:
     """The offline-message backend ``[archive] offline_backend`` names, not started yet."""
-    backend = settings.archive.offline_backend
+    return _open_history(settings, settings.archive.offline_backend, "OfflineStore")
+
+
+def _open_history(settings: Settings, backend: str, store: str) -> Any:
+    """``Memory<store>``, ``Redis<store>`` or ``SQLite<store>``, as *backend* says, made from *settings*."""
     if backend == "memory":
-        from chatgate.storage.memory_history import MemoryOfflineStore
+        from chatgate.storage import memory_history
 
-        return MemoryOfflineStore()
+        return getattr(memory_history, f"Memory{store}")()
     if backend == "redis":
-        from chatgate.storage.redis import RedisOfflineStore
+        from chatgate.storage import redis
 
-        return RedisOfflineStore(**_redis_options(settings))
-    from chatgate.storage.sqlite_history import SQLiteOfflineStore
+        return getattr(redis, f"Redis{store}")(**_redis_options(settings))
+    from chatgate.storage import sqlite_history
 
-    return SQLiteOfflineStore(_sqlite_path(settings), settings.archive.commit_interval)
+    return getattr(sqlite_history, f"SQLite{store}")(_sqlite_path(settings), settings.archive.commit_interval)
 
 
 def _sqlite_path(settings: Settings) -> str:

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from zope.interface import Interface
+
+log = Logger()
 
 
 class DirectoryError(Exception):
@@ -50,16 +53,12 @@ class Domain:
     chat_enabled: bool = True
 
 
-@dataclass(frozen=True)
-class User:
-    """A user of a hosted domain, with the directory's contact details."""
+class _Address:
+    """An address of a hosted domain with its name: what users and aliases share."""
 
     localpart: str
     domain: str
-    name: str = ""
-    title: str = ""
-    department: str = ""
-    phone: str = ""
+    name: str
 
     @property
     def jid(self) -> str:
@@ -71,7 +70,19 @@ class User:
 
 
 @dataclass(frozen=True)
-class Alias:
+class User(_Address):
+    """A user of a hosted domain, with the directory's contact details."""
+
+    localpart: str
+    domain: str
+    name: str = ""
+    title: str = ""
+    department: str = ""
+    phone: str = ""
+
+
+@dataclass(frozen=True)
+class Alias(_Address):
     """A mail alias of a domain (salesteam@example.com), a contact reaching its members.
 
     Users and aliases share a domain's addresses: one name is one or the other.
@@ -82,14 +93,6 @@ class Alias:
     name: str = ""
     #: localparts of the member users, sorted
     members: tuple[str, ...] = ()
-
-    @property
-    def jid(self) -> str:
-        return f"{self.localpart}@{self.domain}"
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.localpart
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,15 @@ class Change:
 
 
 DirectoryWatcher = Callable[[Change], None]
+
+
+def tell_watchers(watchers: list[DirectoryWatcher], change: Change) -> None:
+    """Call each watcher with *change*; one that fails is logged and the others are still told."""
+    for watcher in list(watchers):
+        try:
+            watcher(change)
+        except Exception:
+            log.failure("directory watcher {watcher!r} failed on {change}", watcher=watcher, change=change)
 
 
 class IDirectory(Interface):

@@ -11,7 +11,6 @@ import os
 from dataclasses import replace
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatgate.storage.interfaces import (
@@ -29,9 +28,8 @@ from chatgate.storage.interfaces import (
     UnknownSite,
     UnknownUser,
     User,
+    tell_watchers,
 )
-
-log = Logger()
 
 
 @implementer(IDirectory)
@@ -60,14 +58,7 @@ class MemoryDirectory:
         self._watchers.append(watcher)
 
     def _tell(self, kind: str, domain: str, localpart: str | None = None) -> None:
-        change = Change(kind, domain, localpart)
-        for watcher in list(self._watchers):
-            try:
-                watcher(change)
-            except Exception:
-                log.failure(
-                    "directory watcher {watcher!r} failed on {change}", watcher=watcher, change=change
-                )
+        tell_watchers(self._watchers, Change(kind, domain, localpart))
 
     # -- domains
 

@@ -22,11 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from chatgate.storage.interfaces import (
@@ -46,7 +44,9 @@ from chatgate.storage.interfaces import (
     UnknownSite,
     UnknownUser,
     User,
+    tell_watchers,
 )
+from chatgate.storage.sqlite_worker import SQLiteWorker, execute_statements
 
 log = Logger()
 T = TypeVar("T")
@@ -134,13 +134,13 @@ class SQLiteDirectory:
         self.path = path
         self.poll_interval = poll_interval
         self._reactor = reactor
-        self._pool = ThreadPool(1, 1, name=f"sqlite {os.path.basename(path)}")
-        self._db: sqlite3.Connection | None = None
+        self._worker = SQLiteWorker(
+            path, f"sqlite {os.path.basename(path)}", DirectoryError, "the directory is not started", reactor
+        )
         self._watchers: list[DirectoryWatcher] = []
         self._last_seq = 0
         self._feed: LoopingCall | None = None
         self._feed_done: Deferred[Any] | None = None
-        self._shutdown_trigger: Any = None
 
     # -- life cycle
 
@@ -148,13 +148,7 @@ class SQLiteDirectory:
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        self._pool.start()
-        self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
-        try:
-            self._last_seq = await self._run(self._open)
-        except BaseException:
-            self._stop_pool()
-            raise
+        self._last_seq = await self._worker.start(self._create, ["PRAGMA foreign_keys = ON"])
         self._feed = LoopingCall(lambda: Deferred.fromCoroutine(self._poll()))
         self._feed.clock = self._reactor
         self._feed_done = self._feed.start(self.poll_interval, now=False)
@@ -167,91 +161,31 @@ class SQLiteDirectory:
             feed, self._feed = self._feed, None
             feed.stop()
             await self._feed_done  # a poll under way finishes first
-        if self._pool.started:
-            try:
-                await self._run(self._close)
-            finally:
-                self._stop_pool()
+        await self._worker.stop()
 
-    def _stop_pool(self) -> None:
-        if self._shutdown_trigger is not None:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-            self._shutdown_trigger = None
-        self._pool.stop()
-
-    def _open(self) -> int:
-        """Connect, set the pragmas, create the schema; return the newest change's seq."""
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA busy_timeout = 5000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                (version,) = db.execute("PRAGMA user_version").fetchone()
-                if version > SCHEMA_VERSION:
-                    raise DirectoryError(
-                        f"{self.path}: made by a newer chatgate"
-                        f" (schema {version}, this one knows {SCHEMA_VERSION})"
-                    )
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                db.execute("DELETE FROM changes WHERE at < ?", (time.time() - CHANGE_RETENTION,))
-                (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
+    def _create(self, db: sqlite3.Connection) -> int:
+        """Create the schema (in the opening transaction); return the newest change's seq."""
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise DirectoryError(
+                f"{self.path}: made by a newer chatgate"
+                f" (schema {version}, this one knows {SCHEMA_VERSION})"
+            )
+        execute_statements(db, _SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("DELETE FROM changes WHERE at < ?", (time.time() - CHANGE_RETENTION,))
+        (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
         return int(last)
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     # -- running work on the worker thread
 
-    def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Run *work(*args)* on the worker thread; sqlite3 errors become one-line DirectoryErrors."""
-
-        def guarded() -> T:
-            try:
-                return work(*args)
-            except sqlite3.Error as e:
-                raise DirectoryError(f"{self.path}: {e}") from None
-
-        if not self._pool.started:
-            return fail(DirectoryError(f"{self.path}: the directory is not started"))
-        return deferToThreadPool(self._reactor, self._pool, guarded)
-
     def _read(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run *work(db, *args)* in one read transaction (one consistent snapshot)."""
-        return self._run(self._transaction, "BEGIN", work, args)
+        return self._worker.read(work, *args)
 
     def _write(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run *work(db, *args)* in one write transaction, taking the write lock first."""
-        return self._run(self._transaction, "BEGIN IMMEDIATE", work, args)
-
-    def _transaction(self, begin: str, work: Callable[..., T], args: tuple[Any, ...]) -> T:
-        db = self._db
-        if db is None:
-            raise DirectoryError(f"{self.path}: the directory is not started")
-        db.execute(begin)
-        try:
-            result = work(db, *args)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return result
+        return self._worker.write(work, *args)
 
     # -- change feed
 
@@ -267,13 +201,7 @@ class SQLiteDirectory:
             return  # the next poll tries again
         for seq, change in rows:
             self._last_seq = seq
-            for watcher in list(self._watchers):
-                try:
-                    watcher(change)
-                except Exception:
-                    log.failure(
-                        "directory watcher {watcher!r} failed on {change}", watcher=watcher, change=change
-                    )
+            tell_watchers(self._watchers, change)
 
     # -- domains
 

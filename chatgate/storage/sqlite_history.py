@@ -30,10 +30,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from chatgate.storage.history import (
@@ -55,6 +53,7 @@ from chatgate.storage.interfaces import (
     IOfflineStore,
     OfflineMessage,
 )
+from chatgate.storage.sqlite_worker import SQLiteWorker, execute_statements
 
 log = Logger()
 T = TypeVar("T")
@@ -112,112 +111,47 @@ class _BatchedSQLite:
         self.path = path
         self.commit_interval = commit_interval
         self._reactor = reactor
-        self._pool = ThreadPool(1, 1, name=f"sqlite {self.tables} {os.path.basename(path)}")
-        self._db: sqlite3.Connection | None = None
+        self._worker = SQLiteWorker(
+            path, f"sqlite {self.tables} {os.path.basename(path)}", ArchiveError,
+            f"the {self.tables} store is not started", reactor,
+        )
         self._queue: list[_Write] = []
         self._timer: Any = None
-        self._shutdown_trigger: Any = None
 
     # -- life cycle
 
     def start(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._start())
-
-    async def _start(self) -> None:
-        self._pool.start()
-        self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
-        try:
-            await self._run(self._open)
-        except BaseException:
-            self._stop_pool()
-            raise
+        pragmas = ["PRAGMA synchronous = FULL", "PRAGMA cache_size = -16000"]
+        return Deferred.fromCoroutine(self._worker.start(self._create, pragmas))
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        if not self._pool.started:
+        if not self._worker.started:
             return
         self._flush()
-        try:
-            await self._run(self._close)  # runs after every batch handed over before it
-        finally:
-            self._stop_pool()
+        await self._worker.stop()  # closes after every batch handed over before it
 
-    def _stop_pool(self) -> None:
-        if self._shutdown_trigger is not None:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-            self._shutdown_trigger = None
-        self._pool.stop()
-
-    def _open(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA busy_timeout = 5000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA cache_size = -16000")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("CREATE TABLE IF NOT EXISTS history_schema (version INTEGER NOT NULL)")
-                row = db.execute("SELECT MAX(version) FROM history_schema").fetchone()
-                if row[0] is None:
-                    db.execute("INSERT INTO history_schema (version) VALUES (?)", (HISTORY_SCHEMA_VERSION,))
-                elif row[0] > HISTORY_SCHEMA_VERSION:
-                    raise ArchiveError(
-                        f"{self.path}: history made by a newer chatgate"
-                        f" (schema {row[0]}, this one knows {HISTORY_SCHEMA_VERSION})"
-                    )
-                for statement in _SCHEMA[self.tables].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+    def _create(self, db: sqlite3.Connection) -> None:
+        """Check the history schema's version and create this store's tables (in the opening transaction)."""
+        db.execute("CREATE TABLE IF NOT EXISTS history_schema (version INTEGER NOT NULL)")
+        row = db.execute("SELECT MAX(version) FROM history_schema").fetchone()
+        if row[0] is None:
+            db.execute("INSERT INTO history_schema (version) VALUES (?)", (HISTORY_SCHEMA_VERSION,))
+        elif row[0] > HISTORY_SCHEMA_VERSION:
+            raise ArchiveError(
+                f"{self.path}: history made by a newer chatgate"
+                f" (schema {row[0]}, this one knows {HISTORY_SCHEMA_VERSION})"
+            )
+        execute_statements(db, _SCHEMA[self.tables])
 
     # -- the worker thread
-
-    def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Run *work(*args)* on the worker thread; sqlite3 errors become one-line ArchiveErrors."""
-
-        def guarded() -> T:
-            try:
-                return work(*args)
-            except sqlite3.Error as e:
-                raise ArchiveError(f"{self.path}: {e}") from None
-
-        if not self._pool.started:
-            return fail(ArchiveError(f"{self.path}: the {self.tables} store is not started"))
-        return deferToThreadPool(self._reactor, self._pool, guarded)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise ArchiveError(f"{self.path}: the {self.tables} store is not started")
-        return self._db
 
     def _read(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run *work(db, *args)* in a read transaction, after every write queued before it."""
         self._flush()
-        return self._run(self._read_transaction, work, args)
-
-    def _read_transaction(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
-        db = self._connection()
-        db.execute("BEGIN")
-        try:
-            return work(db, *args)
-        finally:
-            db.execute("COMMIT")
+        return self._worker.read(work, *args)
 
     def _write(self, work: Callable[..., T], *args: Any, now: bool = False) -> Deferred[T]:
         """Queue *work(db, *args)* for the next batch; fires once it is committed."""
@@ -238,22 +172,14 @@ class _BatchedSQLite:
         if not self._queue:
             return
         batch, self._queue = self._queue, []
-        d = self._run(self._commit, [(work, args) for work, args, _ in batch])
+        d = self._worker.write(self._commit, [(work, args) for work, args, _ in batch])
         d.addCallbacks(self._committed, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
-    def _commit(self, batch: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
-        db = self._connection()
-        outcomes: list[tuple[bool, Any]] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for work, args in batch:
-                outcomes.append(self._savepoint(db, work, args))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return outcomes
+    def _commit(
+        self, db: sqlite3.Connection, batch: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[tuple[bool, Any]]:
+        """Every write of *batch*, each in its own savepoint (inside the batch's transaction)."""
+        return [self._savepoint(db, work, args) for work, args in batch]
 
     def _savepoint(self, db: sqlite3.Connection, work: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
         """Run one write in its own savepoint: (True, result), or (False, the exception) with nothing written."""
@@ -393,24 +319,17 @@ def _expire_chunk(db: sqlite3.Connection, owner: str, cutoff: str) -> int:
 def _filters(owner: str, query: ArchiveQuery) -> tuple[list[str], list[Any]]:
     """The WHERE terms that make the query's result set."""
     terms, params = ["owner = ?"], [owner]
-    if query.contact is not None:
-        terms.append("contact = ?")
-        params.append(query.contact)
-    if query.resource is not None:
-        terms.append("resource = ?")
-        params.append(query.resource)
-    if query.start is not None:
-        terms.append("id >= ?")
-        params.append(id_floor(query.start))
-    if query.end is not None:
-        terms.append("id < ?")
-        params.append(id_ceiling(query.end))
-    if query.after_id is not None:
-        terms.append("id > ?")
-        params.append(query.after_id)
-    if query.before_id is not None:
-        terms.append("id < ?")
-        params.append(query.before_id)
+    for term, value in (
+        ("contact = ?", query.contact),
+        ("resource = ?", query.resource),
+        ("id >= ?", None if query.start is None else id_floor(query.start)),
+        ("id < ?", None if query.end is None else id_ceiling(query.end)),
+        ("id > ?", query.after_id),
+        ("id < ?", query.before_id),
+    ):
+        if value is not None:
+            terms.append(term)
+            params.append(value)
     if query.ids is not None:
         terms.append(f"id IN ({', '.join('?' * len(query.ids))})")
         params.extend(query.ids)

@@ -354,3 +354,8 @@ def test_sites_show_and_hide_the_chat_link(admin):
     assert admin.ok("site", "remove", "webmail.example.com") == "removed site webmail.example.com\n"
     assert admin.fails("site", "show", "webmail.example.com") == "unknown site: webmail.example.com"
     assert "at least one dot" in admin.fails("site", "add", "intranet")
+
+
+def test_a_password_saslprep_refuses_is_named_with_its_line(hosted):
+    (hosted.folder / "users.csv").write_text("jid,name,password\nok@example.com,Ok,fine\nbad@example.com,Bad,a\u0007b\n")
+    assert hosted.fails("user", "import", "users.csv").startswith("users.csv line 3: ")

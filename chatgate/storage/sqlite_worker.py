@@ -1,0 +1,147 @@
+"""One thread owns the SQLite connection: what the SQLite stores share.
+
+Every blocking sqlite3 call of a store runs on its own single worker thread,
+so none runs on the reactor and none interleaves with another. The
+connection is made there with ``busy_timeout`` (wait for another
+connection's write lock instead of failing) and the WAL journal (readers
+never wait for the writer); each store adds its own pragmas and creates its
+schema in one ``BEGIN IMMEDIATE`` transaction.
+
+A sqlite3 error becomes the store's own error class in one line,
+``<path>: <reason>``; so does a call before :meth:`SQLiteWorker.start` or
+after :meth:`SQLiteWorker.stop`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+
+class SQLiteWorker:
+    """The worker thread of one store and the connection it owns.
+
+    :param path: the SQLite file.
+    :param name: the thread's name.
+    :param error: the one-line error class of the store (DirectoryError, ArchiveError).
+    :param not_started: what the error says of a call made while the thread is stopped.
+    :param reactor: the reactor the results are handed back to.
+    """
+
+    def __init__(
+        self, path: str, name: str, error: type[Exception], not_started: str, reactor: Any
+    ) -> None:
+        self.path = path
+        self._error = error
+        self._not_started = not_started
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, name=name)
+        self._db: sqlite3.Connection | None = None
+        self._shutdown_trigger: Any = None
+
+    @property
+    def started(self) -> bool:
+        return bool(self._pool.started)
+
+    # -- life cycle
+
+    async def start(self, setup: Callable[[sqlite3.Connection], T], pragmas: Iterable[str] = ()) -> T:
+        """Start the thread and connect: the common pragmas, then *pragmas*, then
+        *setup(db)* in one ``BEGIN IMMEDIATE`` transaction; return what it returns.
+        On failure the connection is closed and the thread stopped again."""
+        self._pool.start()
+        self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+        try:
+            return await self.run(self._open, setup, tuple(pragmas))
+        except BaseException:
+            self._stop_pool()
+            raise
+
+    async def stop(self) -> None:
+        """Close the connection, after the work handed over before, and stop the thread."""
+        if not self._pool.started:
+            return
+        try:
+            await self.run(self._close)
+        finally:
+            self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        if self._shutdown_trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        self._pool.stop()
+
+    def _open(self, setup: Callable[[sqlite3.Connection], T], pragmas: tuple[str, ...]) -> T:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            for pragma in pragmas:
+                db.execute(pragma)
+            result = transaction(db, "BEGIN IMMEDIATE", setup)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return result
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- running work on the thread
+
+    def run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run *work(*args)* on the thread; sqlite3 errors become the store's one-line error."""
+
+        def guarded() -> T:
+            try:
+                return work(*args)
+            except sqlite3.Error as e:
+                raise self._error(f"{self.path}: {e}") from None
+
+        if not self._pool.started:
+            return fail(self._error(f"{self.path}: {self._not_started}"))
+        return deferToThreadPool(self._reactor, self._pool, guarded)
+
+    def read(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run *work(db, *args)* in one read transaction (one consistent snapshot)."""
+        return self.run(self._transaction, "BEGIN", work, args)
+
+    def write(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run *work(db, *args)* in one write transaction, taking the write lock first."""
+        return self.run(self._transaction, "BEGIN IMMEDIATE", work, args)
+
+    def _transaction(self, begin: str, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self._db is None:
+            raise self._error(f"{self.path}: {self._not_started}")
+        return transaction(self._db, begin, work, *args)
+
+
+def transaction(db: sqlite3.Connection, begin: str, work: Callable[..., T], *args: Any) -> T:
+    """*work(db, *args)* between *begin* and COMMIT; rolled back if anything fails."""
+    db.execute(begin)
+    try:
+        result = work(db, *args)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def execute_statements(db: sqlite3.Connection, script: str) -> None:
+    """Run each statement of *script* (``;``-separated) in the transaction under way."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
