@@ -14,9 +14,11 @@ with one line naming the bad value.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
+from twisted.words.protocols.jabber.jid import JID
 from twisted.words.protocols.jabber.xmpp_stringprep import nameprep, nodeprep
 
 #: RFC 7622 §3.1: each part is 1 to 1023 octets once prepared
@@ -113,3 +115,12 @@ def _lower(error: Exception) -> str:
 def _invalid(text: str, reason: str, what: str = "address") -> ValueError:
     shown = text if len(text) <= 80 else text[:77] + "..."
     return ValueError(f"invalid {what} {shown!r}: {reason}")
+
+
+@functools.lru_cache(maxsize=65536)
+def jid_of(text: str) -> JID:
+    """``JID(text)``, remembered: stringprep costs far more than routing a
+    stanza, and the same addresses come back all the time. Bounded, so no
+    client can grow it; raises InvalidFormat like JID() (failures are not kept).
+    The JIDs are shared: never change one."""
+    return JID(text)

@@ -28,6 +28,7 @@ from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
 
 from chatgate.domains import HostedDomains
+from chatgate.jid import jid_of
 from chatgate.session import Session
 
 CLIENT_NS = "jabber:client"
@@ -216,7 +217,7 @@ class Router:
             to = None
         else:
             try:
-                to = JID(raw_to)
+                to = jid_of(raw_to)
             except InvalidFormat:
                 self._bounce(stanza, sender, "jid-malformed")
                 return

@@ -32,10 +32,11 @@ from weakref import WeakKeyDictionary
 
 from twisted.internet import task
 from twisted.logger import Logger
-from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
+from chatgate.jid import jid_of
 from chatgate.router import CLIENT_NS, Router
 from chatgate.session import Session
 from chatgate.storage.history import ArchiveIds
@@ -117,8 +118,8 @@ class History:
         if not archivable(stanza):
             return
         try:
-            origin = JID(stanza.getAttribute("from", ""))
-            addressee = JID(stanza.getAttribute("to", bare))
+            origin = jid_of(stanza.getAttribute("from", ""))
+            addressee = jid_of(stanza.getAttribute("to", bare))
         except (InvalidFormat, RuntimeError):  # no or bad address: nothing to archive it under
             return
         body = body_of(stanza) or ""
@@ -159,7 +160,7 @@ class History:
         if not archivable(stanza):
             return
         try:
-            resource = JID(stanza.getAttribute("to", peer)).resource or ""
+            resource = jid_of(stanza.getAttribute("to", peer)).resource or ""
         except (InvalidFormat, RuntimeError):
             return
         archive_id, at = self.ids.make(self.router.clock.seconds())

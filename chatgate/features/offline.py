@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
 from chatgate.features.archive import SID_NS, body_of, stamp
+from chatgate.jid import jid_of
 from chatgate.router import CLIENT_NS, Router, error_reply
 from chatgate.session import Session
 from chatgate.storage.interfaces import IOfflineStore, OfflineMessage, Stores
@@ -83,7 +84,7 @@ class OfflineMessages:
         """Bounce a message the store would not keep, to the resource that sent it if still there."""
         self.router.emit("message-refused", stanza, bare)
         try:
-            origin = JID(stanza.getAttribute("from", ""))
+            origin = jid_of(stanza.getAttribute("from", ""))
         except (InvalidFormat, RuntimeError):
             return
         sender = self.router.resources(origin.userhost()).get(origin.resource or "")

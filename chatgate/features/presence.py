@@ -16,6 +16,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
+from chatgate.jid import jid_of
 from chatgate.router import CLIENT_NS, Router, StanzaError
 from chatgate.session import Session
 from chatgate.storage.interfaces import Stores
@@ -96,7 +97,7 @@ class Presence:
                 _send(stanza, session)
                 told.add(session.full)
         for full in sender.directed - told:
-            target = JID(full)
+            target = jid_of(full)
             session = self.router.resources(target.userhost()).get(target.resource)
             if session is not None:
                 _send(stanza, session)
