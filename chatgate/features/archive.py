@@ -83,6 +83,16 @@ def _strip_ids(stanza: domish.Element, owners: set[str]) -> None:
             stanza.children.remove(child)
 
 
+#: how every archivable message's serialization ends (it has a <body/>, so it is never empty)
+_CLOSE = "</message>"
+
+
+def _stanza_id_xml(by: str, archive_id: str) -> str:
+    """The stanza-id child and the end tag, as toXml() writes them (a prepared
+    JID and an archive id hold nothing to escape)."""
+    return f"<stanza-id xmlns='{SID_NS}' by='{by}' id='{archive_id}'/>{_CLOSE}"
+
+
 def _stanza_id(by: str, archive_id: str) -> domish.Element:
     element = domish.Element((SID_NS, "stanza-id"))
     element["by"], element["id"] = by, archive_id
@@ -127,18 +137,20 @@ class History:
         messages: list[ArchivedMessage] = []
         copies: dict[str, tuple[str, str]] = {}
         archive_id, at = self.ids.make(now)
+        # Serialized once; each owner's copy only adds its stanza-id as the last child.
+        whole = stanza.toXml()
+        if not whole.endswith(_CLOSE):  # cannot happen for a message with a body; never guess
+            return
+        head = whole[: -len(_CLOSE)]
         if sender is not None and sender.bare != bare:
             # the sender's copy: their own id, not the recipient's
             sent_id, sent_at = self.ids.twin(archive_id), at
-            mark = _stanza_id(sender.bare, sent_id)
-            stanza.addChild(mark)
-            xml = stanza.toXml()
-            stanza.children.remove(mark)
+            xml = head + _stanza_id_xml(sender.bare, sent_id)
             copies[sender.bare] = (sent_id, xml)
             messages.append(ArchivedMessage(sender.bare, sent_id, bare, addressee.resource or "", True, sent_at,
                                             body, xml))
         stanza.addChild(_stanza_id(bare, archive_id))
-        xml = stanza.toXml()
+        xml = head + _stanza_id_xml(bare, archive_id)
         copies[bare] = (archive_id, xml)
         to_self = sender is not None and sender.bare == bare
         messages.append(ArchivedMessage(bare, archive_id, origin.userhost(), origin.resource or "", to_self, at,
