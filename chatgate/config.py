@@ -95,6 +95,9 @@ class LimitSettings:
     stanza_burst: int = 500
     #: connections from one address not yet authenticated, at once
     max_preauth_per_address: int = 16
+    #: new BOSH sessions one address may open per second, sustained, and in a burst
+    session_rate: float = 10.0
+    session_burst: int = 100
 
 
 @dataclass(frozen=True)
@@ -352,6 +355,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "stanza_rate": _seconds,
             "stanza_burst": _positive_int,
             "max_preauth_per_address": _positive_int,
+            "session_rate": _seconds,
+            "session_burst": _positive_int,
         },
     ),
     "http": (

@@ -61,7 +61,7 @@ from chatgate.auth.sasl import Authenticator
 from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router
 from chatgate.session import Session
-from chatgate.transports.ratelimit import TokenBucket
+from chatgate.transports.ratelimit import PerAddress, TokenBucket
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, parse_document
 
@@ -615,6 +615,8 @@ class ConnectionManager:
         self._preauth: set[str] = set()  # sids counted in preauth
         #: sid -> terminal body of a session the server ended while no request was open
         self._buried: dict[str, bytes] = {}
+        limits = settings.limits
+        self._creations = PerAddress(limits.session_rate, limits.session_burst, self.clock)
         router.listen("service-stopping", self.stop)
 
     def handle(self, data: bytes, peer: Peer) -> defer.Deferred[bytes]:
@@ -671,6 +673,10 @@ class ConnectionManager:
             return terminal("remote-stream-error", [serialize(error)])
         if self.preauth.get(peer.address, 0) >= settings.limits.max_preauth_per_address:
             error = stream_error("policy-violation", "Too many unauthenticated connections from your address")
+            return terminal("remote-stream-error", [serialize(error)])
+        if not self._creations.allow(peer.address):
+            log.info("BOSH sessions from {peer} come too fast", peer=peer.label)
+            error = stream_error("policy-violation", "Too many new sessions from your address; try again later")
             return terminal("remote-stream-error", [serialize(error)])
         sid = secrets.token_hex(16)
         connection = BOSHConnection(self, sid, rid, wait, hold, peer)

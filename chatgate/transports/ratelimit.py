@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 
@@ -22,3 +23,36 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._when) * self.rate) - amount
         self._when = now
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def try_take(self, amount: float = 1) -> bool:
+        """Spend *amount* tokens if there are that many; never goes into debt."""
+        now = self.clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._when) * self.rate)
+        self._when = now
+        if self._tokens < amount:
+            return False
+        self._tokens -= amount
+        return True
+
+
+class PerAddress:
+    """One token bucket per source address: how often each may start something.
+
+    At most *max_addresses* are remembered (the least recently seen go first),
+    so a scan from many addresses costs bounded memory.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Any, max_addresses: int = 100_000) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.max_addresses = max_addresses
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def allow(self, address: str) -> bool:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = TokenBucket(self.rate, self.burst, self.clock)
+            if len(self._buckets) > self.max_addresses:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(address)
+        return bucket.try_take()

@@ -357,5 +357,6 @@ def test_sites_show_and_hide_the_chat_link(admin):
 
 
 def test_a_password_saslprep_refuses_is_named_with_its_line(hosted):
-    (hosted.folder / "users.csv").write_text("jid,name,password\nok@example.com,Ok,fine\nbad@example.com,Bad,a\u0007b\n")
+    rows = "jid,name,password\nok@example.com,Ok,fine\nbad@example.com,Bad,a\u0007b\n"
+    (hosted.folder / "users.csv").write_text(rows)
     assert hosted.fails("user", "import", "users.csv").startswith("users.csv line 3: ")

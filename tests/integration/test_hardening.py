@@ -23,7 +23,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         tmp_path_factory.mktemp("hardening"),
         auth={"failures_per_account": 3, "failures_per_address": 1000, "lockout": 4},
         limits={"max_preauth_per_address": 4, "max_output_buffer": 262144,
-                "read_rate": 50_000_000, "read_burst": 50_000_000, "stanza_rate": 200, "stanza_burst": 200},
+                "read_rate": 50_000_000, "read_burst": 50_000_000, "stanza_rate": 200, "stanza_burst": 200,
+                "session_rate": 1, "session_burst": 6},
     )
     provision(srv)
     srv.start()
@@ -164,12 +165,21 @@ async def test_flooding_client_is_slowed_not_dropped(server):
 async def test_bosh_session_flood_is_capped_per_address(server):
     alice = await login(server, "alice@example.com/bosh-flood", PASSWORD)
     bob = await login(server, "bob@example.com/bosh-flood", PASSWORD)
-    made, refused = [], []
-    for _ in range(12):
-        answer = await asyncio.to_thread(BOSHClient(server.http_port, wait=2).create)
-        (made if answer.get("sid") else refused).append(answer)
+    clients = [BOSHClient(server.http_port, wait=2) for _ in range(12)]
+    answers = [await asyncio.to_thread(client.create) for client in clients]
+    made = [client for client, answer in zip(clients, answers, strict=True) if answer.get("sid")]
+    refused = [answer for answer in answers if not answer.get("sid")]
     # four unauthenticated sessions from one address (this server's limit), the rest refused
     assert len(made) == 4
     assert all(a.condition == "remote-stream-error" and a.stream_error() == "policy-violation" for a in refused)
     assert await chat_round(alice, bob, "through the BOSH flood") < 5
+
+    # and new sessions come at most session_rate a second (burst 6, 4 spent)
+    for client in made:
+        await asyncio.to_thread(client.terminate, "")
+    again = [await asyncio.to_thread(BOSHClient(server.http_port, wait=2).create) for _ in range(3)]
+    assert [bool(a.get("sid")) for a in again] == [True, True, False]
+    assert b"Too many new sessions" in again[2].raw
+    await asyncio.sleep(1.2)
+    assert (await asyncio.to_thread(BOSHClient(server.http_port, wait=2).create)).get("sid")
     await logout(alice, bob)
