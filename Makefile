@@ -27,13 +27,18 @@ TEST_SYSTEM_PACKAGES := chromium:chromium npm:npm redis-server:redis-server
 # installed from tests/browser/package-lock.json into its git-ignored node_modules.
 BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
 
-.PHONY: run test test-deps browser-deps
+# The webmail chat pane's JavaScript dependency (Strophe.js, npm), installed from
+# pane/package-lock.json and copied into the package data (git-ignored), so that
+# `pip install .` ships it with the pane's own files (chatgate/web/static/).
+PANE_VENDOR := chatgate/web/static/vendor/strophe.esm.js
 
-run: $(VENV)/.build-tools
+.PHONY: run test test-deps browser-deps pane node-deps
+
+run: pane $(VENV)/.build-tools
 	$(PIP) install --quiet --no-build-isolation .
 	exec $(BIN)/twistd --pidfile= -n chatgate --config tap-config.ini
 
-test: test-deps browser-deps $(VENV)/.build-tools
+test: test-deps browser-deps pane $(VENV)/.build-tools
 	$(PIP) install --quiet --no-build-isolation -e '.[test]'
 	$(BIN)/pytest -q
 
@@ -51,6 +56,20 @@ browser-deps: $(BROWSER_DEPS)
 
 $(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json | test-deps
 	cd tests/browser && npm ci --no-audit --no-fund
+
+pane: $(PANE_VENDOR)
+
+$(PANE_VENDOR): pane/package.json pane/package-lock.json | node-deps
+	cd pane && npm ci --no-audit --no-fund
+	mkdir -p $(@D)
+	cp pane/node_modules/strophe.js/dist/strophe.esm.js pane/node_modules/strophe.js/dist/strophe.esm.js.map $(@D)/
+	cp pane/node_modules/strophe.js/LICENSE.txt $(@D)/strophe.LICENSE.txt
+
+# npm for `make pane` (also on the `make run` path, which needs no test packages).
+node-deps:
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "installing system packages: npm"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

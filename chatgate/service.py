@@ -30,6 +30,7 @@ from chatgate.transports.bosh import BOSHResource, ConnectionManager
 from chatgate.transports.c2s import C2SFactory
 from chatgate.web.admin_api import AdminAPI
 from chatgate.web.history import HistoryAPI
+from chatgate.web.pane import ChatPane
 from chatgate.web.site import make_site
 
 log = Logger()
@@ -102,8 +103,9 @@ class ChatService(service.Service):
                          port=x.direct_tls_port)
         h = self.settings.http
         self.bosh = ConnectionManager(self.router, self.authenticator, self.settings, self.reactor, preauth)
-        site = make_site(h, bosh=BOSHResource(self.bosh))
         history = HistoryAPI(self.authenticator, self.domains, self.archive, self.settings.archive.conversation_gap)
+        pane = ChatPane(self.settings, self.directory, history.authenticate)  # /chat/, /api/sites/<host>/chat
+        site = make_site(h, bosh=BOSHResource(self.bosh), pane=pane)
         history.mount(site.resource, h.cors_origins)  # the webmail's conversations, at /history/
         for interface in h.interfaces:
             if h.tls:

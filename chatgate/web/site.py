@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Protocol
 
 from twisted.web import resource, server
 
@@ -137,8 +138,17 @@ class Site(server.Site):
         """No access log (see the module's docstring)."""
 
 
-def make_site(http: HTTPSettings, bosh: resource.Resource) -> Site:
-    """The site of ``[http]``: *bosh* (XEP-0124/0206) at ``bosh_path``."""
+class Mountable(Protocol):
+    """Something that serves itself below the site's root (the chat pane)."""
+
+    def mount(self, root: Folder) -> None: ...
+
+
+def make_site(http: HTTPSettings, bosh: resource.Resource, pane: Mountable | None = None) -> Site:
+    """The site of ``[http]``: *bosh* (XEP-0124/0206) at ``bosh_path``; the
+    webmail chat pane (:mod:`chatgate.web.pane`: ``/chat/``, ``/api/sites/…/chat``)."""
     root = Folder()
     root.mount(http.bosh_path, Endpoint(bosh, http.cors_origins))
+    if pane is not None:
+        pane.mount(root)
     return Site(root, max_body_size=http.bosh_max_body_size)

@@ -1,0 +1,49 @@
+// The history API (/history/…, JSON, HTTP Basic with the address and the
+// login token or password): conversations grouped by contact and time gap.
+
+export class HistoryAPI {
+    constructor(credentials, base = "/history") {
+        this.credentials = credentials;
+        this.base = base;
+    }
+
+    async get(name, params = {}) {
+        const url = new URL(`${this.base}/${name}`, location.origin);
+        for (const [key, value] of Object.entries(params)) {
+            if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, value);
+        }
+        for (let attempt = 0; ; attempt++) {
+            // credentials: "omit" — the Authorization header is ours; no browser login prompt on a 401
+            const answer = await fetch(url, {
+                headers: { Authorization: this.credentials.basic(), Accept: "application/json" },
+                credentials: "omit",
+                cache: "no-store",
+            });
+            if (answer.status === 401 && attempt === 0 && (await this.credentials.fresh())) continue;
+            const body = await answer.json().catch(() => ({}));
+            if (!answer.ok) {
+                const error = new Error(body.error || `HTTP ${answer.status}`);
+                error.status = answer.status;
+                throw error;
+            }
+            return body;
+        }
+    }
+
+    contacts() {
+        return this.get("contacts");
+    }
+
+    conversations(jid, { before, limit = 10 } = {}) {
+        return this.get("conversations", { with: jid, before, limit });
+    }
+
+    conversation(id) {
+        return this.get("conversation", { id });
+    }
+}
+
+/** The stable address of one conversation's own page. */
+export function conversationURL(id) {
+    return new URL(`conversation.html?id=${encodeURIComponent(id)}`, location.href).href;
+}

@@ -1,0 +1,408 @@
+// Chat windows: one tab per open chat (role=tablist, ←/→ between them), each
+// with its messages, typing notifications (XEP-0085) both ways, unread
+// counts and a composer (Enter sends, Shift+Enter starts a new line).
+
+import { append, avatar, clear, friendlyDay, h, icon, linkify, sameDay, timeOf } from "../dom.js";
+import { STATUS } from "../model.js";
+import { cssId } from "./nav.js";
+
+const PAUSED_AFTER = 5000; // ms without a keystroke before "paused"
+const TYPING_EXPIRES = 30000; // a "composing" never followed up is dropped after this
+const GROUP_GAP = 5 * 60000; // messages closer than this from one sender form a group
+const RENDER_LIMIT = 400; // messages drawn per chat (the rest is in its history)
+
+export class Chats extends EventTarget {
+    constructor(model, client, { announce, onShowContact, onGoOnline, isOnScreen }) {
+        super();
+        this.model = model;
+        this.client = client;
+        this.announce = announce;
+        this.onShowContact = onShowContact;
+        this.onGoOnline = onGoOnline;
+        this.isOnScreen = isOnScreen;
+        this.tabs = document.getElementById("chat-tabs");
+        this.panels = document.getElementById("chat-panels");
+        this.views = new Map(); // jid → {tab, panel, log, composer, …}
+        this.order = [];
+        this.active = null;
+        this.connected = false;
+        this.offlineByChoice = false;
+        this.tabs.addEventListener("keydown", (e) => this.tabKey(e));
+        model.addEventListener("contact", (e) => this.header(e.detail.contact.jid));
+        model.addEventListener("presence-all", () => this.order.forEach((jid) => this.header(jid)));
+        model.addEventListener("roster", () => this.order.forEach((jid) => this.header(jid)));
+        const seen = () => this.markRead();
+        document.addEventListener("visibilitychange", seen);
+        window.addEventListener("focus", seen);
+    }
+
+    emit(name, detail = {}) {
+        this.dispatchEvent(new CustomEvent(name, { detail }));
+    }
+
+    get count() {
+        return this.order.length;
+    }
+
+    // -- opening, switching, closing
+
+    open(jid, { activate = true, focus = true } = {}) {
+        const chat = this.model.chat(jid);
+        let view = this.views.get(jid);
+        if (!view) {
+            view = this.build(jid);
+            this.views.set(jid, view);
+            this.order.push(jid);
+            chat.open = true;
+            this.loadHistory(jid);
+        }
+        if (activate || !this.active) this.activate(jid, focus);
+        this.emit("changed");
+        return view;
+    }
+
+    activate(jid, focus = true) {
+        this.active = jid;
+        for (const [key, view] of this.views) {
+            const on = key === jid;
+            view.tab.setAttribute("aria-selected", String(on));
+            view.tab.tabIndex = on ? 0 : -1;
+            view.panel.hidden = !on;
+        }
+        const view = this.views.get(jid);
+        this.scrollDown(view, true);
+        if (focus) view.composer.focus();
+        this.markRead();
+        this.emit("changed");
+    }
+
+    close(jid) {
+        const view = this.views.get(jid);
+        if (!view) return;
+        const chat = this.model.chat(jid);
+        if (chat.composing) this.client.chatState(jid, "gone");
+        chat.open = false;
+        chat.composing = false;
+        view.tab.remove();
+        view.panel.remove();
+        this.views.delete(jid);
+        const index = this.order.indexOf(jid);
+        this.order.splice(index, 1);
+        if (this.active === jid) {
+            this.active = null;
+            const next = this.order[Math.min(index, this.order.length - 1)];
+            if (next) this.activate(next);
+        }
+        this.emit("changed");
+    }
+
+    tabKey(e) {
+        const index = this.order.indexOf(this.active);
+        let next = null;
+        if (e.key === "ArrowRight") next = this.order[(index + 1) % this.order.length];
+        else if (e.key === "ArrowLeft") next = this.order[(index - 1 + this.order.length) % this.order.length];
+        else if (e.key === "Home") next = this.order[0];
+        else if (e.key === "End") next = this.order[this.order.length - 1];
+        else if (e.key === "Delete") {
+            e.preventDefault();
+            this.close(this.active);
+            this.views.get(this.active)?.tab.focus();
+            return;
+        }
+        if (next) {
+            e.preventDefault();
+            this.activate(next, false);
+            this.views.get(next).tab.focus();
+        }
+    }
+
+    // -- building a chat window
+
+    build(jid) {
+        const id = cssId(jid);
+        const contact = this.model.contact(jid) || { jid, name: jid, presence: { status: "offline" } };
+        const tab = h("button", {
+            role: "tab", id: `tab-${id}`, class: "chat-tab", type: "button", "aria-controls": `panel-${id}`,
+            "aria-selected": "false", tabindex: "-1", "data-jid": jid,
+            onclick: () => this.activate(jid),
+        });
+        const log = h("div", {
+            class: "log", role: "log", "aria-live": "off", "aria-label": `Messages with ${contact.name}`, tabindex: "0",
+        });
+        const typing = h("div", { class: "typing-line", "aria-hidden": "true" });
+        const composer = h("textarea", {
+            class: "composer-input", rows: "1", placeholder: `Message ${contact.name}`,
+            "aria-label": `Message to ${contact.name}`, "data-jid": jid,
+        });
+        const send = h("button", { class: "icon-button send", type: "button", "aria-label": "Send", onclick: () => this.submit(jid) },
+            icon("send"));
+        const offlineNote = h("div", { class: "composer-offline", hidden: true });
+        const title = h("div", { class: "chat-title" });
+        const panel = h("section", {
+            role: "tabpanel", id: `panel-${id}`, class: "chat-panel", "aria-labelledby": `tab-${id}`, hidden: true,
+            "data-jid": jid,
+        },
+        h("header", { class: "chat-head" }, title,
+            h("button", { class: "icon-button", type: "button", "aria-label": `Details of ${contact.name}`, title: "Details",
+                onclick: () => this.onShowContact(jid) }, icon("at")),
+            h("button", { class: "icon-button", type: "button", "aria-label": `Close the chat with ${contact.name}`, title: "Close",
+                "data-action": "close-chat", onclick: () => this.close(jid) }, icon("close"))),
+        log, typing,
+        h("form", { class: "composer", onsubmit: (e) => { e.preventDefault(); this.submit(jid); } },
+            offlineNote, composer, send));
+        composer.addEventListener("keydown", (e) => {
+            if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+                e.preventDefault();
+                this.submit(jid);
+            } else if (e.key === "Escape") {
+                e.preventDefault();
+                document.getElementById("contact-list").querySelector(".contact[tabindex='0']")?.focus();
+            }
+        });
+        composer.addEventListener("input", () => {
+            this.autosize(composer);
+            this.typed(jid);
+        });
+        composer.addEventListener("focus", () => this.markRead());
+        this.tabs.append(tab);
+        this.panels.append(panel);
+        const view = { jid, tab, panel, log, typing, composer, send, offlineNote, title, rendered: 0 };
+        this.views.set(jid, view);
+        this.header(jid);
+        this.composerState(view);
+        this.render(jid);
+        return view;
+    }
+
+    header(jid) {
+        const view = this.views.get(jid);
+        if (!view) return;
+        const contact = this.model.contact(jid) || { jid, name: jid, presence: { status: "offline", text: "" }, alias: false };
+        const chat = this.model.chat(jid);
+        const presence = this.connected ? contact.presence : { status: "offline", text: "" };
+        append(clear(view.tab), [
+            h("span", { class: `dot status-${presence.status}`, "aria-hidden": "true" }),
+            h("span", { class: "tab-name" }, contact.name),
+            chat.unread ? h("span", { class: "badge", "aria-hidden": "true" }, String(chat.unread)) : null,
+        ]);
+        view.tab.setAttribute("aria-label", `${contact.name}, ${STATUS[presence.status].label}`
+            + (chat.unread ? `, ${chat.unread} unread` : ""));
+        const typing = chat.typing && this.connected;
+        clear(view.title).append(
+            h("span", { class: "avatar-wrap" }, avatar(contact, "sm"), h("span", { class: `dot status-${presence.status}`, "aria-hidden": "true" })),
+            h("span", { class: "chat-title-text" },
+                h("span", { class: "chat-name" }, contact.name),
+                h("span", { class: "chat-status" }, typing
+                    ? (contact.alias ? `${this.model.nameOf(chat.typing)} is typing…` : "typing…")
+                    : presence.text || STATUS[presence.status].label)));
+        clear(view.typing);
+        if (typing) {
+            view.typing.append(h("span", { class: "typing-dots" }, h("i"), h("i"), h("i")),
+                `${contact.alias ? this.model.nameOf(chat.typing) : contact.name} is typing…`);
+        }
+        view.typing.classList.toggle("on", Boolean(typing));
+    }
+
+    // -- connection state
+
+    setConnection(state) {
+        this.connected = state === "online";
+        this.offlineByChoice = state === "offline";
+        for (const view of this.views.values()) {
+            this.composerState(view);
+            this.header(view.jid);
+        }
+        if (this.connected) {
+            for (const jid of this.order) this.loadHistory(jid);
+        } else {
+            for (const chat of this.model.chats.values()) chat.typing = null;
+        }
+    }
+
+    composerState(view) {
+        const blocked = !this.connected;
+        view.send.disabled = blocked;
+        view.composer.setAttribute("aria-disabled", String(blocked));
+        view.offlineNote.hidden = !blocked;
+        clear(view.offlineNote);
+        if (this.offlineByChoice) {
+            view.offlineNote.append("You're offline. ",
+                h("button", { class: "link-button", type: "button", onclick: () => this.onGoOnline() }, "Go online"),
+                " to send messages.");
+        } else if (blocked) {
+            view.offlineNote.append("Reconnecting… your message will wait here.");
+        }
+    }
+
+    // -- messages
+
+    async loadHistory(jid) {
+        const chat = this.model.chat(jid);
+        if (chat.historyLoaded || chat.historyLoading || this.client.state !== "online") return;
+        chat.historyLoading = true;
+        try {
+            const messages = await this.client.recent(jid, 30);
+            chat.historyLoaded = true;
+            for (const message of messages) chat.add(message);
+            this.render(jid);
+        } catch {
+            // the chat still works; its history is in the conversations list
+        } finally {
+            chat.historyLoading = false;
+        }
+    }
+
+    /**
+     * A message for the pane (live, from carbons or caught up via MAM): into
+     * its chat unless already there. Returns true when it is new and incoming.
+     */
+    receive(message) {
+        const chat = this.model.chat(message.contact);
+        if (chat.add(message) < 0) return false;
+        if (!message.outgoing && chat.typing === message.sender) {
+            chat.typing = null;
+        }
+        const incoming = !message.outgoing;
+        if (incoming) {
+            if (!this.views.has(message.contact)) this.open(message.contact, { activate: !this.active, focus: false });
+            if (!this.seen(message.contact)) chat.unread++;
+        }
+        this.render(message.contact);
+        this.header(message.contact);
+        const contact = this.model.contact(message.contact);
+        if (contact) this.model.emit("contact", { contact, changed: false }); // its unread count, typing
+        this.emit("changed");
+        return incoming;
+    }
+
+    failed({ contact, id, text }) {
+        const chat = this.model.chats.get(contact);
+        const message = chat?.messages.find((m) => m.outgoing && m.id === id);
+        if (!message) return;
+        message.failed = text;
+        this.render(contact);
+    }
+
+    chatState({ contact, sender, state }) {
+        const chat = this.model.chat(contact);
+        clearTimeout(chat.typingTimer);
+        chat.typing = state === "composing" ? sender : null;
+        if (chat.typing) chat.typingTimer = setTimeout(() => this.chatState({ contact, sender, state: "paused" }), TYPING_EXPIRES);
+        const c = this.model.contact(contact);
+        if (c) {
+            c.typing = Boolean(chat.typing);
+            this.model.emit("contact", { contact: c, changed: false });
+        }
+        this.header(contact);
+    }
+
+    /** Whether the user sees this chat now (its tab active, on screen, page visible and focused). */
+    seen(jid) {
+        return this.active === jid && document.visibilityState === "visible" && document.hasFocus() && this.isOnScreen();
+    }
+
+    markRead() {
+        const jid = this.active;
+        if (!jid || !this.seen(jid)) return;
+        const chat = this.model.chat(jid);
+        if (!chat.unread) return;
+        chat.unread = 0;
+        this.header(jid);
+        const contact = this.model.contact(jid);
+        if (contact) this.model.emit("contact", { contact, changed: false });
+        this.emit("changed");
+    }
+
+    render(jid) {
+        const view = this.views.get(jid);
+        if (!view) return;
+        const chat = this.model.chat(jid);
+        const stick = view.log.scrollHeight - view.log.scrollTop - view.log.clientHeight < 60 || view.rendered === 0;
+        const contact = this.model.contact(jid);
+        const messages = chat.messages.slice(-RENDER_LIMIT);
+        clear(view.log);
+        if (!messages.length) {
+            view.log.append(h("div", { class: "log-empty" },
+                avatar(contact || { jid, name: jid }, "lg"),
+                h("p", {}, `This is the start of your chat with ${contact?.name || jid}.`),
+                contact?.alias ? h("p", { class: "muted" }, "Messages go to every member of the alias who is online.") : null));
+        }
+        let previous = null;
+        for (let i = 0; i < messages.length; i++) {
+            const m = messages[i];
+            const next = messages[i + 1];
+            if (!previous || !sameDay(previous.at, m.at)) {
+                view.log.append(h("div", { class: "day", role: "separator" }, h("span", {}, friendlyDay(m.at))));
+            }
+            const startsGroup = !previous || previous.sender !== m.sender || m.at - previous.at > GROUP_GAP || !sameDay(previous.at, m.at);
+            const endsGroup = !next || next.sender !== m.sender || next.at - m.at > GROUP_GAP || !sameDay(next.at, m.at);
+            view.log.append(this.message(m, contact, startsGroup, endsGroup));
+            previous = m;
+        }
+        view.rendered = messages.length;
+        this.scrollDown(view, stick);
+    }
+
+    message(m, contact, startsGroup, endsGroup) {
+        const who = m.outgoing ? "You" : this.model.nameOf(m.sender);
+        const showSender = !m.outgoing && startsGroup && contact?.alias;
+        const time = h("time", { datetime: m.at.toISOString(), title: m.at.toLocaleString() }, timeOf(m.at));
+        const classes = ["msg", m.outgoing ? "out" : "in", startsGroup ? "group-start" : "", endsGroup ? "group-end" : "",
+            m.failed ? "failed" : ""].filter(Boolean).join(" ");
+        return h("div", { class: classes, "data-key": m.key || m.archiveId || "", "data-archive-id": m.archiveId || "" },
+            showSender ? h("div", { class: "msg-sender" }, who) : null,
+            h("div", { class: "bubble" },
+                h("span", { class: "visually-hidden" }, `${who}: `),
+                h("span", { class: "msg-body" }, linkify(m.body)),
+                h("span", { class: "msg-meta" }, m.carbon === "sent" ? h("span", { class: "msg-device", title: "Sent from another of your devices" }, "other device · ") : null, time)),
+            m.failed ? h("div", { class: "msg-error", role: "alert" }, `Not delivered: ${m.failed}`) : null);
+    }
+
+    scrollDown(view, force) {
+        if (!view || !force) return;
+        view.log.scrollTop = view.log.scrollHeight;
+    }
+
+    // -- sending
+
+    autosize(textarea) {
+        textarea.style.height = "auto";
+        textarea.style.height = `${Math.min(textarea.scrollHeight, 160)}px`;
+    }
+
+    submit(jid) {
+        const view = this.views.get(jid);
+        const body = view.composer.value.trim();
+        if (!body || !this.connected) return;
+        const chat = this.model.chat(jid);
+        clearTimeout(chat.pauseTimer);
+        chat.composing = false;
+        const message = this.client.send(jid, body);
+        chat.add(message);
+        view.composer.value = "";
+        this.autosize(view.composer);
+        this.render(jid);
+        this.scrollDown(view, true);
+        this.emit("sent", { jid });
+    }
+
+    typed(jid) {
+        const chat = this.model.chat(jid);
+        const view = this.views.get(jid);
+        const hasText = view.composer.value.trim().length > 0;
+        clearTimeout(chat.pauseTimer);
+        if (!hasText) {
+            if (chat.composing) this.client.chatState(jid, "active");
+            chat.composing = false;
+            return;
+        }
+        if (!chat.composing) {
+            chat.composing = true;
+            this.client.chatState(jid, "composing");
+        }
+        chat.pauseTimer = setTimeout(() => {
+            chat.composing = false;
+            this.client.chatState(jid, "paused");
+        }, PAUSED_AFTER);
+    }
+}

@@ -1,0 +1,645 @@
+// The pane's XMPP client: Strophe.js over BOSH (XEP-0124/0206) to /http-bind,
+// with what a chat pane needs on top:
+//
+// - one BOSH session at a time, under a fresh random resource ("webmail-…");
+// - roster (RFC 6121) with pushes, presence, chat messages with XEP-0085 chat
+//   states, carbons (XEP-0280) enabled so messages of the user's other
+//   clients show up too, vCards (XEP-0054), MAM (XEP-0313);
+// - staying online by itself: when the session dies (the server ended it,
+//   the network dropped, the computer slept) it signs in again with backoff,
+//   then asks the archive for everything after the last archive id it saw
+//   (RSM "after"), so nothing is missed; the pane drops what it already shows;
+// - "offline" on purpose (the status menu) ends this BOSH session only: the
+//   user's other clients keep their own presence.
+//
+// Events (CustomEvent, details in each dispatch): state, roster, roster-item,
+// presence-reset, presence, message, chatstate, message-error.
+
+import { $iq, $msg, $pres, Strophe } from "../vendor/strophe.esm.js";
+import { randomId } from "./dom.js";
+
+Strophe.setLogLevel(Strophe.LogLevel.WARN);
+
+export const NS = {
+    roster: "jabber:iq:roster",
+    carbons: "urn:xmpp:carbons:2",
+    forward: "urn:xmpp:forward:0",
+    mam: "urn:xmpp:mam:2",
+    rsm: "http://jabber.org/protocol/rsm",
+    xdata: "jabber:x:data",
+    delay: "urn:xmpp:delay",
+    sid: "urn:xmpp:sid:0",
+    address: "http://jabber.org/protocol/address",
+    chatstates: "http://jabber.org/protocol/chatstates",
+    vcard: "vcard-temp",
+    ping: "urn:xmpp:ping",
+    discoInfo: "http://jabber.org/protocol/disco#info",
+    stanzas: "urn:ietf:params:xml:ns:xmpp-stanzas",
+};
+
+const CHAT_STATES = ["active", "composing", "paused", "inactive", "gone"];
+/** seconds between reconnect attempts, then the last one over and over */
+const BACKOFF = [1, 2, 4, 8, 15, 30];
+const IQ_TIMEOUT = 20000;
+
+export const bare = (jid) => (jid ? Strophe.getBareJidFromJid(jid).toLowerCase() : jid);
+export const resourceOf = (jid) => Strophe.getResourceFromJid(jid);
+
+/** The first child element of *el* with this local name (and namespace, when given). */
+export function child(el, name, ns = null) {
+    if (!el) return null;
+    for (const c of el.children) {
+        if (c.localName === name && (ns === null || c.namespaceURI === ns)) return c;
+    }
+    return null;
+}
+
+const text = (el) => (el ? el.textContent : null);
+
+/** The defined condition of an error stanza (RFC 6120 §8.3.3), e.g. "item-not-found". */
+export function errorCondition(stanza) {
+    const error = child(stanza, "error");
+    const condition = error ? Array.from(error.children).find((e) => e.namespaceURI === NS.stanzas
+        && e.localName !== "text") : null;
+    return condition ? condition.localName : "error";
+}
+
+export class ChatClient extends EventTarget {
+    /**
+     * credentials: auth.js Credentials; service: the BOSH URL.
+     */
+    constructor(credentials, service, { wait = 30 } = {}) {
+        super();
+        this.credentials = credentials;
+        this.me = credentials.jid;
+        this.service = service;
+        this.wait = wait;
+        this.connection = null;
+        this.generation = 0;
+        /** connecting | online | reconnecting | offline | signed-out */
+        this.state = "offline";
+        this.wanted = false; // the user wants to be online
+        this.show = ""; // "", "away", "dnd"
+        this.status = "";
+        this.attempt = 0;
+        this.retryTimer = null;
+        this.retryAt = null;
+        /** the newest archive id seen live: catching up starts after it */
+        this.anchor = null;
+        this.lostAt = null;
+        this.everConnected = false;
+        this._mamCollectors = new Map();
+        this._onOnline = () => this.state === "reconnecting" && this.retryNow();
+        window.addEventListener("online", this._onOnline);
+        // Closing the window ends the session at once (contacts see us go now,
+        // not when the server's inactivity timer runs out); coming back from
+        // the browser's page cache starts a new one.
+        this._onPageHide = () => this._leaving();
+        this._onPageShow = (event) => {
+            if (event.persisted && this.wanted) this.retryNow();
+        };
+        window.addEventListener("pagehide", this._onPageHide);
+        window.addEventListener("pageshow", this._onPageShow);
+    }
+
+    /** The page goes away: a last BOSH request (XEP-0124 §13) that outlives it, via sendBeacon. */
+    _leaving() {
+        const connection = this.connection;
+        if (this.state !== "online" || !connection?._proto?.sid || !navigator.sendBeacon) return;
+        // stanzas Strophe has queued but not sent yet go first
+        const queued = (connection._data || []).filter((e) => e && e.nodeType === 1).map((e) => Strophe.serialize(e)).join("");
+        const body = `<body xmlns='http://jabber.org/protocol/httpbind' rid='${connection._proto.rid}' `
+            + `sid='${connection._proto.sid}' type='terminate'>${queued}`
+            + "<presence xmlns='jabber:client' type='unavailable'/></body>";
+        navigator.sendBeacon(this.service, new Blob([body], { type: "text/plain;charset=UTF-8" }));
+        this.generation++;
+        this._abandon();
+        this.state = "reconnecting"; // a page restored from the cache reconnects
+    }
+
+    emit(name, detail = {}) {
+        this.dispatchEvent(new CustomEvent(name, { detail }));
+    }
+
+    setState(state, reason = null) {
+        this.state = state;
+        this.emit("state", { state, reason, retryAt: this.retryAt });
+    }
+
+    // -- lifecycle
+
+    /** Go online with the current show/status. */
+    start() {
+        this.wanted = true;
+        this.attempt = 0;
+        this._connect();
+    }
+
+    /** Offline on purpose: this BOSH session ends, the user's other clients are untouched. */
+    goOffline() {
+        this.wanted = false;
+        clearTimeout(this.retryTimer);
+        this.retryAt = null;
+        const connection = this.connection;
+        this.generation++; // callbacks of the ending session are ignored from now on
+        this.connection = null;
+        if (connection) {
+            try {
+                connection.disconnect("offline");
+            } catch {
+                // already gone
+            }
+        }
+        this.setState("offline");
+    }
+
+    /** Sign out altogether: offline, and forget who we are. */
+    signOut() {
+        this.wanted = false;
+        this._leaving(); // the terminate goes out even though the page is about to go
+        this.goOffline();
+        window.removeEventListener("online", this._onOnline);
+        window.removeEventListener("pagehide", this._onPageHide);
+        window.removeEventListener("pageshow", this._onPageShow);
+        this.setState("signed-out", null);
+    }
+
+    retryNow() {
+        if (!this.wanted || this.state === "online" || this.state === "connecting") return;
+        clearTimeout(this.retryTimer);
+        this._connect();
+    }
+
+    async _connect() {
+        clearTimeout(this.retryTimer);
+        this.retryAt = null;
+        const generation = ++this.generation;
+        this._abandon();
+        this.setState("connecting");
+        if (this.everConnected) await this.credentials.fresh();
+        if (generation !== this.generation) return;
+        const token = this.credentials.kind === "token";
+        const mechanisms = token ? [Strophe.SASLPlain] : [Strophe.SASLSHA256, Strophe.SASLSHA1, Strophe.SASLPlain];
+        const connection = new Strophe.Connection(this.service, { mechanisms });
+        connection.maxRetries = 2;
+        this.connection = connection;
+        this.httpErrors = 0;
+        connection.xmlInput = () => { this.httpErrors = 0; };
+        for (const status of [0, 500, 502, 503, 504]) {
+            connection.addProtocolErrorHandler("HTTP", status, () => this._httpError(generation));
+        }
+        const resource = `webmail-${randomId(6)}`;
+        connection.connect(`${this.me}/${resource}`, this.credentials.secret(), (status, condition, element) => {
+            if (generation !== this.generation) return;
+            this._status(status, condition, element);
+        }, this.wait, 1);
+    }
+
+    /** Network trouble: Strophe retries once at once; a second failure in a row means the session is lost. */
+    _httpError(generation) {
+        if (generation !== this.generation) return;
+        this.httpErrors++;
+        if (this.httpErrors >= 2) this._lost("network");
+    }
+
+    _abandon() {
+        const old = this.connection;
+        this.connection = null;
+        if (!old) return;
+        try {
+            old._proto._abortAllRequests?.();
+            old.reset();
+            clearTimeout(old._idleTimeout);
+        } catch {
+            // nothing left to stop
+        }
+    }
+
+    _status(status, condition, element) {
+        const S = Strophe.Status;
+        switch (status) {
+            case S.CONNECTED:
+                this._connected();
+                break;
+            case S.AUTHFAIL:
+                this._authFailed(element);
+                break;
+            case S.CONNFAIL:
+                this.lastCondition = condition;
+                break;
+            case S.DISCONNECTED:
+                if (this.state !== "signed-out") this._lost(this.lastCondition || condition || "disconnected");
+                break;
+            default:
+                break;
+        }
+    }
+
+    async _authFailed(element) {
+        const generation = ++this.generation; // the failed session is over
+        this._abandon();
+        const disabled = element && element.getElementsByTagName("account-disabled").length > 0;
+        if (disabled) {
+            this.wanted = false;
+            this.setState("signed-out", "Chat is turned off for your domain.");
+            return;
+        }
+        // A token that expired meanwhile: get a fresh one, once, then try again.
+        if (!this._retriedAuth && (await this.credentials.fresh()) && generation === this.generation) {
+            this._retriedAuth = true;
+            this._connect();
+            return;
+        }
+        this.wanted = false;
+        this.setState("signed-out", this.everConnected
+            ? "Your chat session has expired. Sign in again."
+            : "Sign-in failed: wrong address, password or expired sign-in link.");
+    }
+
+    _lost(reason) {
+        if (this.state === "offline" || this.state === "signed-out") return;
+        this.generation++;
+        this._abandon();
+        if (this.state === "online") this.lostAt = new Date();
+        if (!this.wanted) {
+            this.setState("offline");
+            return;
+        }
+        const seconds = BACKOFF[Math.min(this.attempt, BACKOFF.length - 1)] * (0.8 + Math.random() * 0.4);
+        this.attempt++;
+        this.retryAt = Date.now() + seconds * 1000;
+        this.retryTimer = setTimeout(() => this._connect(), seconds * 1000);
+        this.setState("reconnecting", reason);
+    }
+
+    // -- a new session
+
+    async _connected() {
+        const connection = this.connection;
+        const generation = this.generation;
+        const c = connection;
+        this._retriedAuth = false;
+        c.addHandler((m) => this._message(m), null, "message");
+        c.addHandler((p) => this._presence(p), null, "presence");
+        c.addHandler((iq) => this._iqRequest(iq), null, "iq", "get");
+        c.addHandler((iq) => this._iqRequest(iq), null, "iq", "set");
+        try {
+            await this.iq($iq({ type: "set" }).c("enable", { xmlns: NS.carbons })).catch(() => null);
+            const roster = await this.iq($iq({ type: "get" }).c("query", { xmlns: NS.roster }));
+            if (generation !== this.generation) return;
+            this.emit("presence-reset");
+            this.emit("roster", { items: Array.from(roster.getElementsByTagName("item"), rosterItem) });
+            c.send(this._presenceStanza());
+            const first = !this.everConnected;
+            this.everConnected = true;
+            this.attempt = 0;
+            this.setState("online");
+            try {
+                if (first) await this._findAnchor();
+                else await this._catchUp();
+            } catch (error) {
+                // the session itself is fine; what was missed is still in the conversations
+                console.warn("catching up from the archive failed", error);
+            }
+        } catch (error) {
+            if (generation === this.generation) {
+                console.warn("chat session setup failed", error);
+                this._lost("setup failed");
+            }
+        }
+    }
+
+    _presenceStanza() {
+        const p = $pres();
+        if (this.show) p.c("show").t(this.show).up();
+        if (this.status) p.c("status").t(this.status).up();
+        return p;
+    }
+
+    /** Available ("" ), away or dnd, with an optional text; goes online first if needed. */
+    setPresence(show, status) {
+        this.show = show;
+        this.status = status || "";
+        if (this.state === "online") {
+            this.connection.send(this._presenceStanza());
+        } else if (!this.wanted || this.state === "offline") {
+            this.start();
+        }
+    }
+
+    // -- IQ
+
+    /** Send an IQ; resolves with the result, rejects with the error stanza (or a timeout). */
+    iq(stanza, timeout = IQ_TIMEOUT) {
+        const connection = this.connection;
+        if (!connection || !connection.connected) return Promise.reject(new Error("not connected"));
+        return new Promise((resolve, reject) => {
+            connection.sendIQ(stanza, resolve, (error) => {
+                const condition = error ? errorCondition(error) : "timeout";
+                reject(Object.assign(new Error(`IQ failed: ${condition || "error"}`), { stanza: error }));
+            }, timeout);
+        });
+    }
+
+    _iqRequest(iq) {
+        const from = iq.getAttribute("from");
+        const query = iq.firstElementChild;
+        const reply = (build) => {
+            const answer = $iq({ type: "result", id: iq.getAttribute("id"), ...(from ? { to: from } : {}) });
+            if (build) build(answer);
+            this.connection?.send(answer);
+        };
+        if (query?.namespaceURI === NS.roster && iq.getAttribute("type") === "set") {
+            // RFC 6121 §2.1.6: only from our own account
+            if (from && bare(from) !== this.me && from.toLowerCase() !== this.credentials.domain) return true;
+            for (const item of query.getElementsByTagName("item")) {
+                const parsed = rosterItem(item);
+                this.emit("roster-item", { item: parsed, removed: item.getAttribute("subscription") === "remove" });
+            }
+            reply();
+        } else if (query?.namespaceURI === NS.ping && iq.getAttribute("type") === "get") {
+            reply();
+        } else if (query?.namespaceURI === NS.discoInfo && iq.getAttribute("type") === "get") {
+            reply((answer) => {
+                answer.c("query", { xmlns: NS.discoInfo })
+                    .c("identity", { category: "client", type: "web", name: "chatgate webmail chat" }).up();
+                for (const feature of [NS.discoInfo, NS.ping, NS.chatstates, NS.carbons]) {
+                    answer.c("feature", { var: feature }).up();
+                }
+            });
+        } else {
+            const error = $iq({ type: "error", id: iq.getAttribute("id"), ...(from ? { to: from } : {}) })
+                .c("error", { type: "cancel" }).c("service-unavailable", { xmlns: NS.stanzas });
+            this.connection?.send(error);
+        }
+        return true;
+    }
+
+    // -- presence
+
+    _presence(p) {
+        const from = p.getAttribute("from");
+        if (!from) return true;
+        const type = p.getAttribute("type");
+        if (type && type !== "unavailable") return true; // subscriptions: the server answers those
+        this.emit("presence", {
+            jid: bare(from),
+            resource: resourceOf(from) || "",
+            available: type !== "unavailable",
+            show: text(child(p, "show")) || "",
+            status: text(child(p, "status")) || "",
+            own: bare(from) === this.me,
+            mine: from === this.connection?.jid,
+        });
+        return true;
+    }
+
+    // -- messages
+
+    _message(m) {
+        const from = m.getAttribute("from");
+        const trusted = !from || bare(from) === this.me; // from our own account (carbons, MAM)
+        const result = child(m, "result", NS.mam);
+        if (result) {
+            if (trusted) this._mamResult(result);
+            return true;
+        }
+        for (const kind of ["sent", "received"]) {
+            const carbon = child(m, kind, NS.carbons);
+            if (carbon) {
+                const inner = child(child(carbon, "forwarded", NS.forward), "message");
+                if (trusted && inner) this._deliver(inner, { carbon: kind, live: true });
+                return true;
+            }
+        }
+        this._deliver(m, { live: true });
+        return true;
+    }
+
+    _deliver(stanza, flags) {
+        const type = stanza.getAttribute("type") || "normal";
+        if (type === "groupchat" || type === "headline") return;
+        const message = parseMessage(stanza, this.me, flags);
+        if (type === "error") {
+            this.emit("message-error", {
+                contact: message.contact, id: stanza.getAttribute("id"),
+                text: text(child(child(stanza, "error"), "text", NS.stanzas)) || errorCondition(stanza),
+            });
+            return;
+        }
+        if (flags.live && message.archiveId) this._advance(message.archiveId);
+        if (message.state && !message.outgoing) {
+            this.emit("chatstate", { contact: message.contact, sender: message.sender, state: message.state });
+        }
+        if (message.body !== null) this.emit("message", { message });
+    }
+
+    _advance(archiveId) {
+        if (!this.anchor || archiveId > this.anchor) this.anchor = archiveId; // archive ids sort by time
+    }
+
+    /** Send a chat message; returns what the pane shows for it. */
+    send(to, body) {
+        const id = randomId(16);
+        this.connection.send(
+            $msg({ to, type: "chat", id }).c("body").t(body).up()
+                .c("active", { xmlns: NS.chatstates }).up()
+                .c("origin-id", { xmlns: NS.sid, id }),
+        );
+        return {
+            id, key: `m:${this.me}:${id}`, archiveId: null, contact: bare(to), sender: this.me, outgoing: true,
+            body, at: new Date(), delayed: false, carbon: null, live: true,
+        };
+    }
+
+    /** XEP-0085: tell *to* we are composing, paused, active, inactive or gone. */
+    chatState(to, state) {
+        if (this.state !== "online" || !CHAT_STATES.includes(state)) return;
+        this.connection.send($msg({ to, type: "chat" }).c(state, { xmlns: NS.chatstates }).up()
+            .c("no-store", { xmlns: "urn:xmpp:hints" }));
+    }
+
+    // -- vCard
+
+    async vcard(jid) {
+        const result = await this.iq($iq({ type: "get", to: jid }).c("vCard", { xmlns: NS.vcard }));
+        return parseVCard(child(result, "vCard", NS.vcard));
+    }
+
+    // -- MAM
+
+    /**
+     * One MAM query (XEP-0313) on our archive: *form* fields (with, start) and
+     * *rsm* paging (after, before, max). Resolves {messages, complete, last}.
+     */
+    mam({ form = {}, rsm = {} } = {}) {
+        const queryid = randomId(10);
+        const iq = $iq({ type: "set" }).c("query", { xmlns: NS.mam, queryid });
+        iq.c("x", { xmlns: NS.xdata, type: "submit" })
+            .c("field", { var: "FORM_TYPE", type: "hidden" }).c("value").t(NS.mam).up().up();
+        for (const [name, value] of Object.entries(form)) {
+            if (value) iq.c("field", { var: name }).c("value").t(value).up().up();
+        }
+        iq.up().c("set", { xmlns: NS.rsm });
+        iq.c("max").t(String(rsm.max || 50)).up();
+        if (rsm.after) iq.c("after").t(rsm.after).up();
+        if (rsm.before !== undefined) iq.c("before").t(rsm.before || "").up();
+        const collected = [];
+        this._mamCollectors.set(queryid, collected);
+        return this.iq(iq, 30000).then((result) => {
+            const fin = child(result, "fin", NS.mam);
+            const set = child(fin, "set", NS.rsm);
+            return {
+                messages: collected,
+                complete: fin?.getAttribute("complete") === "true",
+                first: text(child(set, "first")),
+                last: text(child(set, "last")),
+            };
+        }).finally(() => this._mamCollectors.delete(queryid));
+    }
+
+    _mamResult(result) {
+        const collected = this._mamCollectors.get(result.getAttribute("queryid"));
+        const forwarded = child(result, "forwarded", NS.forward);
+        const inner = child(forwarded, "message");
+        if (!collected || !inner) return;
+        const stamp = child(forwarded, "delay", NS.delay)?.getAttribute("stamp");
+        const message = parseMessage(inner, this.me, { mam: true, stamp, archiveId: result.getAttribute("id") });
+        if (message.body !== null) collected.push(message);
+    }
+
+    /** The last messages with *jid* (for a chat window being opened), oldest first. */
+    async recent(jid, max = 30) {
+        const page = await this.mam({ form: { with: jid }, rsm: { before: "", max } });
+        return page.messages;
+    }
+
+    /** First session: where the archive ends now; later sessions catch up from there. */
+    async _findAnchor() {
+        try {
+            const result = await this.iq($iq({ type: "get", to: this.me }).c("metadata", { xmlns: NS.mam }));
+            const end = child(child(result, "metadata", NS.mam), "end", NS.mam);
+            if (end) this._advance(end.getAttribute("id"));
+        } catch {
+            // no metadata: catching up will go by time
+        }
+        this.connectedAt = new Date();
+    }
+
+    /** Everything archived after the anchor (what happened while the session was gone). */
+    async _catchUp() {
+        const generation = this.generation;
+        const missed = [];
+        let after = this.anchor;
+        let since = null;
+        if (!after) {
+            since = new Date((this.lostAt || this.connectedAt || new Date()).getTime() - 60000).toISOString();
+        }
+        for (let page = 0; page < 20; page++) {
+            let answer;
+            try {
+                answer = await this.mam({ form: since ? { start: since } : {}, rsm: { after, max: 100 } });
+            } catch (error) {
+                if (after && error.message.includes("item-not-found")) { // the anchor was deleted (retention)
+                    after = null;
+                    since = new Date((this.lostAt || new Date()).getTime() - 60000).toISOString();
+                    continue;
+                }
+                throw error;
+            }
+            if (generation !== this.generation) return;
+            for (const message of answer.messages) {
+                message.catchup = true;
+                missed.push(message);
+                this._advance(message.archiveId);
+            }
+            if (answer.complete || !answer.last) break;
+            after = answer.last;
+        }
+        for (const message of missed) this.emit("message", { message });
+        this.emit("caught-up", { count: missed.length });
+    }
+}
+
+function rosterItem(item) {
+    const groups = Array.from(item.getElementsByTagName("group"), (g) => g.textContent);
+    return {
+        jid: bare(item.getAttribute("jid")),
+        name: item.getAttribute("name") || item.getAttribute("jid"),
+        groups,
+        alias: groups.includes("Aliases"),
+    };
+}
+
+/** A <message/> as the pane keeps it. */
+export function parseMessage(el, me, { carbon = null, live = false, mam = false, stamp = null, archiveId = null } = {}) {
+    const from = el.getAttribute("from") || me;
+    const to = el.getAttribute("to") || me;
+    const outgoing = bare(from) === me;
+    const contact = outgoing ? bare(to) : bare(from);
+    let ownId = archiveId;
+    if (!ownId) {
+        for (const c of el.children) {
+            if (c.localName === "stanza-id" && c.namespaceURI === NS.sid && bare(c.getAttribute("by")) === me) {
+                ownId = c.getAttribute("id");
+            }
+        }
+    }
+    let sender = outgoing ? me : contact;
+    const addresses = child(el, "addresses", NS.address);
+    if (addresses && !outgoing) {
+        for (const address of addresses.children) {
+            if (address.getAttribute("type") === "ofrom" && address.getAttribute("jid")) {
+                sender = bare(address.getAttribute("jid"));
+            }
+        }
+    }
+    const delay = stamp || child(el, "delay", NS.delay)?.getAttribute("stamp");
+    const state = Array.from(el.children).find((c) => c.namespaceURI === NS.chatstates && CHAT_STATES.includes(c.localName));
+    const id = el.getAttribute("id");
+    const body = child(el, "body");
+    return {
+        id,
+        key: id ? `m:${bare(from)}:${id}` : null,
+        archiveId: ownId,
+        contact,
+        sender,
+        outgoing,
+        body: body ? body.textContent : null,
+        at: delay ? new Date(delay) : new Date(),
+        delayed: Boolean(delay) && !mam,
+        carbon,
+        live,
+        mam,
+        state: state ? state.localName : null,
+    };
+}
+
+function parseVCard(card) {
+    if (!card) return {};
+    const get = (...path) => {
+        let el = card;
+        for (const name of path) el = child(el, name);
+        return el ? el.textContent.trim() : "";
+    };
+    const tels = Array.from(card.children).filter((c) => c.localName === "TEL")
+        .map((t) => text(child(t, "NUMBER"))).filter(Boolean);
+    const emails = Array.from(card.children).filter((c) => c.localName === "EMAIL")
+        .map((e) => text(child(e, "USERID"))).filter(Boolean);
+    let photo = null;
+    const type = get("PHOTO", "TYPE");
+    const binval = get("PHOTO", "BINVAL").replace(/\s+/g, "");
+    if (binval && /^image\/(png|jpeg|gif|webp)$/.test(type) && /^[A-Za-z0-9+/=]+$/.test(binval)) {
+        photo = `data:${type};base64,${binval}`;
+    }
+    return {
+        name: get("FN"),
+        title: get("TITLE"),
+        organization: get("ORG", "ORGNAME"),
+        department: get("ORG", "ORGUNIT"),
+        phones: tels,
+        emails,
+        description: get("DESC"),
+        photo,
+    };
+}
