@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def wait_port(port: int, timeout: float, alive: callable) -> None:
+def wait_port(port: int, timeout: float, alive: Callable[[], bool]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
@@ -129,7 +130,7 @@ class BenchServer:
             self.process = subprocess.Popen(
                 ["taskset", "-c", str(self.core), *self.command()],
                 cwd=self.folder, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=raise_nofile, env=self.environment(),
+                preexec_fn=raise_nofile, env=self.environment(), **self.identity(),
             )
         try:
             wait_port(self.c2s_port, timeout, self.alive)
@@ -141,6 +142,10 @@ class BenchServer:
 
     def environment(self) -> dict[str, str]:
         return dict(os.environ)
+
+    def identity(self) -> dict[str, object]:
+        """Popen's user/group arguments: the server runs as this user."""
+        return {}
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -185,27 +190,28 @@ class Chatgate(BenchServer):
         super().__init__(users, core, folder)
         self.archive = archive
         self.redis_port = redis_port
-        self.storage = "SQLite (directory); archive: " + ("Redis" if archive == "redis" else "SQLite")
+        self.storage = "SQLite (directory); archive: " + (
+            "Redis (on the same core; redis-server's own CPU and memory are not counted)" if archive == "redis"
+            else "SQLite")
+        self.redis_prefix = f"bench{secrets.token_hex(4)}"
         self.config = self.folder / "tap-config.ini"
 
     def settings(self) -> dict[str, dict[str, object]]:
-        unlimited = 10**9
+        limits, auth = _unlimited()
         settings: dict[str, dict[str, object]] = {
             "xmpp": {"interfaces": "127.0.0.1", "port": self.c2s_port, "require_encryption": "false",
                      "allow_plain_without_tls": "false"},
             "tls": {"certificate": "tls/cert.pem", "key": "tls/key.pem"},
             "storage": {"backend": "sqlite", "path": "chatgate.sqlite"},
             "archive": {"backend": self.archive, "offline_backend": self.archive},
-            "auth": {"scram_iterations": ITERATIONS, "failures_per_address": unlimited,
-                     "failures_per_account": unlimited},
-            "limits": {"read_rate": unlimited, "read_burst": unlimited, "stanza_rate": unlimited,
-                       "stanza_burst": unlimited, "max_preauth_per_address": unlimited},
+            "auth": {"scram_iterations": ITERATIONS, **auth},
+            "limits": limits,
             "http": {"interfaces": "127.0.0.1", "port": self.http_port, "bosh_path": "/http-bind"},
             "demo": {"create": "false"},
         }
         if self.archive == "redis":
             settings["storage"].update(redis_host="127.0.0.1", redis_port=self.redis_port,
-                                       redis_prefix=f"bench{secrets.token_hex(4)}")
+                                       redis_prefix=self.redis_prefix)
         return settings
 
     def prepare(self) -> None:
@@ -258,6 +264,23 @@ class Chatgate(BenchServer):
         except FileNotFoundError:
             text = ""
         return "\n".join(text.splitlines()[-lines:]) + "\n" + super().tail(lines)
+
+
+def _unlimited() -> tuple[dict[str, int], dict[str, int]]:
+    """chatgate's ``[limits]`` and ``[auth]`` keys that throttle a client, each
+    set out of reach: every rate and burst, the per-address caps, the login
+    failure counts. Read from the config schema of the tree under test, so
+    that a limit added there is lifted here too."""
+    from dataclasses import fields
+
+    from chatgate.config import AuthSettings, LimitSettings
+
+    def throttles(name: str) -> bool:
+        return name.endswith(("_rate", "_burst")) or "per_address" in name or name.startswith("failures_per_")
+
+    unlimited = 10**9
+    return ({f.name: unlimited for f in fields(LimitSettings) if throttles(f.name)},
+            {f.name: unlimited for f in fields(AuthSettings) if throttles(f.name)})
 
 
 # -- Prosody
@@ -401,7 +424,7 @@ shaper_rules:
   c2s_shaper: none
 modules:
   mod_bosh: {{}}
-  mod_carbons: {{}}
+  mod_carboncopy: {{}}
   mod_disco: {{}}
   mod_mam:
     default: always
@@ -451,7 +474,9 @@ class Ejabberd(BenchServer):
             rows = [f"<user name='u{n}' password='{PASSWORD}'/>" for n in range(self.users)]
             users.write_text("<?xml version='1.0' encoding='UTF-8'?>\n<server-data xmlns='urn:xmpp:pie:0'>"
                              f"<host jid='{DOMAIN}'>\n" + "\n".join(rows) + "\n</host></server-data>\n")
-        # ejabberdctl runs the node as the ejabberd user (su) when started by root
+        # the node runs as the ejabberd user, started as that user directly: ejabberdctl
+        # started by root would switch with su, whose PAM session sets the open-files
+        # limit back to 1024
         user = pwd.getpwnam("ejabberd")
         os.chmod(self.folder, 0o755)
         for path in [self.folder, *self.folder.rglob("*")]:
@@ -465,12 +490,18 @@ class Ejabberd(BenchServer):
         env["HOME"] = str(self.folder)
         return env
 
+    def identity(self) -> dict[str, object]:
+        return {"user": "ejabberd", "group": "ejabberd", "extra_groups": []}
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.ctl_args(), *args], capture_output=True, text=True, timeout=timeout,
+                              env=self.environment(), cwd=self.folder, **self.identity())
+
     def after_start(self) -> None:
         self._wait_started()
         if self.users and not (self.folder / "imported").exists():
             started = time.monotonic()
-            result = subprocess.run([*self.ctl_args(), "import_piefxis", str(self.folder / "users.xml")],
-                                    capture_output=True, text=True, timeout=3600, env=self.environment())
+            result = self.ctl("import_piefxis", str(self.folder / "users.xml"), timeout=3600)
             if result.returncode != 0:
                 raise RuntimeError(f"ejabberdctl import_piefxis: {result.stdout}{result.stderr}")
             (self.folder / "imported").write_text(f"{time.monotonic() - started:.1f} s\n")
@@ -478,8 +509,7 @@ class Ejabberd(BenchServer):
     def _wait_started(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = subprocess.run([*self.ctl_args(), "status"], capture_output=True, text=True,
-                                    env=self.environment())
+            result = self.ctl("status")
             if result.returncode == 0 and "is started" in result.stdout:
                 return
             time.sleep(0.5)
@@ -498,14 +528,23 @@ class Ejabberd(BenchServer):
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            subprocess.run([*self.ctl_args(), "stop"], capture_output=True, timeout=60, env=self.environment())
+            try:
+                beam: int | None = self.pid
+            except RuntimeError:
+                beam = None
+            self.ctl("stop")
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
-                if self._beam:
-                    os.kill(self._beam, signal.SIGKILL)
+                if beam:
+                    os.kill(beam, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while beam and Path(f"/proc/{beam}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
         super().stop()
+        self._beam = None
         if not self.epmd_was_running and _running("epmd"):
+            # epmd refuses -kill while a node is registered: the node is gone by now
             subprocess.run(["epmd", "-kill"], capture_output=True, timeout=10)
 
     def version(self) -> str:
@@ -535,6 +574,7 @@ if __name__ == "__main__":
     # Start one server by hand: python bench/servers.py prosody 100 (Ctrl-C stops it)
     kind, users = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 10
     server = SERVERS[kind](users)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     server.start()
     print(f"{server.version()}: c2s {server.c2s_port}, http {server.http_port}, pid {server.pid}, "
@@ -545,3 +585,4 @@ if __name__ == "__main__":
         pass
     finally:
         server.stop()
+        server.cleanup()

@@ -15,7 +15,15 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 venv="$here/../.venv"
 
-running() { pgrep -x "$1" >/dev/null 2>&1; }
+# whether the system service is up, from its pid file (asking ejabberdctl would
+# start an Erlang node, and with it epmd)
+running() {
+    case $1 in
+        prosody) pidfile=/run/prosody/prosody.pid ;;
+        ejabberd) pidfile=/run/ejabberd/ejabberd.pid ;;
+    esac
+    [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
 
 missing=""
 command -v prosody >/dev/null 2>&1 || missing="$missing prosody"
@@ -24,7 +32,7 @@ command -v taskset >/dev/null 2>&1 || missing="$missing util-linux"
 
 if [ -n "$missing" ]; then
     prosody_before=no; running prosody && prosody_before=yes
-    ejabberd_before=no; running beam.smp && ejabberd_before=yes
+    ejabberd_before=no; running ejabberd && ejabberd_before=yes
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # shellcheck disable=SC2086
@@ -34,7 +42,7 @@ if [ -n "$missing" ]; then
         echo "setup: stopping the prosody service the install started"
         service prosody stop >/dev/null 2>&1 || true
     fi
-    if [ "$ejabberd_before" = no ] && running beam.smp; then
+    if [ "$ejabberd_before" = no ] && running ejabberd; then
         echo "setup: stopping the ejabberd service the install started"
         service ejabberd stop >/dev/null 2>&1 || true
     fi
@@ -44,6 +52,6 @@ if [ -x "$venv/bin/python" ] && ! [ -x "$venv/bin/py-spy" ]; then
     "$venv/bin/python" -m pip install -q py-spy
 fi
 
-dpkg-query -W -f="prosody ${Version}\n" prosody
+dpkg-query -W -f='prosody ${Version}\n' prosody
 dpkg-query -W -f='ejabberd ${Version}\n' ejabberd
-[ -x "$venv/bin/py-spy" ] && "$venv/bin/py-spy" --version
+if [ -x "$venv/bin/py-spy" ]; then "$venv/bin/py-spy" --version; fi

@@ -6,6 +6,7 @@ Nothing else wires parts together. ``twistd chatgate`` calls
 
 from __future__ import annotations
 
+import gc
 import secrets
 import signal
 import sys
@@ -81,6 +82,13 @@ class ChatService(service.Service):
         # SIGHUP: read the certificate again (after a renewal) without a restart.
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload_tls))
         self.router.emit("service-started")
+        # Every parsed stanza is a small reference cycle (domish children point
+        # to their parent), so full collections ran often and walked the whole
+        # directory mirror and every session: pauses of 100-400 ms under load.
+        # What exists at start stays out of collections; young cycles are
+        # collected in larger batches (bench/RESULTS.md, issue 7 notes).
+        gc.freeze()
+        gc.set_threshold(10_000, 50, 100)
         log.info("chatgate ready: domains {domains}", domains=", ".join(self.domains.names()) or "(none)")
 
     def _listen(self) -> None:

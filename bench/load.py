@@ -1,0 +1,897 @@
+"""The load generator: thousands of XMPP sessions from one asyncio process.
+
+Raw sockets, no XMPP library: each c2s session is an :class:`asyncio.Protocol`
+speaking plain (non-TLS) c2s — stream header, SASL SCRAM-SHA-1 with scramp's
+client, the stream restart, resource binding — and each BOSH session
+(XEP-0124/0206) two keep-alive HTTP/1.1 connections to ``/http-bind``. The
+incoming bytes are scanned, not parsed: a chat message carries
+``bench <step> <send time in µs>`` in its body, and the latency is measured
+end to end (sender and receiver are in this process, one monotonic clock).
+
+Scenarios (each prints one JSON object on stdout):
+
+- ``s1`` login storm: ``--users`` users log in (``--concurrency`` at a time)
+  and their sessions are held; server CPU per login from the server's
+  ``/proc/<pid>/stat`` (utime + stime, its idle rate subtracted), memory per
+  idle session = its RSS delta / sessions.
+- ``s2`` chat throughput: ``--pairs`` pairs chat (each user to its partner's
+  full JID), the total rate stepped up through ``--rates``, ``--step``
+  seconds each; a step passes with >= 99 % delivered and p99 <= 100 ms
+  (messages not delivered within ``--drain`` seconds count as infinitely
+  late); a failed rate is tried once more (``--retries``: noise from other
+  work only ever makes a step fail); it stops after two failed rates in a row.
+- ``s3`` BOSH: ``--users`` long-polling BOSH users (one request held each,
+  a second one carrying what they send, as Strophe.js does) chat in pairs at
+  ``--rate`` messages/s in total for ``--duration`` seconds: p50/p99,
+  delivered, server CPU, memory per BOSH session.
+
+No presence is sent: messages go to full JIDs, which every server delivers
+without it, so chatgate's domain-wide roster (everyone sees everyone) and
+the references' empty rosters cost the same. Every loop is bounded in
+count and time; traffic goes to 127.0.0.1 only (from source addresses
+127.0.0.1-16, for more ephemeral ports).
+
+    python bench/load.py s2 --port 5222 --http-port 5280 --server-pid 1234
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import json
+import math
+import os
+import random
+import re
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import scramp
+
+DOMAIN = "bench.test"
+PASSWORD = "bench-password-1"
+SOURCES = [f"127.0.0.{n}" for n in range(1, 17)]
+HEADER = ("<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client'"
+          " xmlns:stream='http://etherx.jabber.org/streams' version='1.0' xml:lang='en'>")
+SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
+BOSH_NS = "http://jabber.org/protocol/httpbind"
+#: what follows the marker in every message body: a typical chat line
+TEXT = "Hello! Are we still on for the meeting at three? I will bring the figures."
+
+FEATURES = re.compile(rb"</stream:features>|<stream:features\s*/>")
+SASL = re.compile(rb"<(challenge|success|failure)\b[^>]*?(?:/>|>(.*?)</\1>)", re.S)
+BOUND = re.compile(rb"<jid>([^<]+)</jid>")
+IQ_RESULT = re.compile(rb"<iq\b[^>]*\bid=['\"]carbons['\"][^>]*>")
+MARK = re.compile(rb"bench (-?\d+) (\d+) ")
+ERROR = re.compile(rb"<message\b[^>]*\btype=['\"]error['\"]")
+PING = re.compile(rb"<iq\b([^>]*)>\s*<ping xmlns=['\"]urn:xmpp:ping['\"]\s*/>\s*</iq>")
+ATTR = re.compile(rb"\b(id|from)=['\"]([^'\"]*)['\"]")
+SID = re.compile(rb"\bsid=['\"]([^'\"]+)['\"]")
+FIN = re.compile(rb"<fin\b[^>]*/>|<fin\b.*?</fin>"
+                 rb"|<iq(?=[^>]*\bid=['\"]mam['\"])(?=[^>]*\btype=['\"]error['\"])[^>]*>", re.S)
+TERMINATE = re.compile(rb"<body\b[^>]*\btype=['\"]terminate['\"]")
+
+
+def now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def core_busy(core: int) -> float:
+    """Seconds core *core* ran processes (user, nice, system), whichever they were;
+    interrupts, softirqs (loopback traffic) and time stolen by the hypervisor are
+    not counted."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            user, nice, system = (int(v) for v in line.split()[1:4])
+            return (user + nice + system) / os.sysconf("SC_CLK_TCK")
+    raise RuntimeError(f"no cpu{core} in /proc/stat")
+
+
+class Meter:
+    """CPU of the server, of this generator and of everything else on the
+    server's core, from one moment on."""
+
+    def __init__(self, pid: int, core: int) -> None:
+        self.pid, self.core = pid, core
+        self.server, self.own, self.busy = cpu_seconds(pid), own_cpu(), core_busy(core)
+        self.started = time.monotonic()
+
+    def read(self, idle_rate: float = 0.0) -> dict[str, float]:
+        elapsed = time.monotonic() - self.started
+        server = cpu_seconds(self.pid) - self.server
+        others = max(0.0, core_busy(self.core) - self.busy - server)
+        return {
+            "seconds": elapsed,
+            "server_cpu_s": server - idle_rate * elapsed,
+            "server_cpu_share": server / elapsed,
+            "generator_cpu_share": (own_cpu() - self.own) / elapsed,
+            "others_on_server_core_share": others / elapsed,
+        }
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def log(text: str) -> None:
+    print(f"  [load {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+class LoginFailed(Exception):
+    pass
+
+
+# -- what the receivers record
+
+
+class Recorder:
+    """Latencies of the messages of the step under way; later ones are late."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.latencies: list[int] = []
+        self.late = 0
+        self.errors = 0
+        self.last_seen = 0.0
+
+    def seen(self, chunk: bytes) -> None:
+        now = now_us()
+        self.last_seen = time.monotonic()
+        for match in MARK.finditer(chunk):
+            if self.step is not None and int(match.group(1)) == self.step:
+                self.latencies.append(now - int(match.group(2)))
+            else:
+                self.late += 1
+        if b"error" in chunk:
+            self.errors += len(ERROR.findall(chunk))
+
+    def open(self, step: int) -> None:
+        self.step, self.latencies = step, []
+
+    def close(self) -> list[int]:
+        self.step = None
+        return self.latencies
+
+
+def summary(latencies: list[int], sent: int) -> dict[str, Any]:
+    """Delivered share and percentiles in ms; undelivered messages count as infinitely late."""
+    ordered = sorted(latencies)
+
+    def pick(q: float) -> float | None:
+        k = max(0, math.ceil(q * sent) - 1)
+        return round(ordered[k] / 1000, 2) if k < len(ordered) else None
+
+    return {
+        "sent": sent,
+        "delivered": len(ordered),
+        "delivered_share": round(len(ordered) / sent, 4) if sent else None,
+        "p50_ms": pick(0.50),
+        "p90_ms": pick(0.90),
+        "p99_ms": pick(0.99),
+        "max_ms": round(ordered[-1] / 1000, 2) if ordered else None,
+    }
+
+
+# -- c2s
+
+
+class C2S(asyncio.Protocol):
+    """One client connection: waits for patterns while logging in, then scans
+    for chat messages (and answers server pings)."""
+
+    def __init__(self, recorder: Recorder | None = None) -> None:
+        self.recorder = recorder
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.waiting: tuple[re.Pattern[bytes], asyncio.Future[re.Match[bytes]]] | None = None
+        self.chatting = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.waiting and not self.waiting[1].done():
+            self.waiting[1].set_exception(LoginFailed(f"connection closed; got {bytes(self.buf[-300:])!r}"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.chatting:
+            self._scan()
+        elif self.waiting is not None:
+            self._match()
+
+    def _match(self) -> None:
+        pattern, future = self.waiting  # type: ignore[misc]
+        match = pattern.search(self.buf)
+        if match is not None and not future.done():
+            self.waiting = None
+            consumed = bytes(self.buf[:match.end()])  # a match on the bytearray would change with it
+            del self.buf[:match.end()]
+            future.set_result(pattern.search(consumed))
+
+    async def expect(self, pattern: re.Pattern[bytes], timeout: float = 30) -> re.Match[bytes]:
+        future: asyncio.Future[re.Match[bytes]] = asyncio.get_running_loop().create_future()
+        self.waiting = (pattern, future)
+        self._match()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise LoginFailed(
+                f"waited {timeout:.0f} s for {pattern.pattern!r}; got {bytes(self.buf[-300:])!r}") from None
+
+    def _scan(self) -> None:
+        buf = self.buf
+        end = buf.rfind(b"</message>")
+        if end >= 0:
+            end += 10
+            chunk = bytes(buf[:end])
+            del buf[:end]
+            if self.recorder is not None:
+                self.recorder.seen(chunk)
+        if b"urn:xmpp:ping" in buf:
+            for match in list(PING.finditer(buf))[::-1]:
+                attrs = dict(ATTR.findall(match.group(1)))
+                reply = b"<iq type='result' id='" + attrs.get(b"id", b"") + b"'"
+                if b"from" in attrs:
+                    reply += b" to='" + attrs[b"from"] + b"'"
+                self.transport.write(reply + b"/>")  # type: ignore[union-attr]
+                del buf[match.start():match.end()]
+        if len(buf) > 1 << 20:
+            del buf[:-65536]
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(b"</stream:stream>")
+            self.transport.close()
+
+
+class Scram:
+    """The client side of SCRAM-SHA-1 (scramp), remembering the server's iteration count."""
+
+    iterations_seen: set[int] = set()
+
+    def __init__(self, user: str, password: str) -> None:
+        self.client = scramp.ScramClient(["SCRAM-SHA-1"], user, password)
+
+    def first(self) -> str:
+        return base64.b64encode(self.client.get_client_first().encode()).decode()
+
+    def final(self, challenge: bytes) -> str:
+        server_first = base64.b64decode(challenge).decode()
+        for part in server_first.split(","):
+            if part.startswith("i="):
+                Scram.iterations_seen.add(int(part[2:]))
+        self.client.set_server_first(server_first)
+        return base64.b64encode(self.client.get_client_final().encode()).decode()
+
+    def check(self, success: bytes | None) -> None:
+        if success:
+            self.client.set_server_final(base64.b64decode(success).decode())
+
+
+def sasl_answer(match: re.Match[bytes], expected: str, user: str) -> bytes:
+    kind = match.group(1).decode()
+    if kind != expected:
+        raise LoginFailed(f"{user}: SASL {kind} {match.group(0)[:200]!r}")
+    return (match.group(2) or b"").strip()
+
+
+async def c2s_login(args: argparse.Namespace, n: int, resource_: str,
+                    recorder: Recorder | None = None) -> C2S:
+    """Connect, SCRAM-SHA-1, restart, bind: a session ready to chat."""
+    loop = asyncio.get_running_loop()
+    user = f"u{n}"
+    _, client = await asyncio.wait_for(loop.create_connection(
+        lambda: C2S(recorder), args.host, args.port, local_addr=(SOURCES[n % len(SOURCES)], 0)), 30)
+    try:
+        header = HEADER.format(domain=args.domain).encode()
+        client.write(header)
+        features = await client.expect(FEATURES)
+        del features
+        scram = Scram(user, args.password)
+        client.write(f"<auth xmlns='{SASL_NS}' mechanism='SCRAM-SHA-1'>{scram.first()}</auth>".encode())
+        challenge = sasl_answer(await client.expect(SASL), "challenge", user)
+        client.write(f"<response xmlns='{SASL_NS}'>{scram.final(challenge)}</response>".encode())
+        scram.check(sasl_answer(await client.expect(SASL), "success", user))
+        client.write(header)
+        await client.expect(FEATURES)
+        client.write(f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                     f"<resource>{resource_}</resource></bind></iq>".encode())
+        await client.expect(BOUND)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+# -- S1: login storm
+
+
+async def s1(args: argparse.Namespace) -> dict[str, Any]:
+    pid = args.server_pid
+    idle_rate = await server_idle_rate(pid, args.idle)
+    gc.collect()
+    rss_before = rss_kib(pid)
+    started = time.monotonic()
+    meter = Meter(pid, args.server_core)
+    semaphore = asyncio.Semaphore(args.concurrency)
+    sessions: list[C2S] = []
+    login_ms: list[float] = []
+    failures: list[str] = []
+
+    async def one(n: int) -> None:
+        async with semaphore:
+            t0 = time.monotonic()
+            try:
+                sessions.append(await c2s_login(args, n, "storm"))
+                login_ms.append((time.monotonic() - t0) * 1000)
+            except (LoginFailed, OSError, TimeoutError) as e:
+                failures.append(f"u{n}: {e}")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(args.users))), args.timeout)
+    except TimeoutError:
+        failures.append(f"stopped after {args.timeout:.0f} s")
+    stormed = time.monotonic() - started
+    during = meter.read()
+    await asyncio.sleep(args.settle)
+    cpu_used = meter.read(idle_rate)["server_cpu_s"]
+    ok = len(sessions)
+    rss_after = rss_kib(pid)
+    await asyncio.sleep(args.hold)
+    alive = sum(not s.lost for s in sessions)
+    for session in sessions:
+        session.close()
+    await asyncio.sleep(0.5)
+    login_ms.sort()
+    result = {
+        "users": args.users,
+        "logged_in": ok,
+        "held_after": alive,
+        "hold_s": args.hold,
+        "failures": len(failures),
+        "failure_examples": failures[:3],
+        "storm_s": round(stormed, 2),
+        "logins_per_s": round(ok / stormed, 1) if stormed else None,
+        "server_cpu_s": round(cpu_used, 3),
+        "server_cpu_ms_per_login": round(cpu_used * 1000 / ok, 3) if ok else None,
+        "server_cpu_share": round(during["server_cpu_share"], 3),
+        "server_idle_cpu_share": round(idle_rate, 4),
+        "generator_cpu_share": round(during["generator_cpu_share"], 3),
+        "others_on_server_core_share": round(during["others_on_server_core_share"], 3),
+        "login_p50_ms": round(login_ms[len(login_ms) // 2], 1) if login_ms else None,
+        "login_p99_ms": round(login_ms[int(len(login_ms) * 0.99)], 1) if login_ms else None,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "kib_per_session": round((rss_after - rss_before) / ok, 2) if ok else None,
+        "scram_iterations_seen": sorted(Scram.iterations_seen),
+    }
+    log(f"S1: {ok}/{args.users} logged in in {stormed:.1f} s, {result['server_cpu_ms_per_login']} ms server CPU "
+        f"per login, {result['kib_per_session']} KiB per session, generator CPU {result['generator_cpu_share']}")
+    return result
+
+
+async def server_idle_rate(pid: int, seconds: float = 2.0) -> float:
+    """The server's CPU share while nothing happens (timers, polls), to subtract."""
+    await asyncio.sleep(min(0.5, seconds))
+    before, started = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (cpu_seconds(pid) - before) / (time.monotonic() - started)
+
+
+# -- S2: chat throughput
+
+
+async def enable_carbons(client: C2S) -> None:
+    client.write(b"<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+    await client.expect(IQ_RESULT)
+
+
+async def run_rate(senders: list[tuple[Callable[[bytes], None], bytes]], recorder: Recorder, step: int,
+                   rate: float, duration: float, drain: float, meter_of: Callable[[], Meter],
+                   stanza: Callable[[bytes, int, int, int], bytes],
+                   sent_by: list[int] | None = None) -> dict[str, Any]:
+    """Send *rate* messages/s for *duration* s round robin over *senders*; wait
+    up to *drain* s for the last ones; the step's figures."""
+    recorder.open(step)
+    loop = asyncio.get_running_loop()
+    meter = meter_of()
+    started = loop.time()
+    sent = 0
+    worst_lag = 0.0
+    count = len(senders)
+    limit = int(rate * duration)
+    next_tick = started
+    while sent < limit:
+        now = loop.time()
+        worst_lag = max(worst_lag, now - next_tick)
+        due = min(limit, int(rate * (now - started)) + 1) - sent
+        stamp = now_us()
+        for _ in range(due):
+            send, to = senders[sent % count]
+            send(stanza(to, step, stamp, sent))
+            if sent_by is not None:
+                sent_by[sent % count] += 1
+            sent += 1
+        next_tick = now + 0.002
+        await asyncio.sleep(0.002)
+        if loop.time() - started > duration * 3 + 10:
+            break  # the generator cannot keep up; figures say so (lag)
+    sending = loop.time() - started
+    cpu = meter.read()
+    deadline = loop.time() + drain
+    while len(recorder.latencies) < sent and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    figures = summary(recorder.close(), sent)
+    figures.update(
+        rate=rate,
+        achieved_rate=round(sent / sending, 1),
+        server_cpu_share=round(cpu["server_cpu_share"], 3),
+        generator_cpu_share=round(cpu["generator_cpu_share"], 3),
+        others_on_server_core_share=round(cpu["others_on_server_core_share"], 3),
+        generator_worst_lag_ms=round(worst_lag * 1000, 1),
+    )
+    return figures
+
+
+async def quiet(recorder: Recorder, seconds: float = 1.0, limit: float = 30.0) -> None:
+    """Wait until no message arrived for *seconds* (stragglers of an overloaded step)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and time.monotonic() - recorder.last_seen < seconds:
+        await asyncio.sleep(0.1)
+
+
+def c2s_stanza(to: bytes, step: int, stamp: int, seq: int) -> bytes:
+    return (b"<message to='%s' type='chat' id='m%d'><body>bench %d %d %s</body></message>"
+            % (to, seq, step, stamp, TEXT.encode()))
+
+
+def passed(figures: dict[str, Any], p99_limit: float) -> bool:
+    return (figures["delivered_share"] or 0) >= 0.99 and figures["p99_ms"] is not None \
+        and figures["p99_ms"] <= p99_limit
+
+
+async def s2(args: argparse.Namespace) -> dict[str, Any]:
+    recorder = Recorder()
+    semaphore = asyncio.Semaphore(args.concurrency)
+
+    async def one(n: int) -> C2S:
+        async with semaphore:
+            client = await c2s_login(args, n, "s2", recorder)
+            await enable_carbons(client)
+            return client
+
+    clients = await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(2 * args.pairs))), args.timeout)
+    for client in clients:
+        client.chatting = True
+        client._scan()
+    senders = [(clients[n].write, f"u{n ^ 1}@{args.domain}/s2".encode()) for n in range(len(clients))]
+    sent_by = [0] * len(senders)
+
+    def meter() -> Meter:
+        return Meter(args.server_pid, args.server_core)
+
+    # warm-up, not recorded
+    await run_rate(senders, recorder, -1, min(args.rates[0], 200), args.warmup, args.drain, meter, c2s_stanza,
+                   sent_by)
+    await quiet(recorder)
+    log(f"S2 steps start: {len(clients)} sessions")
+    steps = []
+    failed_in_row = 0
+    best: dict[str, Any] | None = None
+    step = 0
+    for rate in args.rates:
+        for attempt in range(1 + args.retries):
+            figures = await run_rate(senders, recorder, step, rate, args.step, args.drain, meter, c2s_stanza,
+                                     sent_by)
+            step += 1
+            figures["passed"] = passed(figures, args.p99)
+            figures["attempt"] = attempt + 1
+            steps.append(figures)
+            log(f"S2 {rate:>6} msg/s: delivered {figures['delivered_share']}, p50 {figures['p50_ms']} ms, "
+                f"p99 {figures['p99_ms']} ms, server CPU {figures['server_cpu_share']}, "
+                f"generator CPU {figures['generator_cpu_share']}, others on the server core "
+                f"{figures['others_on_server_core_share']} -> {'pass' if figures['passed'] else 'FAIL'}")
+            await quiet(recorder)
+            if figures["passed"] or any(c.lost for c in clients):
+                break
+        if figures["passed"]:
+            failed_in_row = 0
+            best = figures
+        else:
+            failed_in_row += 1
+            if failed_in_row == 2 or any(c.lost for c in clients):
+                break
+    lost = sum(c.lost for c in clients)
+    await quiet(recorder)
+    archived = await archive_count(args, clients[0])
+    for client in clients:
+        client.close()
+    await asyncio.sleep(0.5)
+    return {
+        "archive_probe": {"user": "u0", "messages_exchanged": sent_by[0] + sent_by[1], "archive_count": archived},
+        "pairs": args.pairs,
+        "step_s": args.step,
+        "p99_limit_ms": args.p99,
+        "max_rate": best["rate"] if best else 0,
+        "at_max": best,
+        "steps": steps,
+        "errors_received": recorder.errors,
+        "late_messages": recorder.late,
+        "sessions_lost": lost,
+    }
+
+
+async def archive_count(args: argparse.Namespace, client: C2S) -> int | None:
+    """How many messages u0's archive holds (MAM, XEP-0313, with an RSM count)."""
+    client.chatting = False
+    client.buf.clear()
+    client.write(b"<iq type='set' id='mam'><query xmlns='urn:xmpp:mam:2'>"
+                 b"<set xmlns='http://jabber.org/protocol/rsm'><max>0</max></set></query></iq>")
+    try:
+        fin = await client.expect(FIN, 60)
+    except LoginFailed as e:
+        log(f"MAM probe: {e}")
+        return None
+    count = re.search(rb"<count>(\d+)</count>", fin.group(0))
+    return int(count.group(1)) if count else None
+
+
+async def s2_fixed(args: argparse.Namespace) -> dict[str, Any]:
+    """S2 at one rate for a while (for profiling)."""
+    args.rates = [args.rate]
+    args.step = args.duration
+    args.retries = 0
+    return await s2(args)
+
+
+# -- BOSH
+
+
+class HTTP(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; one request at a time."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.busy = False
+        self.callback: Callable[[bytes | None], None] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.busy and self.callback is not None:
+            self.busy = False
+            self.callback(None)
+
+    def post(self, body: bytes, callback: Callable[[bytes | None], None]) -> None:
+        self.busy = True
+        self.callback = callback
+        self.transport.write(  # type: ignore[union-attr]
+            b"POST /http-bind HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/xml; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (self.port, len(body), body))
+
+    async def request(self, body: bytes, timeout: float = 70) -> bytes:
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self.post(body, lambda answer: future.done() or future.set_result(answer))
+        answer = await asyncio.wait_for(future, timeout)
+        if answer is None:
+            raise LoginFailed("HTTP connection closed")
+        return answer
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            answer = self._answer()
+            if answer is None:
+                return
+            self.busy = False
+            callback, self.callback = self.callback, None
+            if callback is not None:
+                callback(answer)
+
+    def _answer(self) -> bytes | None:
+        buf = self.buf
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            return None
+        head = bytes(buf[:head_end]).lower()
+        start = head_end + 4
+        if b"transfer-encoding: chunked" in head:
+            body = bytearray()
+            at = start
+            while True:
+                line_end = buf.find(b"\r\n", at)
+                if line_end < 0:
+                    return None
+                size = int(bytes(buf[at:line_end]).split(b";")[0], 16)
+                if len(buf) < line_end + 2 + size + 2:
+                    return None
+                body += buf[line_end + 2:line_end + 2 + size]
+                at = line_end + 2 + size + 2
+                if size == 0:
+                    del buf[:at]
+                    return bytes(body)
+        match = re.search(rb"content-length:\s*(\d+)", head)
+        length = int(match.group(1)) if match else 0
+        if len(buf) < start + length:
+            return None
+        answer = bytes(buf[start:start + length])
+        del buf[:start + length]
+        if not head.startswith(b"http/1.1 200"):
+            return b"<body type='terminate' condition='http-" + head[9:12] + b"'/>"
+        return answer
+
+
+class BOSHUser:
+    """A long-polling BOSH client: one request held, a second one for what it sends."""
+
+    def __init__(self, args: argparse.Namespace, n: int, recorder: Recorder) -> None:
+        self.args = args
+        self.n = n
+        self.recorder = recorder
+        self.rid = random.randrange(1 << 20, 1 << 40)
+        self.sid = b""
+        self.connections: list[HTTP] = []
+        self.outstanding = 0
+        self.queue: list[bytes] = []
+        self.chatting = False
+        self.dead: str | None = None
+
+    async def connect(self) -> HTTP:
+        loop = asyncio.get_running_loop()
+        _, connection = await asyncio.wait_for(loop.create_connection(
+            lambda: HTTP(self.args.http_port), self.args.host, self.args.http_port,
+            local_addr=(SOURCES[(self.n + len(self.connections)) % len(SOURCES)], 0)), 30)
+        self.connections.append(connection)
+        return connection
+
+    def body(self, payload: bytes = b"", attributes: bytes = b"") -> bytes:
+        self.rid += 1
+        return (b"<body rid='%d' sid='%s' xmlns='%s'%s>%s</body>"
+                % (self.rid, self.sid, BOSH_NS.encode(), attributes, payload))
+
+    async def exchange(self, connection: HTTP, payload: bytes, pattern: re.Pattern[bytes],
+                       attributes: bytes = b"") -> re.Match[bytes]:
+        """Send *payload*; poll on until *pattern* shows up (at most 10 requests)."""
+        seen = b""
+        answer = await connection.request(self.body(payload, attributes))
+        for _ in range(10):
+            seen += answer
+            if TERMINATE.search(answer):
+                raise LoginFailed(f"u{self.n}: BOSH session terminated: {answer[:300]!r}")
+            match = pattern.search(seen)
+            if match is not None:
+                return match
+            answer = await connection.request(self.body())
+        raise LoginFailed(f"u{self.n}: no {pattern.pattern!r} in {seen[:300]!r}")
+
+    async def login(self) -> None:
+        args, user = self.args, f"u{self.n}"
+        connection = await self.connect()
+        self.rid += 1
+        created = await connection.request(
+            (f"<body rid='{self.rid}' to='{args.domain}' xml:lang='en' wait='{args.wait}' hold='1' ver='1.11'"
+             f" content='text/xml; charset=utf-8' xmpp:version='1.0' xmlns='{BOSH_NS}'"
+             " xmlns:xmpp='urn:xmpp:xbosh'/>").encode())
+        match = SID.search(created)
+        if match is None:
+            raise LoginFailed(f"{user}: no sid in {created[:300]!r}")
+        self.sid = match.group(1)
+        if not FEATURES.search(created):
+            await self.exchange(connection, b"", FEATURES)
+        scram = Scram(user, args.password)
+        auth = f"<auth xmlns='{SASL_NS}' mechanism='SCRAM-SHA-1'>{scram.first()}</auth>".encode()
+        challenge = sasl_answer(await self.exchange(connection, auth, SASL), "challenge", user)
+        response = f"<response xmlns='{SASL_NS}'>{scram.final(challenge)}</response>".encode()
+        scram.check(sasl_answer(await self.exchange(connection, response, SASL), "success", user))
+        await self.exchange(connection, b"", FEATURES,
+                            f" to='{args.domain}' xml:lang='en' xmpp:restart='true'"
+                            " xmlns:xmpp='urn:xmpp:xbosh'".encode())
+        await self.exchange(connection, b"<iq xmlns='jabber:client' type='set' id='bind'>"
+                            b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>s3</resource></bind></iq>",
+                            BOUND)
+        await self.connect()  # the second connection, for sending while a poll is held
+
+    # -- long polling
+
+    def start(self) -> None:
+        self.chatting = True
+        self._post(b"")
+
+    def _post(self, payload: bytes) -> None:
+        for connection in self.connections:
+            if not connection.busy and not connection.lost:
+                self.outstanding += 1
+                connection.post(self.body(payload), self._answered)
+                return
+        self.dead = self.dead or "no usable HTTP connection"
+
+    def send(self, stanza: bytes) -> None:
+        if self.dead:
+            return
+        if self.outstanding < 2:
+            self._post(stanza)
+        else:
+            self.queue.append(stanza)
+
+    def _answered(self, answer: bytes | None) -> None:
+        self.outstanding -= 1
+        if answer is None:
+            self.dead = self.dead or "HTTP connection closed"
+            return
+        if b"bench " in answer:
+            self.recorder.seen(answer)
+        if b"terminate" in answer and TERMINATE.search(answer):
+            self.dead = self.dead or answer[:200].decode(errors="replace")
+            return
+        if not self.chatting:
+            return
+        if self.queue and self.outstanding < 2:
+            payload = b"".join(self.queue)
+            self.queue.clear()
+            self._post(payload)
+        elif self.outstanding == 0:
+            self._post(b"")
+
+    def close(self) -> None:
+        self.chatting = False
+        for connection in self.connections:
+            if connection.transport is not None:
+                connection.transport.close()
+
+
+def bosh_stanza(to: bytes, step: int, stamp: int, seq: int) -> bytes:
+    return (b"<message xmlns='jabber:client' to='%s' type='chat' id='m%d'><body>bench %d %d %s</body></message>"
+            % (to, seq, step, stamp, TEXT.encode()))
+
+
+async def s3(args: argparse.Namespace) -> dict[str, Any]:
+    pid = args.server_pid
+    recorder = Recorder()
+    users = [BOSHUser(args, n, recorder) for n in range(args.users)]
+    idle_rate = await server_idle_rate(pid, args.idle)
+    gc.collect()
+    rss_before = rss_kib(pid)
+    semaphore = asyncio.Semaphore(args.concurrency)
+    failures: list[str] = []
+    started = time.monotonic()
+    meter = Meter(pid, args.server_core)
+
+    async def one(user: BOSHUser) -> None:
+        async with semaphore:
+            try:
+                await user.login()
+                user.start()
+            except (LoginFailed, OSError, TimeoutError) as e:
+                user.dead = str(e)
+                failures.append(f"u{user.n}: {e}")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(u) for u in users)), args.timeout)
+    except TimeoutError:
+        failures.append(f"stopped after {args.timeout:.0f} s")
+    logged_in = sum(u.dead is None for u in users)
+    login_s = time.monotonic() - started
+    login_cpu = meter.read(idle_rate)
+    log(f"S3: {logged_in}/{args.users} BOSH users logged in in {login_s:.1f} s ({failures[:1]})")
+    await asyncio.sleep(args.settle)
+    rss_after = rss_kib(pid)
+    held_rate = await server_idle_rate(pid, args.idle)
+    senders = [(users[n].send, f"u{n ^ 1}@{args.domain}/s3".encode())
+               for n in range(len(users)) if users[n].dead is None and users[n ^ 1].dead is None]
+    figures: dict[str, Any] = {}
+    log(f"S3 chat starts: {len(senders)} senders")
+    if senders:
+        figures = await run_rate(senders, recorder, 0, args.rate, args.duration, args.drain,
+                                 lambda: Meter(pid, args.server_core), bosh_stanza)
+    dead = [u.dead for u in users if u.dead]
+    for user in users:
+        user.close()
+    result = {
+        "users": args.users,
+        "logged_in": logged_in,
+        "login_s": round(login_s, 1),
+        "failures": len(failures),
+        "failure_examples": failures[:3],
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "kib_per_session": round((rss_after - rss_before) / logged_in, 2) if logged_in else None,
+        "server_cpu_ms_per_login": round(login_cpu["server_cpu_s"] * 1000 / logged_in, 3) if logged_in else None,
+        "server_idle_cpu_share": round(idle_rate, 4),
+        "server_cpu_share_sessions_held": round(held_rate, 4),
+        "sessions_ended": len(dead),
+        "ended_examples": dead[:3],
+        "errors_received": recorder.errors,
+        **figures,
+    }
+    if figures:
+        result["passed"] = passed(figures, args.p99)
+    log(f"S3 {args.users} users at {args.rate} msg/s: delivered {figures.get('delivered_share')}, "
+        f"p50 {figures.get('p50_ms')} ms, p99 {figures.get('p99_ms')} ms, server CPU "
+        f"{figures.get('server_cpu_share')}, {result['kib_per_session']} KiB per BOSH session")
+    return result
+
+
+# -- command line
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=["s1", "s2", "s2-fixed", "s3"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5222, help="c2s port")
+    parser.add_argument("--http-port", type=int, default=5280, help="BOSH port (/http-bind)")
+    parser.add_argument("--domain", default=DOMAIN)
+    parser.add_argument("--password", default=PASSWORD)
+    parser.add_argument("--server-pid", type=int, required=True, help="the server process measured")
+    parser.add_argument("--server-core", type=int, default=0, help="the core the server is pinned to")
+    parser.add_argument("--users", type=int, default=1000, help="S1: sessions; S3: BOSH users (even)")
+    parser.add_argument("--concurrency", type=int, default=100, help="logins at a time")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds after logins before measuring")
+    parser.add_argument("--idle", type=float, default=2.0, help="seconds the idle server's CPU is measured")
+    parser.add_argument("--warmup", type=float, default=1.0, help="S2: seconds of unrecorded chat first")
+    parser.add_argument("--hold", type=float, default=5.0, help="S1: seconds the sessions are held")
+    parser.add_argument("--pairs", type=int, default=100, help="S2: chatting pairs")
+    parser.add_argument("--rates", default="250,500,750,1000,1500,2000,3000,4000,5000,6000,8000,10000",
+                        help="S2: total msg/s, stepped")
+    parser.add_argument("--step", type=float, default=10.0, help="S2: seconds per rate")
+    parser.add_argument("--p99", type=float, default=100.0, help="p99 limit in ms for a passing step")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="S2: a failed rate is tried again this many times (other work on the machine "
+                             "makes single steps fail)")
+    parser.add_argument("--drain", type=float, default=3.0, help="seconds to wait for the last messages")
+    parser.add_argument("--rate", type=float, default=400.0, help="S3 and s2-fixed: total msg/s")
+    parser.add_argument("--duration", type=float, default=30.0, help="S3 and s2-fixed: seconds of chat")
+    parser.add_argument("--wait", type=int, default=60, help="S3: BOSH 'wait' in seconds")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up logging in after this")
+    args = parser.parse_args(argv)
+    args.rates = [float(r) for r in args.rates.split(",")] if isinstance(args.rates, str) else args.rates
+    args.users = min(args.users, 20000)
+    if args.scenario == "s3":
+        args.users += args.users % 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    scenario = {"s1": s1, "s2": s2, "s2-fixed": s2_fixed, "s3": s3}[args.scenario]
+    result = asyncio.run(asyncio.wait_for(scenario(args), args.timeout * 2 + 900))
+    result["scenario"] = args.scenario
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
