@@ -139,7 +139,9 @@ class History:
         archive_id, at = self.ids.make(now)
         # Serialized once; each owner's copy only adds its stanza-id as the last child.
         whole = stanza.toXml()
-        if not whole.endswith(_CLOSE):  # cannot happen for a message with a body; never guess
+        if not whole.endswith(_CLOSE):  # cannot happen for a message with a body; never drop it silently
+            log.error("not archived, unexpected serialization of a message to {bare}: {xml}", bare=bare,
+                      xml=whole[-200:])
             return
         head = whole[: -len(_CLOSE)]
         if sender is not None and sender.bare != bare:
