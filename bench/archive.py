@@ -23,6 +23,7 @@ stopped.
 
     .venv/bin/python bench/archive.py                      # about four minutes
     .venv/bin/python bench/archive.py --rows 100000 --queries 200
+    .venv/bin/python bench/archive.py --skip-queries --backends sqlite --rate 2000 5000
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from tests.redis_server import RedisServer  # noqa: E402
 
 DOMAIN = "example.com"
 YEAR = 365 * 86400.0
+BACKENDS = ("memory", "sqlite", "redis")
 BODY = "Could you send me the figures for the third quarter before the meeting?"
 
 
@@ -112,12 +114,11 @@ async def saturate(store: Any, count: int) -> tuple[float, list[float]]:
     return time.perf_counter() - start, latencies
 
 
-async def paced(store: Any, rate: int, seconds: float) -> list[float]:
-    """Append at *rate* messages/s for *seconds*; the latencies."""
+async def paced(store: Any, rate: int, seconds: float, tick: float = 0.01) -> list[float]:
+    """Append at *rate* messages/s for *seconds*, a burst every *tick* seconds; the latencies."""
     ids = ArchiveIds()
     latencies: list[float] = []
     pending = []
-    tick = 0.01
     per_tick = max(1, round(rate * tick))
     start = time.perf_counter()
     n = 0
@@ -136,11 +137,12 @@ async def paced(store: Any, rate: int, seconds: float) -> list[float]:
 async def writes(args: argparse.Namespace, folder: Path, redis: RedisServer) -> None:
     print(f"\n== writes: {args.writes} messages (two rows each), appended without waiting ==")
     stores = {
-        "memory": MemoryArchive(),
-        "sqlite": SQLiteArchive(str(folder / "writes.sqlite"), args.commit_interval),
-        "redis": RedisArchive(port=redis.port, prefix="writes"),
+        "memory": lambda: MemoryArchive(),
+        "sqlite": lambda: SQLiteArchive(str(folder / "writes.sqlite"), args.commit_interval),
+        "redis": lambda: RedisArchive(port=redis.port, prefix="writes"),
     }
-    for name, store in stores.items():
+    for name in args.backends:
+        store = stores[name]()
         await store.start()
         elapsed, latencies = await saturate(store, args.writes)
         line = f"{name:7s} {args.writes / elapsed:9.0f} messages/s ({2 * args.writes / elapsed:7.0f} rows/s)"
@@ -148,8 +150,10 @@ async def writes(args: argparse.Namespace, folder: Path, redis: RedisServer) -> 
             line += f"   ack latency {percentiles(latencies)}"
         print(line, flush=True)
         if name != "memory":
-            steady = await paced(store, args.rate, 5.0)
-            print(f"        at {args.rate} messages/s for 5 s: ack latency {percentiles(steady)}", flush=True)
+            for rate in args.rate:
+                steady = await paced(store, rate, args.seconds, args.tick)
+                print(f"        at {rate} messages/s for {args.seconds:g} s: ack latency {percentiles(steady)}",
+                      flush=True)
         await store.stop()
 
 
@@ -318,9 +322,11 @@ class Sink(Session):
         super().__init__(JID(jid))
         self.answered: defer.Deferred[None] | None = None
 
-    def _write(self, element: domish.Element) -> None:
-        element.toXml()
-        if element.name == "iq" and self.answered is not None:
+    def serialize(self, element: domish.Element) -> bytes:
+        return element.toXml().encode()
+
+    def _write(self, data: bytes) -> None:
+        if data.startswith(b"<iq") and self.answered is not None:
             d, self.answered = self.answered, None
             d.callback(None)
 
@@ -402,7 +408,13 @@ async def main(args: argparse.Namespace) -> None:
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writes", type=int, default=50_000, help="messages in the write test")
-    parser.add_argument("--rate", type=int, default=2_000, help="messages/s of the steady write test")
+    parser.add_argument("--rate", type=int, nargs="+", default=[2_000],
+                        help="messages/s of the steady write test (several: one test each)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each steady write test")
+    parser.add_argument("--tick", type=float, default=0.01,
+                        help="seconds between the bursts of the steady write test (rate x tick appends each)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                        help="the stores of the write test (the query test always runs SQLite and Redis)")
     parser.add_argument("--commit-interval", type=float, default=Settings().archive.commit_interval)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the queried archive")
     parser.add_argument("--heavy", type=int, default=100_000, help="rows of the one heavy owner")

@@ -301,12 +301,12 @@ def sasl_answer(match: re.Match[bytes], expected: str, user: str) -> bytes:
 
 
 async def c2s_login(args: argparse.Namespace, n: int, resource_: str,
-                    recorder: Recorder | None = None) -> C2S:
+                    recorder: Recorder | None = None, protocol: Callable[[], C2S] | None = None) -> C2S:
     """Connect, SCRAM-SHA-1, restart, bind: a session ready to chat."""
     loop = asyncio.get_running_loop()
     user = f"u{n}"
     _, client = await asyncio.wait_for(loop.create_connection(
-        lambda: C2S(recorder), args.host, args.port, local_addr=(SOURCES[n % len(SOURCES)], 0)), 30)
+        protocol or (lambda: C2S(recorder)), args.host, args.port, local_addr=(SOURCES[n % len(SOURCES)], 0)), 30)
     try:
         header = HEADER.format(domain=args.domain).encode()
         client.write(header)
@@ -843,12 +843,164 @@ async def s3(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# -- S4: presence fan-out
+
+#: a desktop client's initial presence: XEP-0115 caps, as Gajim, Psi or Conversations send it
+INITIAL_PRESENCE = (b"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1'"
+                    b" node='https://bench.test/client' ver='QgayPKawpkPSDYmwT/WM94uAlu0='/></presence>")
+PRESENCE = b"<presence"
+ROSTER_GET = b"<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>"
+
+
+ROSTER_NS = b"jabber:iq:roster"
+
+
+def counted(pattern: bytes, before: bytes, data: bytes) -> int:
+    """Occurrences of *pattern* in *data*, and those split between the end of *before* and *data*."""
+    edge = len(pattern) - 1
+    return data.count(pattern) + (before[-edge:] + data[:edge]).count(pattern)
+
+
+class Counter(C2S):
+    """A c2s client that, once it asked for its roster and sent presence, only
+    counts the presence stanzas (and roster answers) it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counting = False
+        self.presences = 0
+        self.rosters = 0
+        self._tail = b""
+
+    def data_received(self, data: bytes) -> None:
+        if not self.counting:
+            super().data_received(data)
+            return
+        self.presences += counted(PRESENCE, self._tail, data)
+        self.rosters += counted(ROSTER_NS, self._tail, data)
+        self._tail = data[-32:]
+        if b"urn:xmpp:ping" in data:  # a long round: answer the server's pings
+            self.buf[:] = data
+            self._scan()
+            self.buf.clear()
+
+    def available(self) -> None:
+        """Do what a client does after binding: ask for the roster, then send presence."""
+        self.buf.clear()  # nothing but the bind result: no presence comes before ours
+        self.counting = True
+        self.write(ROSTER_GET + INITIAL_PRESENCE)
+
+
+async def s4(args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds of a whole domain logging in with presence, growing in size.
+
+    Everyone of a domain sees everyone, so a round of N users delivers N x N
+    presence stanzas (each user gets everyone's, its own included). The
+    server's CPU per delivered stanza must not grow with N: nothing is
+    looked up per stanza.
+    """
+    await server_quiet(args.server_pid, 0.0, args.timeout)  # (an earlier run's logouts may still go out)
+    idle_rate = await server_idle_rate(args.server_pid, args.idle)
+    rounds = []
+    for size in args.sizes:
+        if rounds:
+            await server_quiet(args.server_pid, idle_rate, args.timeout)
+        rounds.append(await presence_round(args, size, idle_rate))
+        if rounds[-1]["presences_delivered"] < rounds[-1]["logged_in"] * (rounds[-1]["logged_in"] - 1):
+            break  # not even everyone else's presence came: a larger round would not either
+    first, last = rounds[0], rounds[-1]
+    growth = None
+    if first["server_cpu_us_per_presence"] and last["server_cpu_us_per_presence"]:
+        growth = round(last["server_cpu_us_per_presence"] / first["server_cpu_us_per_presence"], 3)
+    return {"rounds": rounds, "server_idle_cpu_share": round(idle_rate, 4),
+            "cpu_per_presence_growth": growth,
+            "users_growth": round(last["users"] / first["users"], 2),
+            "presences_growth": round(last["presences_delivered"] / max(1, first["presences_delivered"]), 2)}
+
+
+async def presence_round(args: argparse.Namespace, size: int, idle_rate: float) -> dict[str, Any]:
+    """*size* users log in and send initial presence; wait until each got everyone's."""
+    semaphore = asyncio.Semaphore(args.concurrency)
+    clients: list[Counter] = []
+    failures: list[str] = []
+
+    async def one(n: int) -> None:
+        async with semaphore:
+            try:
+                client = await c2s_login(args, n, "s4", protocol=Counter)
+            except (LoginFailed, OSError, TimeoutError) as e:
+                failures.append(f"u{n}: {e}")
+                return
+            assert isinstance(client, Counter)
+            client.available()
+            clients.append(client)
+
+    meter = Meter(args.server_pid, args.server_core)
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(size))), args.timeout)
+    except TimeoutError:
+        failures.append(f"stopped after {args.timeout:.0f} s")
+    logins_s = time.monotonic() - started
+    expected = len(clients) ** 2
+    # Done when presence stops coming: for 0.5 s once everyone can have
+    # everyone's (a server may send more, e.g. probe answers), else for 3 s (a
+    # server that does not echo a user's own presence, or loses some).
+    deadline = time.monotonic() + args.timeout
+    seen, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline and not any(c.lost for c in clients):
+        count = sum(c.presences for c in clients)
+        if count != seen:
+            seen, last_change = count, time.monotonic()
+        elif time.monotonic() - last_change > (0.5 if count >= expected else 3):
+            break
+        await asyncio.sleep(0.05)
+    total_s = last_change - started
+    figures = meter.read(idle_rate)
+    delivered = sum(c.presences for c in clients)
+    lost = sum(c.lost for c in clients)
+    cpu = figures["server_cpu_s"]
+    result = {
+        "users": size,
+        "logged_in": len(clients),
+        "failures": len(failures),
+        "failure_examples": failures[:3],
+        "sessions_lost": lost,
+        "presences_expected": expected,
+        "presences_delivered": delivered,
+        "rosters_received": sum(c.rosters for c in clients),
+        "all_delivered": delivered == expected and not lost,
+        "logins_s": round(logins_s, 2),
+        "total_s": round(total_s, 2),
+        "server_cpu_s": round(cpu, 3),
+        "server_cpu_share": round(figures["server_cpu_share"], 3),
+        "server_cpu_us_per_presence": round(cpu * 1e6 / delivered, 3) if delivered else None,
+        "server_cpu_ms_per_user": round(cpu * 1000 / len(clients), 3) if clients else None,
+        "generator_cpu_share": round(figures["generator_cpu_share"], 3),
+        "others_on_server_core_share": round(figures["others_on_server_core_share"], 3),
+    }
+    log(f"S4 {size} users: {delivered}/{expected} presences in {total_s:.1f} s, server CPU {cpu:.2f} s = "
+        f"{result['server_cpu_us_per_presence']} µs per presence delivered, {lost} sessions lost")
+    for client in clients:
+        client.close()
+    return result
+
+
+async def server_quiet(pid: int, idle_rate: float, limit: float) -> None:
+    """Wait until the server is back to its idle CPU, or within 3 % of a core of it
+    (the logouts' unavailable presence went out)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if await server_idle_rate(pid, 0.5) <= idle_rate + 0.03:
+            return
+
+
 # -- command line
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=["s1", "s2", "s2-fixed", "s3"])
+    parser.add_argument("scenario", choices=["s1", "s2", "s2-fixed", "s3", "s4"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5222, help="c2s port")
     parser.add_argument("--http-port", type=int, default=5280, help="BOSH port (/http-bind)")
@@ -874,10 +1026,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=400.0, help="S3 and s2-fixed: total msg/s")
     parser.add_argument("--duration", type=float, default=30.0, help="S3 and s2-fixed: seconds of chat")
     parser.add_argument("--wait", type=int, default=60, help="S3: BOSH 'wait' in seconds")
+    parser.add_argument("--sizes", default="1000,2500,5000",
+                        help="S4: users of the domain in each round (comma separated, growing)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up logging in after this")
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",")] if isinstance(args.rates, str) else args.rates
     args.users = min(args.users, 20000)
+    args.sizes = [min(int(n), 20000) for n in args.sizes.split(",")]
     if args.scenario == "s3":
         args.users += args.users % 2
     return args
@@ -887,7 +1042,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    scenario = {"s1": s1, "s2": s2, "s2-fixed": s2_fixed, "s3": s3}[args.scenario]
+    scenario = {"s1": s1, "s2": s2, "s2-fixed": s2_fixed, "s3": s3, "s4": s4}[args.scenario]
     result = asyncio.run(asyncio.wait_for(scenario(args), args.timeout * 2 + 900))
     result["scenario"] = args.scenario
     print(json.dumps(result), flush=True)

@@ -96,6 +96,9 @@ class BenchServer:
     def __init__(self, users: int, core: int = 0, folder: Path | None = None) -> None:
         self.users = users
         self.core = core
+        #: everyone of the domain in everyone's roster, as chatgate always has it (scenario S4);
+        #: takes effect at the next start
+        self.domain_roster = False
         self.folder = folder or Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         self.c2s_port = free_port()
         self.http_port = free_port()
@@ -321,12 +324,12 @@ storage_archive_item_limit_cache_size = 1000000
 bosh_max_inactivity = 60
 consider_bosh_secure = true
 modules_enabled = {{
-    "roster"; "saslauth"; "disco"; "carbons"; "mam"; "bosh"; "ping"; "version"; "vcard_legacy"; "posix";
+    "roster"; "saslauth"; "disco"; "carbons"; "mam"; "bosh"; "ping"; "version"; "vcard_legacy"; "posix";{groups_module}
 }}
 modules_disabled = {{ "s2s"; "s2s_auth_certs"; }}
+{groups}
 VirtualHost "{domain}"
 """
-
 
 class Prosody(BenchServer):
     name = "prosody"
@@ -334,9 +337,14 @@ class Prosody(BenchServer):
 
     def prepare(self) -> None:
         config = self.folder / "prosody.cfg.lua"
+        groups = groups_module = ""
+        if self.domain_roster:  # S4: mod_groups puts every user in one group, in everyone's roster
+            (self.folder / "groups.txt").write_text(
+                "[Everyone]\n" + "".join(f"u{n}@{DOMAIN}=User {n}\n" for n in range(self.users)))
+            groups, groups_module = f'groups_file = "{self.folder}/groups.txt"', ' "groups";'
         config.write_text(PROSODY_CONFIG.format(folder=self.folder, c2s_port=self.c2s_port,
                                                 http_port=self.http_port, iterations=ITERATIONS,
-                                                domain=DOMAIN))
+                                                domain=DOMAIN, groups=groups, groups_module=groups_module))
         accounts = self.folder / "data" / DOMAIN.replace(".", "%2e") / "accounts"
         if accounts.exists():
             return
@@ -433,7 +441,7 @@ modules:
   mod_roster: {{}}
   mod_vcard: {{}}
   mod_version: {{}}
-"""
+{shared_roster}"""
 
 #: ejabberdctl's own settings: no busy-waiting schedulers (they would burn the
 #: measured core while idle), the Erlang cookie given here rather than written
@@ -465,8 +473,11 @@ class Ejabberd(BenchServer):
     def prepare(self) -> None:
         (self.folder / "db").mkdir(exist_ok=True)
         (self.folder / "logs").mkdir(exist_ok=True)
+        # S4: mod_shared_roster with one group of @all@ users puts everyone in everyone's roster
+        # (ejabberdctl's srg_* commands come with mod_admin_extra)
+        shared_roster = "  mod_shared_roster: {}\n  mod_admin_extra: {}\n" if self.domain_roster else ""
         (self.folder / "ejabberd.yml").write_text(EJABBERD_CONFIG.format(
-            domain=DOMAIN, c2s_port=self.c2s_port, http_port=self.http_port))
+            domain=DOMAIN, c2s_port=self.c2s_port, http_port=self.http_port, shared_roster=shared_roster))
         (self.folder / "ejabberdctl.cfg").write_text(EJABBERDCTL_CONFIG.format(
             node=self.node, cookie=secrets.token_hex(16)))
         users = self.folder / "users.xml"
@@ -505,6 +516,13 @@ class Ejabberd(BenchServer):
             if result.returncode != 0:
                 raise RuntimeError(f"ejabberdctl import_piefxis: {result.stdout}{result.stderr}")
             (self.folder / "imported").write_text(f"{time.monotonic() - started:.1f} s\n")
+        if self.domain_roster and not (self.folder / "everyone").exists():
+            for command in (["srg_create", "everyone", DOMAIN, "Everyone", "", "everyone"],
+                            ["srg_user_add", "@all@", DOMAIN, "everyone", DOMAIN]):
+                result = self.ctl(*command)
+                if result.returncode != 0:
+                    raise RuntimeError(f"ejabberdctl {command[0]}: {result.stdout}{result.stderr}")
+            (self.folder / "everyone").write_text("")
 
     def _wait_started(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -62,7 +62,7 @@ class ArchiveSettings:
 
     backend: str = "sqlite"
     offline_backend: str = "sqlite"
-    commit_interval: float = 0.01
+    commit_interval: float = 0.0
     conversation_gap: float = 1800.0
     retention_days: int | None = None
     offline_quota: int = 1000
@@ -260,6 +260,16 @@ def _nonempty(raw: str) -> str:
     return value
 
 
+def _seconds_or_zero(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
 def _whole(raw: str) -> int:
     value = _integer(raw)
     if value < 0:
@@ -327,7 +337,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
         {
             "backend": _one_of("sqlite", "redis", "memory"),
             "offline_backend": _one_of("sqlite", "redis", "memory"),
-            "commit_interval": _seconds,
+            "commit_interval": _seconds_or_zero,
             "conversation_gap": _seconds,
             "retention_days": _optional(_positive_int),
             "offline_quota": _positive_int,

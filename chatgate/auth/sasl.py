@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from scramp import ScramException, ScramMechanism
 from twisted.internet import defer, task, threads
-from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from chatgate.auth.credentials import make_credentials, verify_password
+from chatgate.auth.names import nodeprep
 from chatgate.auth.throttle import LoginThrottle
 from chatgate.auth.tokens import TokenError, looks_like_token, verify
 from chatgate.domains import HostedDomains
@@ -139,8 +139,12 @@ class Authenticator:
             raise SASLFailure("temporary-auth-failure", "Too many failed logins; try again later")
 
     def pause(self, account: str, address: str) -> defer.Deferred[None]:
-        """Wait as long as earlier failures from *address* ask, before answering."""
-        return task.deferLater(self.throttle.clock, self.throttle.delay(account, address))
+        """Wait as long as earlier failures from *address* ask, before answering
+        (not at all, not even a turn of the reactor, when there were none)."""
+        delay = self.throttle.delay(account, address)
+        if delay <= 0:
+            return defer.succeed(None)
+        return task.deferLater(self.throttle.clock, delay)
 
     def judged(self, account: str, address: str, valid: bool) -> None:
         if valid:
@@ -208,30 +212,37 @@ class ScramExchange(Exchange):
         self._candidate: str | None = None
         self._known = False
 
-    @defer.inlineCallbacks
     def step(self, data):
         if data is None:
             if self._server is None:
-                return Step(b"")
-            raise SASLFailure("malformed-request")
+                return defer.succeed(Step(b""))
+            return defer.fail(SASLFailure("malformed-request"))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise SASLFailure("malformed-request") from None
+            return defer.fail(SASLFailure("malformed-request"))
         if self._server is None:
-            return (yield self._client_first(text))
-        yield self.authenticator.pause(f"{self._candidate}@{self.domain}", self.address)
-        return self._client_final(text)
+            return self._client_first(text)
+        d = self.authenticator.pause(f"{self._candidate}@{self.domain}", self.address)
+        d.addCallback(lambda _: self._client_final(text))
+        return d
 
-    @defer.inlineCallbacks
-    def _client_first(self, text: str):
+    def _client_first(self, text: str) -> defer.Deferred[Step]:
         a = self.authenticator
-        username, authzid = _scram_names(text)
-        localpart = a.prepare_user(username, self.domain)
-        if authzid and authzid.lower() != f"{localpart}@{self.domain}":
-            raise SASLFailure("invalid-authzid")
-        a.check_throttle(f"{localpart}@{self.domain}", self.address)
-        credentials = yield a.directory.credentials(self.domain, localpart)
+        try:
+            username, authzid = _scram_names(text)
+            localpart = a.prepare_user(username, self.domain)
+            if authzid and authzid.lower() != f"{localpart}@{self.domain}":
+                raise SASLFailure("invalid-authzid")
+            a.check_throttle(f"{localpart}@{self.domain}", self.address)
+        except SASLFailure:
+            return defer.fail()
+        d = a.directory.credentials(self.domain, localpart)
+        d.addCallback(self._server_first, text, localpart)
+        return d
+
+    def _server_first(self, credentials: Credentials | None, text: str, localpart: str) -> Step:
+        a = self.authenticator
         keys = (credentials or {}).get(self.mechanism)
         self._known = keys is not None
         if keys is None:

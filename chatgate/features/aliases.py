@@ -29,7 +29,7 @@ from twisted.words.xish import domish
 
 from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
-from chatgate.session import Session
+from chatgate.session import Addressed, Session
 from chatgate.storage.interfaces import Alias, Change, Stores, User
 from chatgate.xml import copy_element
 
@@ -105,10 +105,10 @@ class Aliases:
             self._told[key] = online
         else:
             self._told.pop(key, None)
-        presence = self.presence(alias, online)
+        presence = Addressed(self.presence(alias, online))
         for session in self.router.domain_sessions(alias.domain):
             if session.available:
-                self._tell(presence, session)
+                presence.send(session)
 
     def presence_changed(self, session: Session, was_available: bool) -> None:
         if not was_available and session.available:

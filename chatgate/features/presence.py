@@ -18,7 +18,7 @@ from twisted.words.xish import domish
 from chatgate.config import Settings
 from chatgate.jid import jid_of
 from chatgate.router import CLIENT_NS, Router, StanzaError
-from chatgate.session import Session
+from chatgate.session import Addressed, Session
 from chatgate.storage.interfaces import Stores
 
 _SUBSCRIPTION = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
@@ -37,6 +37,19 @@ def _send(presence: domish.Element, to: Session) -> None:
     to.send(presence)
 
 
+#: Session.state key: the resource's current presence, ready to be addressed to anyone
+OUTGOING = "presence"
+
+
+def outgoing(session: Session) -> Addressed:
+    """*session*'s current presence as an :class:`Addressed`, made once per change."""
+    current = session.state.get(OUTGOING)
+    if not isinstance(current, Addressed) or current.element is not session.presence:
+        assert session.presence is not None
+        current = session.state[OUTGOING] = Addressed(session.presence)
+    return current
+
+
 def _priority(stanza: domish.Element) -> int:
     for child in stanza.elements(CLIENT_NS, "priority"):
         try:
@@ -52,6 +65,9 @@ def _priority(stanza: domish.Element) -> int:
 class Presence:
     def __init__(self, router: Router) -> None:
         self.router = router
+        #: the available resources of each domain, kept as they come and go, so a
+        #: broadcast walks only those (insertion-ordered: a dict used as a set)
+        self._available: dict[str, dict[Session, None]] = {}
 
     def broadcast(self, stanza: domish.Element, sender: Session, to: JID) -> None:
         """Presence with no 'to': the resource's own availability (§4.2, §4.4, §4.5)."""
@@ -61,8 +77,10 @@ class Presence:
             sender.priority = _priority(stanza)
             first = not sender.available
             sender.presence = stanza
+            self._available.setdefault(sender.domain, {})[sender] = None
+            addressed = outgoing(sender)
             for session in self.available(sender.domain):
-                _send(stanza, session)
+                addressed.send(session)
             if first:
                 self.tell_current(sender)
             self.router.emit("presence-changed", sender, not first)
@@ -75,13 +93,15 @@ class Presence:
             raise StanzaError("bad-request", f"unknown presence type {ptype}")
 
     def available(self, domain: str) -> list[Session]:
-        return [s for s in self.router.domain_sessions(domain) if s.available]
+        return list(self._available.get(domain, ()))
 
     def tell_current(self, newcomer: Session) -> None:
-        """Send a newly available resource everyone's current presence (§4.2.2)."""
-        for session in self.available(newcomer.domain):
-            if session is not newcomer:
-                _send(session.presence, newcomer)
+        """Send a newly available resource everyone's current presence (§4.2.2),
+        in one write: in a large domain that is thousands of stanzas at once."""
+        copies = [outgoing(s).serialized_for(newcomer) for s in self._available.get(newcomer.domain, ())
+                  if s is not newcomer]
+        if copies:
+            newcomer.send_serialized(b"".join(copies))
 
     def leave(self, sender: Session, stanza: domish.Element | None = None) -> None:
         """The resource goes unavailable: tell the domain and its directed-presence peers."""
@@ -91,16 +111,23 @@ class Presence:
         stanza["from"] = sender.full
         was_available = sender.available
         sender.presence = None
+        sender.state.pop(OUTGOING, None)
+        domain = self._available.get(sender.domain)
+        if domain is not None:
+            domain.pop(sender, None)
+            if not domain:
+                del self._available[sender.domain]
+        addressed = Addressed(stanza)
         told = set()
         if was_available:
             for session in self.available(sender.domain):
-                _send(stanza, session)
+                addressed.send(session)
                 told.add(session.full)
         for full in sender.directed - told:
             target = jid_of(full)
             session = self.router.resources(target.userhost()).get(target.resource)
             if session is not None:
-                _send(stanza, session)
+                addressed.send(session)
         sender.directed.clear()
         if was_available:
             self.router.emit("presence-changed", sender, True)
@@ -134,7 +161,7 @@ class Presence:
         """Answer a probe with the contact's current presence (§4.3.2)."""
         sessions = [s for s in self.router.resources(to.userhost()).values() if s.available]
         for session in sessions:
-            _send(session.presence, sender)
+            outgoing(session).send(sender)
         if not sessions:
             presence = domish.Element((CLIENT_NS, "presence"))
             presence["from"] = to.userhost()

@@ -199,8 +199,11 @@ class BOSHSession(Session):
         super().__init__(jid, connection.peer)
         self.connection = connection
 
-    def _write(self, element: domish.Element) -> None:
-        self.connection.send(element)
+    def serialize(self, element: domish.Element) -> bytes:
+        return serialize(element)
+
+    def _write(self, data: bytes) -> None:
+        self.connection.send_serialized(data)
 
     def _end(self, condition: str | None, text: str | None) -> None:
         self.connection.fail(condition, text) if condition else self.connection.close()
@@ -505,12 +508,19 @@ class BOSHConnection(StreamTransport):
 
     def send(self, element: domish.Element) -> None:
         """Queue one element for the client, serialized now."""
+        if not self.ended:
+            self.send_serialized(serialize(element))
+
+    def send_serialized(self, data: bytes) -> None:
+        """Queue one element serialized by :func:`serialize`."""
         if self.ended:
             return
-        data = serialize(element)
         self._outbox.append(data)
         self._outbox_size += len(data)
-        if self._outbox_size > self.manager.settings.limits.max_output_buffer:
+        # With a request held the outbox goes out at the end of this turn (a
+        # login's roster and everyone's presence are one answer); without,
+        # it waits for a client that may have stopped asking.
+        if not self._held and self._outbox_size > self.manager.settings.limits.max_output_buffer:
             self._outbox, self._outbox_size = [], 0  # not worth sending to a client that does not read
             self.fail("policy-violation", "Too much data waiting; the client does not read")
             return

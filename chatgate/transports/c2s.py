@@ -9,8 +9,11 @@ It also keeps one client from hurting others (RFC 6120 §13.12): a client
 sending too fast is read more slowly (token buckets for bytes and stanzas,
 the transport paused meanwhile); one that stops reading is closed once
 ``max_output_buffer`` bytes wait for it (the connection is registered as the
-transport's producer, so Twisted says when its buffer is full); and each
-address may hold only a few unauthenticated connections.
+transport's producer, so Twisted says when its buffer is full; what is written
+in the reactor turn the buffer filled is one burst and not counted, since
+nothing was sent yet: a login in a large domain gets its roster and everyone's
+presence at once); and each address may hold only a few unauthenticated
+connections.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ _PREFIXES = {STREAMS_NS: "stream"}
 CLOSE_GRACE = 10.0
 #: bytes parsed between two looks at the rate limits
 PARSE_SLICE = 4096
+#: XMPPStream.features_state() -> the features serialized; a handful of states
+#: at most (stage, STARTTLS offered/required, mechanisms), so never pruned
+_FEATURES: dict[tuple[object, ...], bytes] = {}
 
 log = Logger()
 
@@ -55,8 +61,11 @@ class C2SSession(Session):
         super().__init__(jid, connection.peer)
         self.connection = connection
 
-    def _write(self, element: domish.Element) -> None:
-        self.connection.write(serialize(element))
+    def serialize(self, element: domish.Element) -> bytes:
+        return serialize(element)
+
+    def _write(self, data: bytes) -> None:
+        self.connection.write(data)
 
     def _end(self, condition: str | None, text: str | None) -> None:
         self.connection.fail(condition, text) if condition else self.connection.close()
@@ -81,6 +90,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         self._abort_timer: Any = None
         self._preauth = False  # counted among its address's unauthenticated connections
         self._backlog: int | None = None  # bytes written since the transport's buffer filled
+        self._burst = False  # in the reactor turn the buffer filled: not counted
         self._reading_paused = False
         self._inbox = bytearray()  # received, not parsed yet (only while slowed down)
         limits = self.settings.limits
@@ -146,8 +156,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
             self.fail(condition)
             return
         self.stream.domain = header["to"].lower()
-        self._send_header()
-        self.transport.write(serialize(self.stream.features()))
+        self._send_header(self._features())
 
     def _check_header(self, header: domish.Element) -> str | None:
         """RFC 6120 §4.7, §4.8: the stream error for a bad header, or None."""
@@ -191,7 +200,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         """Write to the client, closing the stream if it stopped reading."""
         if self._closing:
             return
-        if self._backlog is not None:
+        if self._backlog is not None and not self._burst:
             self._backlog += len(data)
             if self._backlog > self.settings.limits.max_output_buffer:
                 self.fail("policy-violation", "Too much data waiting; the client does not read")
@@ -204,6 +213,11 @@ class C2SConnection(protocol.Protocol, StreamTransport):
     def pauseProducing(self) -> None:
         if self._backlog is None:
             self._backlog = 0
+            self._burst = True
+            self.factory.clock.callLater(0, self._burst_over)
+
+    def _burst_over(self) -> None:
+        self._burst = False
 
     def resumeProducing(self) -> None:
         self._backlog = None
@@ -276,7 +290,16 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         )
         self._header_sent = False
 
-    def _send_header(self) -> None:
+    def _features(self) -> bytes:
+        """The serialized <stream:features/>, made once per distinct state."""
+        state = self.stream.features_state()
+        data = _FEATURES.get(state)
+        if data is None:
+            data = _FEATURES[state] = serialize(self.stream.features())
+        return data
+
+    def _send_header(self, then: bytes = b"") -> None:
+        """Send our stream header (RFC 6120 §4.7), and *then* with it."""
         self._header_sent = True
         domain = self.stream.domain
         from_attr = f" from='{domain}'" if domain else ""
@@ -285,7 +308,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
                 "<?xml version='1.0'?>"
                 f"<stream:stream xmlns='{CLIENT_NS}' xmlns:stream='{STREAMS_NS}'"
                 f" id='{secrets.token_hex(8)}'{from_attr} version='1.0' xml:lang='en'>"
-            ).encode()
+            ).encode() + then
         )
 
     def _leave_preauth(self) -> None:

@@ -10,15 +10,17 @@ every stanza goes to the router, which never learns the transport.
 from __future__ import annotations
 
 import base64
+import functools
 import secrets
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
-from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
+from twisted.words.protocols.jabber.xmpp_stringprep import nameprep
 from twisted.words.xish import domish
 
+from chatgate.auth.names import resourceprep
 from chatgate.auth.sasl import Authenticator, Exchange, SASLFailure, decode
 from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router, error_reply, first_child, iq_result
@@ -41,6 +43,42 @@ def stream_error(condition: str, text: str | None = None) -> domish.Element:
     if text:
         error.addElement((STREAM_ERRORS_NS, "text"), content=text)
     return error
+
+
+def features_element(state: tuple[object, ...]) -> domish.Element:
+    """The <stream:features/> for a :meth:`XMPPStream.features_state`."""
+    features = domish.Element((STREAMS_NS, "features"))
+    if state[0] == "sasl":
+        _, starttls, tls_needed, mechanisms = state
+        if starttls:
+            offer = features.addElement((TLS_NS, "starttls"))
+            if tls_needed:
+                offer.addElement("required")
+        if not tls_needed:
+            element = features.addElement((SASL_NS, "mechanisms"))
+            for name in mechanisms:
+                element.addElement("mechanism", content=name)
+    elif state[0] == "bind":
+        features.addElement((BIND_NS, "bind"))
+        features.addElement((SESSION_NS, "session")).addElement("optional")
+    return features
+
+
+def prepared_jid(localpart: str, domain: str, resource: str) -> JID:
+    """The full JID of a bound resource, whose parts went through stringprep
+    already: ``JID(tuple=...)`` would run nodeprep, nameprep and resourceprep
+    on them again, which cost more than the rest of binding. The localpart
+    comes from SASL (nodeprep in :meth:`Authenticator.prepare_user`), the
+    resource through resourceprep in :meth:`XMPPStream._bind` (or is made by
+    us); the domain, one of the few hosted ones, is nameprepped once."""
+    jid = JID.__new__(JID)
+    jid.user, jid.host, jid.resource = localpart, _hosted_nameprep(domain), resource
+    return jid
+
+
+@functools.lru_cache(maxsize=1024)
+def _hosted_nameprep(domain: str) -> str:
+    return nameprep.prepare(domain)
 
 
 class StreamTransport:
@@ -93,24 +131,24 @@ class XMPPStream:
     def tls_needed(self) -> bool:
         return self.settings.xmpp.require_encryption and not self.transport.secure
 
-    def features(self) -> domish.Element:
-        """The <stream:features/> for the current stage (RFC 6120 §4.3.2)."""
-        features = domish.Element((STREAMS_NS, "features"))
+    def features_state(self) -> tuple[object, ...]:
+        """Everything :meth:`features` depends on, as a hashable value: streams
+        in equal states are offered equal features, so a transport may keep the
+        serialized form per state. The stage (SASL, bind, bound), whether
+        STARTTLS is offered and required, and the SASL mechanisms offered."""
         if self.localpart is None:
-            if self.transport.can_starttls and not self.transport.secure:
-                starttls = features.addElement((TLS_NS, "starttls"))
-                if self.tls_needed:
-                    starttls.addElement("required")
-            if not self.tls_needed:
-                mechanisms = features.addElement((SASL_NS, "mechanisms"))
-                for name in self.authenticator.mechanisms(
-                    self.transport.secure, self.settings.xmpp.allow_plain_without_tls
-                ):
-                    mechanisms.addElement("mechanism", content=name)
-        elif self.session is None:
-            features.addElement((BIND_NS, "bind"))
-            features.addElement((SESSION_NS, "session")).addElement("optional")
-        return features
+            starttls = self.transport.can_starttls and not self.transport.secure
+            tls_needed = self.tls_needed
+            mechanisms = () if tls_needed else tuple(self.authenticator.mechanisms(
+                self.transport.secure, self.settings.xmpp.allow_plain_without_tls
+            ))
+            return ("sasl", starttls, tls_needed, mechanisms)
+        return ("bind",) if self.session is None else ("bound",)
+
+    def features(self) -> domish.Element:
+        """The <stream:features/> for the current stage (RFC 6120 §4.3.2), made
+        from :meth:`features_state` alone."""
+        return features_element(self.features_state())
 
     def receive(self, element: domish.Element) -> None:
         """Handle one first-level element from the client."""
@@ -260,7 +298,7 @@ class XMPPStream:
             self.transport.fail("not-authorized", "The account no longer exists")
             return
         resource = resource or f"chatgate-{secrets.token_hex(6)}"
-        jid = JID(tuple=(self.localpart, self.domain, resource))
+        jid = prepared_jid(self.localpart, self.domain, resource)
         self.session = self.transport.make_session(jid)
         self.router.bind(self.session)
         result = iq_result(iq)

@@ -237,11 +237,15 @@ class RawClient:
 
     async def expect(self, marker: str, timeout: float = 10) -> bytes:
         """Read until *marker* appears in what was received; return all of it."""
+        return await self.read_until(lambda received: marker.encode() in received, timeout, marker)
+
+    async def read_until(self, done: Callable[[bytes], bool], timeout: float = 10, what: str = "") -> bytes:
+        """Read until *done(everything received)*; return all of it."""
         async def read() -> bytes:
-            while marker.encode() not in self.received:
+            while not done(self.received):
                 chunk = await self.reader.read(65536)
                 if not chunk:
-                    raise AssertionError(f"closed before {marker!r}; got {self.received!r}")
+                    raise AssertionError(f"closed before {what or 'the end expected'}; got {self.received!r}")
                 self.received += chunk
             return self.received
         return await asyncio.wait_for(read(), timeout)

@@ -63,7 +63,7 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
         ("[demo]\ncreate = yes please\n", "[demo] create"),
         ("[archive]\nbackend = mysql\n", "[archive] backend"),
         ("[archive]\noffline_backend = files\n", "[archive] offline_backend"),
-        ("[archive]\ncommit_interval = 0\n", "[archive] commit_interval"),
+        ("[archive]\ncommit_interval = -1\n", "[archive] commit_interval"),
         ("[archive]\ncommit_interval = 5\n", "[archive] commit_interval"),
         ("[archive]\nconversation_gap = soon\n", "[archive] conversation_gap"),
         ("[archive]\nretention_days = 0\n", "[archive] retention_days"),

@@ -34,8 +34,11 @@ class RecordingSession(Session):
         super().__init__(JID(jid))
         self.got: list[domish.Element] = []
 
-    def _write(self, element: domish.Element) -> None:
-        self.got.append(parse_document(element.toXml().encode(), 1 << 20))
+    def serialize(self, element: domish.Element) -> bytes:
+        return element.toXml().encode()
+
+    def _write(self, data: bytes) -> None:
+        self.got.append(parse_document(data, 1 << 20))
 
     def _end(self, condition: str | None, text: str | None) -> None:
         pass

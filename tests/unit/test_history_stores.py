@@ -108,7 +108,7 @@ def test_backends_provide_the_interfaces(tmp_path):
 def test_open_picks_the_configured_backends(tmp_path):
     def settings(backend: str) -> Settings:
         return Settings(storage=StorageSettings(path="h.sqlite"), base_dir=str(tmp_path),
-                        archive=ArchiveSettings(backend=backend, offline_backend=backend))
+                        archive=ArchiveSettings(backend=backend, offline_backend=backend, commit_interval=0.01))
 
     for backend, archive_cls, offline_cls in [
         ("memory", MemoryArchive, MemoryOfflineStore),
@@ -400,7 +400,7 @@ async def test_sqlite_batches_writes_and_stop_commits_the_queue(tmp_path):
     await store.start()
     maker = Conversation()
     pending = [store.append([maker.message(ALICE, BOB, T0 + i)]) for i in range(50)]
-    assert not any(d.called for d in pending)  # waiting for the commit interval
+    assert not any(d.called for d in pending)  # queued: handed over at the end of the reactor turn
     await store.stop()
     assert all(d.called for d in pending)
     with sqlite3.connect(path) as db:

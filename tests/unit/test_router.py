@@ -24,8 +24,11 @@ class RecordingSession(Session):
         self.got: list[str] = []
         self.closed_with: str | None = None
 
-    def _write(self, element: domish.Element) -> None:
-        self.got.append(element.toXml())
+    def serialize(self, element: domish.Element) -> bytes:
+        return element.toXml().encode()
+
+    def _write(self, data: bytes) -> None:
+        self.got.append(data.decode())
 
     @property
     def messages(self) -> list[str]:
