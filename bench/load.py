@@ -24,8 +24,12 @@ Scenarios (each prints one JSON object on stdout):
   a second one carrying what they send, as Strophe.js does) chat in pairs at
   ``--rate`` messages/s in total for ``--duration`` seconds: p50/p99,
   delivered, server CPU, memory per BOSH session.
+- ``s4`` presence fan-out: rounds of ``--sizes`` users of one domain, each
+  in everyone's roster, log in, ask for their roster and send presence (as
+  clients do); each round ends when everyone has everyone's presence: server
+  CPU per presence stanza delivered, per user.
 
-No presence is sent: messages go to full JIDs, which every server delivers
+S1-S3 send no presence: messages go to full JIDs, which every server delivers
 without it, so chatgate's domain-wide roster (everyone sees everyone) and
 the references' empty rosters cost the same. Every loop is bounded in
 count and time; traffic goes to 127.0.0.1 only (from source addresses
@@ -902,12 +906,20 @@ async def s4(args: argparse.Namespace) -> dict[str, Any]:
     await server_quiet(args.server_pid, 0.0, args.timeout)  # (an earlier run's logouts may still go out)
     idle_rate = await server_idle_rate(args.server_pid, args.idle)
     rounds = []
-    for size in args.sizes:
+    for index, size in enumerate(args.sizes):
         if rounds:
             await server_quiet(args.server_pid, idle_rate, args.timeout)
-        rounds.append(await presence_round(args, size, idle_rate))
-        if rounds[-1]["presences_delivered"] < rounds[-1]["logged_in"] * (rounds[-1]["logged_in"] - 1):
+        last = await presence_round(args, size, idle_rate)
+        rounds.append(last)
+        if last["presences_delivered"] < last["logged_in"] * (last["logged_in"] - 1):
             break  # not even everyone else's presence came: a larger round would not either
+        if index + 1 < len(args.sizes):
+            # the work grows as the square of the size at best
+            expected_s = last["total_s"] * (args.sizes[index + 1] / size) ** 2
+            if expected_s > args.round_limit:
+                log(f"S4: {size} users took {last['total_s']:.0f} s; {args.sizes[index + 1]} would take "
+                    f"{expected_s:.0f} s or more: no larger round")
+                break
     first, last = rounds[0], rounds[-1]
     growth = None
     if first["server_cpu_us_per_presence"] and last["server_cpu_us_per_presence"]:
@@ -944,7 +956,7 @@ async def presence_round(args: argparse.Namespace, size: int, idle_rate: float) 
     logins_s = time.monotonic() - started
     expected = len(clients) ** 2
     # Done when presence stops coming: for 0.5 s once everyone can have
-    # everyone's (a server may send more, e.g. probe answers), else for 3 s (a
+    # everyone's (a server may send more, e.g. probe answers), else for 10 s (a
     # server that does not echo a user's own presence, or loses some).
     deadline = time.monotonic() + args.timeout
     seen, last_change = -1, time.monotonic()
@@ -952,7 +964,7 @@ async def presence_round(args: argparse.Namespace, size: int, idle_rate: float) 
         count = sum(c.presences for c in clients)
         if count != seen:
             seen, last_change = count, time.monotonic()
-        elif time.monotonic() - last_change > (0.5 if count >= expected else 3):
+        elif time.monotonic() - last_change > (0.5 if count >= expected else 10):
             break
         await asyncio.sleep(0.05)
     total_s = last_change - started
@@ -1026,8 +1038,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=400.0, help="S3 and s2-fixed: total msg/s")
     parser.add_argument("--duration", type=float, default=30.0, help="S3 and s2-fixed: seconds of chat")
     parser.add_argument("--wait", type=int, default=60, help="S3: BOSH 'wait' in seconds")
-    parser.add_argument("--sizes", default="1000,2500,5000",
+    parser.add_argument("--sizes", default="200,1000,2500,5000",
                         help="S4: users of the domain in each round (comma separated, growing)")
+    parser.add_argument("--round-limit", type=float, default=120.0,
+                        help="S4: no larger round if it would take longer than this (seconds; from the "
+                             "round before, the time growing as the square of the size)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up logging in after this")
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",")] if isinstance(args.rates, str) else args.rates

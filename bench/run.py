@@ -190,7 +190,7 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def bench_server(kind: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    users = max(args.users, 2 * args.pairs, *(n for n, _ in args.s3))
+    users = max(args.users, 2 * args.pairs, *(n for n, _ in args.s3), *args.s4)
     redis: subprocess.Popen[bytes] | None = None
     if kind == "chatgate-redis":
         redis, port = start_redis(folder)
@@ -239,6 +239,13 @@ def bench_server(kind: str, args: argparse.Namespace, folder: Path) -> dict[str,
             log(f"{kind}: py-spy under S3, {n} users at {rate:g} msg/s for {args.profile:g} s")
             result["profile_s3"] = profile(server, "s3", [*c2s, "--users", str(n), "--drain", str(args.drain)],
                                            args.profile, rate, folder)
+        if args.s4:
+            server.stop()
+            server.domain_roster = True  # everyone in everyone's roster, as chatgate always has it
+            server.start(timeout=3600)
+            log(f"{kind}: S4 presence fan-out, domains of {', '.join(map(str, args.s4))} users")
+            result["s4"] = load(server, "s4", [*c2s, "--sizes", ",".join(map(str, args.s4)),
+                                               "--round-limit", str(args.round_limit)], args.timeout)
     except Exception as e:  # a server that does not start is a result too
         result["error"] = f"{type(e).__name__}: {e}"
         log(f"{kind}: {result['error']}\n{server.tail(20)}")
@@ -368,6 +375,7 @@ def report(results: dict[str, Any]) -> str:
     table = "\n".join(lines)
 
     steps = _steps_table(runs, order)
+    presence = _s4_table(runs, order, a.get("s4") or [], a.get("round_limit") or 0)
     notes = _notes(runs, order)
     prof = "\n\n".join(_profile(ours.get(name)) for name in ("profile", "profile_s3") if ours.get(name))
     s3_text = ", ".join(f"{n:,} users at {rate:g} msg/s" for n, rate in a["s3"])
@@ -400,6 +408,8 @@ chatgate's domain-wide roster and the references' empty rosters cost the same.
 {table}
 
 {steps}
+
+{presence}
 
 {notes}
 
@@ -442,6 +452,47 @@ def _steps_table(runs: dict[str, Any], order: list[str]) -> str:
                                 f"{_pct(step.get('others_on_server_core_share'))}{'' if step['passed'] else ' ✗'}")
             cells.append(" — again: ".join(attempts))
         lines.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _s4_table(runs: dict[str, Any], order: list[str], sizes: list[int], limit: float) -> str:
+    """S4, presence fan-out: a table per domain size, and chatgate's growth."""
+    if not sizes:
+        return ""
+
+    def round_of(kind: str, size: int) -> dict[str, Any] | None:
+        for r in (runs[kind].get("s4") or {}).get("rounds", []):
+            if r["users"] == size:
+                return r
+        return None
+
+    lines = ["S4 presence fan-out: every user of a domain is in everyone's roster (chatgate always; Prosody "
+             "`mod_groups` with one group of all users; ejabberd `mod_shared_roster` with a group of `@all@`). "
+             "In rounds of growing size, every user logs in (100 at a time), asks for its roster and sends "
+             "presence with XEP-0115 caps, as clients do; a round ends when presence stops coming. Each user "
+             "should get N presence stanzas (everyone's, its own included): N² in all. A server whose next "
+             f"round would take over {limit:g} s (from its last round, the time growing as the square of the "
+             "size) gets no larger round (–).", "",
+             "| domain size | " + " | ".join(_label(k) for k in order) + " |", "|---|" + "---:|" * len(order)]
+    for size in sizes:
+        for label, show in (
+            ("server CPU per user, ms", lambda r: _num(r["server_cpu_ms_per_user"], 2)),
+            ("server CPU per presence delivered, µs", lambda r: _num(r["server_cpu_us_per_presence"], 2)),
+            ("presence stanzas delivered ÷ N²",
+             lambda r: f"{r['presences_delivered'] / max(1, r['presences_expected']):.2f}"),
+            ("rosters received / sessions lost", lambda r: f"{r.get('rosters_received', '?')} / {r['sessions_lost']}"),
+            ("everyone had everyone's presence after, s", lambda r: _num(r["total_s"], 1)),
+        ):
+            cells = []
+            for k in order:
+                r = round_of(k, size)
+                cells.append(show(r) if r else ("error" if (runs[k].get("s4") or {}).get("error") else "–"))
+            lines.append(f"| {size:,}: {label} | " + " | ".join(cells) + " |")
+    ours = (runs.get("chatgate", {}).get("s4") or {})
+    if ours.get("cpu_per_presence_growth"):
+        lines += ["", f"chatgate from {sizes[0]:,} to {ours['rounds'][-1]['users']:,} users: "
+                      f"users ×{ours['users_growth']:g}, presence stanzas delivered ×{ours['presences_growth']:g}, "
+                      f"server CPU per presence delivered ×{ours['cpu_per_presence_growth']:g}."]
     return "\n".join(lines)
 
 
@@ -524,6 +575,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--s3", help="S3 runs as USERSxRATE, comma separated (default 2000x400,5000x1000)")
     parser.add_argument("--duration", type=float, help="S3 seconds of chat (default 30; quick 2)")
     parser.add_argument("--profile", type=float, help="seconds of py-spy on chatgate under S2 (0: none)")
+    parser.add_argument("--s4", help="S4 domain sizes, comma separated (default 200,1000,2500,5000; quick 50,100; "
+                                     "0: no S4)")
     parser.add_argument("--concurrency", type=int, default=100, help="logins at a time")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--results", type=Path, default=HERE / "results", help="folder for the raw JSON")
@@ -543,6 +596,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.s3 = [(int(u), float(r)) for u, r in
                (p.split("x") for p in (args.s3 or ("100x50" if quick else "2000x400,5000x1000")).split(","))]
     args.duration = args.duration or (2.0 if quick else 30.0)
+    args.s4 = [int(n) for n in (args.s4 or ("50,100" if quick else "200,1000,2500,5000")).split(",") if int(n)]
+    args.round_limit = 30.0 if quick else 150.0
     args.profile = args.profile if args.profile is not None else (0.0 if quick else 20.0)
     args.hold = 0.5 if quick else 5.0
     args.drain = 1.0 if quick else 3.0
@@ -581,8 +636,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "loadavg_before": os.getloadavg(),
         "args": {k: v for k, v in vars(args).items() if k in
-                 ("quick", "users", "pairs", "rates", "step", "s3", "duration", "concurrency", "p99", "drain",
-                  "profile")},
+                 ("quick", "users", "pairs", "rates", "step", "s3", "s4", "round_limit", "duration", "concurrency",
+                  "p99", "drain", "profile")},
         "servers": [],
     }
     with tempfile.TemporaryDirectory(prefix="bench-run-") as scratch:
