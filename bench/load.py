@@ -957,14 +957,15 @@ async def presence_round(args: argparse.Namespace, size: int, idle_rate: float) 
     expected = len(clients) ** 2
     # Done when presence stops coming: for 0.5 s once everyone can have
     # everyone's (a server may send more, e.g. probe answers), else for 10 s (a
-    # server that does not echo a user's own presence, or loses some).
+    # server that does not echo a user's own presence, or loses some), or
+    # 60 s while nothing at all came (a server still busy with the logins).
     deadline = time.monotonic() + args.timeout
     seen, last_change = -1, time.monotonic()
     while time.monotonic() < deadline and not any(c.lost for c in clients):
         count = sum(c.presences for c in clients)
         if count != seen:
             seen, last_change = count, time.monotonic()
-        elif time.monotonic() - last_change > (0.5 if count >= expected else 10):
+        elif time.monotonic() - last_change > (0.5 if count >= expected else 10 if count else 60):
             break
         await asyncio.sleep(0.05)
     total_s = last_change - started
