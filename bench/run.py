@@ -405,7 +405,7 @@ S2 runs {a['pairs']} pairs sending chat messages to each other's full JID, the t
 through {', '.join(f'{r:g}' for r in a['rates'])} msg/s, {a['step']:g} s each; a message not delivered
 within {a['drain']:g} s counts as infinitely late; latency is end to end (send time in the body).
 S3: {s3_text}, long polling (one request held, one carrying what the user sends, as Strophe.js),
-{a['duration']:g} s of chat. No presence is sent anywhere (messages go to full JIDs), so
+{a['duration']:g} s of chat. S1-S3 send no presence (messages go to full JIDs), so
 chatgate's domain-wide roster and the references' empty rosters cost the same.
 
 {table}
