@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import os
 import random
 import statistics
 import sys
@@ -32,24 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from servers import cpu_seconds, rss_kib  # noqa: E402  (this folder: the script's own)
+
 from tests.integration.harness import Server, login, logout  # noqa: E402
 
 NS = "http://jabber.org/protocol/httpbind"
 PASSWORD = "bench password 1"
 USERS = 50  # sessions are spread over this many accounts, several resources each
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 class Connection:

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import scramp
+from servers import cpu_seconds, rss_kib  # (this folder: the script's own)
 
 DOMAIN = "bench.test"
 PASSWORD = "bench-password-1"
@@ -84,18 +85,6 @@ TERMINATE = re.compile(rb"<body\b[^>]*\btype=['\"]terminate['\"]")
 
 def now_us() -> int:
     return time.monotonic_ns() // 1000
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def core_busy(core: int) -> float:

@@ -37,19 +37,6 @@ def _send(presence: domish.Element, to: Session) -> None:
     to.send(presence)
 
 
-#: Session.state key: the resource's current presence, ready to be addressed to anyone
-OUTGOING = "presence"
-
-
-def outgoing(session: Session) -> Addressed:
-    """*session*'s current presence as an :class:`Addressed`, made once per change."""
-    current = session.state.get(OUTGOING)
-    if not isinstance(current, Addressed) or current.element is not session.presence:
-        assert session.presence is not None
-        current = session.state[OUTGOING] = Addressed(session.presence)
-    return current
-
-
 def _priority(stanza: domish.Element) -> int:
     for child in stanza.elements(CLIENT_NS, "priority"):
         try:
@@ -65,9 +52,10 @@ def _priority(stanza: domish.Element) -> int:
 class Presence:
     def __init__(self, router: Router) -> None:
         self.router = router
-        #: the available resources of each domain, kept as they come and go, so a
-        #: broadcast walks only those (insertion-ordered: a dict used as a set)
-        self._available: dict[str, dict[Session, None]] = {}
+        #: the available resources of each domain, each with its current presence
+        #: ready to be addressed to anyone, kept as they come and go, so a
+        #: broadcast walks only those
+        self._available: dict[str, dict[Session, Addressed]] = {}
 
     def broadcast(self, stanza: domish.Element, sender: Session, to: JID) -> None:
         """Presence with no 'to': the resource's own availability (§4.2, §4.4, §4.5)."""
@@ -77,8 +65,7 @@ class Presence:
             sender.priority = _priority(stanza)
             first = not sender.available
             sender.presence = stanza
-            self._available.setdefault(sender.domain, {})[sender] = None
-            addressed = outgoing(sender)
+            addressed = self._available.setdefault(sender.domain, {})[sender] = Addressed(stanza)
             for session in self.available(sender.domain):
                 addressed.send(session)
             if first:
@@ -98,8 +85,8 @@ class Presence:
     def tell_current(self, newcomer: Session) -> None:
         """Send a newly available resource everyone's current presence (§4.2.2),
         in one write: in a large domain that is thousands of stanzas at once."""
-        copies = [outgoing(s).serialized_for(newcomer) for s in self._available.get(newcomer.domain, ())
-                  if s is not newcomer]
+        copies = [presence.serialized_for(newcomer)
+                  for s, presence in self._available.get(newcomer.domain, {}).items() if s is not newcomer]
         if copies:
             newcomer.send_serialized(b"".join(copies))
 
@@ -111,7 +98,6 @@ class Presence:
         stanza["from"] = sender.full
         was_available = sender.available
         sender.presence = None
-        sender.state.pop(OUTGOING, None)
         domain = self._available.get(sender.domain)
         if domain is not None:
             domain.pop(sender, None)
@@ -160,8 +146,9 @@ class Presence:
     def probe(self, sender: Session, to: JID) -> None:
         """Answer a probe with the contact's current presence (§4.3.2)."""
         sessions = [s for s in self.router.resources(to.userhost()).values() if s.available]
+        current = self._available.get(to.host, {})
         for session in sessions:
-            outgoing(session).send(sender)
+            current[session].send(sender)
         if not sessions:
             presence = domish.Element((CLIENT_NS, "presence"))
             presence["from"] = to.userhost()

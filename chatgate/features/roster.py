@@ -15,12 +15,11 @@ built and serialized (in a 5,000-user domain, 0.1 s of CPU per login).
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
+from chatgate.domains import HostedDomains
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import SLOT, Session, around_slot
 from chatgate.storage.interfaces import Alias, Change, Stores, User
@@ -49,7 +48,7 @@ def _serialized_item(contact: User | Alias) -> bytes:
 class RosterItems:
     """Each domain's roster items, serialized once: (bare JID, bytes), users then aliases."""
 
-    def __init__(self, domains: Any) -> None:
+    def __init__(self, domains: HostedDomains) -> None:
         self.domains = domains
         self._items: dict[str, list[tuple[str, bytes]]] = {}
 

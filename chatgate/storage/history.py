@@ -72,12 +72,13 @@ class _RandomHex:
 
     def __init__(self) -> None:
         self._pool = b""
+        self._used = 0
 
     def hex(self, nbytes: int) -> str:
-        if len(self._pool) < nbytes:
-            self._pool = secrets.token_bytes(4096)
-        piece, self._pool = self._pool[:nbytes], self._pool[nbytes:]
-        return piece.hex()
+        if self._used + nbytes > len(self._pool):
+            self._pool, self._used = secrets.token_bytes(4096), 0
+        start, self._used = self._used, self._used + nbytes
+        return self._pool[start:self._used].hex()
 
 
 _random = _RandomHex()

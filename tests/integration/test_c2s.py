@@ -63,11 +63,16 @@ async def test_roster_push_when_admin_adds_and_removes_a_user(server):
                             "--password-stdin", stdin=PASSWORD + "\n")
     await asyncio.wait_for(changed.wait(), 10)
     assert client.client_roster["frank@example.com"]["name"] == "Frank Ford"
+    # a roster asked for again (the server keeps it serialized) has him too
+    fresh = await client.get_roster()
+    assert "frank@example.com" in [item["jid"].bare for item in fresh["roster"]]
     frank = await login(server, "frank@example.com/x", PASSWORD)
     changed.clear()
     await asyncio.to_thread(server.admin, "user", "remove", "frank@example.com")
     await asyncio.wait_for(changed.wait(), 10)
     assert "frank@example.com" not in client.client_roster
+    fresh = await client.get_roster()
+    assert "frank@example.com" not in [item["jid"].bare for item in fresh["roster"]]
     await frank.wait_closed()
     await logout(client)
 
