@@ -30,6 +30,7 @@ from twisted.words.xish import domish
 from chatgate.domains import HostedDomains
 from chatgate.jid import jid_of
 from chatgate.session import Session
+from chatgate.xml import Element
 
 CLIENT_NS = "jabber:client"
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -70,7 +71,7 @@ class StanzaError(Exception):
 
 def error_reply(stanza: domish.Element, condition: str, text: str | None = None) -> domish.Element:
     """The error stanza answering *stanza* (RFC 6120 §8.3.1): addresses swapped."""
-    reply = domish.Element((CLIENT_NS, stanza.name))
+    reply = Element((CLIENT_NS, stanza.name))
     for attr in ("id", "xml:lang"):
         if stanza.hasAttribute(attr):
             reply[attr] = stanza[attr]
@@ -89,7 +90,7 @@ def error_reply(stanza: domish.Element, condition: str, text: str | None = None)
 
 def iq_result(iq: domish.Element) -> domish.Element:
     """An empty result for *iq*, from whom it was sent to."""
-    reply = domish.Element((CLIENT_NS, "iq"))
+    reply = Element((CLIENT_NS, "iq"))
     reply["type"] = "result"
     reply["id"] = iq.getAttribute("id", "")
     if iq.hasAttribute("from"):

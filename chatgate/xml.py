@@ -1,6 +1,6 @@
 """Restricted XML stream parsing for XMPP (RFC 6120 §11, "XML Usage").
 
-Bytes go in, L{twisted.words.xish.domish.Element} objects come out: the
+Bytes go in, L{Element} objects (domish Elements) come out: the
 C{<stream:stream>} header, then every complete first-level child (stanza or
 nonza), then the end of the stream. Anything the restricted profile forbids
 raises L{StreamError} carrying the RFC 6120 §4.9.3 condition to send:
@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import pyexpat
 import re
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 from twisted.words.xish import domish
 
@@ -52,6 +54,40 @@ class StreamError(Exception):
         super().__init__(condition if text is None else f"{condition}: {text}")
         self.condition = condition
         self.text = text
+
+
+class Element(domish.Element):
+    """A domish Element that holds its parent weakly: the element chatgate builds.
+
+    A plain domish tree is a reference cycle (each child's ``parent`` and the
+    parent's ``children``), so every stanza dropped after delivery waited for the
+    cyclic garbage collector; under load collecting them was most of the
+    collector's work and set the pace of its pauses. Without the cycle a stanza
+    is freed as soon as the last reference goes. ``parent`` still answers while
+    the parent lives, which is whenever the child was reached from it.
+    """
+
+    _parent: Callable[[], domish.Element | None] | None = None
+
+    @property  # type: ignore[override]
+    def parent(self) -> domish.Element | None:
+        return self._parent() if self._parent is not None else None
+
+    @parent.setter
+    def parent(self, value: domish.Element | None) -> None:
+        self._parent = weakref.ref(value) if value is not None else None
+
+    def addElement(self, name: Any, defaultUri: str | None = None, content: str | None = None) -> Element:
+        """domish's addElement, making the child an L{Element} too."""
+        if isinstance(name, tuple):
+            child = Element(name, name[0] if defaultUri is None else defaultUri)
+        else:
+            uri = self.defaultUri if defaultUri is None else defaultUri
+            child = Element((uri, name), uri)
+        self.addChild(child)
+        if content:
+            child.addContent(content)
+        return child
 
 
 class _Closed(Exception):
@@ -187,7 +223,7 @@ class StreamParser:
         for key, value in attributes.items():
             uri, local = _split(key)
             attrs[(uri, local) if uri else local] = value
-        element = domish.Element(_split(name), self._default_ns[-1], attrs, self._prefixes)
+        element = Element(_split(name), self._default_ns[-1], attrs, self._prefixes)
         self._prefixes = {}
         start = self._parser.CurrentByteIndex
         if depth == 1:
@@ -244,7 +280,7 @@ def parse_document(data: bytes, max_size: int, max_depth: int = 64) -> domish.El
 
 def copy_element(element: domish.Element) -> domish.Element:
     """A deep copy of *element*, for a stanza that is kept or changed per recipient."""
-    copy = domish.Element((element.uri, element.name), element.defaultUri, dict(element.attributes))
+    copy = Element((element.uri, element.name), element.defaultUri, dict(element.attributes))
     for child in element.children:
         copy.addChild(copy_element(child) if isinstance(child, domish.Element) else child)
     return copy

@@ -31,7 +31,7 @@ from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import Addressed, Session
 from chatgate.storage.interfaces import Alias, Change, Stores, User
-from chatgate.xml import copy_element
+from chatgate.xml import Element, copy_element
 
 ADDRESS_NS = "http://jabber.org/protocol/address"
 VCARD_NS = "vcard-temp"
@@ -83,7 +83,7 @@ class Aliases:
         )
 
     def presence(self, alias: Alias, online: int) -> domish.Element:
-        presence = domish.Element((CLIENT_NS, "presence"))
+        presence = Element((CLIENT_NS, "presence"))
         presence["from"] = alias.jid
         if online:
             presence.addElement("status", content=f"{online} of {len(alias.members)} members online")
@@ -126,7 +126,7 @@ class Aliases:
         alias = self.domains.alias(to.host, to.user)
         ptype = stanza.getAttribute("type")
         if ptype == "subscribe":
-            approval = domish.Element((CLIENT_NS, "presence"))
+            approval = Element((CLIENT_NS, "presence"))
             approval["from"], approval["type"] = alias.jid, "subscribed"
             self._tell(approval, sender)
         if ptype in ("probe", "subscribe"):

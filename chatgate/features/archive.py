@@ -41,6 +41,7 @@ from chatgate.router import CLIENT_NS, Router
 from chatgate.session import Session
 from chatgate.storage.history import ArchiveIds
 from chatgate.storage.interfaces import ArchivedMessage, IArchive, Stores
+from chatgate.xml import Element
 
 SID_NS = "urn:xmpp:sid:0"
 #: seconds between two retention sweeps
@@ -94,7 +95,7 @@ def _stanza_id_xml(by: str, archive_id: str) -> str:
 
 
 def _stanza_id(by: str, archive_id: str) -> domish.Element:
-    element = domish.Element((SID_NS, "stanza-id"))
+    element = Element((SID_NS, "stanza-id"))
     element["by"], element["id"] = by, archive_id
     return element
 

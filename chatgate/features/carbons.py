@@ -27,6 +27,7 @@ from chatgate.features.archive import body_of, view_for
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import Session
 from chatgate.storage.interfaces import Stores
+from chatgate.xml import Element
 
 NS = "urn:xmpp:carbons:2"
 FORWARD_NS = "urn:xmpp:forward:0"
@@ -54,7 +55,7 @@ def _private(stanza: domish.Element) -> bool:
 
 
 def _copy(kind: str, stanza: domish.Element, xml: str, owner: str, to: Session) -> None:
-    wrapper = domish.Element((CLIENT_NS, "message"))
+    wrapper = Element((CLIENT_NS, "message"))
     wrapper["from"], wrapper["to"] = owner, to.full
     wrapper["type"] = stanza.getAttribute("type", "normal")
     wrapper.addElement((NS, kind)).addElement((FORWARD_NS, "forwarded")).addRawXml(xml)

@@ -36,6 +36,7 @@ from chatgate.features.archive import parse_stamp, stamp
 from chatgate.router import CLIENT_NS, Handler, Router, StanzaError, iq_result
 from chatgate.session import Session
 from chatgate.storage.interfaces import ArchivePage, ArchiveQuery, IArchive, Stores, UnknownMessage
+from chatgate.xml import Element
 
 NS = "urn:xmpp:mam:2"
 EXTENDED = "urn:xmpp:mam:2#extended"
@@ -174,7 +175,7 @@ class MessageArchive:
         query_id = query.getAttribute("queryid")
         messages = page.messages[::-1] if next(query.elements(NS, "flip-page"), None) is not None else page.messages
         for message in messages:
-            wrapper = domish.Element((CLIENT_NS, "message"))
+            wrapper = Element((CLIENT_NS, "message"))
             wrapper["to"], wrapper["from"], wrapper["id"] = sender.full, owner, f"mam{next(_ids)}"
             result = wrapper.addElement((NS, "result"))
             if query_id is not None:

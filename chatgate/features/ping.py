@@ -19,6 +19,7 @@ from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import Session
 from chatgate.storage.interfaces import Stores
+from chatgate.xml import Element
 
 NS = "urn:xmpp:ping"
 
@@ -36,7 +37,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
 
     def ping(session: Session) -> None:
         session.state["ping"] = True
-        iq = domish.Element((CLIENT_NS, "iq"))
+        iq = Element((CLIENT_NS, "iq"))
         iq["type"] = "get"
         iq.addElement((NS, "ping"))
 

@@ -20,12 +20,13 @@ from chatgate.jid import jid_of
 from chatgate.router import CLIENT_NS, Router, StanzaError
 from chatgate.session import Addressed, Session
 from chatgate.storage.interfaces import Stores
+from chatgate.xml import Element
 
 _SUBSCRIPTION = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 
 
 def unavailable(session: Session) -> domish.Element:
-    presence = domish.Element((CLIENT_NS, "presence"))
+    presence = Element((CLIENT_NS, "presence"))
     presence["from"] = session.full
     presence["type"] = "unavailable"
     return presence
@@ -150,14 +151,14 @@ class Presence:
         for session in sessions:
             current[session].send(sender)
         if not sessions:
-            presence = domish.Element((CLIENT_NS, "presence"))
+            presence = Element((CLIENT_NS, "presence"))
             presence["from"] = to.userhost()
             presence["type"] = "unavailable"
             _send(presence, sender)
 
     def subscribed(self, sender: Session, to: JID) -> None:
         """Every user of a domain is subscribed already: approve at once (§3.1.3)."""
-        presence = domish.Element((CLIENT_NS, "presence"))
+        presence = Element((CLIENT_NS, "presence"))
         presence["from"] = to.userhost()
         presence["type"] = "subscribed"
         _send(presence, sender)

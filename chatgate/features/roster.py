@@ -23,6 +23,7 @@ from chatgate.domains import HostedDomains
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import SLOT, Session, around_slot
 from chatgate.storage.interfaces import Alias, Change, Stores, User
+from chatgate.xml import Element
 
 ALIASES_GROUP = "Aliases"
 
@@ -40,7 +41,7 @@ def _item(parent: domish.Element, contact: User | Alias, subscription: str = "bo
 
 def _serialized_item(contact: User | Alias) -> bytes:
     """One roster item as it appears inside a serialized <query xmlns='jabber:iq:roster'/>."""
-    query = domish.Element((NS, "query"))
+    query = Element((NS, "query"))
     _item(query, contact)
     return query.children[0].toXml(defaultUri=NS).encode("utf-8")
 
@@ -103,7 +104,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
         for session in router.domain_sessions(contact.domain):
             if session.bare == contact.jid or not session.state.get("roster"):
                 continue
-            iq = domish.Element((CLIENT_NS, "iq"))
+            iq = Element((CLIENT_NS, "iq"))
             iq["type"] = "set"
             iq["id"] = f"push-{id(iq):x}"
             iq["to"] = session.full

@@ -17,7 +17,7 @@ from chatgate.config import Settings
 from chatgate.router import Router, StanzaError, iq_result
 from chatgate.session import Session
 from chatgate.storage.interfaces import Stores, User
-from chatgate.xml import StreamError, parse_document
+from chatgate.xml import Element, StreamError, parse_document
 
 NS = "vcard-temp"
 
@@ -64,7 +64,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
             except StreamError:
                 card = None  # a card the store cannot give back whole is rebuilt from the directory
         if card is None:
-            card = domish.Element((NS, "vCard"))
+            card = Element((NS, "vCard"))
         reply = iq_result(stanza)
         reply.addChild(fill(card, user))
         sender.send(reply)

@@ -25,6 +25,7 @@ from chatgate.auth.sasl import Authenticator, Exchange, SASLFailure, decode
 from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router, error_reply, first_child, iq_result
 from chatgate.session import Session
+from chatgate.xml import Element
 
 STREAMS_NS = "http://etherx.jabber.org/streams"
 TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
@@ -38,7 +39,7 @@ log = Logger()
 
 def stream_error(condition: str, text: str | None = None) -> domish.Element:
     """A <stream:error/> with its RFC 6120 §4.9.3 *condition* and optional text (§4.9.2)."""
-    error = domish.Element((STREAMS_NS, "error"))
+    error = Element((STREAMS_NS, "error"))
     error.addElement((STREAM_ERRORS_NS, condition))
     if text:
         error.addElement((STREAM_ERRORS_NS, "text"), content=text)
@@ -47,7 +48,7 @@ def stream_error(condition: str, text: str | None = None) -> domish.Element:
 
 def features_element(state: tuple[object, ...]) -> domish.Element:
     """The <stream:features/> for a :meth:`XMPPStream.features_state`."""
-    features = domish.Element((STREAMS_NS, "features"))
+    features = Element((STREAMS_NS, "features"))
     if state[0] == "sasl":
         _, starttls, tls_needed, mechanisms = state
         if starttls:
@@ -169,10 +170,10 @@ class XMPPStream:
 
     def _starttls(self) -> None:
         if not self.transport.can_starttls or self.transport.secure or self.localpart is not None:
-            self.transport.send(domish.Element((TLS_NS, "failure")))
+            self.transport.send(Element((TLS_NS, "failure")))
             self.transport.fail("undefined-condition", "STARTTLS is not available now")
             return
-        self.transport.send(domish.Element((TLS_NS, "proceed")))
+        self.transport.send(Element((TLS_NS, "proceed")))
         self.transport.start_tls()
         self.transport.restart(authenticated=False)
 
@@ -216,14 +217,14 @@ class XMPPStream:
         self._busy = False
         data = base64.b64encode(step.data).decode() if step.data else ""
         if not step.done:
-            challenge = domish.Element((SASL_NS, "challenge"))
+            challenge = Element((SASL_NS, "challenge"))
             if data:
                 challenge.addContent(data)
             self.transport.send(challenge)
             return
         self.localpart = exchange.localpart
         self._exchange = None
-        success = domish.Element((SASL_NS, "success"))
+        success = Element((SASL_NS, "success"))
         if data:
             success.addContent(data)
         log.info(
@@ -244,7 +245,7 @@ class XMPPStream:
 
     def _sasl_failed(self, failure: SASLFailure, exchange: Exchange | None = None) -> None:
         self._exchange = None
-        element = domish.Element((SASL_NS, "failure"))
+        element = Element((SASL_NS, "failure"))
         element.addElement(failure.condition)
         if failure.text:
             element.addElement("text", content=failure.text)
