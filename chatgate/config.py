@@ -62,7 +62,7 @@ class ArchiveSettings:
 
     backend: str = "sqlite"
     offline_backend: str = "sqlite"
-    commit_interval: float = 0.0
+    commit_interval: float = 0.01
     conversation_gap: float = 1800.0
     retention_days: int | None = None
     offline_quota: int = 1000

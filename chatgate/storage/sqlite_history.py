@@ -15,17 +15,16 @@ So the worker never has more than one batch, and one synced commit covers
 whatever came during the one before it: under load the batches grow instead of
 queuing up behind each other, each with its own fsync.
 
-When no batch is in flight, a write waits ``commit_interval`` for company;
-the default, 0, hands it over at the end of the reactor turn (with the other
-writes of the same turn). Measured with ``bench/archive.py`` (2 cores, fast disk,
-medians of 5 runs): at a steady 2,000 messages/s the acknowledgement's p50 is
-1.9 ms instead of 11.7 ms waiting the interval, at 5,000 messages/s 4.6 ms
-instead of 14.2 ms with a 10 ms interval, and the saturated rate is the same either way (18,000
-messages/s; 11,400 before group commit). The price is more commits at
-moderate rates: with writes arriving evenly at 5,000 messages/s, 590 commits/s
-instead of 145 and 7 % more CPU for the process (about 4 µs a message). The
-busier the store, the more each commit gathers, so the difference vanishes
-towards saturation.
+Batches start at most once per ``commit_interval`` (default 10 ms). A write
+to a store whose last batch started longer ago goes at the end of the reactor
+turn, with the other writes of that turn, so a message alone is not delayed;
+one that comes sooner waits for the rest of the interval or for the commit in
+flight, whichever ends later. Each commit is a disk sync, mostly kernel time:
+in the whole server (bench/load.py S2, 100 pairs, 2026-11-22) batches 10 ms
+apart instead of back to back took server CPU at 4,000 messages/s from 61 % to
+49 % and at 6,000 from 83 % to 71 %, for a p50 latency of 9.5 ms instead of
+1.9 ms at 4,000 messages/s (bench/RESULTS.md, History). 0 starts each batch as
+soon as the one before is committed.
 
 A read sees every write queued before it: it goes to the worker (which runs
 its work in order) after the batch holding those writes; if they are still
@@ -145,6 +144,10 @@ class _BatchedSQLite:
         self._timer: Any = None
         #: a batch is on the worker: the queue waits for its commit
         self._committing = False
+        #: when the last batch went to the worker (reactor seconds)
+        self._last_start = float("-inf")
+        #: stop() is under way: nothing waits for the spacing any more
+        self._stopping = False
         #: writes ever queued, writes ever handed to the worker (a read needs handed >= queued at its time)
         self._queued = self._handed = 0
         #: reads waiting for the writes queued before them to be handed over: (writes needed, work, args, result)
@@ -155,6 +158,7 @@ class _BatchedSQLite:
     # -- life cycle
 
     def start(self) -> Deferred[None]:
+        self._stopping = False
         pragmas = ["PRAGMA synchronous = FULL", "PRAGMA cache_size = -16000"]
         return Deferred.fromCoroutine(self._worker.start(self._create, pragmas))
 
@@ -164,6 +168,7 @@ class _BatchedSQLite:
     async def _stop(self) -> None:
         if not self._worker.started:
             return
+        self._stopping = True
         self._flush()
         while self._committing:  # the batch in flight, then what queued behind it, until nothing is left
             waiter: Deferred[None] = Deferred()
@@ -202,12 +207,17 @@ class _BatchedSQLite:
         self._queue.append((work, args, d))
         self._queued += 1
         if self._committing:
-            pass  # goes with the next batch, as soon as the one in flight is committed
+            pass  # goes with the next batch, when the one in flight is committed
         elif now or len(self._queue) >= MAX_BATCH:
             self._flush()
         elif self._timer is None:
-            self._timer = self._reactor.callLater(self.commit_interval, self._flush)
+            self._timer = self._reactor.callLater(self._spacing(), self._flush)
         return d
+
+    def _spacing(self) -> float:
+        """Seconds until the next batch may go: batches start at most once per ``commit_interval``
+        (0 at the end of this reactor turn)."""
+        return max(0.0, self._last_start + self.commit_interval - self._reactor.seconds())
 
     def _flush(self) -> None:
         """Hand the queued writes (up to MAX_BATCH) to the worker as one transaction, unless a batch is
@@ -221,6 +231,7 @@ class _BatchedSQLite:
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         self._handed += len(batch)
         self._committing = True
+        self._last_start = self._reactor.seconds()
         d = self._worker.write(self._commit, [(work, args) for work, args, _ in batch])
         d.addCallbacks(self._committed, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addBoth(self._next)
@@ -240,7 +251,12 @@ class _BatchedSQLite:
         if isinstance(result, Failure):
             log.failure("history batch bookkeeping failed", result)
         self._committing = False
-        self._flush()
+        spacing = self._spacing()
+        if spacing > 0 and 0 < len(self._queue) < MAX_BATCH and not self._stopping:
+            if self._timer is None:
+                self._timer = self._reactor.callLater(spacing, self._flush)
+        else:
+            self._flush()
         self._hand_reads()  # (any left when the store could not hand a batch over)
         waiters, self._commit_waiters = self._commit_waiters, []
         for waiter in waiters:

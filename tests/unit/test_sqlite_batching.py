@@ -102,21 +102,23 @@ async def test_one_batch_in_flight_and_what_queues_meanwhile_goes_next_together(
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_next_batch_waits_for_the_commit_not_for_the_interval(tmp_path):
-    store = SQLiteArchive(str(tmp_path / "h.sqlite"), commit_interval=60)  # an interval that never comes
+async def test_batches_start_at_most_once_per_interval(tmp_path):
+    store = SQLiteArchive(str(tmp_path / "h.sqlite"), commit_interval=0.3)
     await store.start()
     held = hold(store)
     make = Maker()
     try:
-        first = store.append(make())
-        if not held.sizes:
-            store._flush()  # (if the store waits for company when idle)
+        started = reactor.seconds()
+        first = store.append(make())  # the store was idle: it goes at once
         await held.until(1)
         second = store.append(make())
         held.gate.set()
         await first
-        await second  # went when the first was committed
+        await deferLater(reactor, 0.1, lambda: None)
+        assert held.sizes == [1] and not second.called  # committed, but the interval is not over
+        await second
         assert held.sizes == [1, 1]
+        assert reactor.seconds() - started >= 0.29
     finally:
         held.gate.set()
         await store.stop()
@@ -272,16 +274,18 @@ async def test_an_idle_store_hands_over_the_writes_of_one_reactor_turn_together(
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_idle_store_can_wait_the_interval_for_company(tmp_path):
+async def test_writes_within_the_interval_after_a_commit_go_together(tmp_path):
     store = SQLiteArchive(str(tmp_path / "h.sqlite"), commit_interval=0.1)
     await store.start()
     held = hold(store)
     held.gate.set()
     make = Maker()
-    first = store.append(make())
-    await deferLater(reactor, 0.05, lambda: None)
-    second = store.append(make())
-    assert held.sizes == []
-    await defer.gatherResults([first, second])
-    assert held.sizes == [2]
+    await store.append(make())  # idle: at once
+    assert held.sizes == [1]
+    pending = [store.append(make())]
+    await deferLater(reactor, 0.03, lambda: None)
+    pending.append(store.append(make()))
+    assert held.sizes == [1]
+    await defer.gatherResults(pending)
+    assert held.sizes == [1, 2]
     await store.stop()
