@@ -132,13 +132,16 @@ def _frame(frame: str) -> str:
 
 
 #: leaf frames of a thread that waits (py-spy's own idle detection is unreliable here)
-WAITS = ("EPollReactor.doPoll ", "Condition.wait ", "Event.wait ", "Queue.get ", "Thread._wait_for_tstate_lock ")
+#: (SQLiteWorker._loop as the leaf: waiting in SimpleQueue.get, which is C)
+WAITS = ("EPollReactor.doPoll ", "Condition.wait ", "Event.wait ", "Queue.get ", "Thread._wait_for_tstate_lock ",
+         "SQLiteWorker._loop ")
 #: frames every busy sample of a thread passes through (twistd, the reactor loop, the
 #: thread pool): left out of the inclusive list, which would show nothing else
 PLUMBING = re.compile(r"^<module> \(twistd\)"
                       r"|\((twisted/(application|scripts)/|twisted/python/(context|log|threadpool)\.py"
                       r"|twisted/_threads/|threading\.py)"
-                      r"|^(ReactorBase\.(run|mainLoop)|EPollReactor\.doPoll|_PollLikeMixin\._doReadOrWrite) ")
+                      r"|^(ReactorBase\.(run|mainLoop)|EPollReactor\.doPoll|_PollLikeMixin\._doReadOrWrite"
+                      r"|SQLiteWorker\._loop) ")
 
 
 def top_frames(raw: str, count: int = 15) -> dict[str, Any]:
@@ -572,8 +575,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, one start per server, RESULTS.md untouched: under a minute")
-    parser.add_argument("--servers", default="chatgate,prosody,ejabberd",
-                        help="comma separated, of chatgate, chatgate-redis (archive on Redis), prosody, ejabberd")
+    parser.add_argument("--servers",
+                        help="comma separated, of chatgate, chatgate-redis (archive on Redis), prosody, ejabberd"
+                             " (default all; quick: all but chatgate-redis)")
     parser.add_argument("--users", type=int, help="S1 users (default 10000; quick 200)")
     parser.add_argument("--pairs", type=int, help="S2 pairs (default 100; quick 50)")
     parser.add_argument("--rates", help="S2 total msg/s, stepped (comma separated)")
@@ -594,6 +598,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run nothing: write the section again from the raw figures of an earlier run")
     args = parser.parse_args(argv)
     quick = args.quick
+    references = "prosody,ejabberd"
+    args.servers = args.servers or (f"chatgate,{references}" if quick else f"chatgate,chatgate-redis,{references}")
     args.users = min(args.users or (200 if quick else 10000), 15000)
     args.pairs = args.pairs or (50 if quick else 100)
     args.rates = [float(r) for r in (args.rates or ("2000" if quick else
