@@ -83,13 +83,13 @@ class ChatService(service.Service):
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload_tls))
         self.router.emit("service-started")
         # The cyclic collector pauses everything; its cost is the number of
-        # objects it walks. What exists at start (the directory mirror) is frozen
-        # out of it. The delivery path makes no reference cycles (chatgate.xml
-        # Element, the SQLite worker's own thread): dropped stanzas are freed at
-        # once, not by the collector. Each collection of
-        # the middle generation walks every live young object (under BOSH load
-        # every held request: ~0.2 s for 5,000), so it comes only after 500 young
-        # collections (minutes under load; bench/RESULTS.md, the S3 tail).
+        # objects it walks. What exists at start (the directory mirror) is
+        # frozen out of it. The delivery path makes no reference cycles
+        # (chatgate.xml Element, the SQLite worker's own thread): dropped
+        # stanzas are freed at once, not by the collector. A collection of the
+        # middle generation walks every live young object (under BOSH load every
+        # held request: ~0.2 s for 5,000), so it comes only after 500 young
+        # collections (minutes apart under load; bench/RESULTS.md, the S3 tail).
         gc.freeze()
         gc.set_threshold(10_000, 500, 100)
         log.info("chatgate ready: domains {domains}", domains=", ".join(self.domains.names()) or "(none)")

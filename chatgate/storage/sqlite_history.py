@@ -146,8 +146,6 @@ class _BatchedSQLite:
         self._committing = False
         #: when the last batch went to the worker (reactor seconds)
         self._last_start = float("-inf")
-        #: stop() is under way: nothing waits for the spacing any more
-        self._stopping = False
         #: writes ever queued, writes ever handed to the worker (a read needs handed >= queued at its time)
         self._queued = self._handed = 0
         #: reads waiting for the writes queued before them to be handed over: (writes needed, work, args, result)
@@ -158,7 +156,6 @@ class _BatchedSQLite:
     # -- life cycle
 
     def start(self) -> Deferred[None]:
-        self._stopping = False
         pragmas = ["PRAGMA synchronous = FULL", "PRAGMA cache_size = -16000"]
         return Deferred.fromCoroutine(self._worker.start(self._create, pragmas))
 
@@ -168,9 +165,11 @@ class _BatchedSQLite:
     async def _stop(self) -> None:
         if not self._worker.started:
             return
-        self._stopping = True
-        self._flush()
-        while self._committing:  # the batch in flight, then what queued behind it, until nothing is left
+        # the batch in flight, then what queued behind it (not waiting for the spacing), until nothing is left
+        while True:
+            self._flush()
+            if not self._committing:
+                break
             waiter: Deferred[None] = Deferred()
             self._commit_waiters.append(waiter)
             await waiter
@@ -210,9 +209,13 @@ class _BatchedSQLite:
             pass  # goes with the next batch, when the one in flight is committed
         elif now or len(self._queue) >= MAX_BATCH:
             self._flush()
-        elif self._timer is None:
-            self._timer = self._reactor.callLater(self._spacing(), self._flush)
+        else:
+            self._flush_later(self._spacing())
         return d
+
+    def _flush_later(self, delay: float) -> None:
+        if self._timer is None:
+            self._timer = self._reactor.callLater(delay, self._flush)
 
     def _spacing(self) -> float:
         """Seconds until the next batch may go: batches start at most once per ``commit_interval``
@@ -247,14 +250,14 @@ class _BatchedSQLite:
             self._worker.read(work, *args).chainDeferred(d)
 
     def _next(self, result: Any) -> None:
-        """The batch in flight is done: what queued during its commit goes at once, as the next batch."""
+        """The batch in flight is done: what queued during its commit goes as the next batch, as soon as
+        the spacing allows."""
         if isinstance(result, Failure):
             log.failure("history batch bookkeeping failed", result)
         self._committing = False
         spacing = self._spacing()
-        if spacing > 0 and 0 < len(self._queue) < MAX_BATCH and not self._stopping:
-            if self._timer is None:
-                self._timer = self._reactor.callLater(spacing, self._flush)
+        if self._queue and spacing > 0 and len(self._queue) < MAX_BATCH:
+            self._flush_later(spacing)
         else:
             self._flush()
         self._hand_reads()  # (any left when the store could not hand a batch over)
