@@ -1,15 +1,17 @@
 """Load benchmark: chatgate beside Prosody and ejabberd, in one run.
 
-For each server (see ``bench/servers.py`` for the throw-away configs and the
-bulk provisioning): start it pinned to core 0, run the scenarios of
-``bench/load.py`` pinned to core 1 — S1 login storm, S2 chat throughput, S3
-BOSH — each on a freshly started server (so one scenario's freed memory does
-not hide the next one's), stop it. chatgate is then profiled with py-spy
-under S2 at a fixed rate. Writes the raw figures to ``bench/results/`` and
-the section "Load: chatgate vs Prosody vs ejabberd" of ``bench/RESULTS.md``
-(only that section; the others are left as they are).
+Each server runs pinned to core 0 and ``bench/load.py`` pinned to core 1, one
+server at a time, each scenario on a freshly started server (so one scenario's
+freed memory does not hide the next one's). S2, chat throughput, comes first
+with the servers' ladders interleaved: each rate in turn on every server still
+climbing, so that a drift in the machine's speed falls on all of them alike;
+then chatgate is profiled with py-spy under S2 at a fixed rate; then each
+server in turn runs S1 (login storm), S3 (BOSH) and S4 (presence fan-out).
+Writes the raw figures to ``bench/results/`` and the section "Load: chatgate
+vs Prosody vs ejabberd" of ``bench/RESULTS.md`` (only that section; the others
+are left as they are).
 
-    .venv/bin/python bench/run.py            # the full run, about 20 minutes
+    .venv/bin/python bench/run.py            # the full run, about 40 minutes
     .venv/bin/python bench/run.py --quick    # small sizes, under a minute (a smoke test: RESULTS.md untouched)
 
 Missing servers are installed first with ``bench/setup.sh`` (apt, as root).
@@ -189,82 +191,193 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
-# -- one server through the scenarios
+# -- the servers through the scenarios
 
 
-def bench_server(kind: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    users = max(args.users, 2 * args.pairs, *(n for n, _ in args.s3), *args.s4)
-    redis: subprocess.Popen[bytes] | None = None
-    if kind == "chatgate-redis":
-        redis, port = start_redis(folder)
-        server: BenchServer = Chatgate(users, SERVER_CORE, archive="redis", redis_port=port)
-    else:
-        server = SERVERS[kind](users, SERVER_CORE)
-    result: dict[str, Any] = {"server": kind, "storage": server.storage, "version": server.version(),
-                              "users_provisioned": users}
-    c2s = ["--concurrency", str(args.concurrency), "--settle", str(args.settle), "--idle", str(args.idle)]
-    # --quick starts each server once: with the domain roster S4 needs from the start
-    server.domain_roster = bool(args.quick and args.s4)
-    try:
+class Contender:
+    """One server of the run: its process (and the redis-server its archive
+    uses, for chatgate-redis) and its figures."""
+
+    def __init__(self, kind: str, args: argparse.Namespace, folder: Path) -> None:
+        self.kind, self.args = kind, args
+        users = max(args.users, 2 * args.pairs, *(n for n, _ in args.s3), *args.s4)
+        self.redis: subprocess.Popen[bytes] | None = None
+        if kind == "chatgate-redis":
+            self.redis, port = start_redis(folder)
+            self.server: BenchServer = Chatgate(users, SERVER_CORE, archive="redis", redis_port=port)
+        else:
+            self.server = SERVERS[kind](users, SERVER_CORE)
+        self.result: dict[str, Any] = {"server": kind, "storage": self.server.storage,
+                                       "version": self.server.version(), "users_provisioned": users}
+        self.c2s = ["--concurrency", str(args.concurrency), "--settle", str(args.settle), "--idle", str(args.idle)]
+        self.s2_options = [*self.c2s, "--pairs", str(args.pairs), "--step", str(args.step), "--drain",
+                           str(args.drain), "--warmup", str(args.warmup), "--retries", str(args.retries)]
+        # --quick starts each server once: with the domain roster S4 needs from the start
+        self.server.domain_roster = bool(args.quick and args.s4)
+        self.provisioned = False
+
+    def start(self) -> None:
+        """A fresh start (the first one provisions the users)."""
+        self.server.stop()
+        if self.provisioned:
+            self.server.start()
+            return
         started = time.monotonic()
-        server.start(timeout=3600)
-        result["provision_and_start_s"] = round(time.monotonic() - started, 1)
-        log(f"{kind}: {result['version']}, {users} users, up in {result['provision_and_start_s']} s "
-            f"(pid {server.pid}, folder {server.folder})")
+        self.server.start(timeout=3600)
+        self.provisioned = True
+        self.result["provision_and_start_s"] = round(time.monotonic() - started, 1)
+        log(f"{self.kind}: {self.result['version']}, {self.server.users} users, up in "
+            f"{self.result['provision_and_start_s']} s (pid {self.server.pid}, folder {self.server.folder})")
 
-        def fresh() -> None:
-            if not args.quick:
-                server.stop()
-                server.start()
+    def fail(self, error: Exception) -> None:
+        """A server that does not start or dies is a result too."""
+        self.result["error"] = f"{type(error).__name__}: {error}"
+        log(f"{self.kind}: {self.result['error']}\n{self.server.tail(20)}")
+        self.server.stop()
 
-        log(f"{kind}: S1 login storm, {args.users} users")
-        result["s1"] = load(server, "s1", [*c2s, "--users", str(args.users), "--hold", str(args.hold)],
-                            args.timeout)
-        fresh()
-        log(f"{kind}: S2 chat throughput, {args.pairs} pairs, {args.step:g} s per rate")
-        s2_options = [*c2s, "--pairs", str(args.pairs), "--step", str(args.step), "--drain", str(args.drain),
-                      "--warmup", str(args.warmup), "--retries", str(args.retries)]
-        result["s2"] = load(server, "s2", [*s2_options, "--rates", ",".join(f"{r:g}" for r in args.rates)],
-                            args.timeout)
-        if kind == "chatgate" and args.profile > 0 and "error" not in result["s2"]:
-            best = result["s2"].get("max_rate") or args.rates[0]
-            rate = max(args.rates[0], round(best * 0.8, -1))
-            log(f"{kind}: py-spy under S2 at {rate:g} msg/s for {args.profile:g} s")
-            result["profile"] = profile(server, "s2-fixed", s2_options, args.profile, rate, folder)
-        result["s3"] = []
+    def s2(self, rates: list[float]) -> dict[str, Any]:
+        """S2 through *rates* on a fresh start."""
+        self.start()
+        log(f"{self.kind}: S2 chat throughput, {self.args.pairs} pairs, {self.args.step:g} s per rate, "
+            f"{', '.join(f'{r:g}' for r in rates)} msg/s")
+        return load(self.server, "s2", [*self.s2_options, "--rates", ",".join(f"{r:g}" for r in rates)],
+                    self.args.timeout)
+
+    def profile_s2(self, folder: Path) -> None:
+        s2 = self.result.get("s2") or {}
+        if self.kind != "chatgate" or self.args.profile <= 0 or "error" in s2:
+            return
+        self.start()
+        rate = max(self.args.rates[0], round((s2.get("max_rate") or self.args.rates[0]) * 0.8, -1))
+        log(f"{self.kind}: py-spy under S2 at {rate:g} msg/s for {self.args.profile:g} s")
+        self.result["profile"] = profile(self.server, "s2-fixed", self.s2_options, self.args.profile, rate, folder)
+
+    def scenarios(self, folder: Path, with_s2: bool) -> None:
+        """S1, S2 (when *with_s2*: a quick run), S3 and S4, each on a fresh start
+        (in a quick run on the first one)."""
+        args, server = self.args, self.server
+        fresh = (lambda: None) if args.quick else self.start
+        self.start()
+        log(f"{self.kind}: S1 login storm, {args.users} users")
+        self.result["s1"] = load(server, "s1", [*self.c2s, "--users", str(args.users), "--hold", str(args.hold)],
+                                 args.timeout)
+        if with_s2:
+            fresh()
+            log(f"{self.kind}: S2 chat throughput, {args.pairs} pairs, {args.step:g} s per rate")
+            self.result["s2"] = load(server, "s2", [*self.s2_options, "--rates",
+                                                    ",".join(f"{r:g}" for r in args.rates)], args.timeout)
+            self.profile_s2(folder)
+        self.result["s3"] = []
         for n, rate in args.s3:
             fresh()
-            log(f"{kind}: S3 BOSH, {n} users at {rate:g} msg/s for {args.duration:g} s")
-            result["s3"].append(load(server, "s3", [
-                *c2s, "--users", str(n), "--rate", str(rate),
+            log(f"{self.kind}: S3 BOSH, {n} users at {rate:g} msg/s for {args.duration:g} s")
+            self.result["s3"].append(load(server, "s3", [
+                *self.c2s, "--users", str(n), "--rate", str(rate),
                 "--duration", str(args.duration), "--drain", str(args.drain)], args.timeout))
-        if kind == "chatgate" and args.profile > 0 and args.s3:
+        if self.kind == "chatgate" and args.profile > 0 and args.s3:
             fresh()
             n, rate = args.s3[0]
-            log(f"{kind}: py-spy under S3, {n} users at {rate:g} msg/s for {args.profile:g} s")
-            result["profile_s3"] = profile(server, "s3", [*c2s, "--users", str(n), "--drain", str(args.drain)],
-                                           args.profile, rate, folder)
+            log(f"{self.kind}: py-spy under S3, {n} users at {rate:g} msg/s for {args.profile:g} s")
+            self.result["profile_s3"] = profile(server, "s3", [*self.c2s, "--users", str(n), "--drain",
+                                                               str(args.drain)], args.profile, rate, folder)
         if args.s4:
             if not server.domain_roster:
                 server.stop()
                 server.domain_roster = True  # everyone in everyone's roster, as chatgate always has it
                 server.start(timeout=3600)
-            log(f"{kind}: S4 presence fan-out, domains of {', '.join(map(str, args.s4))} users")
-            result["s4"] = load(server, "s4", [*c2s, "--sizes", ",".join(map(str, args.s4)),
-                                               "--round-limit", str(args.round_limit)], args.timeout)
-    except Exception as e:  # a server that does not start is a result too
-        result["error"] = f"{type(e).__name__}: {e}"
-        log(f"{kind}: {result['error']}\n{server.tail(20)}")
-    finally:
+            log(f"{self.kind}: S4 presence fan-out, domains of {', '.join(map(str, args.s4))} users")
+            self.result["s4"] = load(server, "s4", [*self.c2s, "--sizes", ",".join(map(str, args.s4)),
+                                                    "--round-limit", str(args.round_limit)], args.timeout)
         server.stop()
-        if args.keep:
-            log(f"{kind}: files kept in {server.folder}")
+
+    def close(self) -> None:
+        self.server.stop()
+        if self.args.keep:
+            log(f"{self.kind}: files kept in {self.server.folder}")
         else:
-            server.cleanup()
-        if redis is not None:
-            redis.terminate()
-            redis.wait(10)
-    return result
+            self.server.cleanup()
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(10)
+
+
+def s2_in_turns(contenders: list[Contender], args: argparse.Namespace) -> None:
+    """S2 with the servers' ladders interleaved: each rate in turn on every
+    server still climbing, each time on a fresh start, the order reversed at
+    every rate. The machine's speed drifts over minutes (a shared host), and
+    the servers' ladders run back to back took ~15 minutes apart made their
+    ratio a draw; rate by rate, a drift falls on all of them alike. A server
+    leaves after two failed rates in a row (each failed rate tried again
+    once, as in a ladder), after lost sessions, or when it fails to start."""
+    climbing = [c for c in contenders if "error" not in c.result]
+    state = {c.kind: {"steps": [], "failed_in_row": 0, "best": None, "exchanged": 0, "archive_count": None,
+                      "errors": 0, "late": 0, "lost": 0} for c in climbing}
+    for index, rate in enumerate(args.rates):
+        for c in list(climbing if index % 2 == 0 else climbing[::-1]):
+            st = state[c.kind]
+            try:
+                figures = c.s2([rate])
+            except Exception as e:
+                c.fail(e)
+                figures = {"error": c.result["error"]}
+            c.server.stop()
+            if "error" in figures or not figures.get("server_alive_after", True):
+                st["error"] = figures.get("error") or "the server died"
+                climbing.remove(c)
+                continue
+            st["steps"] += figures["steps"]
+            st["exchanged"] += figures["archive_probe"]["messages_exchanged"]
+            st["archive_count"] = figures["archive_probe"]["archive_count"]
+            st["errors"] += figures["errors_received"]
+            st["late"] += figures["late_messages"]
+            st["lost"] += figures["sessions_lost"]
+            if figures["max_rate"] == rate:
+                st["failed_in_row"], st["best"] = 0, figures["at_max"]
+            else:
+                st["failed_in_row"] += 1
+                if st["failed_in_row"] == 2 or figures["sessions_lost"]:
+                    climbing.remove(c)
+    for c in contenders:
+        st = state.get(c.kind)
+        if st is None:
+            continue
+        best = st["best"]
+        c.result["s2"] = {
+            "in_turns": True,
+            "archive_probe": {"user": "u0", "messages_exchanged": st["exchanged"],
+                              "archive_count": st["archive_count"]},
+            "pairs": args.pairs, "step_s": args.step, "p99_limit_ms": args.p99,
+            "max_rate": best["rate"] if best else 0, "at_max": best, "steps": st["steps"],
+            "errors_received": st["errors"], "late_messages": st["late"], "sessions_lost": st["lost"],
+            **({"error": st["error"]} if "error" in st else {}),
+        }
+
+
+def bench(kinds: list[str], args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    """Every server through the scenarios: S2 first, in turns (not in a quick
+    run: one rate, one start per server), then each server's S1, S3 and S4."""
+    contenders: list[Contender] = []
+    try:
+        for kind in kinds:
+            contenders.append(Contender(kind, args, folder))
+        if not args.quick:
+            s2_in_turns(contenders, args)
+            for c in contenders:
+                try:
+                    c.profile_s2(folder)
+                except Exception as e:
+                    c.fail(e)
+        for c in contenders:
+            if "error" in c.result:
+                continue
+            try:
+                c.scenarios(folder, with_s2=args.quick)
+            except Exception as e:
+                c.fail(e)
+    finally:
+        for c in contenders:
+            c.close()
+    return [c.result for c in contenders]
 
 
 # -- the report
@@ -385,6 +498,10 @@ def report(results: dict[str, Any]) -> str:
     notes = _notes(runs, order)
     prof = "\n\n".join(_profile(ours.get(name)) for name in ("profile", "profile_s3") if ours.get(name))
     s3_text = ", ".join(f"{n:,} users at {rate:g} msg/s" for n, rate in a["s3"])
+    in_turns = any((r.get("s2") or {}).get("in_turns") for r in runs.values())
+    s2_order = (" S2 ran first, the servers' ladders interleaved: each rate in turn on every server still "
+                "climbing (a fresh start each time, the order reversed at every rate), so that a drift in the "
+                "machine's speed falls on all of them alike." if in_turns else "")
     return f"""{SECTION}
 
 Script: `bench/run.py` (servers: `bench/servers.py`, load generator: `bench/load.py`,
@@ -399,7 +516,7 @@ Machine: {m['nproc']} cores ({m['model']}), {m['memory_gib']} GiB, {m['os']}; ge
 (`taskset`); everything on 127.0.0.1, TLS off, SASL SCRAM-SHA-1 with 4096 iterations,
 every chat message archived, carbons and BOSH on, no rate limits, listen backlog 1024,
 open files at the hard limit (20,000 here). Each scenario ran on a freshly started
-server{' (not in --quick mode: one start per server)' if a['quick'] else ''}. Servers and their storage:
+server{' (not in --quick mode: one start per server)' if a['quick'] else ''}.{s2_order} Servers and their storage:
 {_versions(runs, order)}
 
 The load: S1 logs {a['users']:,} users in ({a['concurrency']} at a time) and holds the sessions
@@ -653,8 +770,7 @@ def main(argv: list[str] | None = None) -> None:
         "servers": [],
     }
     with tempfile.TemporaryDirectory(prefix="bench-run-") as scratch:
-        for kind in args.servers.split(","):
-            results["servers"].append(bench_server(kind, args, Path(scratch)))
+        results["servers"] = bench(args.servers.split(","), args, Path(scratch))
     results["seconds"] = round(time.monotonic() - started)
     results["loadavg_after"] = os.getloadavg()
     stamp = time.strftime("%Y%m%d-%H%M%S")
