@@ -29,7 +29,7 @@ from twisted.words.xish import domish
 
 from chatgate.domains import HostedDomains
 from chatgate.jid import jid_of
-from chatgate.session import Session
+from chatgate.session import Session, take_text
 from chatgate.xml import Element
 
 CLIENT_NS = "jabber:client"
@@ -141,7 +141,9 @@ class Router:
         ``message-delivering`` (stanza, sender or None, recipient's bare JID,
         the sessions it goes to — none when it is about to be stored or
         refused): told before a message to a user goes out, in registration
-        order, so listeners may add to the stanza; ``message-refused``
+        order, so listeners may add to the stanza (one that then serializes
+        it may :func:`~chatgate.session.note_text` the text, which the sends
+        use); ``message-refused``
         (stanza, recipient's bare JID): a message told as delivering was
         bounced after all; ``message-sent`` (stanza, sender, peer's bare JID):
         a message a user sent that reaches its recipients another way than
@@ -326,7 +328,7 @@ class Router:
             target = resources.get(to.resource)
             if target is not None:
                 self.emit("message-delivering", stanza, sender, bare, [target])
-                target.send(stanza)
+                target.send(stanza, take_text(stanza))
                 return
             if mtype not in ("normal", "chat"):
                 if mtype == "groupchat" and sender is not None:
@@ -341,10 +343,12 @@ class Router:
         targets = [s for s in resources.values() if s.available and s.priority >= 0]
         if targets:
             self.emit("message-delivering", stanza, sender, bare, targets)
+            text = take_text(stanza)
             for target in targets:
-                target.send(stanza)
+                target.send(stanza, text)
         elif mtype != "headline":
             self.emit("message-delivering", stanza, sender, bare, [])
+            take_text(stanza)
             if not self.emit("message-undeliverable", stanza, bare):
                 self.emit("message-refused", stanza, bare)
                 if sender is not None:

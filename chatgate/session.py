@@ -16,12 +16,19 @@ N users costs N copies of bytes, not N serializations.
 fires: the archive holds both parties' sessions until a message is on disk,
 so no client ever sees a message that a crash could take out of history.
 Holds are released in the order they were taken; output keeps its order.
+
+:func:`note_text` lets whoever serialized a stanza with plain ``toXml()`` just
+before it goes out (the archive, which keeps that text) spare the transports a
+second serialization: the router takes the text (:func:`take_text`) right after
+``message-delivering`` and sends with it; a transport turns it into its own
+form (:meth:`Session.from_text`) or serializes the element as usual.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred
 from twisted.words.protocols.jabber.jid import JID
@@ -62,10 +69,13 @@ class Session:
         """True once the resource sent initial presence, until unavailable."""
         return self.presence is not None
 
-    def send(self, element: domish.Element) -> None:
-        """Deliver one stanza to the client; a no-op once closed."""
-        if not self.closed:
-            self.send_serialized(self.serialize(element))
+    def send(self, element: domish.Element, text: str | None = None) -> None:
+        """Deliver one stanza to the client; a no-op once closed. *text*, if
+        given, is ``element.toXml()`` (see :func:`take_text`)."""
+        if self.closed:
+            return
+        data = None if text is None else self.from_text(text)
+        self.send_serialized(self.serialize(element) if data is None else data)
 
     def send_serialized(self, data: bytes) -> None:
         """Deliver one stanza already serialized by :meth:`serialize`."""
@@ -106,6 +116,11 @@ class Session:
         """*element* as this transport puts a first-level stanza on its wire."""
         raise NotImplementedError
 
+    def from_text(self, text: str) -> bytes | None:
+        """A stanza's plain ``toXml()`` as :meth:`serialize` would write it, or None
+        when this transport cannot tell (the element is serialized then)."""
+        return None
+
     def _write(self, data: bytes) -> None:
         raise NotImplementedError
 
@@ -114,6 +129,32 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.full} {self.transport_name}>"
+
+
+#: element -> its plain toXml(), noted just before the router sends it (see the module's docstring)
+_texts: WeakKeyDictionary[domish.Element, str] = WeakKeyDictionary()
+
+
+def note_text(element: domish.Element, text: str) -> None:
+    """*text* is ``element.toXml()`` as the element is now, and the element will
+    not change before the router sends it."""
+    _texts[element] = text
+
+
+def take_text(element: domish.Element) -> str | None:
+    """The text noted for *element*, forgotten at once (the element may change after)."""
+    return _texts.pop(element, None)
+
+
+#: how toXml() starts a message of jabber:client (the root names its namespace)
+_QUALIFIED_MESSAGE = "<message xmlns='jabber:client'"
+
+
+def message_rest(text: str) -> str | None:
+    """What follows the qualified ``<message`` start of a message's plain
+    ``toXml()`` (attributes, children, end tag), or None for anything else."""
+    rest = text[len(_QUALIFIED_MESSAGE):]
+    return rest if text.startswith(_QUALIFIED_MESSAGE) and rest[:1] in (" ", "/", ">") else None
 
 
 #: a stand-in, while a stanza is serialized, for what :func:`around_slot` splices

@@ -38,7 +38,7 @@ from twisted.words.xish import domish
 from chatgate.config import Settings
 from chatgate.jid import jid_of
 from chatgate.router import CLIENT_NS, Router
-from chatgate.session import Session
+from chatgate.session import Session, note_text
 from chatgate.storage.history import ArchiveIds
 from chatgate.storage.interfaces import ArchivedMessage, IArchive, Stores
 from chatgate.xml import Element
@@ -155,6 +155,7 @@ class History:
         stanza.addChild(_stanza_id(bare, archive_id))
         xml = head + _stanza_id_xml(bare, archive_id)
         copies[bare] = (archive_id, xml)
+        note_text(stanza, xml)  # the recipient's copy is the stanza as it now goes out
         to_self = sender is not None and sender.bare == bare
         messages.append(ArchivedMessage(bare, archive_id, origin.userhost(), origin.resource or "", to_self, at,
                                         body, xml))

@@ -25,7 +25,7 @@ from twisted.words.xish import domish
 from chatgate.config import Settings
 from chatgate.features.archive import body_of, view_for
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
-from chatgate.session import Session
+from chatgate.session import Session, take_text
 from chatgate.storage.interfaces import Stores
 from chatgate.xml import Element
 
@@ -51,6 +51,8 @@ def _private(stanza: domish.Element) -> bool:
     marks = list(stanza.elements(NS, "private"))
     for mark in marks:
         stanza.children.remove(mark)
+    if marks:
+        take_text(stanza)  # any text noted before (the archive's) still holds the element
     return bool(marks)
 
 

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from chatgate.auth.sasl import Authenticator
 from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router
-from chatgate.session import Session
+from chatgate.session import Session, message_rest
 from chatgate.transports.ratelimit import TokenBucket
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, StreamParser
@@ -63,6 +63,11 @@ class C2SSession(Session):
 
     def serialize(self, element: domish.Element) -> bytes:
         return serialize(element)
+
+    def from_text(self, text: str) -> bytes | None:
+        # toXml() names the root's namespace; on the stream it is the default one
+        rest = message_rest(text)
+        return None if rest is None else ("<message" + rest).encode("utf-8")
 
     def _write(self, data: bytes) -> None:
         self.connection.write(data)

@@ -9,6 +9,9 @@ from twisted.words.xish import domish
 from chatgate.router import CLIENT_NS
 from chatgate.session import Addressed, Session
 from chatgate.transports import bosh, c2s
+from chatgate.transports.bosh import BOSHSession
+from chatgate.transports.c2s import C2SSession
+from chatgate.xml import parse_document
 
 
 class Wire(Session):
@@ -103,3 +106,23 @@ def test_closed_session_writes_nothing():
     session.send(presence())
     Addressed(presence()).send(session)
     assert session.out == []
+
+
+def test_a_noted_text_becomes_each_transports_own_form():
+    """What C2S and BOSH sessions make of a message's toXml() is what they would serialize."""
+    messages = [
+        "<message xmlns='jabber:client' to='a@example.com/x' type='chat' id='1'><body>hi &amp; &lt;é&gt;</body>"
+        "<active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        "<message xmlns='jabber:client' xmlns:foo='urn:foo' to='a@example.com'><foo:x foo:a='1'/>"
+        "<body xml:lang='fr'>salut</body></message>",
+        "<message xmlns='jabber:client' to='a@example.com'/>",
+    ]
+    for xml in messages:
+        element = parse_document(xml.encode(), 1 << 16)
+        text = element.toXml()
+        assert C2SSession.from_text(None, text) == c2s.serialize(element)  # type: ignore[arg-type]
+        assert BOSHSession.from_text(None, text) == bosh.serialize(element)  # type: ignore[arg-type]
+    presence = domish.Element((CLIENT_NS, "presence")).toXml()
+    assert C2SSession.from_text(None, presence) is None  # type: ignore[arg-type]
+    assert BOSHSession.from_text(None, presence) is None  # type: ignore[arg-type]
+    assert C2SSession.from_text(None, "<message xmlns='jabber:clientx'/>") is None  # type: ignore[arg-type]
