@@ -156,7 +156,11 @@ class _BatchedSQLite:
     # -- life cycle
 
     def start(self) -> Deferred[None]:
-        pragmas = ["PRAGMA synchronous = FULL", "PRAGMA cache_size = -16000"]
+        # A checkpoint copies every page the WAL holds back into the file; under load each commit
+        # rewrites the same hot index leaves, so checkpoints ten times rarer (the WAL grows to
+        # ~40 MB) copy each of them once instead of ten times: bench/load.py S2, three A/B pairs,
+        # server CPU at 6,000 messages/s 75.7 -> 68.8 %, at 7,000 90.2 -> 84.8 %, bytes written -20 %.
+        pragmas = ["PRAGMA synchronous = FULL", "PRAGMA cache_size = -16000", "PRAGMA wal_autocheckpoint = 10000"]
         return Deferred.fromCoroutine(self._worker.start(self._create, pragmas))
 
     def stop(self) -> Deferred[None]:
