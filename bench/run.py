@@ -11,7 +11,7 @@ Writes the raw figures to ``bench/results/`` and the section "Load: chatgate
 vs Prosody vs ejabberd" of ``bench/RESULTS.md`` (only that section; the others
 are left as they are).
 
-    .venv/bin/python bench/run.py            # the full run, about 45 minutes
+    .venv/bin/python bench/run.py            # the full run, about 40 minutes
     .venv/bin/python bench/run.py --quick    # small sizes, under a minute (a smoke test: RESULTS.md untouched)
 
 Missing servers are installed first with ``bench/setup.sh`` (apt, as root).
@@ -697,7 +697,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                              " (default all; quick: all but chatgate-redis)")
     parser.add_argument("--users", type=int, help="S1 users (default 10000; quick 200)")
     parser.add_argument("--pairs", type=int, help="S2 pairs (default 100; quick 50)")
-    parser.add_argument("--rates", help="S2 total msg/s, stepped (comma separated; steps of about 10 %% where the servers top out)")
+    parser.add_argument("--rates", help="S2 total msg/s, stepped (comma separated; steps of about 10 %% "
+                                        "where the servers top out)")
     parser.add_argument("--step", type=float, help="S2 seconds per rate (default 10; quick 1.5)")
     parser.add_argument("--s3", help="S3 runs as USERSxRATE, comma separated (default 2000x400,5000x1000)")
     parser.add_argument("--duration", type=float, help="S3 seconds of chat (default 30; quick 2)")

@@ -143,7 +143,8 @@ class Router:
         refused): told before a message to a user goes out, in registration
         order, so listeners may add to the stanza (one that then serializes
         it may :func:`~chatgate.session.note_text` the text, which the sends
-        use); ``message-refused``
+        use; one after it that changes the stanza takes the note back with
+        :func:`~chatgate.session.take_text`); ``message-refused``
         (stanza, recipient's bare JID): a message told as delivering was
         bounced after all; ``message-sent`` (stanza, sender, peer's bare JID):
         a message a user sent that reaches its recipients another way than
