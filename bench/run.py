@@ -701,7 +701,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                                         "where the servers top out)")
     parser.add_argument("--step", type=float, help="S2 seconds per rate (default 10; quick 1.5)")
     parser.add_argument("--s3", help="S3 runs as USERSxRATE, comma separated (default 2000x400,5000x1000)")
-    parser.add_argument("--duration", type=float, help="S3 seconds of chat (default 30; quick 2)")
+    parser.add_argument("--duration", type=float, help="S3 seconds of chat (default 30; quick 1)")
     parser.add_argument("--profile", type=float, help="seconds of py-spy on chatgate under S2 (0: none)")
     parser.add_argument("--s4", help="S4 domain sizes, comma separated (default 200,1000,2500,5000; quick 50; "
                                      "0: no S4)")
@@ -726,7 +726,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.step = args.step or (1.5 if quick else 10.0)
     args.s3 = [(int(u), float(r)) for u, r in
                (p.split("x") for p in (args.s3 or ("100x50" if quick else "2000x400,5000x1000")).split(","))]
-    args.duration = args.duration or (2.0 if quick else 30.0)
+    args.duration = args.duration or (1.0 if quick else 30.0)
     args.s4 = [int(n) for n in (args.s4 or ("50" if quick else "200,1000,2500,5000")).split(",") if int(n)]
     args.round_limit = 30.0 if quick else 150.0
     args.profile = args.profile if args.profile is not None else (0.0 if quick else 20.0)
