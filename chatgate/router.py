@@ -30,9 +30,8 @@ from twisted.words.xish import domish
 from chatgate.domains import HostedDomains
 from chatgate.jid import jid_of
 from chatgate.session import Session, take_text
-from chatgate.xml import Element
+from chatgate.xml import CLIENT_NS, Element
 
-CLIENT_NS = "jabber:client"
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 # RFC 6120 §8.3.3: the error type each condition goes with.

@@ -34,6 +34,8 @@ from twisted.internet.defer import Deferred
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from chatgate.xml import CLIENT_NS
+
 
 class Session:
     """One resource of one user, bound and known to the router."""
@@ -147,14 +149,14 @@ def take_text(element: domish.Element) -> str | None:
 
 
 #: how toXml() starts a message of jabber:client (the root names its namespace)
-_QUALIFIED_MESSAGE = "<message xmlns='jabber:client'"
+QUALIFIED_MESSAGE = f"<message xmlns='{CLIENT_NS}'"
+_AFTER = len(QUALIFIED_MESSAGE)
 
 
-def message_rest(text: str) -> str | None:
-    """What follows the qualified ``<message`` start of a message's plain
-    ``toXml()`` (attributes, children, end tag), or None for anything else."""
-    rest = text[len(_QUALIFIED_MESSAGE):]
-    return rest if text.startswith(_QUALIFIED_MESSAGE) and rest[:1] in (" ", "/", ">") else None
+def is_qualified_message(text: str) -> bool:
+    """Whether *text*, a plain ``toXml()``, is a jabber:client message (it
+    starts with :data:`QUALIFIED_MESSAGE`, then attributes or the tag's end)."""
+    return text.startswith(QUALIFIED_MESSAGE) and text[_AFTER:_AFTER + 1] in (" ", "/", ">")
 
 
 #: a stand-in, while a stanza is serialized, for what :func:`around_slot` splices

@@ -38,6 +38,7 @@ from typing import Any
 from twisted.words.xish import domish
 
 STREAMS_NS = "http://etherx.jabber.org/streams"
+CLIENT_NS = "jabber:client"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 
 # Cannot occur in XML 1.0 names or namespace names, so splitting is unambiguous.

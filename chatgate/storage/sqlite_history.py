@@ -19,7 +19,9 @@ Batches start at most once per ``commit_interval`` (default 10 ms). A write
 to a store whose last batch started longer ago goes at the end of the reactor
 turn, with the other writes of that turn, so a message alone is not delayed;
 one that comes sooner waits for the rest of the interval or for the commit in
-flight, whichever ends later. Each commit is a disk sync, mostly kernel time:
+flight, whichever ends later. Each commit writes every page it changed to the
+WAL (mostly kernel time; bench/RESULTS.md, History: pages, not syncs, are the
+cost), and fewer, larger commits write a hot page once for many messages:
 in the whole server (bench/load.py S2, 100 pairs, 2026-11-22) batches 10 ms
 apart instead of back to back took server CPU at 4,000 messages/s from 61 % to
 49 % and at 6,000 from 83 % to 71 %, for a p50 latency of 9.5 ms instead of

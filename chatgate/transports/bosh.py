@@ -60,7 +60,7 @@ from twisted.words.xish import domish
 from chatgate.auth.sasl import Authenticator
 from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router
-from chatgate.session import Session, message_rest
+from chatgate.session import Session, is_qualified_message
 from chatgate.transports.ratelimit import PerAddress, TokenBucket
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, parse_document
@@ -204,7 +204,7 @@ class BOSHSession(Session):
 
     def from_text(self, text: str) -> bytes | None:
         # a jabber:client stanza names its namespace inside <body/>, as toXml() writes it
-        return None if message_rest(text) is None else text.encode("utf-8")
+        return text.encode("utf-8") if is_qualified_message(text) else None
 
     def _write(self, data: bytes) -> None:
         self.connection.send_serialized(data)

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from chatgate.auth.sasl import Authenticator
 from chatgate.config import Settings
 from chatgate.router import CLIENT_NS, Router
-from chatgate.session import Session, message_rest
+from chatgate.session import QUALIFIED_MESSAGE, Session, is_qualified_message
 from chatgate.transports.ratelimit import TokenBucket
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, StreamParser
@@ -66,8 +66,9 @@ class C2SSession(Session):
 
     def from_text(self, text: str) -> bytes | None:
         # toXml() names the root's namespace; on the stream it is the default one
-        rest = message_rest(text)
-        return None if rest is None else ("<message" + rest).encode("utf-8")
+        if not is_qualified_message(text):
+            return None
+        return ("<message" + text[len(QUALIFIED_MESSAGE):]).encode("utf-8")
 
     def _write(self, data: bytes) -> None:
         self.connection.write(data)

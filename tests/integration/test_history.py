@@ -200,6 +200,10 @@ async def test_alice_on_two_resources_with_carbons_sees_every_message(server):
     bodies = [body(inner(m, f"{{{CARBONS}}}received", f"{{{FORWARD}}}forwarded", f"{{{CLIENT}}}message"))
               for m in await until_quiet(phone)]
     assert bodies == ["just for the desk", "after it"]
+    got = {m["body"]: m.xml for m in await until_quiet(desk, 0.5)}
+    assert list(got) == ["just for the desk", "after it", "private"]
+    assert got["private"].find(f"{{{CARBONS}}}private") is None  # §9: taken out on delivery
+    assert set(stanza_ids(got["private"])) == {alice}
     await logout(desk, phone, laptop)
 
 
