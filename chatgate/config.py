@@ -122,6 +122,8 @@ class WebmailSettings:
     token_secret: str = ""
     #: seconds a login token minted by chatgate stays valid
     token_lifetime: float = 300.0
+    #: seconds after a sign-in that no token stands for it any more (renewals stop)
+    token_max_age: float = 12 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -386,7 +388,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "bosh_max_body_size": _positive_int,
         },
     ),
-    "webmail": (WebmailSettings, {"token_secret": _secret, "token_lifetime": _seconds}),
+    "webmail": (WebmailSettings, {"token_secret": _secret, "token_lifetime": _seconds, "token_max_age": _seconds}),
     "admin": (AdminSettings, {"interfaces": _interfaces, "port": _port, "api_key": _secret}),
     "demo": (DemoSettings, {"create": _bool, "domain": _nonempty}),
 }
@@ -442,6 +444,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("[http] bosh_max_body_size: must be at least [limits] max_stanza_size_preauth")
     if limits.read_burst < limits.max_stanza_size:
         raise ConfigError("[limits] read_burst: must be at least max_stanza_size")
+    if settings.webmail.token_max_age < settings.webmail.token_lifetime:
+        raise ConfigError("[webmail] token_max_age: must not be shorter than token_lifetime")
 
 
 def load(path: str) -> Settings:

@@ -59,7 +59,7 @@ class ChatService(service.Service):
         a = settings.auth
         throttle = LoginThrottle(reactor, a.failures_per_account, a.failures_per_address, a.lockout)
         self.authenticator = Authenticator(self.directory, self.domains, a.scram_iterations, throttle,
-                                           settings.webmail.token_secret.encode())
+                                           settings.webmail.token_secret.encode(), settings.webmail.token_max_age)
         register_all(self.router, settings, self.stores)
         self.ports: list[Any] = []
 

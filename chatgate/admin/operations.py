@@ -195,6 +195,9 @@ async def token(directory: IDirectory, settings: Settings, jid: str, lifetime: f
     lifetime = settings.webmail.token_lifetime if lifetime is None else lifetime
     if lifetime <= 0:
         raise AdminError("the lifetime must be greater than 0", "lifetime")
+    if lifetime > settings.webmail.token_max_age:
+        raise AdminError(f"the lifetime must not exceed [webmail] token_max_age ({settings.webmail.token_max_age:g} s)",
+                         "lifetime")
     if await directory.user(domain, localpart) is None:
         raise UnknownUser(f"unknown user: {localpart}@{domain}")
     try:

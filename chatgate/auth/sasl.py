@@ -7,7 +7,10 @@ No user enumeration: an unknown user gets a salt derived from a server secret
 and the configured iteration count, exactly as a real one, and fails at the
 same (final) step with the same condition; for PLAIN the same key derivation
 runs against throw-away keys. PLAIN also takes a webmail login token in place
-of the password (:mod:`chatgate.auth.tokens`). A user of a domain whose chat is disabled learns
+of the password (:mod:`chatgate.auth.tokens`), refused when it is older than
+``[webmail] token_max_age`` or from a sign-in before the user's credentials
+last changed (read from the store, so a change made by any process counts at
+once). A user of a domain whose chat is disabled learns
 it (``account-disabled``) only after proving the password. Guessing is slowed
 and then refused by :mod:`chatgate.auth.throttle`.
 """
@@ -68,12 +71,13 @@ class Authenticator:
     """Knows the mechanisms and checks proofs against the directory."""
 
     def __init__(self, directory: IDirectory, domains: HostedDomains, iterations: int,
-                 throttle: LoginThrottle, token_secret: bytes = b"") -> None:
+                 throttle: LoginThrottle, token_secret: bytes = b"", token_max_age: float | None = None) -> None:
         self.directory = directory
         self.domains = domains
         self.iterations = iterations
         self.throttle = throttle
         self.token_secret = token_secret
+        self.token_max_age = token_max_age
         self._secret = b""
         self._decoy: Credentials | None = None
 
@@ -126,13 +130,19 @@ class Authenticator:
         if not self.domains.chat_enabled(domain):
             raise SASLFailure("account-disabled", f"Chat is disabled for {domain}")
 
-    def token_valid(self, token: str, domain: str, localpart: str) -> bool:
-        """A webmail login token (see auth/tokens.py) for this very user."""
+    @defer.inlineCallbacks
+    def token_valid(self, token: str, domain: str, localpart: str):
+        """Whether *token* is a webmail login token (see auth/tokens.py) for
+        this very user, from a sign-in after their credentials were last set
+        and within ``token_max_age`` (Deferred[bool])."""
+        changed = yield self.directory.credentials_changed(domain, localpart)
+        if changed is None:  # no such user (any more)
+            return False
         try:
-            verify(self.token_secret, token, f"{localpart}@{domain}")
+            verify(self.token_secret, token, f"{localpart}@{domain}", max_age=self.token_max_age, changed=changed)
         except TokenError:
             return False
-        return self.domains.user(domain, localpart) is not None
+        return True
 
     def check_throttle(self, account: str, address: str) -> None:
         if self.throttle.locked(account, address):
@@ -189,7 +199,7 @@ class PlainExchange(Exchange):
         a.check_throttle(account, self.address)
         yield a.pause(account, self.address)
         if looks_like_token(password):
-            valid = a.token_valid(password, self.domain, localpart)
+            valid = yield a.token_valid(password, self.domain, localpart)
         else:
             credentials = yield a.directory.credentials(self.domain, localpart)
             valid = yield threads.deferToThread(verify_password, credentials or a._decoy, password)

@@ -14,9 +14,10 @@ from chatgate.storage.interfaces import Stores
 
 #: registration order matters for disco listings, and for the listeners of one
 #: event: archive stamps stanza-ids before carbons copies the message; aliases
-#: tells a removed alias unavailable before roster pushes its removal
-FEATURES = ("messages", "presence", "aliases", "roster", "domain_switch", "disco", "ping", "version", "vcard",
-            "archive", "carbons", "offline", "mam")
+#: tells a removed alias unavailable before roster pushes its removal, and
+#: revocation ends a removed user's sessions (unavailable) before it too
+FEATURES = ("messages", "presence", "aliases", "revocation", "roster", "domain_switch", "disco", "ping", "version",
+            "vcard", "archive", "carbons", "offline", "mam")
 
 
 def register_all(router: Router, settings: Settings, stores: Stores) -> None:

@@ -92,8 +92,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
             items.forget(change.domain)
         if subject is None:
             return
-        if change.kind == "user-removed":
-            router.close_sessions(subject.domain, subject.localpart, "not-authorized", "The account was removed")
+        if change.kind == "user-removed":  # their own sessions are closed by features/revocation.py
             push(subject, "remove")
         elif change.kind == "alias-removed":
             push(subject, "remove")

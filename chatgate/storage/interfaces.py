@@ -194,6 +194,12 @@ class IDirectory(Interface):
     def set_credentials(domain: str, localpart: str, credentials: Credentials) -> Deferred[None]:
         """Replace a user's credentials (a new password). UnknownUser."""
 
+    def credentials_changed(domain: str, localpart: str) -> Deferred[float | None]:
+        """When the user's credentials were last set (Unix time): the account
+        made, or a new password; None for an unknown user. Login tokens from a
+        sign-in until then are refused (:mod:`chatgate.auth.tokens`), so a new
+        password, a removal or an address made again revokes them."""
+
     def vcard(domain: str, localpart: str) -> Deferred[str | None]:
         """The vCard XML the user stored, or None."""
 

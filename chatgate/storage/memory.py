@@ -8,6 +8,7 @@ after the mutation, since there is no other process to hear from.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -40,6 +41,8 @@ class MemoryDirectory:
         self._domains: dict[str, Domain] = {}
         self._users: dict[tuple[str, str], User] = {}
         self._credentials: dict[tuple[str, str], Credentials] = {}
+        #: when each user's credentials were last set (Unix time)
+        self._credentials_at: dict[tuple[str, str], float] = {}
         self._vcards: dict[tuple[str, str], str] = {}
         self._secrets: dict[str, bytes] = {}
         self._aliases: dict[tuple[str, str], Alias] = {}
@@ -98,6 +101,7 @@ class MemoryDirectory:
             return fail(DuplicateUser(f"user already exists: {user.jid}"))
         self._users[key] = user
         self._credentials[key] = dict(credentials)
+        self._credentials_at[key] = time.time()
         self._tell("user-added", user.domain, user.localpart)
         return succeed(None)
 
@@ -114,6 +118,7 @@ class MemoryDirectory:
         if self._users.pop(key, None) is None:
             return fail(UnknownUser(f"unknown user: {localpart}@{domain}"))
         self._credentials.pop(key, None)
+        self._credentials_at.pop(key, None)
         self._vcards.pop(key, None)
         self._tell("user-removed", domain, localpart)
         for alias_key, alias in list(self._aliases.items()):
@@ -134,8 +139,12 @@ class MemoryDirectory:
         if key not in self._users:
             return fail(UnknownUser(f"unknown user: {localpart}@{domain}"))
         self._credentials[key] = dict(credentials)
+        self._credentials_at[key] = time.time()
         self._tell("credentials-changed", domain, localpart)
         return succeed(None)
+
+    def credentials_changed(self, domain: str, localpart: str) -> Deferred[float | None]:
+        return succeed(self._credentials_at.get((domain, localpart)))
 
     def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:
         return succeed(self._vcards.get((domain, localpart)))

@@ -51,7 +51,8 @@ from chatgate.storage.sqlite_worker import SQLiteWorker, execute_statements
 log = Logger()
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+#: 2: users.credentials_at (when the user's credentials were last set)
+SCHEMA_VERSION = 2
 #: change rows older than this are deleted at start: every live process has read them
 CHANGE_RETENTION = 24 * 3600.0
 
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS users (
     title TEXT NOT NULL DEFAULT '',
     department TEXT NOT NULL DEFAULT '',
     phone TEXT NOT NULL DEFAULT '',
+    credentials_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (domain, localpart)
 );
 CREATE TABLE IF NOT EXISTS credentials (
@@ -172,6 +174,10 @@ class SQLiteDirectory:
                 f" (schema {version}, this one knows {SCHEMA_VERSION})"
             )
         execute_statements(db, _SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+        if "credentials_at" not in columns:  # schema 1: tokens from sign-ins before now are refused
+            db.execute("ALTER TABLE users ADD COLUMN credentials_at REAL NOT NULL DEFAULT 0")
+            db.execute("UPDATE users SET credentials_at = ?", (time.time(),))
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("DELETE FROM changes WHERE at < ?", (time.time() - CHANGE_RETENTION,))
         (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
@@ -238,6 +244,9 @@ class SQLiteDirectory:
 
     def set_credentials(self, domain: str, localpart: str, credentials: Credentials) -> Deferred[None]:
         return self._write(_set_credentials, domain, localpart, credentials)
+
+    def credentials_changed(self, domain: str, localpart: str) -> Deferred[float | None]:
+        return self._read(_credentials_changed, domain, localpart)
 
     def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:
         return self._read(_vcard, domain, localpart)
@@ -356,8 +365,8 @@ def _add_user(db: sqlite3.Connection, user: User, credentials: Credentials) -> N
     if _user_exists(db, user.domain, user.localpart) or _alias_exists(db, user.domain, user.localpart):
         raise DuplicateUser(f"user already exists: {user.jid}")
     db.execute(
-        f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-        (user.localpart, user.domain, user.name, user.title, user.department, user.phone),
+        f"INSERT INTO users ({_USER_COLUMNS}, credentials_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (user.localpart, user.domain, user.name, user.title, user.department, user.phone, time.time()),
     )
     _insert_credentials(db, user.domain, user.localpart, credentials)
     _record(db, "user-added", user.domain, user.localpart)
@@ -417,11 +426,20 @@ def _insert_credentials(
 
 
 def _set_credentials(db: sqlite3.Connection, domain: str, localpart: str, credentials: Credentials) -> None:
-    if not _user_exists(db, domain, localpart):
+    cursor = db.execute(
+        "UPDATE users SET credentials_at = ? WHERE domain = ? AND localpart = ?", (time.time(), domain, localpart)
+    )
+    if cursor.rowcount == 0:
         raise UnknownUser(f"unknown user: {localpart}@{domain}")
     db.execute("DELETE FROM credentials WHERE domain = ? AND localpart = ?", (domain, localpart))
     _insert_credentials(db, domain, localpart, credentials)
     _record(db, "credentials-changed", domain, localpart)
+
+
+def _credentials_changed(db: sqlite3.Connection, domain: str, localpart: str) -> float | None:
+    row = db.execute("SELECT credentials_at FROM users WHERE domain = ? AND localpart = ?", (domain, localpart))
+    found = row.fetchone()
+    return None if found is None else float(found[0])
 
 
 def _vcard(db: sqlite3.Connection, domain: str, localpart: str) -> str | None:

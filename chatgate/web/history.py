@@ -67,6 +67,19 @@ class HTTPError(Exception):
         self.message = message
 
 
+def basic_credentials(request: server.Request) -> tuple[str, str]:
+    """(user, password) of the request's HTTP Basic credentials (RFC 7617), or HTTPError 401."""
+    header = request.getHeader(b"authorization") or b""
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"basic":
+        raise HTTPError(401, "authentication required")
+    try:
+        user, _, password = b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, ValueError):
+        raise HTTPError(401, "malformed credentials") from None
+    return user, password
+
+
 _SASL_STATUS = {"temporary-auth-failure": 429, "account-disabled": 403}
 
 
@@ -90,14 +103,7 @@ class HistoryAPI:
 
     async def authenticate(self, request: server.Request) -> str:
         """The bare JID of the user the request's Basic credentials prove, or HTTPError."""
-        header = request.getHeader(b"authorization") or b""
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"basic":
-            raise HTTPError(401, "authentication required")
-        try:
-            user, _, password = b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, ValueError):
-            raise HTTPError(401, "malformed credentials") from None
+        user, password = basic_credentials(request)
         localpart, _, domain = user.rpartition("@")
         domain = domain.lower()
         if not localpart or not self.domains.is_hosted(domain):

@@ -17,7 +17,10 @@ API (one origin for all three, so the pane needs no CORS):
   still valid) the request carries, checked exactly as the history API checks
   them. The pane trades a typed password for a token at once and forgets the
   password, and renews its token before it expires, so a reconnect hours later
-  still signs in. 409 when tokens are off (``[webmail] token_secret`` empty),
+  still signs in. A token renewed from a token keeps its sign-in time and
+  expires at the latest ``[webmail] token_max_age`` after it; from then on (or
+  once the user's password changed) it is refused with 401 and the user signs
+  in again. 409 when tokens are off (``[webmail] token_secret`` empty),
   403 over an unencrypted connection when ``[xmpp] require_encryption``.
 - ``GET /api/sites/<host>/chat?user=<jid>``: whether the site shows that user
   the chat link, ``{"show": true|false}``: the admin API's decision
@@ -40,11 +43,11 @@ from twisted.web import resource, server, static
 
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
-from chatgate.auth.tokens import TokenError, mint
+from chatgate.auth.tokens import TokenError, looks_like_token, mint, renew, verify
 from chatgate.config import Settings
 from chatgate.storage.interfaces import DirectoryError, IDirectory
 from chatgate.transports.bosh import peer_of
-from chatgate.web.history import HTTPError
+from chatgate.web.history import HTTPError, basic_credentials
 from chatgate.web.site import Endpoint, Folder
 
 #: where the pane is served on the web listener
@@ -180,10 +183,16 @@ class TokenRenewal(_Async):
             return e.status, {"error": e.message}
         if not webmail.token_secret:
             return 409, {"error": "login tokens are off ([webmail] token_secret)"}
+        secret = webmail.token_secret.encode()
+        _, password = basic_credentials(request)
         try:
-            token, expires = mint(webmail.token_secret.encode(), user, webmail.token_lifetime)
+            if looks_like_token(password):  # accepted just now: only its sign-in time is read here
+                claims = verify(secret, password, user)
+                token, expires = renew(secret, claims, webmail.token_lifetime, webmail.token_max_age)
+            else:  # a password: a fresh sign-in
+                token, expires = mint(secret, user, webmail.token_lifetime)
         except TokenError as e:
-            return 409, {"error": str(e)}
+            return 401, {"error": str(e)}
         log.debug("chat pane token for {user}", user=user)
         return 200, {"token": token, "expires": expires}
 

@@ -121,7 +121,7 @@ def test_chat_link_for_every_combination(server):
 @async_test()
 async def test_tokens_sign_users_in(server):
     status, minted = call(server, "POST", "/api/tokens", {"user": "bob@example.com"})
-    assert status == 201 and minted["token"].startswith("cg1.") and minted["expires"] > 0
+    assert status == 201 and minted["token"].startswith("cg2.") and minted["expires"] > 0
     bob = await login(server, "bob@example.com/pane", minted["token"], mechanism="PLAIN")
     await logout(bob)
     assert call(server, "POST", "/api/tokens", {"user": "nobody@example.com"})[0] == 404

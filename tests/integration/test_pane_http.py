@@ -88,7 +88,7 @@ def test_token_renewal(server):
     status, _, body = fetch(server, "/chat/token", "POST", basic("alice@example.com", PASSWORD))
     assert status == 200, body
     token = as_json(body)["token"]
-    assert token.startswith("cg1.")
+    assert token.startswith("cg2.")
     # ...a valid token buys the next one...
     status, _, body = fetch(server, "/chat/token", "POST", basic("alice@example.com", token))
     assert status == 200

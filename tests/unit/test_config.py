@@ -92,6 +92,9 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
         ("[http]\nbosh_polling = 60\n", "[http] bosh_polling"),
         ("[http]\nbosh_max_pause = soon\n", "[http] bosh_max_pause"),
         ("[http]\nbosh_max_body_size = 100\n", "[http] bosh_max_body_size"),
+        ("[webmail]\ntoken_max_age = 0\n", "[webmail] token_max_age"),
+        ("[webmail]\ntoken_max_age = a day\n", "[webmail] token_max_age"),
+        ("[webmail]\ntoken_max_age = 60\n", "[webmail] token_max_age"),
     ],
 )
 def test_bad_value_is_one_line_naming_section_and_key(text, names):

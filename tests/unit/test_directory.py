@@ -303,6 +303,30 @@ async def test_credentials_of_unknown_user_are_refused(hosted, other_credentials
         await hosted.set_credentials("example.com", "bob", other_credentials)
 
 
+@pytest_twisted.ensureDeferred
+async def test_credentials_changed_is_when_the_account_was_made_or_got_a_new_password(
+        directory, secret_credentials, other_credentials):
+    """What login tokens are checked against (auth/tokens.py): made, new password, removed, made again."""
+    await directory.add_domain("example.com")
+    before = time.time()
+    await directory.add_user(ALICE, secret_credentials)
+    made = await directory.credentials_changed("example.com", "alice")
+    assert before <= made <= time.time()
+    await directory.update_user(ALICE)  # new details are not new credentials
+    assert await directory.credentials_changed("example.com", "alice") == made
+
+    await directory.set_credentials("example.com", "alice", other_credentials)
+    changed = await directory.credentials_changed("example.com", "alice")
+    assert made < changed <= time.time()
+
+    await directory.remove_user("example.com", "alice")
+    assert await directory.credentials_changed("example.com", "alice") is None
+    await directory.add_user(ALICE, secret_credentials)  # the same address, someone new
+    assert await directory.credentials_changed("example.com", "alice") > changed
+    assert await directory.credentials_changed("example.com", "nobody") is None
+    assert await directory.credentials_changed("nowhere.example", "alice") is None
+
+
 # -- vCards and secrets
 
 
@@ -463,27 +487,84 @@ async def test_sqlite_keeps_everything_across_restart(tmp_path, secret_credentia
         await store.stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_sqlite_change_by_another_process_reaches_watchers(tmp_path, secret_credentials):
+@pytest_twisted.async_yield_fixture
+async def two_processes(tmp_path):
+    """(service, admin, recorder): two stores on one SQLite file, as two processes
+    would have; the recorder watches the service's feed."""
     service, admin = sqlite_at(tmp_path), sqlite_at(tmp_path)
     recorder = Recorder()
     service.watch(recorder)
     await service.start()
     await admin.start()
+    yield service, admin, recorder
+    await admin.stop()
+    await service.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_change_by_another_process_reaches_watchers(two_processes, secret_credentials):
+    service, admin, recorder = two_processes
+    await admin.add_domain("example.com")
+    await admin.add_user(ALICE, secret_credentials)
+    await admin.set_chat_enabled("example.com", False)
+    assert await recorder.until(3) == [
+        Change("domain-added", "example.com"),
+        Change("user-added", "example.com", "alice"),
+        Change("domain-disabled", "example.com"),
+    ]
+    assert await service.user("example.com", "alice") == ALICE
+    assert await service.secret("shared") == await admin.secret("shared")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_password_change_by_another_process_counts_at_once(
+        two_processes, secret_credentials, other_credentials):
+    """The login check reads the store, not the feed: no poll interval of grace for old tokens."""
+    service, admin, recorder = two_processes
+    await admin.add_domain("example.com")
+    await admin.add_user(ALICE, secret_credentials)
+    made = await service.credentials_changed("example.com", "alice")
+    await admin.set_credentials("example.com", "alice", other_credentials)
+    assert await service.credentials_changed("example.com", "alice") > made
+    await admin.remove_user("example.com", "alice")
+    assert await service.credentials_changed("example.com", "alice") is None
+    assert (await recorder.until(4))[2:] == [
+        Change("credentials-changed", "example.com", "alice"),
+        Change("user-removed", "example.com", "alice"),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_schema_1_file_gains_credentials_times(tmp_path, secret_credentials):
+    """A file made before tokens could be revoked: its users count as changed
+    when it is opened, so no token from an earlier sign-in is taken."""
+    import sqlite3
+
+    path = tmp_path / "shared.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE domains (name TEXT PRIMARY KEY, chat_enabled INTEGER NOT NULL DEFAULT 1);"
+        "CREATE TABLE users (domain TEXT NOT NULL REFERENCES domains(name), localpart TEXT NOT NULL,"
+        " name TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '', department TEXT NOT NULL DEFAULT '',"
+        " phone TEXT NOT NULL DEFAULT '', PRIMARY KEY (domain, localpart));"
+        "INSERT INTO domains VALUES ('example.com', 1);"
+        "INSERT INTO users (domain, localpart, name) VALUES ('example.com', 'alice', 'Alice');"
+        "PRAGMA user_version = 1;"
+    )
+    db.close()
+    before = time.time()
+    store = sqlite_at(tmp_path)
+    await store.start()
     try:
-        await admin.add_domain("example.com")
-        await admin.add_user(ALICE, secret_credentials)
-        await admin.set_chat_enabled("example.com", False)
-        assert await recorder.until(3) == [
-            Change("domain-added", "example.com"),
-            Change("user-added", "example.com", "alice"),
-            Change("domain-disabled", "example.com"),
-        ]
-        assert await service.user("example.com", "alice") == ALICE
-        assert await service.secret("shared") == await admin.secret("shared")
+        assert await store.user("example.com", "alice") == User("alice", "example.com", "Alice")
+        assert before <= await store.credentials_changed("example.com", "alice") <= time.time()
+        await store.add_user(BOB, secret_credentials)
+        assert await store.credentials_changed("example.com", "bob") is not None
     finally:
-        await admin.stop()
-        await service.stop()
+        await store.stop()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    db.close()
 
 
 @pytest_twisted.ensureDeferred

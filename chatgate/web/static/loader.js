@@ -10,7 +10,7 @@
  *
  * data-user      the signed-in user's address (required)
  * data-token-url the webmail's own endpoint that answers a POST (with the
- *                webmail's session cookie) with {"token": "cg1.…"}, a fresh
+ *                webmail's session cookie) with {"token": "cg2.…"}, a fresh
  *                chatgate login token for that user; optional
  * data-token     or a token put in the page when it was rendered; optional
  *                (with neither, the pane asks for the password)

@@ -2,7 +2,7 @@
 //
 // Sign-in comes one of three ways:
 //  1. The webmail hands a login token over in the URL fragment:
-//     /chat/#token=cg1.…  (the address is inside the token; jid=… may be added).
+//     /chat/#token=cg2.…  (the address is inside the token; jid=… may be added).
 //     A fragment never reaches a server or its logs; the pane removes it from
 //     the address bar and from history at once.
 //  2. The standalone form: address and password. The password is traded at
@@ -33,16 +33,17 @@ function base64(text) {
     return btoa(binary);
 }
 
-/** The user and expiry inside a cg1 token ("cg1.<b64url(jid|expiry)>.<mac>"), or null. */
+/** The user and expiry inside a cg2 token ("cg2.<b64url(jid|signed_in|expiry)>.<mac>"), or null. */
 export function readToken(token) {
     const parts = String(token || "").split(".");
-    if (parts.length !== 3 || parts[0] !== "cg1") return null;
+    if (parts.length !== 3 || parts[0] !== "cg2") return null;
     try {
         const text = atob(parts[1].replace(/-/g, "+").replace(/_/g, "/"));
         const bytes = Uint8Array.from(text, (c) => c.charCodeAt(0));
         const payload = new TextDecoder().decode(bytes);
-        const cut = payload.lastIndexOf("|");
-        const expires = Number(payload.slice(cut + 1));
+        const last = payload.lastIndexOf("|");
+        const cut = payload.lastIndexOf("|", last - 1);
+        const expires = Number(payload.slice(last + 1));
         if (cut < 1 || !Number.isFinite(expires)) return null;
         return { jid: payload.slice(0, cut), expires };
     } catch {
