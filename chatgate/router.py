@@ -13,6 +13,13 @@ addressing only (``message/bare``, ``presence/broadcast``). The addressing is
 ``alias`` for a mail alias of the domain, bare or with a resource. Features register
 handlers for keys with :meth:`Router.handle` and follow events with
 :meth:`Router.listen`; the router itself knows no feature.
+
+What a client says about who sent a stanza is never passed on: 'from' is
+stamped with the sender's bound JID, and XEP-0033 ``<addresses/>`` (whose
+``ofrom`` names an original sender) is taken off every message and presence a
+client sends (an ``ofrom`` is only as true as the server that wrote it, and
+chatgate offers no multicast). Only the server adds ``ofrom``, on a mail
+alias's copies.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from chatgate.session import Session, take_text
 from chatgate.xml import CLIENT_NS, Element
 
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+ADDRESS_NS = "http://jabber.org/protocol/address"
 
 # RFC 6120 §8.3.3: the error type each condition goes with.
 _ERROR_TYPES = {
@@ -97,6 +105,15 @@ def iq_result(iq: domish.Element) -> domish.Element:
     if iq.hasAttribute("to"):
         reply["from"] = iq["to"]
     return reply
+
+
+def _drop_addresses(stanza: domish.Element) -> None:
+    """Take client-supplied XEP-0033 addressing off *stanza* (see the module docstring)."""
+    for child in stanza.children:
+        if getattr(child, "uri", None) == ADDRESS_NS:
+            stanza.children = [c for c in stanza.children
+                               if not (getattr(c, "uri", None) == ADDRESS_NS and c.name == "addresses")]
+            return
 
 
 def first_child(stanza: domish.Element) -> domish.Element | None:
@@ -214,6 +231,8 @@ class Router:
         """Route one stanza a client sent (RFC 6120 §8.1, §10; RFC 6121 §8)."""
         stanza["from"] = sender.full
         kind = stanza.name
+        if kind != "iq":
+            _drop_addresses(stanza)
         stype = stanza.getAttribute("type")
         raw_to = stanza.getAttribute("to")
         if raw_to is None:

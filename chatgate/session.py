@@ -17,8 +17,8 @@ fires: the archive holds both parties' sessions until a message is on disk,
 so no client ever sees a message that a crash could take out of history.
 Holds are released in the order they were taken; output keeps its order.
 
-:func:`note_text` lets whoever serialized a stanza with plain ``toXml()`` just
-before it goes out (the archive, which keeps that text) spare the transports a
+:func:`note_text` lets whoever serialized a stanza with plain
+``chatgate.xml.serialize(element)`` just before it goes out (the archive, which keeps that text) spare the transports a
 second serialization: the router takes the text (:func:`take_text`) right after
 ``message-delivering`` and sends with it; a transport turns it into its own
 form (:meth:`Session.from_text`) or serializes the element as usual.
@@ -34,7 +34,7 @@ from twisted.internet.defer import Deferred
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from chatgate.xml import CLIENT_NS
+from chatgate.xml import CLIENT_NS, escape_attribute
 
 
 class Session:
@@ -60,7 +60,7 @@ class Session:
         self.state: dict[str, object] = {}
         self.closed = False
         #: the full JID as a serialized attribute value
-        self.full_xml = domish.escapeToXml(self.full, 1).encode("utf-8")
+        self.full_xml = escape_attribute(self.full).encode("utf-8")
         #: holds not yet released, oldest first: [released?]
         self._holds: deque[list[bool]] = deque()
         #: (the hold it waits for, the serialized stanza), while holds are pending
@@ -73,7 +73,7 @@ class Session:
 
     def send(self, element: domish.Element, text: str | None = None) -> None:
         """Deliver one stanza to the client; a no-op once closed. *text*, if
-        given, is ``element.toXml()`` (see :func:`take_text`)."""
+        given, is ``serialize(element)`` (see :func:`take_text`)."""
         if self.closed:
             return
         data = None if text is None else self.from_text(text)
@@ -119,7 +119,7 @@ class Session:
         raise NotImplementedError
 
     def from_text(self, text: str) -> bytes | None:
-        """A stanza's plain ``toXml()`` as :meth:`serialize` would write it, or None
+        """A stanza's plain ``serialize(element)`` (chatgate.xml) as :meth:`serialize` would write it, or None
         when this transport cannot tell (the element is serialized then)."""
         return None
 
@@ -133,12 +133,12 @@ class Session:
         return f"<{type(self).__name__} {self.full} {self.transport_name}>"
 
 
-#: element -> its plain toXml(), noted just before the router sends it (see the module's docstring)
+#: element -> its plain serialize(), noted just before the router sends it (see the module's docstring)
 _texts: WeakKeyDictionary[domish.Element, str] = WeakKeyDictionary()
 
 
 def note_text(element: domish.Element, text: str) -> None:
-    """*text* is ``element.toXml()`` as the element is now, and the element will
+    """*text* is ``serialize(element)`` as the element is now, and the element will
     not change before the router sends it."""
     _texts[element] = text
 
@@ -148,13 +148,13 @@ def take_text(element: domish.Element) -> str | None:
     return _texts.pop(element, None)
 
 
-#: how toXml() starts a message of jabber:client (the root names its namespace)
+#: how serialize() starts a message of jabber:client (the root names its namespace)
 QUALIFIED_MESSAGE = f"<message xmlns='{CLIENT_NS}'"
 _AFTER = len(QUALIFIED_MESSAGE)
 
 
 def is_qualified_message(text: str) -> bool:
-    """Whether *text*, a plain ``toXml()``, is a jabber:client message (it
+    """Whether *text*, a plain ``serialize(element)`` (chatgate.xml), is a jabber:client message (it
     starts with :data:`QUALIFIED_MESSAGE`, then attributes or the tag's end)."""
     return text.startswith(QUALIFIED_MESSAGE) and text[_AFTER:_AFTER + 1] in (" ", "/", ">")
 

@@ -23,8 +23,19 @@ raises L{StreamError} carrying the RFC 6120 §4.9.3 condition to send:
     they arrive, so expat never holds more than about C{max_stanza_size} bytes;
     whitespace between stanzas is consumed and never counts.
 
+  - a namespace name that is not a URI reference (whitespace, quotes, C{<},
+    C{>} and the other characters RFC 3986 never allows): C{bad-format}. No
+    legitimate client sends one; refusing it keeps hostile values out of
+    everything downstream, though L{serialize} alone is already safe.
+
 Once a L{StreamError} was raised or L{StreamParser.close} was called, C{feed}
 ignores further data.
+
+Output: L{serialize} is the one serializer of everything chatgate writes as
+XML (to clients, to the archive, to offline storage). Every attribute value,
+namespace name and text node is escaped for where it is written, and the
+prefixes a client declared are never reused, so what it writes parses back to
+exactly the tree that was meant: no value can close its quotes or its element.
 """
 
 from __future__ import annotations
@@ -46,6 +57,8 @@ _SEPARATOR = "\x1f"
 # A start, end or empty-element tag that expat already accepted; quoted values may hold '>'.
 _TAG = re.compile(rb"""<(?:[^>"']|"[^"]*"|'[^']*')*>""")
 _XML_WHITESPACE = " \t\r\n"
+# What RFC 3986 never allows in a URI reference (nor RFC 3987 in an IRI).
+_NOT_URI = re.compile(r"[\x00-\x20\x7f\"'<>\\^`{|}]")
 
 
 class StreamError(Exception):
@@ -77,6 +90,15 @@ class Element(domish.Element):
     @parent.setter
     def parent(self, value: domish.Element | None) -> None:
         self._parent = weakref.ref(value) if value is not None else None
+
+    def toXml(self, prefixes: dict[str, str] | None = None, closeElement: int = 1, defaultUri: str = "",
+              prefixesInScope: list[str] | None = None) -> str:
+        """domish's signature, written by L{serialize}: *prefixes* whose names are
+        in *prefixesInScope* count as declared around the element."""
+        if not closeElement:
+            raise ValueError("chatgate writes whole elements only")
+        scope = prefixesInScope or ()
+        return serialize(self, defaultUri, {u: p for u, p in (prefixes or {}).items() if p in scope})
 
     def addElement(self, name: Any, defaultUri: str | None = None, content: str | None = None) -> Element:
         """domish's addElement, making the child an L{Element} too."""
@@ -207,6 +229,8 @@ class StreamParser:
             raise StreamError("unsupported-encoding", f"encoding {encoding!r}; only UTF-8 is allowed")
 
     def _start_namespace(self, prefix: str | None, uri: str | None) -> None:
+        if uri and _NOT_URI.search(uri):
+            raise StreamError("bad-format", "a namespace name is not a URI")
         if prefix is None:
             self._default_ns.append(uri or "")
         else:
@@ -285,3 +309,103 @@ def copy_element(element: domish.Element) -> domish.Element:
     for child in element.children:
         copy.addChild(copy_element(child) if isinstance(child, domish.Element) else child)
     return copy
+
+
+# -- the one serializer
+
+
+def escape_text(text: str) -> str:
+    """*text* as XML character data. CR is written as a reference, since a
+    parser turns a literal one into LF (XML 1.0 §2.11)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+
+
+def escape_attribute(value: str) -> str:
+    """*value* for an attribute in either quote: both quotes, C{<}, C{&}, C{>}
+    and the whitespace a parser would normalize (XML 1.0 §3.3.3) as references."""
+    value = (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+             .replace("'", "&apos;").replace('"', "&quot;"))
+    if "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;")
+    return value
+
+
+def serialize(element: domish.Element, default_uri: str = "", prefixes: dict[str, str] | None = None) -> str:
+    """*element* and everything in it as XML text: the one serializer of chatgate.
+
+    *default_uri* is the default namespace where the text goes (C{jabber:client}
+    on a c2s stream, C{""} for a standalone document); *prefixes* maps namespace
+    names to prefixes already declared there (C{stream} on a stream). Elements
+    are written unprefixed with a default namespace declaration wherever their
+    namespace changes; a namespaced attribute gets a prefix declared on its own
+    element. Prefixes a client declared (C{localPrefixes}) are never written,
+    so none can rebind a name. Every value is escaped (L{escape_attribute},
+    L{escape_text}). C{SerializedXML} children (C{addRawXml}) are written as
+    they are: only text this function wrote may be put there.
+    """
+    out: list[str] = []
+    _write(out, element, default_uri, _XML_PREFIX if not prefixes else {**prefixes, **_XML_PREFIX})
+    return "".join(out)
+
+
+#: bound in every document; never declared, never the default namespace (Namespaces in XML §3)
+_XML_PREFIX = {XML_NS: "xml"}
+
+
+def _write(out: list[str], element: domish.Element, default: str, fixed: dict[str, str]) -> None:
+    uri = element.uri
+    if uri is None:  # domish: an element without a namespace takes its parent's default
+        uri = default
+    prefix = fixed.get(uri)
+    if prefix is not None:
+        tag = f"{prefix}:{element.name}"
+        out.append("<" + tag)
+    else:
+        tag = element.name
+        out.append("<" + tag)
+        if uri != default:
+            out.append(" xmlns='" + escape_attribute(uri) + "'")
+            default = uri
+    attributes = element.attributes
+    if attributes:
+        declared: dict[str, str] | None = None
+        for key, value in attributes.items():
+            if key.__class__ is str:
+                out.append(" " + key + "='" + escape_attribute(value) + "'")
+                continue
+            attribute_uri, local = key
+            if not attribute_uri:
+                name = local
+            else:
+                declared = {} if declared is None else declared
+                attribute_prefix = fixed.get(attribute_uri) or declared.get(attribute_uri)
+                if attribute_prefix is None:
+                    attribute_prefix = _fresh_prefix(declared, fixed)
+                    declared[attribute_uri] = attribute_prefix
+                    out.append(f" xmlns:{attribute_prefix}='{escape_attribute(attribute_uri)}'")
+                name = f"{attribute_prefix}:{local}"
+            out.append(" " + name + "='" + escape_attribute(value) + "'")
+    children = element.children
+    if not children:
+        out.append("/>")
+        return
+    out.append(">")
+    for child in children:
+        if child.__class__ is str:
+            out.append(escape_text(child))
+        elif isinstance(child, domish.SerializedXML):
+            out.append(child)
+        elif isinstance(child, str):
+            out.append(escape_text(child))
+        else:
+            _write(out, child, default, fixed)
+    out.append("</" + tag + ">")
+
+
+def _fresh_prefix(declared: dict[str, str], fixed: dict[str, str]) -> str:
+    """A prefix for an attribute's namespace on one element, unlike any in use there."""
+    taken = set(declared.values()) | set(fixed.values())
+    n = len(declared)
+    while f"ns{n}" in taken:
+        n += 1
+    return f"ns{n}"

@@ -5,8 +5,8 @@ group "Aliases") and uses one like any contact:
 
 - A message to the alias's bare JID reaches every member but the sender,
   from ``alias@domain/<sender's localpart>``, with a XEP-0033 ``ofrom``
-  address naming the sender's bare JID (any addresses the client put in are
-  dropped: ``ofrom`` is the server's word). A member with no available
+  address naming the sender's bare JID (the router took any the client put
+  in off: ``ofrom`` is the server's word). A member with no available
   resource gets it the offline way, as mail would (XEP-0160), and sees it at
   the next login. An alias with nobody else in it answers
   <service-unavailable/>.
@@ -28,12 +28,11 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
-from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
+from chatgate.router import ADDRESS_NS, CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import Addressed, Session
 from chatgate.storage.interfaces import Alias, Change, Stores, User
 from chatgate.xml import Element, copy_element
 
-ADDRESS_NS = "http://jabber.org/protocol/address"
 VCARD_NS = "vcard-temp"
 
 
@@ -61,8 +60,6 @@ class Aliases:
             recipients = [m for m in alias.members if m != sender.jid.user]
             if not recipients:
                 raise StanzaError("service-unavailable", "The alias has no other members")
-        for old in list(stanza.elements(ADDRESS_NS, "addresses")):
-            stanza.children.remove(old)
         self.router.emit("message-sent", stanza, sender, alias.jid)
         outgoing = copy_element(stanza)
         outgoing["from"] = f"{alias.jid}/{sender.jid.user}"

@@ -41,7 +41,7 @@ from chatgate.router import CLIENT_NS, Router
 from chatgate.session import Session, note_text
 from chatgate.storage.history import ArchiveIds
 from chatgate.storage.interfaces import ArchivedMessage, IArchive, Stores
-from chatgate.xml import Element
+from chatgate.xml import Element, escape_attribute, serialize
 
 SID_NS = "urn:xmpp:sid:0"
 #: seconds between two retention sweeps
@@ -89,9 +89,8 @@ _CLOSE = "</message>"
 
 
 def _stanza_id_xml(by: str, archive_id: str) -> str:
-    """The stanza-id child and the end tag, as toXml() writes them (a prepared
-    JID and an archive id hold nothing to escape)."""
-    return f"<stanza-id xmlns='{SID_NS}' by='{by}' id='{archive_id}'/>{_CLOSE}"
+    """The stanza-id child and the end tag, as serialize() writes them."""
+    return f"<stanza-id xmlns='{SID_NS}' by='{escape_attribute(by)}' id='{escape_attribute(archive_id)}'/>{_CLOSE}"
 
 
 def _stanza_id(by: str, archive_id: str) -> domish.Element:
@@ -110,7 +109,7 @@ def view_for(stanza: domish.Element, owner: str) -> str:
     copies = _archived.get(stanza, {})
     if owner in copies:
         return copies[owner][1]
-    return stanza.toXml()  # not archived: it carries no stanza-id of ours
+    return serialize(stanza)  # not archived: it carries no stanza-id of ours
 
 
 class History:
@@ -139,7 +138,7 @@ class History:
         copies: dict[str, tuple[str, str]] = {}
         archive_id, at = self.ids.make(now)
         # Serialized once; each owner's copy only adds its stanza-id as the last child.
-        whole = stanza.toXml()
+        whole = serialize(stanza)
         if not whole.endswith(_CLOSE):  # cannot happen for a message with a body; never drop it silently
             log.error("not archived, unexpected serialization of a message to {bare}: {xml}", bare=bare,
                       xml=whole[-200:])
@@ -182,7 +181,7 @@ class History:
         archive_id, at = self.ids.make(self.router.clock.seconds())
         mark = _stanza_id(sender.bare, archive_id)
         stanza.addChild(mark)
-        xml = stanza.toXml()
+        xml = serialize(stanza)
         stanza.children.remove(mark)
         message = ArchivedMessage(sender.bare, archive_id, peer, resource, True, at, body_of(stanza) or "", xml)
         self.archive.append([message]).addErrback(

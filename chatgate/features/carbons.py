@@ -27,7 +27,7 @@ from chatgate.features.archive import body_of, view_for
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import Session, take_text
 from chatgate.storage.interfaces import Stores
-from chatgate.xml import Element
+from chatgate.xml import Element, serialize
 
 NS = "urn:xmpp:carbons:2"
 FORWARD_NS = "urn:xmpp:forward:0"
@@ -91,7 +91,7 @@ class Carbons:
                 reached.update(id(s) for s in others)
         others = [s for s in self.router.resources(bare).values() if enabled(s) and id(s) not in reached]
         if others:
-            received = stanza.toXml()
+            received = serialize(stanza)
             for session in others:
                 _copy("received", stanza, received, bare, session)
 

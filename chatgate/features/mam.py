@@ -17,6 +17,13 @@ in the archive is <item-not-found/>. Preferences (§6) answer ``always``: a
 request to archive less is <not-allowed/>, since history cannot be switched
 off. tx_xmpp's data form, RSM and MAM form pieces do the parsing and the
 rendering; the router dispatches.
+
+Each archived stanza is read back through the restricted parser before it is
+forwarded (§4.2), never spliced in as text: whatever a store holds (rows
+written by an older chatgate, or by hand), the client gets one well-formed
+``<message/>`` written by chatgate's serializer. A row that does not read back
+as one message is rebuilt from the archive's own fields (peer, direction,
+body), so history loses nothing a user wrote.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
 from tx_xmpp import data_form, rsm
@@ -35,8 +43,15 @@ from chatgate.config import Settings
 from chatgate.features.archive import parse_stamp, stamp
 from chatgate.router import CLIENT_NS, Handler, Router, StanzaError, iq_result
 from chatgate.session import Session
-from chatgate.storage.interfaces import ArchivePage, ArchiveQuery, IArchive, Stores, UnknownMessage
-from chatgate.xml import Element
+from chatgate.storage.interfaces import (
+    ArchivedMessage,
+    ArchivePage,
+    ArchiveQuery,
+    IArchive,
+    Stores,
+    UnknownMessage,
+)
+from chatgate.xml import Element, StreamError, parse_document
 
 NS = "urn:xmpp:mam:2"
 EXTENDED = "urn:xmpp:mam:2#extended"
@@ -53,6 +68,29 @@ MAX_IDS = MAX_PAGE
 
 _FIELDS = ("with", "start", "end", "before-id", "after-id", "ids")
 _ids = itertools.count(1)
+
+log = Logger()
+
+
+def readable(message: ArchivedMessage, max_size: int) -> domish.Element:
+    """The archived <message/> as a parsed element, or rebuilt from the
+    archive's fields when its text is not exactly one message."""
+    try:
+        stanza = parse_document(message.stanza.encode("utf-8"), max_size)
+    except StreamError as error:
+        log.warn("archived message {id} of {owner} does not read back ({error}); rebuilt from its fields",
+                 id=message.id, owner=message.owner, error=error)
+    else:
+        if stanza.uri == CLIENT_NS and stanza.name == "message":
+            return stanza
+        log.warn("archived message {id} of {owner} is not a message; rebuilt from its fields",
+                 id=message.id, owner=message.owner)
+    rebuilt = Element((CLIENT_NS, "message"))
+    peer = f"{message.contact}/{message.resource}" if message.resource else message.contact
+    rebuilt["from"], rebuilt["to"] = (message.owner, peer) if message.outgoing else (peer, message.owner)
+    rebuilt["type"] = "chat"
+    rebuilt.addElement("body", content=message.body)
+    return rebuilt
 
 
 def _form(query: domish.Element) -> dict[str, list[str]]:
@@ -152,9 +190,11 @@ def _result(page: ArchivePage) -> rsm.RSMResponse:
 class MessageArchive:
     """Answers MAM requests to a user's own bare JID."""
 
-    def __init__(self, router: Router, archive: IArchive) -> None:
+    def __init__(self, router: Router, archive: IArchive, max_size: int) -> None:
         self.router = router
         self.archive = archive
+        #: the largest archived stanza read back: a stanza within the limit plus what the server added
+        self.max_size = max_size
 
     @staticmethod
     def _own(sender: Session, to: JID) -> str:
@@ -183,7 +223,7 @@ class MessageArchive:
             result["id"] = message.id
             forwarded = result.addElement((FORWARD_NS, "forwarded"))
             forwarded.addElement((DELAY_NS, "delay"))["stamp"] = stamp(message.at)
-            forwarded.addRawXml(message.stanza)
+            forwarded.addChild(readable(message, self.max_size))
             sender.send(wrapper)
         reply = iq_result(stanza)
         fin = reply.addElement((NS, "fin"))
@@ -242,7 +282,7 @@ def _deferred(handler: Callable[[domish.Element, Session, JID], Coroutine[Any, A
 
 
 def register(router: Router, settings: Settings, stores: Stores) -> None:
-    mam = MessageArchive(router, stores.archive)
+    mam = MessageArchive(router, stores.archive, settings.limits.max_stanza_size + 4096)
     router.account_features.update((NS, EXTENDED))
     router.handle(f"iq-set/bare/{NS}:query", _deferred(mam.query))
     router.handle(f"iq-get/bare/{NS}:query", mam.fields)

@@ -31,7 +31,7 @@ from chatgate.jid import jid_of
 from chatgate.router import CLIENT_NS, Router, error_reply
 from chatgate.session import Session
 from chatgate.storage.interfaces import IOfflineStore, OfflineMessage, Stores
-from chatgate.xml import StreamError, parse_document
+from chatgate.xml import StreamError, parse_document, serialize
 
 CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
 HINTS_NS = "urn:xmpp:hints"
@@ -66,7 +66,7 @@ class OfflineMessages:
             return True
         if next(stanza.elements(HINTS_NS, "no-store"), None) is not None:
             return False
-        message = OfflineMessage(self.router.clock.seconds(), stanza.toXml())
+        message = OfflineMessage(self.router.clock.seconds(), serialize(stanza))
         d = self.store.push(bare, message, self.quota)
         d.addCallbacks(self._stored, self._not_stored, (stanza, bare), None, (stanza, bare))
         return True

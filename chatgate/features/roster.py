@@ -23,7 +23,7 @@ from chatgate.domains import HostedDomains
 from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
 from chatgate.session import SLOT, Session, around_slot
 from chatgate.storage.interfaces import Alias, Change, Stores, User
-from chatgate.xml import Element
+from chatgate.xml import Element, serialize
 
 ALIASES_GROUP = "Aliases"
 
@@ -43,7 +43,7 @@ def _serialized_item(contact: User | Alias) -> bytes:
     """One roster item as it appears inside a serialized <query xmlns='jabber:iq:roster'/>."""
     query = Element((NS, "query"))
     _item(query, contact)
-    return query.children[0].toXml(defaultUri=NS).encode("utf-8")
+    return serialize(query.children[0], NS).encode("utf-8")
 
 
 class RosterItems:

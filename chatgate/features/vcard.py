@@ -17,7 +17,7 @@ from chatgate.config import Settings
 from chatgate.router import Router, StanzaError, iq_result
 from chatgate.session import Session
 from chatgate.storage.interfaces import Stores, User
-from chatgate.xml import Element, StreamError, parse_document
+from chatgate.xml import Element, StreamError, parse_document, serialize
 
 NS = "vcard-temp"
 
@@ -74,7 +74,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
         if to.userhost() != sender.bare:
             raise StanzaError("forbidden", "You can only change your own vCard")
         card = stanza.firstChildElement()
-        yield directory.set_vcard(sender.domain, sender.jid.user, card.toXml())
+        yield directory.set_vcard(sender.domain, sender.jid.user, serialize(card))
         reply = iq_result(stanza)
         sender.send(reply)
 

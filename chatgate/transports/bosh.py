@@ -63,7 +63,8 @@ from chatgate.router import CLIENT_NS, Router
 from chatgate.session import Session, is_qualified_message
 from chatgate.transports.ratelimit import PerAddress, TokenBucket
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
-from chatgate.xml import StreamError, parse_document
+from chatgate.xml import StreamError, escape_attribute, parse_document
+from chatgate.xml import serialize as serialize_xml
 
 BOSH_NS = "http://jabber.org/protocol/httpbind"
 XBOSH_NS = "urn:xmpp:xbosh"
@@ -79,6 +80,8 @@ _VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})")
 _ORDINARY = ("conflict", "system-shutdown", "connection-timeout", "policy-violation")
 
 log = Logger()
+#: prefixes the <body/> wrapper declares around its payloads (see wrap)
+_PREFIXES = {STREAMS_NS: "stream"}
 
 
 # -- the <body/> wrapper
@@ -87,7 +90,7 @@ log = Logger()
 def serialize(element: domish.Element) -> bytes:
     """One first-level element as it goes inside a BOSH <body/>: it names its
     own namespace (XEP-0206 §6: stanzas are qualified by jabber:client)."""
-    return element.toXml(prefixes={STREAMS_NS: "stream"}, defaultUri=BOSH_NS, prefixesInScope=["stream"]).encode()
+    return serialize_xml(element, BOSH_NS, _PREFIXES).encode("utf-8")
 
 
 def wrap(payloads: Sequence[bytes] = (), attributes: dict[str, str] | None = None) -> bytes:
@@ -96,7 +99,7 @@ def wrap(payloads: Sequence[bytes] = (), attributes: dict[str, str] | None = Non
     if payloads:
         head.append(b" xmlns:stream='" + STREAMS_NS.encode() + b"'")
     for name, value in (attributes or {}).items():
-        head.append(f' {name}="{domish.escapeToXml(value, isattrib=1)}"'.encode())
+        head.append(f' {name}="{escape_attribute(value)}"'.encode())
     if not payloads:
         return b"".join(head) + b"/>"
     return b"".join(head) + b">" + b"".join(payloads) + b"</body>"
@@ -203,7 +206,7 @@ class BOSHSession(Session):
         return serialize(element)
 
     def from_text(self, text: str) -> bytes | None:
-        # a jabber:client stanza names its namespace inside <body/>, as toXml() writes it
+        # a jabber:client stanza names its namespace inside <body/>, as serialize() writes it
         return text.encode("utf-8") if is_qualified_message(text) else None
 
     def _write(self, data: bytes) -> None:

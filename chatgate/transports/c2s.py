@@ -34,7 +34,8 @@ from chatgate.router import CLIENT_NS, Router
 from chatgate.session import QUALIFIED_MESSAGE, Session, is_qualified_message
 from chatgate.transports.ratelimit import TokenBucket
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
-from chatgate.xml import StreamError, StreamParser
+from chatgate.xml import StreamError, StreamParser, escape_attribute
+from chatgate.xml import serialize as serialize_xml
 
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 _PREFIXES = {STREAMS_NS: "stream"}
@@ -51,7 +52,7 @@ log = Logger()
 
 def serialize(element: domish.Element) -> bytes:
     """One first-level element as it goes on a jabber:client stream."""
-    return element.toXml(prefixes=_PREFIXES, defaultUri=CLIENT_NS, prefixesInScope=["stream"]).encode("utf-8")
+    return serialize_xml(element, CLIENT_NS, _PREFIXES).encode("utf-8")
 
 
 class C2SSession(Session):
@@ -65,7 +66,7 @@ class C2SSession(Session):
         return serialize(element)
 
     def from_text(self, text: str) -> bytes | None:
-        # toXml() names the root's namespace; on the stream it is the default one
+        # serialize() with no default namespace names the root's namespace; on the stream it is the default one
         if not is_qualified_message(text):
             return None
         return ("<message" + text[len(QUALIFIED_MESSAGE):]).encode("utf-8")
@@ -308,7 +309,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         """Send our stream header (RFC 6120 §4.7), and *then* with it."""
         self._header_sent = True
         domain = self.stream.domain
-        from_attr = f" from='{domain}'" if domain else ""
+        from_attr = f" from='{escape_attribute(domain)}'" if domain else ""
         self.transport.write(
             (
                 "<?xml version='1.0'?>"

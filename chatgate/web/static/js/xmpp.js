@@ -29,7 +29,6 @@ export const NS = {
     xdata: "jabber:x:data",
     delay: "urn:xmpp:delay",
     sid: "urn:xmpp:sid:0",
-    address: "http://jabber.org/protocol/address",
     chatstates: "http://jabber.org/protocol/chatstates",
     vcard: "vcard-temp",
     ping: "urn:xmpp:ping",
@@ -89,6 +88,8 @@ export class ChatClient extends EventTarget {
         this.lostAt = null;
         this.everConnected = false;
         this._mamCollectors = new Map();
+        /** the domain's mail aliases (bare JIDs), from the roster */
+        this.aliases = new Set();
         this._onOnline = () => this.state === "reconnecting" && this.retryNow();
         window.addEventListener("online", this._onOnline);
         // Closing the window ends the session at once (contacts see us go now,
@@ -288,7 +289,9 @@ export class ChatClient extends EventTarget {
             const roster = await this.iq($iq({ type: "get" }).c("query", { xmlns: NS.roster }));
             if (generation !== this.generation) return;
             this.emit("presence-reset");
-            this.emit("roster", { items: Array.from(roster.getElementsByTagName("item"), rosterItem) });
+            const items = Array.from(roster.getElementsByTagName("item"), rosterItem);
+            this.aliases = new Set(items.filter((i) => i.alias).map((i) => i.jid));
+            this.emit("roster", { items });
             c.send(this._presenceStanza());
             const first = !this.everConnected;
             this.everConnected = true;
@@ -354,6 +357,9 @@ export class ChatClient extends EventTarget {
             if (from && bare(from) !== this.me && from.toLowerCase() !== this.credentials.domain) return true;
             for (const item of query.getElementsByTagName("item")) {
                 const parsed = rosterItem(item);
+                const removed = item.getAttribute("subscription") === "remove";
+                if (parsed.alias && !removed) this.aliases.add(parsed.jid);
+                else this.aliases.delete(parsed.jid);
                 this.emit("roster-item", { item: parsed, removed: item.getAttribute("subscription") === "remove" });
             }
             reply();
@@ -419,7 +425,7 @@ export class ChatClient extends EventTarget {
     _deliver(stanza, flags) {
         const type = stanza.getAttribute("type") || "normal";
         if (type === "groupchat" || type === "headline") return;
-        const message = parseMessage(stanza, this.me, flags);
+        const message = parseMessage(stanza, this.me, { ...flags, aliases: this.aliases });
         if (type === "error") {
             this.emit("message-error", {
                 contact: message.contact, id: stanza.getAttribute("id"),
@@ -504,7 +510,9 @@ export class ChatClient extends EventTarget {
         const inner = child(forwarded, "message");
         if (!collected || !inner) return;
         const stamp = child(forwarded, "delay", NS.delay)?.getAttribute("stamp");
-        const message = parseMessage(inner, this.me, { mam: true, stamp, archiveId: result.getAttribute("id") });
+        const message = parseMessage(inner, this.me, {
+            mam: true, stamp, archiveId: result.getAttribute("id"), aliases: this.aliases,
+        });
         if (message.body !== null) collected.push(message);
     }
 
@@ -571,8 +579,14 @@ function rosterItem(item) {
     };
 }
 
-/** A <message/> as the pane keeps it. */
-export function parseMessage(el, me, { carbon = null, live = false, mam = false, stamp = null, archiveId = null } = {}) {
+/**
+ * A <message/> as the pane keeps it. The sender comes from the server-stamped
+ * 'from' only: a message from a mail alias comes from alias@domain/<member's
+ * localpart>; a client-supplied element (XEP-0033 ofrom) is never believed.
+ */
+export function parseMessage(el, me, {
+    carbon = null, live = false, mam = false, stamp = null, archiveId = null, aliases = new Set(),
+} = {}) {
     const from = el.getAttribute("from") || me;
     const to = el.getAttribute("to") || me;
     const outgoing = bare(from) === me;
@@ -586,13 +600,9 @@ export function parseMessage(el, me, { carbon = null, live = false, mam = false,
         }
     }
     let sender = outgoing ? me : contact;
-    const addresses = child(el, "addresses", NS.address);
-    if (addresses && !outgoing) {
-        for (const address of addresses.children) {
-            if (address.getAttribute("type") === "ofrom" && address.getAttribute("jid")) {
-                sender = bare(address.getAttribute("jid"));
-            }
-        }
+    const member = Strophe.getResourceFromJid(from);
+    if (!outgoing && member && aliases.has(contact)) {
+        sender = `${member}@${Strophe.getDomainFromJid(contact)}`.toLowerCase();
     }
     const delay = stamp || child(el, "delay", NS.delay)?.getAttribute("stamp");
     const state = Array.from(el.children).find((c) => c.namespaceURI === NS.chatstates && CHAT_STATES.includes(c.localName));
