@@ -23,6 +23,7 @@ from chatgate.auth.throttle import LoginThrottle
 from chatgate.config import ConfigError, Settings, load
 from chatgate.domains import HostedDomains
 from chatgate.features import register_all
+from chatgate.private_files import warn_if_open
 from chatgate.router import Router
 from chatgate.storage import open_archive, open_directory, open_offline
 from chatgate.storage.interfaces import Stores, User
@@ -184,6 +185,15 @@ class ChatService(service.Service):
         yield self.directory.stop()
 
 
+def _warn_open_files(settings: Settings, key: str) -> None:
+    """A warning for each private file, already there, that other local users may read."""
+    warn_if_open(key, "the TLS key")
+    if "sqlite" in (settings.storage.backend, settings.archive.backend, settings.archive.offline_backend):
+        database = settings.path(settings.storage.path)
+        for path in (database, f"{database}-wal", f"{database}-shm"):
+            warn_if_open(path, "the database")
+
+
 def makeService(config_path: str) -> service.IService:
     """Build the chatgate service from *config_path*; exits with one line on a bad config."""
     try:
@@ -191,6 +201,7 @@ def makeService(config_path: str) -> service.IService:
         cert, key = settings.path(settings.tls.certificate), settings.path(settings.tls.key)
         if ensure_certificate(cert, key, [settings.demo.domain]):
             log.info("made a self-signed TLS certificate {cert}", cert=cert)
+        _warn_open_files(settings, key)
         tls_context = ReloadableContext(cert, key)
     except ConfigError as e:
         raise SystemExit(f"chatgate: {e}") from None

@@ -28,6 +28,7 @@ from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersi
 from zope.interface import implementer
 
 from chatgate.config import ConfigError
+from chatgate.private_files import make_private_folder, new_file
 
 #: TLS 1.2 suites: ephemeral key exchange and AEAD only (RFC 7525 §4.2).
 #: TLS 1.3 suites are chosen by OpenSSL and are all forward-secret AEAD.
@@ -43,7 +44,8 @@ def ensure_certificate(cert_path: str, key_path: str, hostnames: list[str]) -> b
     The certificate names each of *hostnames* and ``localhost`` as DNS
     subject alternative names (RFC 6125, as RFC 7590 §3.2 asks; an address
     literal becomes an IP address entry) and is valid for ten years. The key
-    is RSA 2048, written with mode 0600. Missing folders are created.
+    is RSA 2048, written with mode 0600 whatever the umask. Missing folders
+    are created 0700.
 
     When both files exist nothing is done. When only one of them exists, it is
     left alone and :class:`ConfigError` is raised: it is most likely a real
@@ -191,12 +193,8 @@ def _alt_names(hostnames: list[str]) -> list[x509.GeneralName]:
 
 def _write(path: str, data: bytes, mode: int, setting: str) -> None:
     try:
-        folder = os.path.dirname(path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(fd, mode)  # whatever the umask
+        make_private_folder(os.path.dirname(path))
+        with os.fdopen(new_file(path, mode), "wb") as f:  # exactly *mode*, whatever the umask
             f.write(data)
     except OSError as e:
         raise ConfigError(f"[tls] {setting}: cannot write {path}: {e.strerror}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from chatgate.private_files import make_private_folder
 from chatgate.storage.interfaces import DirectoryError, IArchive, IDirectory, IOfflineStore
 
 if TYPE_CHECKING:
@@ -57,12 +58,12 @@ def _open_history(settings: Settings, backend: str, store: str) -> Any:
 
 
 def _sqlite_path(settings: Settings) -> str:
-    """The ``[storage] path`` file, its folder made if missing (DirectoryError if that fails)."""
+    """The ``[storage] path`` file, its folder made (0700) if missing (DirectoryError if that fails)."""
     path = settings.path(settings.storage.path)
     folder = os.path.dirname(path)
     if folder:
         try:
-            os.makedirs(folder, exist_ok=True)
+            make_private_folder(folder)
         except OSError as e:
             raise DirectoryError(f"{folder}: cannot create the storage folder: {e.strerror}") from None
     return path

@@ -5,7 +5,8 @@ so none runs on the reactor and none interleaves with another. The
 connection is made there with ``busy_timeout`` (wait for another
 connection's write lock instead of failing) and the WAL journal (readers
 never wait for the writer); each store adds its own pragmas and creates its
-schema in one ``BEGIN IMMEDIATE`` transaction.
+schema in one ``BEGIN IMMEDIATE`` transaction. A new database file is created
+0600 first (:mod:`chatgate.private_files`), so its -wal and -shm files are too.
 
 A sqlite3 error becomes the store's own error class in one line,
 ``<path>: <reason>``; so does a call before :meth:`SQLiteWorker.start` or
@@ -26,6 +27,8 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
+
+from chatgate.private_files import ensure_private_file
 
 T = TypeVar("T")
 
@@ -105,6 +108,10 @@ class SQLiteWorker:
                 self._reactor.callFromThread(result.callback, value)
 
     def _open(self, setup: Callable[[sqlite3.Connection], T], pragmas: tuple[str, ...]) -> T:
+        try:
+            ensure_private_file(self.path)  # 0600 before SQLite makes it; its -wal and -shm files take its mode
+        except OSError as e:
+            raise self._error(f"{self.path}: cannot create the database: {e.strerror}") from None
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA busy_timeout = 5000")

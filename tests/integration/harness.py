@@ -60,21 +60,24 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "twistd.log"
 
-    def admin(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def admin(self, *args: str, stdin: str | None = None, check: bool = True,
+              umask: int = -1) -> subprocess.CompletedProcess[str]:
+        """Run chatgate-admin on this server's configuration (with *umask* if given)."""
         result = subprocess.run(
             [sys.executable, "-m", "chatgate.admin.cli", "-c", str(self.config), *args],
-            input=stdin, capture_output=True, text=True, timeout=60, cwd=REPO,
+            input=stdin, capture_output=True, text=True, timeout=60, cwd=REPO, umask=umask,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"chatgate-admin {' '.join(args)} failed: {result.stderr}")
         return result
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 30, umask: int = -1) -> None:
+        """Start chatgate (with *umask* if given) and wait until it is ready."""
         seen = self.log_text().count("chatgate ready")  # a restart appends to the same log
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log), "chatgate",
              "--config", str(self.config)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, umask=umask,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -570,7 +570,7 @@ async def test_sqlite_schema_1_file_gains_credentials_times(tmp_path, secret_cre
 @pytest_twisted.ensureDeferred
 async def test_sqlite_errors_are_one_line_directory_errors(tmp_path):
     store = SQLiteDirectory(str(tmp_path / "missing" / "folder" / "x.sqlite"), POLL)
-    with pytest.raises(DirectoryError, match="unable to open database file"):
+    with pytest.raises(DirectoryError, match="x.sqlite: cannot create the database: No such file or directory"):
         await store.start()
     with pytest.raises(DirectoryError, match="not started"):
         await store.domains()
