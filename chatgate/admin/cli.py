@@ -9,6 +9,11 @@ Everything a user can get wrong (arguments, addresses, CSV rows, passwords,
 the configuration, the store) is checked before the store is written and
 reported as one line, ``chatgate-admin: <message>``, with exit status 1;
 argparse usage errors exit with 2. Passwords are never printed nor logged.
+
+Every change that succeeds is one ``admin-change`` line, naming the
+operation, its target and the operating-system user, appended to
+``admin-audit.log`` in the database's folder (:mod:`chatgate.admin.audit`);
+a command that cannot write there changes nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, NoReturn
 
 from twisted.internet.task import react
 
+from chatgate.admin import audit
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import ConfigError, Settings, load
@@ -128,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = topics.add_parser("token", help="print a webmail login token for a user ([webmail] token_secret)")
     token.add_argument("jid", metavar="JID")
     token.add_argument("--lifetime", type=float, default=None, help="seconds (default: [webmail] token_lifetime)")
-    token.set_defaults(prepare=_token)
+    token.set_defaults(prepare=_token, action="mint")
     return parser
 
 
@@ -154,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args.config)
         job = args.prepare(args, settings)
         directory = open_directory(settings)
+        if args.action not in READS:
+            job = _audited(job, args, settings)
     except (CommandError, AdminError, ConfigError, DirectoryError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
@@ -205,6 +213,27 @@ def _run(directory: IDirectory, job: Job) -> int:
     except SystemExit as e:
         status = status or _status(e)
     return status
+
+
+#: the actions that change nothing (every other one is audited)
+READS = frozenset({"list", "members"})
+
+
+def _audited(job: Job, args: argparse.Namespace, settings: Settings) -> Job:
+    """*job*, followed by its audit line when it succeeds; CommandError if the audit log cannot be written."""
+    path = os.path.join(os.path.dirname(settings.path(settings.storage.path)), audit.CLI_LOG)
+    try:
+        logger = audit.file_logger(path)
+    except OSError as e:
+        raise CommandError(f"cannot write the audit log {path}: {e.strerror}") from None
+    names = [name for name in ("jid", "alias", "domain", "host") if hasattr(args, name)]
+    target = audit.target(getattr(args, names[0])) if names else args.file
+
+    async def audited(directory: IDirectory) -> None:
+        await job(directory)
+        audit.record(f"{args.topic}.{args.action}", target, audit.os_user(), "cli", logger)
+
+    return audited
 
 
 def _fail(message: str) -> int:

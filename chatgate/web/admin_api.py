@@ -24,6 +24,10 @@ input), 401 (no or wrong key), 404 (unknown), 405, 409 (taken) or 415.
     DELETE /api/sites/<host>
     GET    /api/sites/<host>/chat?user=<jid>   {"show", "reason"}
     POST   /api/tokens                         {"user", "lifetime"?}  -> {"token", "expires"}
+
+Each change that succeeds is one ``admin-change`` event in the server's log
+(:mod:`chatgate.admin.audit`): its operation, target and the caller's client
+address. A call with a missing or wrong key is logged with the caller's address.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from chatgate.admin import audit
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import Settings
@@ -74,6 +79,10 @@ def _field(body: dict[str, Any], name: str, kind: type, required: bool = True, d
     return value
 
 
+def _caller(request: server.Request) -> str:
+    return str(getattr(request.getClientAddress(), "host", "?"))
+
+
 class AdminAPI(resource.Resource):
     """One resource for the whole API: routes by method and path."""
 
@@ -104,6 +113,21 @@ class AdminAPI(resource.Resource):
             (b"GET", ("sites", "*", "chat")): self.chat_link,
             (b"POST", ("tokens",)): self.token,
         }
+        #: the handlers that change something -> (path arguments, body) -> (audit operation, target)
+        self.changes: dict[Handler, Callable[[list[str], dict[str, Any]], tuple[str, str]]] = {
+            self.add_domain: lambda args, body: ("domain.add", body["name"]),
+            self.patch_domain: lambda args, body: (
+                "domain.enable" if body["chat_enabled"] else "domain.disable", args[0]),
+            self.add_user: lambda args, body: ("user.add", body["jid"]),
+            self.set_password: lambda args, body: ("user.passwd", args[0]),
+            self.remove_user: lambda args, body: ("user.remove", args[0]),
+            self.add_members: lambda args, body: ("alias.add", args[0]),
+            self.remove_members: lambda args, body: ("alias.remove", args[0]),
+            self.remove_alias: lambda args, body: ("alias.remove", args[0]),
+            self.put_site: lambda args, body: ("site.put", args[0]),
+            self.remove_site: lambda args, body: ("site.remove", args[0]),
+            self.token: lambda args, body: ("token.mint", body["user"]),
+        }
 
     # -- HTTP plumbing
 
@@ -118,10 +142,18 @@ class AdminAPI(resource.Resource):
     async def _answer(self, request: server.Request) -> tuple[int, Any]:
         try:
             if not self._authorized(request):
+                log.info("refused admin API call {method} {path} from {caller}: missing or wrong key",
+                         method=request.method.decode("ascii", "replace"),
+                         path=request.path.decode("ascii", "replace"), caller=_caller(request))
                 request.setHeader(b"www-authenticate", b'Bearer realm="chatgate admin"')
                 raise AdminError("missing or wrong admin key (Authorization: Bearer ...)", None, 401)
             handler, args = self._route(request)
-            return await handler(*args, self._body(request))
+            body = self._body(request)
+            answer = await handler(*args, body)
+            if handler in self.changes and answer[0] < 300:
+                operation, target = self.changes[handler](args, body)
+                audit.record(operation, audit.target(target), _caller(request), "api")
+            return answer
         except AdminError as e:
             return e.status, {"error": str(e), "field": e.field}
         except DirectoryError as e:

@@ -47,6 +47,7 @@ from chatgate.auth.sasl import Authenticator, SASLFailure
 from chatgate.domains import HostedDomains
 from chatgate.features.archive import stamp
 from chatgate.storage.interfaces import IArchive, UnknownMessage
+from chatgate.transports.bosh import peer_of
 from chatgate.web.site import Endpoint, Folder
 
 #: where the endpoints are mounted on the web listener
@@ -83,6 +84,15 @@ def basic_credentials(request: server.Request) -> tuple[str, str]:
 _SASL_STATUS = {"temporary-auth-failure": 429, "account-disabled": 403}
 
 
+def _refused(request: server.Request, domain: str, condition: str) -> None:
+    """Log a failed sign-in in the words of a failed XMPP login (chatgate.transports.stream),
+    the client named as BOSH names it."""
+    domain = domain[:255]  # the address a stranger typed: bounded, and escaped unless printable
+    log.info("refused login to {domain} from {peer} ({transport}): {condition}",
+             domain=domain if domain.isprintable() else ascii(domain), peer=peer_of(request).label,
+             transport="http " + request.path.decode("ascii", "replace"), condition=condition)
+
+
 class HistoryAPI:
     """The three endpoints over one archive, authenticated by *authenticator*."""
 
@@ -107,12 +117,14 @@ class HistoryAPI:
         localpart, _, domain = user.rpartition("@")
         domain = domain.lower()
         if not localpart or not self.domains.is_hosted(domain):
+            _refused(request, domain, "not-authorized")
             raise HTTPError(401, "wrong address or password")
         address = request.getClientAddress()
         exchange = self.authenticator.exchange("PLAIN", domain, True, True, getattr(address, "host", "?"))
         try:
             await exchange.step(f"\0{localpart}\0{password}".encode())
         except SASLFailure as failure:
+            _refused(request, domain, failure.condition)
             raise HTTPError(_SASL_STATUS.get(failure.condition, 401),
                             failure.text or "wrong address or password") from None
         return f"{exchange.localpart}@{domain}"
