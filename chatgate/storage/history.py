@@ -16,6 +16,13 @@ page reaches the end in its direction (XEP-0313 <fin complete/>).
 :func:`paginate` does it over a sorted list (the memory backend, ``ids``
 queries); SQLite and Redis do the same with their indexes, and one interface
 test suite holds all three to the same answers.
+
+A conversation (the webmail's view: one contact, split at silences longer
+than a gap) is paged too: :func:`conversation_page` reads it through
+``IArchive.between``, one bounded read by the contact's index per page, with
+archive ids for cursors, so appends never move a page. Only its newest page
+has to find where the conversation ends: it walks forward from the first
+message :data:`WALK_STEP` messages a read, keeping no more than the page.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from __future__ import annotations
 import bisect
 import re
 import secrets
+from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -32,7 +41,9 @@ from chatgate.storage.interfaces import (
     ArchivedMessage,
     ArchivePage,
     ArchiveQuery,
+    BadCursor,
     Conversation,
+    ConversationPage,
     UnknownMessage,
 )
 
@@ -40,6 +51,8 @@ from chatgate.storage.interfaces import (
 PREVIEW_LENGTH = 100
 #: messages read per step while grouping conversations
 SCAN_PAGE = 200
+#: messages read per step while walking a conversation to its end (its newest page)
+WALK_STEP = 500
 
 _ID = re.compile(r"^[0-9a-f]{14}-[0-9a-f]{10}$")
 
@@ -198,33 +211,79 @@ async def conversations(
     return found
 
 
-async def conversation(query: QueryFunction, owner: str, conversation_id: str, gap: float) -> list[ArchivedMessage]:
-    """The messages from *conversation_id* on, up to the first silence longer than *gap*."""
-    first = await query(owner, ArchiveQuery(ids=(conversation_id,), max=1))
-    messages = list(first.messages)
-    contact = messages[0].contact
+BetweenFunction = Callable[..., "Deferred[list[ArchivedMessage]]"]
+
+
+async def conversation_page(
+    query: QueryFunction, between: BetweenFunction, owner: str, conversation_id: str, gap: float,
+    before: str | None = None, after: str | None = None, limit: int = 20,
+) -> ConversationPage:
+    """IArchive.conversation over the backend's *query* and *between*: each
+    read is bounded by *limit* (the newest page's walk by :data:`WALK_STEP`)."""
+    if before is not None and after is not None:
+        raise ValueError("before and after exclude each other")
+    if limit < 1:
+        raise ValueError("limit must be positive")
+    first = (await query(owner, ArchiveQuery(ids=(conversation_id,), max=1))).messages[0]
+    cursor_id = after if after is not None else before
+    if cursor_id is None:
+        return await _newest_page(between, owner, first, gap, limit)
+    try:
+        cursor = (await query(owner, ArchiveQuery(ids=(cursor_id,), max=1))).messages[0]
+    except UnknownMessage:
+        raise BadCursor(f"{cursor_id}: no message of this conversation") from None
+    if cursor.contact != first.contact or cursor.id < first.id:
+        raise BadCursor(f"{cursor_id}: no message of this conversation")
+    if after is not None:
+        run = [cursor]
+        for message in await between(owner, first.contact, after=cursor.id, limit=limit + 1):
+            if message.at - run[-1].at > gap:
+                break
+            run.append(message)
+        return ConversationPage(first.contact, first.at, run[1:limit + 1], True, len(run) > limit + 1)
+    found = await between(owner, first.contact, after=first.id, before=cursor.id, limit=limit + 1, newest=True)
+    if len(found) <= limit and cursor.id > first.id:
+        found.insert(0, first)
+    if any(b.at - a.at > gap for a, b in pairwise([*found, cursor])):
+        raise BadCursor(f"{cursor_id}: no message of this conversation")
+    return ConversationPage(first.contact, first.at, found[-limit:], len(found) > limit, True)
+
+
+async def _newest_page(
+    between: BetweenFunction, owner: str, first: ArchivedMessage, gap: float, limit: int
+) -> ConversationPage:
+    """The conversation's last *limit* messages and its size: walk it from *first* to the first silence
+    longer than *gap*, keeping only the last page in memory."""
+    page: deque[ArchivedMessage] = deque([first], maxlen=limit)
+    count = 1
     while True:
-        page = await query(owner, ArchiveQuery(contact=contact, after=messages[-1].id, max=SCAN_PAGE))
-        for message in page.messages:
-            if message.at - messages[-1].at > gap:
-                return messages
-            messages.append(message)
-        if page.complete or not page.messages:
-            return messages
+        step = await between(owner, first.contact, after=page[-1].id, limit=WALK_STEP)
+        for message in step:
+            if message.at - page[-1].at > gap:
+                return ConversationPage(first.contact, first.at, list(page), count > len(page), False, count)
+            page.append(message)
+            count += 1
+        if len(step) < WALK_STEP:
+            return ConversationPage(first.contact, first.at, list(page), count > len(page), False, count)
 
 
 class ConversationsMixin:
-    """IArchive.conversations and .conversation for a backend that has ``query``."""
+    """IArchive.conversations and .conversation for a backend that has ``query`` and ``between``."""
 
     query: Any
+    between: Any
 
     def conversations(
         self, owner: str, contact: str, gap: float, before: str | None = None, limit: int = 20
     ) -> Deferred[list[Conversation]]:
         return Deferred.fromCoroutine(conversations(self.query, owner, contact, gap, before, limit))
 
-    def conversation(self, owner: str, conversation_id: str, gap: float) -> Deferred[list[ArchivedMessage]]:
-        return Deferred.fromCoroutine(conversation(self.query, owner, conversation_id, gap))
+    def conversation(
+        self, owner: str, conversation_id: str, gap: float, before: str | None = None, after: str | None = None,
+        limit: int = 20,
+    ) -> Deferred[ConversationPage]:
+        return Deferred.fromCoroutine(
+            conversation_page(self.query, self.between, owner, conversation_id, gap, before, after, limit))
 
 
 def unknown(archive_id: str) -> UnknownMessage:

@@ -246,6 +246,10 @@ class UnknownMessage(ArchiveError):
     """An archive id a query names is not in the owner's archive (XEP-0313 §4.1.3: item-not-found)."""
 
 
+class BadCursor(ArchiveError):
+    """A paging cursor that is no message of the conversation it pages (a one-line message for a user)."""
+
+
 @dataclass(frozen=True)
 class ArchivedMessage:
     """One message in one user's archive (XEP-0313 §3).
@@ -321,6 +325,18 @@ class Conversation:
     preview: str  # the start of its first message's body
 
 
+@dataclass(frozen=True)
+class ConversationPage:
+    """One page of a conversation, oldest first; its cursors are its messages' archive ids (XEP-0059 §2)."""
+
+    contact: str
+    start: float  # when the conversation's first message was sent
+    messages: list[ArchivedMessage]
+    earlier: bool  # the conversation has messages before this page
+    later: bool  # and after it
+    count: int | None = None  # the conversation's size, on the newest page (found by walking it to its end)
+
+
 class IArchive(Interface):
     """Every user's message history (XEP-0313 user archives).
 
@@ -354,9 +370,26 @@ class IArchive(Interface):
         split wherever more than *gap* seconds passed. *before* is a
         conversation id: list only the older ones."""
 
-    def conversation(owner: str, conversation_id: str, gap: float) -> Deferred[list[ArchivedMessage]]:
-        """The messages of one conversation, oldest first. UnknownMessage if
-        there is no message with that id."""
+    def between(
+        owner: str, contact: str, after: str | None = None, before: str | None = None, limit: int = 50,
+        newest: bool = False,
+    ) -> Deferred[list[ArchivedMessage]]:
+        """Up to *limit* of the owner's messages with *contact* whose ids lie
+        strictly between *after* and *before* (None: no bound), oldest first:
+        the oldest of them, or the newest when *newest*. The ids need not be
+        in the archive. SQLite and Redis read at most *limit* messages by the
+        contact's index, whatever the archive's size."""
+
+    def conversation(
+        owner: str, conversation_id: str, gap: float, before: str | None = None, after: str | None = None,
+        limit: int = 20,
+    ) -> Deferred[ConversationPage]:
+        """One page of at most *limit* messages of a conversation (its messages
+        from *conversation_id* on, up to the first silence longer than *gap*):
+        the newest page, or the page just before the message *before*, or just
+        after the message *after* (XEP-0059 §2.2, §2.5). UnknownMessage if
+        there is no message *conversation_id*; BadCursor when *before* or
+        *after* is not a message of that conversation."""
 
     def expire(before: float) -> Deferred[int]:
         """Delete every message older than *before* (POSIX seconds); return how many."""

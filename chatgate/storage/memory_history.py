@@ -1,13 +1,15 @@
 """In-memory IArchive and IOfflineStore: for tests and throw-away demos, gone at exit.
 
 The contract is the durable backends' (the same interface tests run against
-all of them); answers are synchronous.
+all of them); answers are synchronous. There is no index by contact:
+``between`` scans the owner's ids from its bound until it has *limit*.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from itertools import islice
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -57,8 +59,20 @@ class MemoryArchive(ConversationsMixin):
         for archive_id in named_ids(query):
             if archive_id not in archive:
                 return fail(unknown(archive_id))
-        result_set = [archive[i] for i in self._ids.get(owner, ()) if matches(archive[i], query)]
+        candidates = sorted(set(query.ids)) if query.ids is not None else self._ids.get(owner, ())
+        result_set = [archive[i] for i in candidates if matches(archive[i], query)]
         return succeed(paginate(result_set, query))
+
+    def between(
+        self, owner: str, contact: str, after: str | None = None, before: str | None = None, limit: int = 50,
+        newest: bool = False,
+    ) -> Deferred[list[ArchivedMessage]]:
+        ids, archive = self._ids.get(owner, []), self._messages.get(owner, {})
+        begin = 0 if after is None else bisect.bisect_right(ids, after)
+        end = len(ids) if before is None else bisect.bisect_left(ids, before)
+        span = range(end - 1, begin - 1, -1) if newest else range(begin, end)
+        found = list(islice((archive[ids[i]] for i in span if archive[ids[i]].contact == contact), limit))
+        return succeed(found[::-1] if newest else found)
 
     def contacts(self, owner: str) -> Deferred[list[ArchiveContact]]:
         last: dict[str, float] = {}

@@ -382,6 +382,19 @@ class RedisArchive(ConversationsMixin, _RedisStore):
         d = self._eval(_QUERY, [result_set, f"{base}:ids", f"{base}:messages"], args)
         return d.addCallback(self._page, owner)
 
+    def between(
+        self, owner: str, contact: str, after: str | None = None, before: str | None = None, limit: int = 50,
+        newest: bool = False,
+    ) -> Deferred[list[ArchivedMessage]]:
+        """The query script on the contact's sorted set: ranges and counts by lexical range, O(log n + limit)."""
+        base, _, _ = self._base(owner, "archive")
+        low = "-" if after is None else "(" + after
+        high = "+" if before is None else "(" + before
+        mode, bound = ("before", high) if newest else ("first", "")
+        args = [low, high, mode, bound, "", limit, 0]
+        d = self._eval(_QUERY, [f"{base}:with:{contact}", f"{base}:ids", f"{base}:messages"], args)
+        return d.addCallback(lambda reply: self._page(reply, owner).messages)
+
     @staticmethod
     def _page(reply: list[Any], owner: str) -> ArchivePage:
         total, first, more = (int(x) for x in reply[:3])

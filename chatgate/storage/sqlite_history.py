@@ -361,6 +361,12 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
             return fail(e)
         return self._read(_query, owner, query)
 
+    def between(
+        self, owner: str, contact: str, after: str | None = None, before: str | None = None, limit: int = 50,
+        newest: bool = False,
+    ) -> Deferred[list[ArchivedMessage]]:
+        return self._read(_between, owner, contact, after, before, limit, newest)
+
     def contacts(self, owner: str) -> Deferred[list[ArchiveContact]]:
         return self._read(_contacts, owner)
 
@@ -527,6 +533,20 @@ def _query(db: sqlite3.Connection, owner: str, query: ArchiveQuery) -> ArchivePa
         page = found_rows[: query.max]
     complete = len(found_rows) <= query.max
     return ArchivePage(page, total, first_index if page else None, complete)
+
+
+def _between(db: sqlite3.Connection, owner: str, contact: str, after: str | None, before: str | None, limit: int,
+             newest: bool) -> list[ArchivedMessage]:
+    """At most *limit* rows by ``archive_by_contact`` (owner, contact, id): no count, no offset."""
+    terms, params = ["owner = ?", "contact = ?"], [owner, contact]
+    for term, value in (("id > ?", after), ("id < ?", before)):
+        if value is not None:
+            terms.append(term)
+            params.append(value)
+    sql = (f"SELECT {_COLUMNS} FROM archive WHERE {' AND '.join(terms)}"
+           f" ORDER BY id {'DESC' if newest else 'ASC'} LIMIT ?")
+    found = [_message(r) for r in db.execute(sql, (*params, limit))]
+    return found[::-1] if newest else found
 
 
 def _contacts(db: sqlite3.Connection, owner: str) -> list[ArchiveContact]:

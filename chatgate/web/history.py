@@ -15,10 +15,19 @@ user's own archive only:
     {"with": "bob@…", "conversations": [{"id": "…", "start": "…", "end": "…",
      "count": 12, "preview": "the first line…"}], "more": true}
 
-- ``conversation?id=<conversation id>``: one conversation, oldest first::
+- ``conversation?id=<conversation id>[&before=<message id>|&after=<message id>][&limit=<1..100>]``:
+  one page of a conversation, oldest first: its newest ``limit`` messages,
+  or those just before (after) the message named — ask again with ``before``
+  = the first message's id for earlier ones, ``after`` = the last's for later
+  ones (XEP-0059 style: archive ids for cursors, so appends never move a
+  page); ``count`` (the conversation's size) only on the newest page::
 
-    {"id": "…", "with": "bob@…", "messages": [{"id": "…", "at": "…",
-     "from": "bob@…", "outgoing": false, "body": "…"}]}
+    {"id": "…", "with": "bob@…", "start": "…", "messages": [{"id": "…", "at": "…",
+     "from": "bob@…", "outgoing": false, "body": "…"}], "earlier": true, "later": false,
+     "count": 240}
+
+  A cursor that is no message of the conversation, or a limit out of range,
+  is 400.
 
 Times are XEP-0082 UTC stamps; message ids are the archive ids MAM uses.
 
@@ -46,7 +55,8 @@ from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from chatgate.auth.sasl import Authenticator, SASLFailure
 from chatgate.domains import HostedDomains
 from chatgate.features.archive import stamp
-from chatgate.storage.interfaces import IArchive, UnknownMessage
+from chatgate.storage.history import time_of
+from chatgate.storage.interfaces import BadCursor, IArchive, UnknownMessage
 from chatgate.transports.bosh import peer_of
 from chatgate.web.site import Endpoint, Folder
 
@@ -158,17 +168,30 @@ class HistoryAPI:
 
     async def conversation(self, owner: str, args: dict[bytes, list[bytes]]) -> Answer:
         conversation_id = _arg(args, "id", required=True)
+        before, after = _cursor(args, "before"), _cursor(args, "after")
+        if before and after:
+            raise HTTPError(400, "before and after: give one of them")
+        limit = _limit(_arg(args, "limit"))
         try:
-            messages = await self.archive.conversation(owner, conversation_id, self.gap)
+            page = await self.archive.conversation(owner, conversation_id, self.gap, before, after, limit)
         except UnknownMessage:
             raise HTTPError(404, f"no conversation {conversation_id}") from None
-        contact = messages[0].contact
-        return {
+        except BadCursor:
+            name, value = ("before", before) if before else ("after", after)
+            raise HTTPError(400, f"{name}: {value} is no message of this conversation") from None
+        contact = page.contact
+        answer: Answer = {
             "id": conversation_id,
             "with": contact,
+            "start": stamp(page.start),
             "messages": [{"id": m.id, "at": stamp(m.at), "from": owner if m.outgoing else contact,
-                          "outgoing": m.outgoing, "body": m.body} for m in messages],
+                          "outgoing": m.outgoing, "body": m.body} for m in page.messages],
+            "earlier": page.earlier,
+            "later": page.later,
         }
+        if page.count is not None:
+            answer["count"] = page.count
+        return answer
 
 
 def _arg(args: dict[bytes, list[bytes]], name: str, required: bool = False) -> str:
@@ -181,6 +204,18 @@ def _arg(args: dict[bytes, list[bytes]], name: str, required: bool = False) -> s
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPError(400, f"{name}: not UTF-8") from None
+
+
+def _cursor(args: dict[bytes, list[bytes]], name: str) -> str | None:
+    """A paging cursor: an archive id, or None when not given."""
+    value = _arg(args, name)
+    if not value:
+        return None
+    try:
+        time_of(value)
+    except ValueError:
+        raise HTTPError(400, f"{name}: not a message id") from None
+    return value
 
 
 def _bare(value: str) -> str:

@@ -21,6 +21,7 @@ from chatgate.storage.interfaces import (
     ArchivedMessage,
     ArchiveError,
     ArchiveQuery,
+    BadCursor,
     IArchive,
     IOfflineStore,
     OfflineMessage,
@@ -339,7 +340,8 @@ async def test_conversations_split_at_silences_newest_first(archive):
     assert [c.id for c in older] == [found[2].id]
     assert [c.count for c in await archive.conversations(ALICE, BOB, gap=10_000)] == [4, 6]
     one = await archive.conversation(ALICE, found[3].id, gap=1800)
-    assert [m.body for m in one] == ["message at 0", "message at 60", "message at 120"]
+    assert [m.body for m in one.messages] == ["message at 0", "message at 60", "message at 120"]
+    assert (one.contact, one.start, one.count, one.earlier, one.later) == (BOB, T0, 3, False, False)
     with pytest.raises(UnknownMessage):
         await archive.conversation(ALICE, "0000000000000f-0123456789", gap=1800)
 
@@ -349,8 +351,139 @@ async def test_long_conversations_span_scan_pages(archive):
     messages = await fill(archive, 450, step=10)
     found = await archive.conversations(ALICE, BOB, gap=60)
     assert len(found) == 1 and found[0].count == 450 and found[0].id == messages[0].id
-    assert len(await archive.conversation(ALICE, messages[0].id, gap=60)) == 450
+    newest = await archive.conversation(ALICE, messages[0].id, gap=60, limit=100)
+    assert newest.count == 450 and newest.messages == messages[-100:] and newest.earlier
     assert found[0].preview == "message 0"
+
+
+# -- one conversation, a page at a time (the webmail's /history/conversation)
+
+
+async def three_conversations(archive, long: int = 23) -> tuple[list, list, list]:
+    """With bob: 3 messages, an hour of silence, *long* messages a minute apart (carol's in
+    between, in another conversation of hers), an hour of silence, 2 messages."""
+    maker = Conversation()
+    before = [maker.message(ALICE, BOB, T0 + i * 60, f"before {i}") for i in range(3)]
+    start = T0 + 3600
+    middle = [maker.message(ALICE, BOB, start + i * 60, f"middle {i}", outgoing=i % 3 == 0) for i in range(long)]
+    carol = [maker.message(ALICE, CAROL, start + i * 60 + 30, f"carol {i}") for i in range(long)]
+    after = [maker.message(ALICE, BOB, start + long * 60 + 3600 + i, f"after {i}") for i in range(2)]
+    await archive.append(before + middle + carol + after)
+    return before, middle, after
+
+
+def bounded_reads(archive, monkeypatch) -> list[tuple[str, int]]:
+    """Record every read the conversation paging makes: (kind, the most messages it may return)."""
+    reads: list[tuple[str, int]] = []
+    query, between = archive.query, archive.between
+
+    def spy_query(owner, q):
+        reads.append(("query ids" if q.ids is not None else "query", q.max))
+        return query(owner, q)
+
+    def spy_between(owner, contact, **bounds):
+        reads.append(("between", bounds["limit"]))
+        return between(owner, contact, **bounds)
+
+    monkeypatch.setattr(archive, "query", spy_query)
+    monkeypatch.setattr(archive, "between", spy_between)
+    return reads
+
+
+@pytest_twisted.ensureDeferred
+async def test_between_reads_one_contact_between_two_ids(archive):
+    maker = Conversation()
+    messages = [maker.message(ALICE, BOB if i % 2 else CAROL, T0 + i, f"m{i}") for i in range(12)]
+    await archive.append(messages)
+    bob = [m for m in messages if m.contact == BOB]
+    assert await archive.between(ALICE, BOB, limit=3) == bob[:3]
+    assert await archive.between(ALICE, BOB, limit=3, newest=True) == bob[-3:]
+    assert await archive.between(ALICE, BOB, after=bob[1].id, before=bob[5].id, limit=10) == bob[2:5]
+    assert await archive.between(ALICE, BOB, after=bob[1].id, before=bob[5].id, limit=2, newest=True) == bob[3:5]
+    # bounds need not be messages, nor of this contact
+    assert await archive.between(ALICE, BOB, after=messages[4].id, limit=1) == [messages[5]]
+    assert await archive.between(ALICE, BOB, before="0000000000000f-0123456789", limit=5) == []
+    assert await archive.between(ALICE, "dave@example.com", limit=5) == []
+    assert await archive.between(BOB, ALICE, limit=5) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversation_newest_page_then_earlier_pages_to_the_first_message(archive, monkeypatch):
+    monkeypatch.setattr("chatgate.storage.history.WALK_STEP", 4)  # the walk to the end takes several reads
+    reads = bounded_reads(archive, monkeypatch)
+    _, middle, _ = await three_conversations(archive)
+    newest = await archive.conversation(ALICE, middle[0].id, gap=1800, limit=5)
+    assert newest.messages == middle[-5:] and newest.count == len(middle)
+    assert (newest.contact, newest.start, newest.earlier, newest.later) == (BOB, middle[0].at, True, False)
+    pages, page = [newest.messages], newest
+    while page.earlier:
+        page = await archive.conversation(ALICE, middle[0].id, gap=1800, before=page.messages[0].id, limit=5)
+        assert 0 < len(page.messages) <= 5 and page.later and page.count is None
+        pages.insert(0, page.messages)
+    assert [m for p in pages for m in p] == middle
+    assert [len(p) for p in pages] == [3, 5, 5, 5, 5]
+    # each read asked for a page (and one more, to know whether there are others) or a walking step,
+    # never for the conversation: the cursors are looked up by id
+    assert {kind for kind, _ in reads} == {"query ids", "between"}
+    assert max(n for _, n in reads) <= 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversation_pages_forward_with_after_and_stop_at_the_silence(archive, monkeypatch):
+    reads = bounded_reads(archive, monkeypatch)
+    _, middle, after = await three_conversations(archive)
+    seen, page = [middle[0]], None
+    while page is None or page.later:
+        page = await archive.conversation(ALICE, middle[0].id, gap=1800, after=seen[-1].id, limit=4)
+        assert 0 < len(page.messages) <= 4 and page.earlier
+        seen += page.messages
+    assert seen == middle
+    # after the last message: nothing more, the next conversation is another one
+    last = await archive.conversation(ALICE, middle[0].id, gap=1800, after=middle[-1].id, limit=4)
+    assert (last.messages, last.earlier, last.later) == ([], True, False)
+    assert max(n for _, n in reads) <= 5
+    # the first page of a conversation is the one before its second message
+    first = await archive.conversation(ALICE, middle[0].id, gap=1800, before=middle[1].id, limit=4)
+    assert (first.messages, first.earlier, first.later) == ([middle[0]], False, True)
+    nothing = await archive.conversation(ALICE, middle[0].id, gap=1800, before=middle[0].id, limit=4)
+    assert (nothing.messages, nothing.earlier) == ([], False)
+    assert (await archive.conversation(ALICE, after[0].id, gap=1800)).messages == after
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversation_pages_stay_put_while_messages_are_appended(archive):
+    _, middle, _ = await three_conversations(archive, long=12)
+    newest = await archive.conversation(ALICE, middle[0].id, gap=1800, limit=5)
+    maker = Conversation()
+    more = [maker.message(ALICE, BOB, middle[-1].at + 60 + i, f"more {i}") for i in range(7)]
+    await archive.append(more)
+    earlier = await archive.conversation(ALICE, middle[0].id, gap=1800, before=newest.messages[0].id, limit=5)
+    assert earlier.messages == middle[2:7]
+    later = await archive.conversation(ALICE, middle[0].id, gap=1800, after=newest.messages[-1].id, limit=5)
+    assert later.messages == more[:5] and later.later
+    again = await archive.conversation(ALICE, middle[0].id, gap=1800, limit=5)
+    assert again.messages == more[-5:] and again.count == 19
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversation_cursors_must_be_messages_of_that_conversation(archive):
+    before, middle, after = await three_conversations(archive)
+    bobs = await fill_other_owner(archive)
+    carol = (await archive.between(ALICE, CAROL, limit=1))[0]
+    conversation = middle[0].id
+    for cursor in ("0000000000000f-0123456789", "not an id", bobs.id, carol.id, before[-1].id):
+        for direction in ("before", "after"):
+            with pytest.raises(BadCursor, match="no message of this conversation"):
+                await archive.conversation(ALICE, conversation, gap=1800, **{direction: cursor})
+    # a later conversation's message: the silence before it shows as soon as a page reaches it
+    with pytest.raises(BadCursor):
+        await archive.conversation(ALICE, conversation, gap=1800, before=after[0].id, limit=5)
+    with pytest.raises(UnknownMessage):
+        await archive.conversation(ALICE, "0000000000000f-0123456789", gap=1800)
+    with pytest.raises(UnknownMessage):
+        await archive.conversation(BOB, conversation, gap=1800)
+    with pytest.raises(ValueError, match="exclude"):
+        await archive.conversation(ALICE, conversation, gap=1800, before=middle[3].id, after=middle[1].id)
 
 
 # -- offline messages (XEP-0160)
@@ -454,6 +587,24 @@ async def test_sqlite_shares_the_directory_file(tmp_path):
     assert (await archive.query(ALICE, ArchiveQuery())).count == 1
     for store in (directory, archive, offline):
         await store.stop()
+
+
+def test_sqlite_between_reads_the_contact_index_without_sorting(tmp_path):
+    from chatgate.storage.sqlite_history import _SCHEMA, _between
+
+    db = sqlite3.connect(str(tmp_path / "h.sqlite"))
+    db.executescript(_SCHEMA["archive"])
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    for after, before, newest in ((None, None, True), ("00000000000001-0123456789", None, False),
+                                  ("00000000000001-0123456789", "0000000000000f-0123456789", True)):
+        statements.clear()
+        assert _between(db, ALICE, BOB, after, before, 10, newest) == []
+        (sql,) = statements
+        plan = " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "USING INDEX archive_by_contact" in plan and "TEMP B-TREE" not in plan, plan
+        assert sql.endswith("LIMIT 10")
+    db.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -1,13 +1,21 @@
-// One whole conversation on a page of its own: conversation.html?id=<id>, a
-// stable address (from the preview pane's Open). It borrows the credentials
-// of the pane open in another window of this browser (BroadcastChannel, same
+// One conversation on a page of its own: conversation.html?id=<id>, a stable
+// address (from the preview pane's Open). It borrows the credentials of the
+// pane open in another window of this browser (BroadcastChannel, same
 // origin), or asks for the address and password when there is none.
+//
+// The history API answers a conversation a page at a time: the page opens on
+// the newest page and loads the earlier ones (before = the oldest message
+// shown) when the reader scrolls up to them or clicks "Earlier messages";
+// Print loads them all first. The credentials are kept until the whole
+// conversation is here, then dropped.
 
 import { AuthError, askPane, explain, signInWithPassword } from "./auth.js";
 import { avatar, clear, duration, h, linkify, longDayOf, plural, sameDay, friendlyDay, timeOf } from "./dom.js";
 import { HistoryAPI } from "./history-api.js";
 
 const GROUP_GAP = 5 * 60000;
+/** messages a request (the history API's cap) */
+const PAGE = 100;
 
 async function loadConfig() {
     try {
@@ -28,50 +36,127 @@ function fail(text) {
 
 async function show(credentials, config, id) {
     const api = new HistoryAPI(credentials, config.history || "/history");
-    let conversation;
+    let newest;
     let names = new Map();
     try {
-        const [answer, contacts] = await Promise.all([api.conversation(id), api.contacts().catch(() => ({ contacts: [] }))]);
-        conversation = answer;
+        const [answer, contacts] = await Promise.all([api.conversation(id, { limit: PAGE }),
+            api.contacts().catch(() => ({ contacts: [] }))]);
+        newest = answer;
         names = new Map(contacts.contacts.map((c) => [c.jid, c.name]));
     } catch (error) {
         fail(error.status === 404 ? "This conversation is not in your history." : `The conversation can't be loaded (${error.message}).`);
         return;
     }
-    credentials.forget();
-    const contactName = names.get(conversation.with) || conversation.with;
-    const messages = conversation.messages.map((m) => ({ ...m, at: new Date(m.at) }));
-    const first = messages[0].at;
-    const last = messages[messages.length - 1].at;
+    const contactName = names.get(newest.with) || newest.with;
+    const first = new Date(newest.start);
+    const last = new Date(newest.messages[newest.messages.length - 1].at);
     document.title = `${contactName}, ${longDayOf(first)} — Chat`;
     document.getElementById("transcript-title").textContent = `Conversation with ${contactName}`;
     const times = timeOf(first) === timeOf(last) ? timeOf(first) : `${timeOf(first)}–${timeOf(last)}`;
     document.getElementById("transcript-when").textContent =
-        `${longDayOf(first)}, ${times} · ${plural(messages.length, "message")}`
+        `${longDayOf(first)}, ${times} · ${plural(newest.count, "message")}`
         + (last - first >= 60000 ? ` · ${duration(last - first)}` : "");
-    document.getElementById("transcript-avatar").replaceWith(avatar({ jid: conversation.with, name: contactName }, "lg"));
-    document.getElementById("print").addEventListener("click", () => window.print());
-    const log = document.getElementById("transcript");
-    log.setAttribute("aria-label", `Messages with ${contactName}`);
-    let previous = null;
-    messages.forEach((m, i) => {
-        const next = messages[i + 1];
-        if (previous && !sameDay(previous.at, m.at)) {
-            log.append(h("div", { class: "day", role: "separator" }, h("span", {}, friendlyDay(m.at))));
-        }
-        const sender = m.outgoing ? "You" : names.get(m.from) || m.from;
-        const starts = !previous || previous.outgoing !== m.outgoing || m.at - previous.at > GROUP_GAP;
-        const ends = !next || next.outgoing !== m.outgoing || next.at - m.at > GROUP_GAP;
-        log.append(h("div", { class: `msg ${m.outgoing ? "out" : "in"}${starts ? " group-start" : ""}${ends ? " group-end" : ""}`, "data-id": m.id },
-            starts ? h("div", { class: "msg-sender" }, sender) : null,
-            h("div", { class: "bubble" },
-                h("span", { class: "visually-hidden" }, `${sender}: `),
-                h("span", { class: "msg-body" }, linkify(m.body)),
-                h("span", { class: "msg-meta" }, h("time", { datetime: m.at.toISOString() }, timeOf(m.at))))));
-        previous = m;
-    });
+    document.getElementById("transcript-avatar").replaceWith(avatar({ jid: newest.with, name: contactName }, "lg"));
     document.getElementById("loading").hidden = true;
     document.getElementById("page").hidden = false;
+    const transcript = new Transcript(api, id, names, newest);
+    document.getElementById("print").addEventListener("click", async () => {
+        if (await transcript.loadAll()) window.print();
+    });
+    if (!transcript.earlier) credentials.forget();
+    else transcript.addEventListener("complete", () => credentials.forget(), { once: true });
+}
+
+/** The log of one conversation, from its newest page back to as far as was loaded. */
+class Transcript extends EventTarget {
+    constructor(api, id, names, newest) {
+        super();
+        this.api = api;
+        this.id = id;
+        this.names = names;
+        this.messages = [];
+        this.earlier = false;
+        this.loading = null;
+        this.log = document.getElementById("transcript");
+        this.log.setAttribute("aria-label", `Messages with ${names.get(newest.with) || newest.with}`);
+        this.observer = "IntersectionObserver" in window
+            ? new IntersectionObserver((entries) => {
+                if (entries.some((e) => e.isIntersecting)) this.loadEarlier();
+            }, { rootMargin: "400px 0px 0px 0px" })
+            : null;
+        this.add(newest);
+        window.scrollTo(0, document.documentElement.scrollHeight);
+    }
+
+    /** Put a page's messages before the ones shown (each once) and redraw, keeping the reader's place. */
+    add(page) {
+        const known = new Set(this.messages.map((m) => m.id));
+        const fresh = page.messages.filter((m) => !known.has(m.id)).map((m) => ({ ...m, at: new Date(m.at) }));
+        this.messages = [...fresh, ...this.messages];
+        this.earlier = page.earlier;
+        const fromBottom = document.documentElement.scrollHeight - window.scrollY;
+        this.draw();
+        window.scrollTo(0, document.documentElement.scrollHeight - fromBottom);
+        if (!this.earlier) this.dispatchEvent(new Event("complete"));
+    }
+
+    /** Load the page before the oldest message shown; resolves false when it could not. */
+    loadEarlier() {
+        if (!this.earlier) return Promise.resolve(true);
+        if (!this.loading) {
+            this.button.disabled = true;
+            this.button.textContent = "Loading earlier messages…";
+            this.loading = this.api.conversation(this.id, { before: this.messages[0].id, limit: PAGE })
+                .then((page) => {
+                    this.loading = null;
+                    this.add(page);
+                    return true;
+                }, (error) => {
+                    this.loading = null;
+                    this.observer?.disconnect();  // no retrying by itself: the button does
+                    this.button.disabled = false;
+                    this.button.textContent = `Earlier messages can't be loaded (${error.message}). Try again`;
+                    return false;
+                });
+        }
+        return this.loading;
+    }
+
+    /** Every earlier page (for printing); false if one could not be loaded. */
+    async loadAll() {
+        while (this.earlier) {
+            if (!(await this.loadEarlier())) return false;
+        }
+        return true;
+    }
+
+    draw() {
+        this.observer?.disconnect();
+        clear(this.log);
+        if (this.earlier) {
+            this.button = h("button", { class: "button small", type: "button", "data-action": "earlier",
+                onclick: () => this.loadEarlier() }, "Earlier messages");
+            this.log.append(h("div", { class: "transcript-earlier" }, this.button));
+            this.observer?.observe(this.button);
+        }
+        let previous = null;
+        this.messages.forEach((m, i) => {
+            const next = this.messages[i + 1];
+            if (previous && !sameDay(previous.at, m.at)) {
+                this.log.append(h("div", { class: "day", role: "separator" }, h("span", {}, friendlyDay(m.at))));
+            }
+            const sender = m.outgoing ? "You" : this.names.get(m.from) || m.from;
+            const starts = !previous || previous.outgoing !== m.outgoing || m.at - previous.at > GROUP_GAP;
+            const ends = !next || next.outgoing !== m.outgoing || next.at - m.at > GROUP_GAP;
+            this.log.append(h("div", { class: `msg ${m.outgoing ? "out" : "in"}${starts ? " group-start" : ""}${ends ? " group-end" : ""}`, "data-id": m.id },
+                starts ? h("div", { class: "msg-sender" }, sender) : null,
+                h("div", { class: "bubble" },
+                    h("span", { class: "visually-hidden" }, `${sender}: `),
+                    h("span", { class: "msg-body" }, linkify(m.body)),
+                    h("span", { class: "msg-meta" }, h("time", { datetime: m.at.toISOString() }, timeOf(m.at))))));
+            previous = m;
+        });
+    }
 }
 
 function signIn(config, id) {

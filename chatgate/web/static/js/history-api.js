@@ -38,8 +38,9 @@ export class HistoryAPI {
         return this.get("conversations", { with: jid, before, limit });
     }
 
-    conversation(id) {
-        return this.get("conversation", { id });
+    /** One page of a conversation: the newest, or the one before (after) a message id. */
+    conversation(id, { before, after, limit } = {}) {
+        return this.get("conversation", { id, before, after, limit });
     }
 }
 
