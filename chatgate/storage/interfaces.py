@@ -387,9 +387,12 @@ class IArchive(Interface):
         """One page of at most *limit* messages of a conversation (its messages
         from *conversation_id* on, up to the first silence longer than *gap*):
         the newest page, or the page just before the message *before*, or just
-        after the message *after* (XEP-0059 §2.2, §2.5). UnknownMessage if
-        there is no message *conversation_id*; BadCursor when *before* or
-        *after* is not a message of that conversation."""
+        after the message *after* (XEP-0059 §2.5, §2.3, §2.2). A page never
+        crosses a silence. UnknownMessage if there is no message
+        *conversation_id*; BadCursor when the cursor is not a message with the
+        same contact from *conversation_id* on, or when a page before it
+        meets a silence (it belongs to a later conversation: only a page that
+        reaches the silence can tell, so that is checked page by page)."""
 
     def expire(before: float) -> Deferred[int]:
         """Delete every message older than *before* (POSIX seconds); return how many."""
