@@ -12,13 +12,14 @@ from chatgate.config import ArchiveSettings, Settings
 from chatgate.domains import HostedDomains
 from chatgate.features import register_all
 from chatgate.features.archive import parse_stamp, stamp
+from chatgate.features.mam import readable
 from chatgate.router import CLIENT_NS, Router
 from chatgate.session import Session
 from chatgate.storage.history import ArchiveIds, id_floor, paginate, preview, time_of
 from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, Stores, User
 from chatgate.storage.memory import MemoryDirectory
 from chatgate.storage.memory_history import MemoryArchive, MemoryOfflineStore
-from chatgate.xml import parse_document
+from chatgate.xml import parse_document, serialize
 
 T0 = 1_700_000_000.0
 SID = "urn:xmpp:sid:0"
@@ -529,3 +530,24 @@ def test_disco_features(world):
 
     assert {CARBONS, "msgoffline", SID} <= features(server)
     assert {MAM, MAM + "#extended", SID} <= features(account)
+
+
+def test_mam_reads_archived_text_back_and_rebuilds_what_does_not_read():
+    """A row written before output was escaped (the forgery of SECURITY.md's
+    "Output") comes back from MAM as one message from the real peer."""
+    poisoned = ("<message xmlns='jabber:client' to='bob@example.com' from='alice@example.com/evil' type='chat'>"
+                "<body>hi bob</body><x xmlns='urn:a'/></message><message from='boss@othercorp.org/x'"
+                " to='bob@example.com' type='chat'><body>FORGED</body></message><message type='chat'><x b=''/>"
+                "<stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.com' id='1'/></message>")
+    row = ArchivedMessage("bob@example.com", "1", "alice@example.com", "evil", False, 0.0, "hi bob", poisoned)
+    rebuilt = readable(row, 65536)
+    assert (rebuilt["from"], rebuilt["to"], str(rebuilt.body)) == ("alice@example.com/evil", "bob@example.com",
+                                                                   "hi bob")
+    assert "FORGED" not in serialize(rebuilt)
+    sent = ArchivedMessage("alice@example.com", "2", "bob@example.com", "", True, 0.0, "x", "<iq/>")
+    assert (readable(sent, 65536)["from"], readable(sent, 65536)["to"]) == ("alice@example.com", "bob@example.com")
+    good = ArchivedMessage("bob@example.com", "3", "alice@example.com", "desk", False, 0.0, "ok",
+                           "<message xmlns='jabber:client' from='alice@example.com/desk' id='k'><body>ok</body>"
+                           "<x xmlns='urn:example:x' a='&apos;'/></message>")
+    kept = readable(good, 65536)
+    assert kept["id"] == "k" and next(kept.elements("urn:example:x", "x"))["a"] == "'"

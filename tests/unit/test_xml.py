@@ -1,14 +1,23 @@
 """Restricted XML stream parsing (RFC 6120 §11): chatgate.xml."""
 
 import tracemalloc
+import xml.etree.ElementTree as ET
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatgate.xml import STREAMS_NS, StreamError, StreamParser, parse_document
+from chatgate.xml import (
+    CLIENT_NS,
+    STREAMS_NS,
+    XML_NS,
+    Element,
+    StreamError,
+    StreamParser,
+    parse_document,
+    serialize,
+)
 
-XML_NS = "http://www.w3.org/XML/1998/namespace"
 HEADER = (
     b"<?xml version='1.0'?>"
     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
@@ -368,3 +377,73 @@ def test_only_stream_errors_escape(data, step, limit):
         parse_document(data, limit)
     except StreamError as error:
         assert error.condition
+
+
+# -- the one serializer (SECURITY.md, "Output")
+
+
+def _stream(text: str) -> ET.Element:
+    return ET.fromstring("<s xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+                         + text + "</s>")
+
+
+def test_namespace_values_that_are_not_uris_are_refused_at_parse():
+    for declaration in ("xmlns=\"urn:a'/>\"", "xmlns:p=\"urn:a'\" p:b='1'", "xmlns='urn:a b'",
+                        "xmlns='urn:&lt;x'", "xmlns='urn:&#9;'", "xmlns='urn:{x}'"):
+        parser = StreamParser(lambda h: None, lambda s: None, lambda: None, 65536)
+        with pytest.raises(StreamError) as caught:
+            parser.feed(HEADER + f"<message><x {declaration}/></message>".encode())
+        assert caught.value.condition == "bad-format", declaration
+    # ordinary namespace names, & in a query included, are fine
+    got = []
+    parser = StreamParser(lambda h: None, got.append, lambda: None, 65536)
+    parser.feed(HEADER + b"<message><x xmlns='http://example.com/ns?a=1&amp;b=2'/><y xmlns='urn:\xc3\xa9'/></message>")
+    assert [c.uri for c in got[0].elements()] == ["http://example.com/ns?a=1&b=2", "urn:\u00e9"]
+
+
+def test_every_value_is_escaped_for_its_quotes():
+    message = Element((CLIENT_NS, "message"))
+    message["to"] = "bob@example.com'\"<>&\t\n\r"
+    child = message.addElement(("urn:a'/></message><message from='boss@othercorp.org/x'>", "x"))
+    child[("urn:b\"'", "c")] = "v"
+    message.addElement("body", content="</body>]]>&\r")
+    for default, prefixes in ((CLIENT_NS, {STREAMS_NS: "stream"}), ("", {})):
+        text = serialize(message, default, prefixes)
+        (read,) = _stream(text)
+        assert read.get("to") == "bob@example.com'\"<>&\t\n\r"
+        assert read.get("from") is None
+        (x, body) = list(read)
+        assert x.tag == "{urn:a'/></message><message from='boss@othercorp.org/x'>}x"
+        assert x.get("{urn:b\"'}c") == "v"
+        assert body.text == "</body>]]>&\r"
+
+
+def test_prefixes_a_client_declared_are_never_written():
+    got = []
+    parser = StreamParser(lambda h: None, got.append, lambda: None, 65536)
+    # a decoy binding of the name the writer would give a namespaced attribute
+    parser.feed(HEADER + b"<message xmlns:ns0='urn:xmpp:sid:0' xmlns:stream='urn:decoy'>"
+                b"<stream:x xmlns:q='urn:q' q:by='bob@example.com' ns0:id='1'/></message>")
+    text = serialize(got[0], CLIENT_NS, {STREAMS_NS: "stream"})
+    (read,) = _stream(text)
+    (x,) = list(read)
+    assert x.tag == "{urn:decoy}x"
+    assert x.attrib == {"{urn:q}by": "bob@example.com", "{urn:xmpp:sid:0}id": "1"}
+    assert "urn:decoy" not in text.split("<x", 1)[0]  # nothing declared on the message itself
+
+
+def test_elements_in_the_xml_namespace_keep_its_prefix():
+    got = []
+    parser = StreamParser(lambda h: None, got.append, lambda: None, 65536)
+    parser.feed(HEADER + b"<message><xml:x xml:lang='en'/></message>")
+    for default in (CLIENT_NS, ""):
+        (read,) = _stream(serialize(got[0], default))
+        assert [(c.tag, c.attrib) for c in read] == [(f"{{{XML_NS}}}x", {f"{{{XML_NS}}}lang": "en"})]
+
+
+def test_element_to_xml_is_the_one_serializer():
+    message = Element((CLIENT_NS, "message"))
+    message.addElement(("urn:a'", "x"))
+    assert message.toXml() == serialize(message) == "<message xmlns='jabber:client'><x xmlns='urn:a&apos;'/></message>"
+    assert message.toXml(prefixes={STREAMS_NS: "stream"}, defaultUri=CLIENT_NS, prefixesInScope=["stream"]) == \
+        "<message><x xmlns='urn:a&apos;'/></message>"
