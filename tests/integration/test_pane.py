@@ -25,6 +25,7 @@ import json
 import os
 import struct
 import threading
+import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -962,3 +963,45 @@ async def test_phone_and_tablet_widths(server):
         await view.shot("tablet-details")
         assert await page.evaluate("document.documentElement.scrollWidth") <= 834
     await logout(bob)
+
+
+@async_test(timeout=120)
+async def test_the_pane_names_a_sender_from_the_stanzas_from_only(server):
+    """A XEP-0033 ofrom never names the sender (SECURITY.md, "Output"): the
+    server takes client-supplied addresses off, and the pane would not believe
+    one anyway; an alias's member is the resource of the alias's 'from'."""
+    async with pane(server, "ofrom") as view:
+        await view.sign_in_with_token("alice@example.com")
+        await view.wait("chatgate.client.aliases.has('salesteam@example.com')")
+        senders = await view.page.evaluate("""async () => {
+            const { parseMessage } = await import('./js/xmpp.js');
+            const claim = "<addresses xmlns='http://jabber.org/protocol/address'>"
+                + "<address type='ofrom' jid='carol@example.com'/></addresses>";
+            const read = (from) => new DOMParser().parseFromString(
+                `<message xmlns='jabber:client' from='${from}' to='alice@example.com/pane' type='chat'>`
+                + `<body>hi</body>${claim}</message>`, 'text/xml').documentElement;
+            const options = { aliases: chatgate.client.aliases };
+            return [
+                parseMessage(read('bob@example.com/desk'), 'alice@example.com', options).sender,
+                parseMessage(read('bob@example.com/carol'), 'alice@example.com', options).sender,
+                parseMessage(read('salesteam@example.com/dave'), 'alice@example.com', options).sender,
+            ];
+        }""")
+        assert senders == ["bob@example.com", "bob@example.com", "dave@example.com"]
+
+        # end to end: bob claims to be carol, directly and through the alias
+        bob = await user(server, "bob@example.com/desk")
+        for to, text in (("alice@example.com", "direct, claiming carol"),
+                         ("salesteam@example.com", "to the team, claiming carol")):
+            message = bob.make_message(mto=to, mbody=text, mtype="chat")
+            message.xml.append(ET.fromstring("<addresses xmlns='http://jabber.org/protocol/address'>"
+                                             "<address type='ofrom' jid='carol@example.com'/></addresses>"))
+            message.send()
+        await view.open_chat("salesteam@example.com")
+        await view.wait_body("salesteam@example.com", "to the team, claiming carol", outgoing=False)
+        names = await view.page.evaluate(
+            "Array.from(document.querySelectorAll(`.chat-panel[data-jid='salesteam@example.com'] .msg-sender`),"
+            " e => e.textContent)")
+        assert names and all("Carol" not in name for name in names), names
+        assert any("Bob" in name for name in names), names
+        await logout(bob)
