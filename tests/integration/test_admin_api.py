@@ -76,12 +76,19 @@ async def test_users_and_passwords(server):
     assert call(server, "POST", "/api/users", {"jid": "h@nowhere.example", "password": "x"})[0] == 404
     status, users = call(server, "GET", "/api/domains/example.com/users")
     assert any(u["jid"] == "gina@example.com" and u["department"] == "Sales" for u in users)
+    desk = await login(server, "gina@example.com/desk", "first pw")
+    token = call(server, "POST", "/api/tokens", {"user": "gina@example.com"})[1]["token"]
     assert call(server, "PUT", "/api/users/gina@example.com/password", {"password": "second pw"})[0] == 204
+    await desk.wait_closed()  # a new password ends the sessions (features/revocation.py)
+    assert desk.stream_errors == ["reset"]
     gina = await login(server, "gina@example.com/api", "second pw")
-    await logout(gina)
     with pytest.raises(LoginFailed):
         await login(server, "gina@example.com/api", "first pw")
+    with pytest.raises(LoginFailed):  # nor a token from before
+        await login(server, "gina@example.com/pane", token, mechanism="PLAIN")
     assert call(server, "DELETE", "/api/users/gina@example.com")[0] == 204
+    await gina.wait_closed()
+    assert gina.stream_errors == ["not-authorized"]
     assert call(server, "DELETE", "/api/users/gina@example.com")[0] == 404
 
 
@@ -126,6 +133,8 @@ async def test_tokens_sign_users_in(server):
     await logout(bob)
     assert call(server, "POST", "/api/tokens", {"user": "nobody@example.com"})[0] == 404
     assert call(server, "POST", "/api/tokens", {"user": "bob@example.com", "lifetime": "1"})[1]["field"] == "lifetime"
+    status, error = call(server, "POST", "/api/tokens", {"user": "bob@example.com", "lifetime": 86400})
+    assert (status, error["field"]) == (400, "lifetime") and "token_max_age" in error["error"]
     assert minted["token"] not in server.log_text() and PASSWORD not in server.log_text()
 
 

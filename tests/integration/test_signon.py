@@ -53,3 +53,6 @@ async def test_bad_tokens_are_refused(server):
 def test_token_command_errors(server):
     result = server.admin("token", "nobody@example.com", check=False)
     assert (result.returncode, result.stderr) == (1, "chatgate-admin: unknown user: nobody@example.com\n")
+    result = server.admin("token", "alice@example.com", "--lifetime", "86400", check=False)
+    assert (result.returncode, result.stderr) == (
+        1, "chatgate-admin: the lifetime must not exceed [webmail] token_max_age (43200 s)\n")
