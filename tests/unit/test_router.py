@@ -201,3 +201,20 @@ def test_presence_broadcast_and_unavailable_on_unbind(world):
     assert "type='unavailable'" in bob.got[-1]
     dave = online(router, "dave@other.org/x")
     assert dave.got == []  # presence never crosses domains
+
+
+def test_a_new_password_resets_every_session_of_that_user_only(world):
+    """features/revocation: whatever their transport (RFC 6120 §4.9.3.16)."""
+    router, _ = world
+    desk, web, bob = (online(router, jid) for jid in
+                      ("alice@example.com/desk", "alice@example.com/web", "bob@example.com/desk"))
+    router.domains.directory.set_credentials("example.com", "alice", {})
+    assert (desk.closed_with, web.closed_with, bob.closed_with) == ("reset", "reset", None)
+
+
+def test_a_removed_account_ends_with_not_authorized(world):
+    """features/revocation (RFC 6120 §4.9.3.12)."""
+    router, _ = world
+    alice, bob = online(router, "alice@example.com/desk"), online(router, "bob@example.com/desk")
+    router.domains.directory.remove_user("example.com", "alice")
+    assert (alice.closed_with, bob.closed_with) == ("not-authorized", None)
