@@ -36,7 +36,7 @@ PANE_VENDOR := chatgate/web/static/vendor/strophe.esm.js
 
 run: pane $(VENV)/.build-tools
 	$(PIP) install --quiet --no-build-isolation .
-	exec $(BIN)/twistd --pidfile= -n chatgate --config tap-config.ini
+	exec $(BIN)/twistd --pidfile= --umask 077 -n chatgate --config tap-config.ini
 
 test: test-deps browser-deps pane $(VENV)/.build-tools
 	$(PIP) install --quiet --no-build-isolation -e '.[test]'
