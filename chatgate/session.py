@@ -56,6 +56,8 @@ class Session:
         self.directed: set[str] = set()
         #: when the transport last received anything, on the reactor's clock
         self.last_active = 0.0
+        #: when its stream authenticated (SASL success), on the reactor's clock
+        self.signed_in_at = 0.0
         #: per-feature state, keyed by feature name (carbons, csi, ...)
         self.state: dict[str, object] = {}
         self.closed = False

@@ -19,6 +19,13 @@ condition for every stream error:
 - a removed account: ``<not-authorized/>`` (RFC 6120 §4.9.3.12): the account
   is gone and reconnecting cannot help.
 
+A stream that authenticated before this process learnt of a new password but
+binds its resource only after is reset as soon as it binds: the feature keeps,
+per user, when the last credentials change reached this process (one float per
+user who ever changed a password) and compares it with
+``Session.signed_in_at``. A stream that signed in with the new password in
+the moment before this process learnt of it is reset too, and signs in again.
+
 Prosody's mod_c2s makes the same choice. It comes before the roster feature,
 so the others see the removed user go unavailable before the roster push
 removes them.
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 from chatgate.config import Settings
 from chatgate.router import Router
+from chatgate.session import Session
 from chatgate.storage.interfaces import Alias, Change, Stores, User
 
 #: change kind -> (stream error condition, text)
@@ -38,9 +46,23 @@ ENDINGS = {
 
 
 def register(router: Router, settings: Settings, stores: Stores) -> None:
+    #: (domain, localpart) -> when this process learnt of the user's last new password
+    learnt: dict[tuple[str, str], float] = {}
+
     def changed(change: Change, subject: User | Alias | None) -> None:
         ending = ENDINGS.get(change.kind)
-        if ending is not None and change.localpart:
-            router.close_sessions(change.domain, change.localpart, *ending)
+        if ending is None or not change.localpart:
+            return
+        if change.kind == "credentials-changed":
+            learnt[(change.domain, change.localpart)] = router.clock.seconds()
+        else:
+            learnt.pop((change.domain, change.localpart), None)
+        router.close_sessions(change.domain, change.localpart, *ending)
+
+    def bound(session: Session) -> None:
+        if session.signed_in_at <= learnt.get((session.domain, session.jid.user), -1.0):
+            # after the bind result has gone out, so the client sees why
+            router.clock.callLater(0, session.close, *ENDINGS["credentials-changed"])
 
     router.domains.listen(changed)
+    router.listen("session-bound", bound)

@@ -121,6 +121,8 @@ class XMPPStream:
         self.transport = transport
         self.domain = ""
         self.localpart: str | None = None
+        #: when SASL succeeded, on the router's clock (see features/revocation.py)
+        self.signed_in_at = 0.0
         self.session: Session | None = None
         self._exchange: Exchange | None = None
         self._failures = 0
@@ -223,6 +225,7 @@ class XMPPStream:
             self.transport.send(challenge)
             return
         self.localpart = exchange.localpart
+        self.signed_in_at = self.router.clock.seconds()
         self._exchange = None
         success = Element((SASL_NS, "success"))
         if data:
@@ -301,6 +304,7 @@ class XMPPStream:
         resource = resource or f"chatgate-{secrets.token_hex(6)}"
         jid = prepared_jid(self.localpart, self.domain, resource)
         self.session = self.transport.make_session(jid)
+        self.session.signed_in_at = self.signed_in_at
         self.router.bind(self.session)
         result = iq_result(iq)
         result.addElement((BIND_NS, "bind")).addElement("jid", content=jid.full())

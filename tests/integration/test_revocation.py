@@ -16,7 +16,7 @@ import pytest
 from chatgate.auth.tokens import verify
 from tests.integration.bosh_client import BOSHClient
 from tests.integration.conftest import PASSWORD
-from tests.integration.harness import Client, LoginFailed, Server, async_test, login, logout
+from tests.integration.harness import Client, LoginFailed, RawClient, Server, async_test, login, logout
 from tests.integration.test_pane_http import as_json, basic, fetch
 
 SECRET = "a-webmail-secret-of-at-least-32-characters"
@@ -228,3 +228,28 @@ def test_renewal_keeps_the_sign_in_time_and_stops_at_token_max_age(tmp_path):
         assert pane_token(srv, "pat", PASSWORD)[0] == 200  # signing in again starts anew
     finally:
         srv.stop()
+
+
+@async_test(timeout=60)
+async def test_a_stream_signed_in_before_a_new_password_is_reset_when_it_binds(server):
+    """SASL succeeded with the old password, the resource is bound after the
+    change reached the server: the session is reset right after binding."""
+    await asyncio.to_thread(server.admin, "user", "add", f"sam@{DOMAIN}", "--password-stdin",
+                            stdin=PASSWORD + "\n")
+    raw = await RawClient.connect(server.port, domain=DOMAIN)
+    await raw.starttls()
+    name, _ = await raw.plain("sam", PASSWORD)
+    assert name == "success"
+    await raw.open()
+    await asyncio.to_thread(server.admin, "user", "passwd", f"sam@{DOMAIN}", "--password-stdin",
+                            stdin=NEW_PASSWORD + "\n")
+    await asyncio.sleep(1.0)  # two poll intervals: this process has learnt of the change
+    raw.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+    answer = await raw.read_to_end(timeout=10)
+    assert b"<reset xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in answer, answer
+    raw.close()
+    # the new password binds and stays
+    fresh = await login(server, f"sam@{DOMAIN}/desk", NEW_PASSWORD)
+    await asyncio.sleep(0.5)
+    assert not fresh.stream_errors
+    await logout(fresh)

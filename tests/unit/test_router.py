@@ -212,6 +212,27 @@ def test_a_new_password_resets_every_session_of_that_user_only(world):
     assert (desk.closed_with, web.closed_with, bob.closed_with) == ("reset", "reset", None)
 
 
+def test_a_stream_signed_in_before_a_new_password_is_reset_when_it_binds(world):
+    """features/revocation: SASL succeeded before this process learnt of the
+    change, the resource was bound after it."""
+    router, clock = world
+    clock.advance(10)
+    early = RecordingSession("alice@example.com/slow")
+    early.signed_in_at = clock.seconds()
+    clock.advance(1)
+    router.domains.directory.set_credentials("example.com", "alice", {})
+    clock.advance(1)
+    later = RecordingSession("alice@example.com/new")
+    later.signed_in_at = clock.seconds()
+    bob = RecordingSession("bob@example.com/desk")
+    bob.signed_in_at = 0.0
+    for session in (early, later, bob):
+        router.bind(session)
+    assert early.closed_with is None  # not before its bind result went out
+    clock.advance(0)
+    assert (early.closed_with, later.closed_with, bob.closed_with) == ("reset", None, None)
+
+
 def test_a_removed_account_ends_with_not_authorized(world):
     """features/revocation (RFC 6120 §4.9.3.12)."""
     router, _ = world
