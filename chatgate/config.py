@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -114,6 +115,8 @@ class HTTPSettings:
     bosh_polling: int = 2
     bosh_max_pause: int = 120
     bosh_max_body_size: int = 262144
+    #: reverse proxies whose X-Forwarded-For is believed (addresses and networks)
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,11 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def _networks(raw: str) -> tuple[Network, ...]:
+    """Addresses and CIDR networks, IPv4 or IPv6 (an address is a network of one)."""
+    return tuple(ipaddress.ip_network(value) for value in _split(raw))  # a ValueError names the bad value
+
+
 def _split(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
@@ -386,6 +394,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "bosh_polling": _whole,
             "bosh_max_pause": _whole,
             "bosh_max_body_size": _positive_int,
+            "trusted_proxies": _networks,
         },
     ),
     "webmail": (WebmailSettings, {"token_secret": _secret, "token_lifetime": _seconds, "token_max_age": _seconds}),

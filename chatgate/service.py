@@ -115,7 +115,8 @@ class ChatService(service.Service):
                          port=x.direct_tls_port)
         h = self.settings.http
         self.bosh = ConnectionManager(self.router, self.authenticator, self.settings, self.reactor, preauth)
-        history = HistoryAPI(self.authenticator, self.domains, self.archive, self.settings.archive.conversation_gap)
+        history = HistoryAPI(self.authenticator, self.domains, self.archive, self.settings.archive.conversation_gap,
+                             h.trusted_proxies)
         pane = ChatPane(self.settings, self.directory, history.authenticate)  # /chat/, /api/sites/<host>/chat
         site = make_site(h, bosh=BOSHResource(self.bosh), pane=pane)
         history.mount(site.resource, h.cors_origins)  # the webmail's conversations, at /history/

@@ -58,7 +58,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.auth.sasl import Authenticator
-from chatgate.config import Settings
+from chatgate.config import Network, Settings
 from chatgate.router import CLIENT_NS, Router
 from chatgate.session import Session, is_qualified_message
 from chatgate.transports.ratelimit import PerAddress, TokenBucket
@@ -151,41 +151,77 @@ class Peer:
     secure: bool
 
 
-def _loopback(host: str) -> bool:
+#: X-Forwarded-For entries looked at, from the right; a longer chain of trusted proxies is not followed
+MAX_HOPS = 16
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(text: str) -> IPAddress | None:
+    """The address in *text* (``192.0.2.1``, ``2001:db8::1``, ``[2001:db8::1]:443``,
+    ``192.0.2.1:443``), an IPv4-mapped IPv6 address as its IPv4 one; None when none."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(text)
     except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+        return None
+    return getattr(ip, "ipv4_mapped", None) or ip
 
 
-def peer_of(request: server.Request) -> Peer:
-    """The :class:`Peer` of an HTTP request.
+def _trusted(ip: IPAddress, proxies: Sequence[Network]) -> bool:
+    return any(ip in network for network in proxies)
 
+
+def client_address(host: str, forwarded: Sequence[str], proxies: Sequence[Network]) -> str:
+    """The client of a request that came from *host* with the X-Forwarded-For
+    entries *forwarded* (the client's first, each proxy appending the one it
+    saw): *host* itself unless it is one of the trusted *proxies*; then the
+    right-most entry that is not a trusted proxy (the last trusted one when
+    all are, or when the next entry to the left is no address)."""
+    ip = _ip(host)
+    if ip is None or not _trusted(ip, proxies):
+        return host
+    for entry in reversed(forwarded[-MAX_HOPS:]):
+        hop = _ip(entry)
+        if hop is None:
+            break
+        ip = hop
+        if not _trusted(ip, proxies):
+            break
+    return str(ip)
+
+
+def _loopback(host: str) -> bool:
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
+
+
+def peer_of(request: server.Request, proxies: Sequence[Network]) -> Peer:
+    """The :class:`Peer` of an HTTP request: the one place the web listener
+    (BOSH, the history API, the pane) learns who is asking.
+
+    The client's address is :func:`client_address`: ``X-Forwarded-For`` is
+    believed only from the trusted *proxies* (``[http] trusted_proxies``).
     Encrypted means HTTPS to this listener, or plain HTTP from a loopback
     address (a reverse proxy on this host that ended the browser's HTTPS, or a
-    browser on this host: nothing crossed a network). From loopback, an
-    ``X-Forwarded-Proto`` header tells what the proxy's client used, and the
-    last ``X-Forwarded-For`` address is the client.
+    browser on this host: nothing crossed a network); from loopback, an
+    ``X-Forwarded-Proto`` header tells what the proxy's client used.
     """
     client = request.getClientAddress()
     host = str(getattr(client, "host", "?"))
     label = f"{host}:{getattr(client, 'port', '?')}"
+    lines = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+    address = client_address(host, [e.decode("latin-1") for line in lines for e in line.split(b",")], proxies)
+    if address != host:
+        label = f"{address} via {label}"
     secure = request.isSecure()
-    if not _loopback(host):
-        return Peer(host, label, secure)
-    proto = request.getHeader(b"x-forwarded-proto")
-    secure = True if proto is None else proto.split(b",")[0].strip().lower() == b"https"
-    address = host
-    forwarded = request.getHeader(b"x-forwarded-for")
-    if forwarded:
-        candidate = forwarded.split(b",")[-1].strip().decode("ascii", "replace")
-        try:
-            address = str(ipaddress.ip_address(candidate))
-            label = f"{address} via {label}"
-        except ValueError:
-            pass
+    if _loopback(host):
+        proto = request.getHeader(b"x-forwarded-proto")
+        secure = True if proto is None else proto.split(b",")[0].strip().lower() == b"https"
     return Peer(address, label, secure)
 
 
@@ -768,12 +804,13 @@ class BOSHResource(resource.Resource):
         if not _acceptable(request.getHeader(b"content-type")):
             request.setResponseCode(415)
             return terminal("bad-request")
+        peer = peer_of(request, self.manager.settings.http.trusted_proxies)
         if getattr(request, "oversized", False):
             log.info("BOSH body over {limit} bytes from {peer}", limit=self.manager.settings.http.bosh_max_body_size,
-                     peer=peer_of(request).label)
+                     peer=peer.label)
             return terminal("bad-request")
         data = request.content.read()
-        answered = defer.maybeDeferred(self.manager.handle, data, peer_of(request))
+        answered = defer.maybeDeferred(self.manager.handle, data, peer)
         gone: list[bool] = []
 
         def disconnected(_: Failure) -> None:

@@ -53,11 +53,12 @@ from twisted.web import resource, server
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
 from chatgate.auth.sasl import Authenticator, SASLFailure
+from chatgate.config import Network
 from chatgate.domains import HostedDomains
 from chatgate.features.archive import stamp
 from chatgate.storage.history import time_of
 from chatgate.storage.interfaces import BadCursor, IArchive, UnknownMessage
-from chatgate.transports.bosh import peer_of
+from chatgate.transports.bosh import Peer, peer_of
 from chatgate.web.site import Endpoint, Folder
 
 #: where the endpoints are mounted on the web listener
@@ -94,12 +95,12 @@ def basic_credentials(request: server.Request) -> tuple[str, str]:
 _SASL_STATUS = {"temporary-auth-failure": 429, "account-disabled": 403}
 
 
-def _refused(request: server.Request, domain: str, condition: str) -> None:
+def _refused(request: server.Request, peer: Peer, domain: str, condition: str) -> None:
     """Log a failed sign-in in the words of a failed XMPP login (chatgate.transports.stream),
     the client named as BOSH names it."""
     domain = domain[:255]  # the address a stranger typed: bounded, and escaped unless printable
     log.info("refused login to {domain} from {peer} ({transport}): {condition}",
-             domain=domain if domain.isprintable() else ascii(domain), peer=peer_of(request).label,
+             domain=domain if domain.isprintable() else ascii(domain), peer=peer.label,
              transport="http " + request.path.decode("ascii", "replace"), condition=condition)
 
 
@@ -107,11 +108,12 @@ class HistoryAPI:
     """The three endpoints over one archive, authenticated by *authenticator*."""
 
     def __init__(self, authenticator: Authenticator, domains: HostedDomains, archive: IArchive,
-                 gap: float) -> None:
+                 gap: float, trusted_proxies: Sequence[Network]) -> None:
         self.authenticator = authenticator
         self.domains = domains
         self.archive = archive
         self.gap = gap
+        self.trusted_proxies = trusted_proxies
 
     def mount(self, root: Folder, origins: Sequence[str]) -> None:
         """Serve the endpoints below :data:`PATH` of *root*."""
@@ -122,19 +124,20 @@ class HistoryAPI:
     # -- authentication
 
     async def authenticate(self, request: server.Request) -> str:
-        """The bare JID of the user the request's Basic credentials prove, or HTTPError."""
+        """The bare JID of the user the request's Basic credentials prove, or
+        HTTPError; throttled by the client's address as BOSH sees it (:func:`peer_of`)."""
         user, password = basic_credentials(request)
+        peer = peer_of(request, self.trusted_proxies)
         localpart, _, domain = user.rpartition("@")
         domain = domain.lower()
         if not localpart or not self.domains.is_hosted(domain):
-            _refused(request, domain, "not-authorized")
+            _refused(request, peer, domain, "not-authorized")
             raise HTTPError(401, "wrong address or password")
-        address = request.getClientAddress()
-        exchange = self.authenticator.exchange("PLAIN", domain, True, True, getattr(address, "host", "?"))
+        exchange = self.authenticator.exchange("PLAIN", domain, True, True, peer.address)
         try:
             await exchange.step(f"\0{localpart}\0{password}".encode())
         except SASLFailure as failure:
-            _refused(request, domain, failure.condition)
+            _refused(request, peer, domain, failure.condition)
             raise HTTPError(_SASL_STATUS.get(failure.condition, 401),
                             failure.text or "wrong address or password") from None
         return f"{exchange.localpart}@{domain}"

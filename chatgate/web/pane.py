@@ -175,7 +175,7 @@ class TokenRenewal(_Async):
 
     async def _renew(self, request: server.Request) -> tuple[int, dict[str, Any]]:
         webmail = self.settings.webmail
-        if self.settings.xmpp.require_encryption and not peer_of(request).secure:
+        if self.settings.xmpp.require_encryption and not peer_of(request, self.settings.http.trusted_proxies).secure:
             return 403, {"error": "use HTTPS"}
         try:
             user = await self.authenticate(request)

@@ -9,17 +9,28 @@ stream answers from the features alone.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import xml.etree.ElementTree as ET
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.web.http_headers import Headers
 from twisted.words.xish import domish
 
 from chatgate.config import HTTPSettings, Settings, XMPPSettings
 from chatgate.domains import HostedDomains
 from chatgate.router import CLIENT_NS, Router
 from chatgate.storage.memory import MemoryDirectory
-from chatgate.transports.bosh import BOSH_NS, ConnectionManager, Peer, _acceptable, peer_of, wrap
+from chatgate.transports.bosh import (
+    BOSH_NS,
+    MAX_HOPS,
+    ConnectionManager,
+    Peer,
+    _acceptable,
+    client_address,
+    peer_of,
+    wrap,
+)
 
 LOCAL = Peer("127.0.0.1", "127.0.0.1:5000", True)
 
@@ -254,10 +265,12 @@ def test_acceptable_content_types(value, ok):
 
 
 class FakeRequest:
-    def __init__(self, host: str, secure: bool = False, **headers: bytes) -> None:
+    def __init__(self, host: str, secure: bool = False, **headers: bytes | list[bytes]) -> None:
         self.host = host
         self.secure = secure
-        self.headers = {k.replace("_", "-").encode(): v for k, v in headers.items()}
+        self.requestHeaders = Headers()
+        for name, value in headers.items():
+            self.requestHeaders.setRawHeaders(name.replace("_", "-"), value if isinstance(value, list) else [value])
 
     def getClientAddress(self):
         return type("Address", (), {"host": self.host, "port": 4711})()
@@ -266,26 +279,68 @@ class FakeRequest:
         return self.secure
 
     def getHeader(self, name: bytes) -> bytes | None:
-        return self.headers.get(name)
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("::1"))
+PROXIES = (*LOOPBACK, ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:a::/48"))
 
 
 @pytest.mark.parametrize(
-    "request_, address, secure",
+    "request_, proxies, address, secure",
     [
-        (FakeRequest("203.0.113.5"), "203.0.113.5", False),
-        (FakeRequest("203.0.113.5", secure=True), "203.0.113.5", True),
-        (FakeRequest("203.0.113.5", x_forwarded_for=b"198.51.100.1"), "203.0.113.5", False),  # not trusted
-        (FakeRequest("127.0.0.1"), "127.0.0.1", True),
-        (FakeRequest("::1"), "::1", True),
+        (FakeRequest("203.0.113.5"), (), "203.0.113.5", False),
+        (FakeRequest("203.0.113.5", secure=True), (), "203.0.113.5", True),
+        (FakeRequest("203.0.113.5", x_forwarded_for=b"198.51.100.1"), PROXIES, "203.0.113.5", False),
+        (FakeRequest("127.0.0.1"), (), "127.0.0.1", True),
+        (FakeRequest("::1"), (), "::1", True),
+        # no trusted proxies: the header changes nothing, even from loopback
+        (FakeRequest("127.0.0.1", x_forwarded_for=b"198.51.100.1"), (), "127.0.0.1", True),
         (FakeRequest("127.0.0.1", x_forwarded_proto=b"https", x_forwarded_for=b"10.0.0.1, 198.51.100.1"),
-         "198.51.100.1", True),
-        (FakeRequest("127.0.0.1", x_forwarded_proto=b"http"), "127.0.0.1", False),
-        (FakeRequest("127.0.0.1", x_forwarded_for=b"not an address"), "127.0.0.1", True),
+         LOOPBACK, "198.51.100.1", True),
+        (FakeRequest("127.0.0.1", x_forwarded_proto=b"http"), LOOPBACK, "127.0.0.1", False),
+        (FakeRequest("127.0.0.1", x_forwarded_for=b"not an address"), LOOPBACK, "127.0.0.1", True),
+        # several header lines are one list, in order
+        (FakeRequest("127.0.0.1", x_forwarded_for=[b"198.51.100.1", b"203.0.113.9"]), LOOPBACK, "203.0.113.9", True),
+        # a trusted proxy elsewhere: its client's address, but plain HTTP over a network is not encrypted
+        (FakeRequest("10.1.2.3", x_forwarded_for=b"198.51.100.1"), PROXIES, "198.51.100.1", False),
+        (FakeRequest("::ffff:127.0.0.1", x_forwarded_for=b"198.51.100.1"), LOOPBACK, "198.51.100.1", True),
     ],
 )
-def test_peer_of(request_, address, secure):
-    peer = peer_of(request_)
+def test_peer_of(request_, proxies, address, secure):
+    peer = peer_of(request_, proxies)
     assert (peer.address, peer.secure) == (address, secure)
+
+
+@pytest.mark.parametrize(
+    "host, forwarded, address",
+    [
+        # the right-most address that is no trusted proxy
+        ("127.0.0.1", ["203.0.113.7"], "203.0.113.7"),
+        ("127.0.0.1", ["192.0.2.66", "203.0.113.7"], "203.0.113.7"),  # what the client wrote itself is ignored
+        ("127.0.0.1", ["192.0.2.66", "203.0.113.7", "10.0.0.2"], "203.0.113.7"),  # through two proxies
+        ("10.0.0.3", ["192.0.2.66", "2001:db8:b::1", "2001:db8:a::5"], "2001:db8:b::1"),
+        # entry forms: brackets, ports, spaces, an IPv4-mapped address
+        ("127.0.0.1", [" [2001:db8:b::1]:4433 "], "2001:db8:b::1"),
+        ("127.0.0.1", ["203.0.113.7:51234"], "203.0.113.7"),
+        ("127.0.0.1", ["::ffff:203.0.113.7"], "203.0.113.7"),
+        # not an address: the last trusted hop is the client known
+        ("127.0.0.1", ["unknown"], "127.0.0.1"),
+        ("127.0.0.1", ["203.0.113.7", "junk", "10.0.0.2"], "10.0.0.2"),
+        ("127.0.0.1", [], "127.0.0.1"),
+        # every hop trusted: the left-most
+        ("127.0.0.1", ["10.0.0.9", "10.0.0.2"], "10.0.0.9"),
+        # an untrusted peer's header is never read
+        ("198.51.100.9", ["10.0.0.2"], "198.51.100.9"),
+        ("not an address", ["203.0.113.7"], "not an address"),
+        # a chain longer than MAX_HOPS of trusted proxies is not followed to its end
+        ("127.0.0.1", ["203.0.113.7"] + ["10.0.0.2"] * (MAX_HOPS + 1), "10.0.0.2"),
+    ],
+)
+def test_client_address(host, forwarded, address):
+    assert client_address(host, forwarded, PROXIES) == address
+    assert client_address(host, forwarded, ()) == host
 
 
 def test_wrap_escapes_attributes_and_declares_stream_prefix():

@@ -92,6 +92,9 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
         ("[http]\nbosh_polling = 60\n", "[http] bosh_polling"),
         ("[http]\nbosh_max_pause = soon\n", "[http] bosh_max_pause"),
         ("[http]\nbosh_max_body_size = 100\n", "[http] bosh_max_body_size"),
+        ("[http]\ntrusted_proxies = proxy.example.net\n", "[http] trusted_proxies"),
+        ("[http]\ntrusted_proxies = 127.0.0.1, 10.0.0.1/8\n", "[http] trusted_proxies"),
+        ("[http]\ntrusted_proxies = 2001:db8::/129\n", "[http] trusted_proxies"),
         ("[webmail]\ntoken_max_age = 0\n", "[webmail] token_max_age"),
         ("[webmail]\ntoken_max_age = a day\n", "[webmail] token_max_age"),
         ("[webmail]\ntoken_max_age = 60\n", "[webmail] token_max_age"),
@@ -135,6 +138,14 @@ def test_http_section():
     assert (h.bosh_hold, h.bosh_requests, h.bosh_max_wait, h.bosh_inactivity) == (2, 3, 30, 20)
     assert (h.bosh_polling, h.bosh_max_pause, h.bosh_max_body_size) == (0, 0, 65536)
     assert parse("[http]\ncors_origins = *\n").http.cors_origins == ("*",)
+
+
+def test_trusted_proxies_are_addresses_and_networks():
+    assert Settings().http.trusted_proxies == ()
+    proxies = parse("[http]\ntrusted_proxies = 127.0.0.1, ::1, 10.0.0.0/8, 2001:db8::/32\n").http.trusted_proxies
+    assert [str(p) for p in proxies] == ["127.0.0.1/32", "::1/128", "10.0.0.0/8", "2001:db8::/32"]
+    with pytest.raises(ConfigError, match=r"^\[http\] trusted_proxies = .*10\.0\.0\.1/8 has host bits set$"):
+        parse("[http]\ntrusted_proxies = 127.0.0.1, 10.0.0.1/8\n")
 
 
 def test_archive_section_and_redis_keys():
