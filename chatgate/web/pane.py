@@ -23,11 +23,16 @@ API (one origin for all three, so the pane needs no CORS):
   in again. 409 when tokens are off (``[webmail] token_secret`` empty),
   403 over an unencrypted connection when ``[xmpp] require_encryption``.
 - ``GET /api/sites/<host>/chat?user=<jid>``: whether the site shows that user
-  the chat link, ``{"show": true|false}``: the admin API's decision
-  (:func:`chatgate.admin.operations.chat_link`) without the admin key and
-  without its reason, which would tell strangers which addresses are chat
-  users and which domains have chat on. Callable from the configured webmail
-  origins (CORS): the loader asks it.
+  the chat link, ``{"show": true|false}``. Asked without credentials, the
+  answer is the site's own setting: the same status, body and headers whether
+  *user* is a chat user, an unknown address or an address of a domain without
+  chat, so that it tells a stranger nothing about addresses. Asked with the
+  user's credentials (HTTP Basic with their address and a login token or
+  password, checked as for ``POST /chat/token``), it is the admin API's
+  per-user decision (:func:`chatgate.admin.operations.chat_link`) without its
+  reason; a refused credential gets that endpoint's 401/403/429. The loader
+  sends the webmail's token for its user, so a user whose domain has chat off
+  gets no link. Callable from the configured webmail origins (CORS).
 """
 
 from __future__ import annotations
@@ -175,10 +180,8 @@ class TokenRenewal(_Async):
 
     async def _renew(self, request: server.Request) -> tuple[int, dict[str, Any]]:
         webmail = self.settings.webmail
-        if self.settings.xmpp.require_encryption and not peer_of(request, self.settings.http.trusted_proxies).secure:
-            return 403, {"error": "use HTTPS"}
         try:
-            user = await self.authenticate(request)
+            user = await signed_in(self.settings, self.authenticate, request)
         except HTTPError as e:
             return e.status, {"error": e.message}
         if not webmail.token_secret:
@@ -197,14 +200,26 @@ class TokenRenewal(_Async):
         return 200, {"token": token, "expires": expires}
 
 
+async def signed_in(settings: Settings, authenticate: Authenticate, request: server.Request) -> str:
+    """The user whose HTTP Basic credentials the request carries (*authenticate*:
+    the history API's check, throttled by the client's address), or HTTPError;
+    403 over an unencrypted connection when ``[xmpp] require_encryption``."""
+    if settings.xmpp.require_encryption and not peer_of(request, settings.http.trusted_proxies).secure:
+        raise HTTPError(403, "use HTTPS")
+    return await authenticate(request)
+
+
 class ChatLink(_Async):
-    """``GET /api/sites/<host>/chat?user=<jid>``: the admin API's answer, public."""
+    """``GET /api/sites/<host>/chat?user=<jid>``: the site's setting to
+    anyone; the per-user decision to the user's own credentials."""
 
     allowedMethods = (b"GET",)
 
-    def __init__(self, directory: IDirectory, host: str) -> None:
+    def __init__(self, settings: Settings, directory: IDirectory, authenticate: Authenticate, host: str) -> None:
         super().__init__()
+        self.settings = settings
         self.directory = directory
+        self.authenticate = authenticate
         self.host = host
 
     def render_GET(self, request: server.Request) -> int:
@@ -215,7 +230,16 @@ class ChatLink(_Async):
         try:
             if not users or not users[0]:
                 raise AdminError("missing field 'user'", "user")
-            show, _ = await ops.chat_link(self.directory, self.host, users[0].decode("utf-8", "replace"))
+            site = await ops.site(self.directory, self.host)
+            localpart, domain = ops.address(users[0].decode("utf-8", "replace"), "user")
+            if request.getHeader(b"authorization") is None:  # a stranger: nothing about the address
+                return 200, {"show": site.show_chat_link}
+            user = await signed_in(self.settings, self.authenticate, request)
+            if user != f"{localpart}@{domain}":
+                raise AdminError("user: not the signed-in user", "user", 403)
+            show, _ = await ops.chat_link(self.directory, site.host, user)
+        except HTTPError as e:
+            return e.status, {"error": e.message}
         except AdminError as e:
             return e.status, {"error": str(e), "field": e.field}
         except DirectoryError as e:
@@ -227,15 +251,16 @@ class ChatLink(_Async):
 class _Sites(resource.Resource):
     """``/api/sites/<host>/chat`` and nothing else below ``/api/sites``."""
 
-    def __init__(self, directory: IDirectory, origins: Sequence[str]) -> None:
+    def __init__(self, pane: ChatPane) -> None:
         super().__init__()
-        self.directory = directory
-        self.origins = origins
+        self.pane = pane
 
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         site = Folder()
         if path:
-            site.putChild(b"chat", Endpoint(ChatLink(self.directory, path.decode("utf-8", "replace")), self.origins))
+            pane = self.pane
+            link = ChatLink(pane.settings, pane.directory, pane.authenticate, path.decode("utf-8", "replace"))
+            site.putChild(b"chat", Endpoint(link, pane.settings.http.cors_origins))
         return site
 
     def render(self, request: server.Request) -> bytes:
@@ -262,4 +287,4 @@ class ChatPane:
         files.putChild(b"config.json", Endpoint(PaneConfig(self.settings), ()))
         files.putChild(b"token", Endpoint(TokenRenewal(self.settings, self.authenticate), ()))
         root.mount(PATH, files)
-        root.mount("/api/sites", _Sites(self.directory, origins))
+        root.mount("/api/sites", _Sites(self))

@@ -89,7 +89,8 @@ class Endpoint(resource.Resource):
             request.setHeader(b"allow", self.methods)
             if allowed:
                 request.setHeader(b"access-control-allow-methods", self.methods)
-                request.setHeader(b"access-control-allow-headers", b"Content-Type")
+                # Authorization: the history API and the chat link take the user's credentials
+                request.setHeader(b"access-control-allow-headers", b"Authorization, Content-Type")
                 request.setHeader(b"access-control-max-age", b"86400")
             return b""
         return self.wrapped.render(request)

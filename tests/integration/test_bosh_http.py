@@ -100,7 +100,7 @@ def test_cors_for_the_configured_origin_only(server):
     assert preflight.status == 204
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     assert preflight.headers["access-control-allow-methods"] == "POST, OPTIONS"
-    assert preflight.headers["access-control-allow-headers"] == "Content-Type"
+    assert preflight.headers["access-control-allow-headers"] == "Authorization, Content-Type"
     refused = post(server.http_port, b"", {"Origin": "https://evil.example.net"}, method="OPTIONS")
     assert refused.status == 204 and "access-control-allow-origin" not in refused.headers
 

@@ -6,8 +6,10 @@ loader asks, with CORS for the configured webmail origins."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -123,36 +125,107 @@ def test_renewal_needs_tokens_turned_on(tmp_path):
         srv.stop()
 
 
-def test_the_public_chat_link_answer(server):
-    def ask(host: str, user: str | None, origin: str | None = WEBMAIL) -> tuple[int, dict[str, str], Any]:
-        query = f"?user={user}" if user is not None else ""
-        headers = {"Origin": origin} if origin else {}
-        status, headers, body = fetch(server, f"/api/sites/{host}/chat{query}", headers=headers)
-        return status, headers, as_json(body)
+def ask_link(server: Server, host: str, user: str | None, origin: str | None = WEBMAIL,
+             credentials: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    """GET /api/sites/<host>/chat?user=<user>: status, headers, JSON body."""
+    query = f"?user={user}" if user is not None else ""
+    headers = {"Origin": origin} if origin else {}
+    status, headers, body = fetch(server, f"/api/sites/{host}/chat{query}", headers={**headers, **(credentials or {})})
+    return status, headers, as_json(body)
 
-    status, headers, body = ask("mail.example.com", "alice@example.com")
+
+def test_the_public_chat_link_answer(server):
+    status, headers, body = ask_link(server, "mail.example.com", "alice@example.com")
     assert (status, body) == (200, {"show": True})
     assert headers["access-control-allow-origin"] == WEBMAIL
     assert "no-store" in headers["cache-control"]
-    assert ask("private.example.net", "alice@example.com")[2] == {"show": False}
-    # no reason given: a disabled domain and an unknown user look the same to strangers
-    assert ask("mail.example.com", "erin@closed.net")[2] == {"show": False}
-    assert ask("mail.example.com", "nobody@example.com")[2] == {"show": False}
+    assert ask_link(server, "private.example.net", "alice@example.com")[2] == {"show": False}
+    # to a stranger, the site's setting alone: a disabled domain and an unknown user get it too
+    assert ask_link(server, "mail.example.com", "erin@closed.net")[2] == {"show": True}
+    assert ask_link(server, "mail.example.com", "nobody@example.com")[2] == {"show": True}
+    assert ask_link(server, "private.example.net", "nobody@example.com")[2] == {"show": False}
     # the same errors as the admin API's
-    assert ask("unknown.example.org", "alice@example.com")[:3:2] == (404, {"error": "unknown site: unknown.example.org",
-                                                                          "field": "site"})
-    assert ask("mail.example.com", None)[::2] == (400, {"error": "missing field 'user'", "field": "user"})
-    assert ask("mail.example.com", "not-an-address")[0] == 400
-    # another origin gets no CORS grant; the preflight is answered
-    status, headers, _ = ask("mail.example.com", "alice@example.com", origin="https://evil.example")
+    assert ask_link(server, "unknown.example.org", "alice@example.com")[::2] == (
+        404, {"error": "unknown site: unknown.example.org", "field": "site"})
+    assert ask_link(server, "mail.example.com", None)[::2] == (400, {"error": "missing field 'user'", "field": "user"})
+    assert ask_link(server, "mail.example.com", "not-an-address")[0] == 400
+    # another origin gets no CORS grant; the preflight is answered, and allows credentials
+    status, headers, _ = ask_link(server, "mail.example.com", "alice@example.com", origin="https://evil.example")
     assert status == 200 and "access-control-allow-origin" not in headers
-    status, headers, _ = fetch(server, "/api/sites/mail.example.com/chat", "OPTIONS", {"Origin": WEBMAIL})
+    status, headers, _ = fetch(server, "/api/sites/mail.example.com/chat", "OPTIONS",
+                               {"Origin": WEBMAIL, "Access-Control-Request-Headers": "authorization"})
     assert status == 204 and headers["access-control-allow-origin"] == WEBMAIL
+    assert "Authorization" in headers["access-control-allow-headers"]
     # nothing else lives there
     assert fetch(server, "/api/sites/mail.example.com")[0] == 404
     assert fetch(server, "/api/sites")[0] == 404
     assert fetch(server, "/api/sites/mail.example.com/chat/more?user=alice@example.com")[0] == 404
     assert fetch(server, "/api/sites/mail.example.com/chat?user=alice@example.com", "POST")[0] == 405
+
+
+#: a chat user, an unknown address of a chat domain, an address of a domain without
+#: chat, of a domain chatgate does not host, and the same chat user spelt otherwise
+ADDRESSES = ["alice@example.com", "nobody@example.com", "erin@closed.net", "someone@unhosted.example",
+             "ALICE@Example.COM"]
+
+
+def raw_answer(server: Server, path: str, headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One GET over a fresh connection: status, every header line but Date (in order), body."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return (response.status, [(k.lower(), v) for k, v in response.getheaders() if k.lower() != "date"],
+                response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("host", ["mail.example.com", "private.example.net"])
+@pytest.mark.parametrize("origin", [WEBMAIL, None])
+def test_a_stranger_cannot_tell_chat_users_from_other_addresses(server, host, origin):
+    headers = {"Origin": origin} if origin else {}
+    answers = {user: raw_answer(server, f"/api/sites/{host}/chat?user={urllib.parse.quote(user)}", headers)
+               for user in ADDRESSES}
+    first = answers[ADDRESSES[0]]
+    assert first[0] == 200 and as_json(first[2]) == {"show": host == "mail.example.com"}
+    for user, answer in answers.items():
+        assert answer == first, user  # status, every header but Date, body: byte for byte
+
+
+def test_a_forged_token_tells_a_stranger_nothing_either(server):
+    forged = mint(b"not the webmail's secret, though long enough", "x@example.com", 300)[0]
+    answers = {user: raw_answer(server, f"/api/sites/mail.example.com/chat?user={user}", basic(user, forged))
+               for user in ADDRESSES[:3]}
+    for user, answer in answers.items():
+        assert answer == answers[ADDRESSES[0]], user
+    assert answers[ADDRESSES[0]][::2] == (401, b'{"error": "wrong address or password"}')
+
+
+def test_the_user_s_own_token_gets_the_per_user_answer(server):
+    def token(user: str) -> dict[str, str]:
+        return basic(user, mint(SECRET.encode(), user, 300)[0])
+
+    # a chat user: the admin API's decision for them, per site
+    assert ask_link(server, "mail.example.com", "alice@example.com", credentials=token("alice@example.com"))[::2] == (
+        200, {"show": True})
+    assert ask_link(server, "private.example.net", "bob@example.com", credentials=token("bob@example.com"))[::2] == (
+        200, {"show": False})
+    # a user whose domain has chat off, or an address that is no chat user: the sign-in is refused, no link
+    status, _, body = ask_link(server, "mail.example.com", "erin@closed.net", credentials=token("erin@closed.net"))
+    assert status == 403 and "disabled" in body["error"]
+    assert ask_link(server, "mail.example.com", "nobody@example.com",
+                    credentials=token("nobody@example.com"))[0] == 401
+    # a token is for its own user only, and a stale one is refused
+    bobs = mint(SECRET.encode(), "bob@example.com", 300)[0]
+    assert ask_link(server, "mail.example.com", "alice@example.com",
+                    credentials=basic("alice@example.com", bobs))[0] == 401
+    status, _, body = ask_link(server, "mail.example.com", "alice@example.com",
+                               credentials=basic("bob@example.com", bobs))
+    assert (status, body["field"]) == (403, "user")
+    stale = basic("alice@example.com", mint(SECRET.encode(), "alice@example.com", -10)[0])
+    assert ask_link(server, "mail.example.com", "alice@example.com", credentials=stale)[0] == 401
+    assert "cg2." not in server.log_text()
 
 
 def test_the_chat_link_follows_the_site(server):

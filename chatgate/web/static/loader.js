@@ -20,7 +20,11 @@
  *
  * It asks chatgate GET /api/sites/<site>/chat?user=<user> (the webmail's
  * origin must be in [http] cors_origins) and shows the link only when the
- * answer says {"show": true}. The link opens the pane in a window of its own
+ * answer says {"show": true}. With a token (data-token-url, else data-token)
+ * it sends the user's credentials, HTTP Basic with the address and the
+ * token, and the answer is for that user (no link where their domain has no
+ * chat); without one the answer is the site's setting alone, the same for
+ * every address. The link opens the pane in a window of its own
  * (one per browser: a second click brings it forward), handing the token
  * over in the address's fragment (#token=…), which never reaches a server.
  * While the pane is open it may ask this page for a fresh token
@@ -136,12 +140,24 @@
         if (target && link.parentNode !== target) target.appendChild(link);
     }
 
+    /** HTTP Basic credentials (RFC 7617, UTF-8) of the user with *token* for the password. */
+    function basic(token) {
+        var bytes = new TextEncoder().encode(user + ":" + token);
+        var text = "";
+        for (var i = 0; i < bytes.length; i++) text += String.fromCharCode(bytes[i]);
+        return "Basic " + btoa(text);
+    }
+
     /** Ask chatgate whether to show the link (again, e.g. after the site's settings changed). */
     function refresh() {
         if (!user) return Promise.resolve(false);
         var url = new URL("../api/sites/" + encodeURIComponent(site) + "/chat", base);
         url.searchParams.set("user", user);
-        return fetch(url.href, { mode: "cors", credentials: "omit", cache: "no-store" })
+        return getToken()
+            .then(function (token) {
+                var headers = token ? { Authorization: basic(token) } : {};
+                return fetch(url.href, { mode: "cors", credentials: "omit", cache: "no-store", headers: headers });
+            })
             .then(function (r) { return r.ok ? r.json() : { show: false }; })
             .catch(function () { return { show: false }; })
             .then(function (answer) {
