@@ -514,8 +514,11 @@ def _parse_csv(path: str, lines: Any) -> list[tuple[int, User, str]]:
             seen[jid] = line
             if not row["password"]:
                 raise CommandError(f"{path} line {line}: the password is empty")
-            details = {column: row.get(column, "").strip() for column in ("name",) + OPTIONAL_COLUMNS}
-            rows.append((line, User(localpart, domain, **details), row["password"]))
+            try:
+                user = ops.user_record(localpart, domain, **{c: row.get(c, "") for c in ("name",) + OPTIONAL_COLUMNS})
+            except AdminError as e:
+                raise CommandError(f"{path} line {line}: {e}") from None
+            rows.append((line, user, row["password"]))
     except csv.Error as e:
         raise CommandError(f"{path} line {reader.line_num}: {e}") from None
     if not rows:

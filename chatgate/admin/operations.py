@@ -9,6 +9,8 @@ status code, the command line prints its message.
 
 from __future__ import annotations
 
+import re
+
 from twisted.internet import threads
 
 from chatgate.auth.credentials import make_credentials
@@ -118,10 +120,11 @@ async def add_alias_members(directory: IDirectory, jid: str, texts: list[str], n
     new = members(domain, texts)
     current = await directory.alias(domain, localpart)
     if current is None:
-        alias = Alias(localpart, domain, (name or "").strip(), new)
+        alias = Alias(localpart, domain, detail(name or "", "name"), new)
         await directory.add_alias(alias)
     else:
-        alias = Alias(localpart, domain, current.name if name is None else name.strip(), current.members + new)
+        alias = Alias(localpart, domain, current.name if name is None else detail(name, "name"),
+                      current.members + new)
         await directory.set_alias(alias)
     return await directory.alias(domain, localpart)
 
@@ -208,4 +211,20 @@ async def token(directory: IDirectory, settings: Settings, jid: str, lifetime: f
 
 def user_record(localpart: str, domain: str, name: str = "", title: str = "", department: str = "",
                 phone: str = "") -> User:
-    return User(localpart, domain, name.strip(), title.strip(), department.strip(), phone.strip())
+    """The directory record, each detail checked by :func:`detail`."""
+    return User(localpart, domain, detail(name, "name"), detail(title, "title"), detail(department, "department"),
+                detail(phone, "phone"))
+
+
+#: what no XML document can carry (XML 1.0 §2.2), and the other control characters
+_NOT_TEXT = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def detail(text: str, field: str) -> str:
+    """A directory detail (a name, a title ...) as every client will be sent it:
+    stripped, without control characters, which would make the roster and the
+    vCards of the whole domain unreadable XML."""
+    text = text.strip()
+    if _NOT_TEXT.search(text):
+        raise AdminError(f"{field}: control characters are not allowed", field)
+    return text

@@ -74,6 +74,8 @@ async def test_users_and_passwords(server):
     assert status == 400 and error["field"] == "jid"
     assert call(server, "POST", "/api/users", {"jid": "h@example.com", "password": ""})[1]["field"] == "password"
     assert call(server, "POST", "/api/users", {"jid": "h@nowhere.example", "password": "x"})[0] == 404
+    status, error = call(server, "POST", "/api/users", {"jid": "h@example.com", "password": "x", "name": "H\u0001"})
+    assert (status, error["field"]) == (400, "name")
     status, users = call(server, "GET", "/api/domains/example.com/users")
     assert any(u["jid"] == "gina@example.com" and u["department"] == "Sales" for u in users)
     desk = await login(server, "gina@example.com/desk", "first pw")

@@ -246,6 +246,8 @@ def test_users_are_imported_from_csv(hosted):
             "users.csv line 3: expected 3 fields, found 2",
         ),
         ("carol@example.com,Carol,pw\ndave@example.com,Dave,\n", "users.csv line 3: the password is empty"),
+        ("carol@example.com,Carol,pw\ndave@example.com,Da\x07ve,pw\n",
+         "users.csv line 3: name: control characters are not allowed"),
     ],
 )
 def test_a_bad_csv_row_is_named_and_nothing_is_written(hosted, rows, error):
@@ -253,6 +255,16 @@ def test_a_bad_csv_row_is_named_and_nothing_is_written(hosted, rows, error):
     (hosted.folder / "users.csv").write_text("jid,name,password\n" + rows, encoding="utf-8")
     assert hosted.fails("user", "import", "users.csv").startswith(error)
     assert hosted.ok("user", "list", "example.com") == "alice@example.com\t\n"
+
+
+def test_details_no_client_could_read_are_refused(hosted):
+    """A control character in a name would make the whole domain's roster unreadable XML."""
+    assert hosted.fails("user", "add", "carol@example.com", "--name", "Carol\x1b[2J", "--password", "pw") == \
+        "name: control characters are not allowed"
+    assert hosted.fails("user", "add", "carol@example.com", "--title", "Boss\x7f", "--password", "pw") == \
+        "title: control characters are not allowed"
+    assert hosted.fails("alias", "add", "team@example.com", "alice@example.com", "--name", "T\x08") == \
+        "name: control characters are not allowed"
 
 
 def test_a_bad_csv_file_is_named(hosted):
