@@ -237,7 +237,16 @@ class Pane:
                         "?.classList.contains('status-' + s)", [jid, status])
 
     async def open_chat(self, jid: str) -> None:
-        await self.page.click(f".contact[data-jid='{jid}']")
+        # the contact list re-renders on every presence; a click that lands on a
+        # row being replaced opens nothing, so click again (a few times at most)
+        for _ in range(3):
+            await self.page.click(f".contact[data-jid='{jid}']")
+            try:
+                await self.page.wait_for_selector("#content button[data-action=chat]", timeout=WAIT / 3)
+                break
+            except Exception as e:  # playwright's TimeoutError
+                if "Timeout" not in str(e):
+                    raise
         await self.page.click("#content button[data-action=chat]")
         await self.wait("jid => chatgate.chats.active === jid && document.activeElement.dataset.jid === jid", jid)
 
