@@ -37,74 +37,11 @@ from twisted.words.xish import domish
 from chatgate.domains import HostedDomains
 from chatgate.jid import jid_of
 from chatgate.session import Session, take_text
-from chatgate.xml import CLIENT_NS, Element
-
-STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-ADDRESS_NS = "http://jabber.org/protocol/address"
-
-# RFC 6120 §8.3.3: the error type each condition goes with.
-_ERROR_TYPES = {
-    "bad-request": "modify",
-    "conflict": "cancel",
-    "feature-not-implemented": "cancel",
-    "forbidden": "auth",
-    "internal-server-error": "cancel",
-    "item-not-found": "cancel",
-    "jid-malformed": "modify",
-    "not-acceptable": "modify",
-    "not-allowed": "cancel",
-    "not-authorized": "auth",
-    "policy-violation": "modify",
-    "recipient-unavailable": "wait",
-    "resource-constraint": "wait",
-    "service-unavailable": "cancel",
-    "undefined-condition": "cancel",
-    "unexpected-request": "wait",
-}
+from chatgate.stanza import ADDRESS_NS, StanzaError, error_reply, first_child
 
 Handler = Callable[[domish.Element, Session, JID], Any]
 
 log = Logger()
-
-
-class StanzaError(Exception):
-    """Raised by a handler to answer the stanza with an RFC 6120 §8.3 error."""
-
-    def __init__(self, condition: str, text: str | None = None) -> None:
-        super().__init__(condition)
-        self.condition = condition
-        self.text = text
-
-
-def error_reply(stanza: domish.Element, condition: str, text: str | None = None) -> domish.Element:
-    """The error stanza answering *stanza* (RFC 6120 §8.3.1): addresses swapped."""
-    reply = Element((CLIENT_NS, stanza.name))
-    for attr in ("id", "xml:lang"):
-        if stanza.hasAttribute(attr):
-            reply[attr] = stanza[attr]
-    if stanza.hasAttribute("from"):
-        reply["to"] = stanza["from"]
-    if stanza.hasAttribute("to"):
-        reply["from"] = stanza["to"]
-    reply["type"] = "error"
-    error = reply.addElement("error")
-    error["type"] = _ERROR_TYPES.get(condition, "cancel")
-    error.addElement((STANZAS_NS, condition))
-    if text:
-        error.addElement((STANZAS_NS, "text"), content=text)
-    return reply
-
-
-def iq_result(iq: domish.Element) -> domish.Element:
-    """An empty result for *iq*, from whom it was sent to."""
-    reply = Element((CLIENT_NS, "iq"))
-    reply["type"] = "result"
-    reply["id"] = iq.getAttribute("id", "")
-    if iq.hasAttribute("from"):
-        reply["to"] = iq["from"]
-    if iq.hasAttribute("to"):
-        reply["from"] = iq["to"]
-    return reply
 
 
 def _drop_addresses(stanza: domish.Element) -> None:
@@ -114,12 +51,6 @@ def _drop_addresses(stanza: domish.Element) -> None:
             stanza.children = [c for c in stanza.children
                                if not (getattr(c, "uri", None) == ADDRESS_NS and c.name == "addresses")]
             return
-
-
-def first_child(stanza: domish.Element) -> domish.Element | None:
-    for child in stanza.elements():
-        return child
-    return None
 
 
 class Router:

@@ -28,8 +28,9 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
-from chatgate.router import ADDRESS_NS, CLIENT_NS, Router, StanzaError, iq_result
+from chatgate.router import Router
 from chatgate.session import Addressed, Session
+from chatgate.stanza import ADDRESS_NS, CLIENT_NS, StanzaError, iq_result
 from chatgate.storage.interfaces import Alias, Change, Stores, User
 from chatgate.xml import Element, copy_element
 

@@ -26,8 +26,6 @@ committed: what any client has received is in history, whatever crashes.
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from weakref import WeakKeyDictionary
 
 from twisted.internet import task
@@ -37,44 +35,21 @@ from twisted.words.xish import domish
 
 from chatgate.config import Settings
 from chatgate.jid import jid_of
-from chatgate.router import CLIENT_NS, Router
+from chatgate.router import Router
 from chatgate.session import Session, note_text
+from chatgate.stanza import SID_NS, body_of
 from chatgate.storage.history import ArchiveIds
 from chatgate.storage.interfaces import ArchivedMessage, IArchive, Stores
 from chatgate.xml import Element, escape_attribute, serialize
 
-SID_NS = "urn:xmpp:sid:0"
 #: seconds between two retention sweeps
 EXPIRE_EVERY = 3600.0
 
 log = Logger()
 
-# XEP-0082 §3.3 DateTime: CCYY-MM-DDThh:mm:ss[.sss]TZD
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
-
-
-def stamp(at: float) -> str:
-    """*at* (POSIX seconds) as a XEP-0082 DateTime in UTC, to the microsecond."""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_stamp(text: str) -> float:
-    """A XEP-0082 DateTime as POSIX seconds; ValueError if it is not one."""
-    text = text.strip()
-    if not _DATETIME.match(text):
-        raise ValueError(f"not a XEP-0082 date and time: {text!r}")
-    return datetime.fromisoformat(text).timestamp()
-
-
 def archivable(stanza: domish.Element) -> bool:
     """XEP-0313 §5.1.1: chat or normal, with a body."""
     return stanza.getAttribute("type", "normal") in ("chat", "normal") and body_of(stanza) is not None
-
-
-def body_of(stanza: domish.Element) -> str | None:
-    for body in stanza.elements(CLIENT_NS, "body"):
-        return str(body)
-    return None
 
 
 def _strip_ids(stanza: domish.Element, owners: set[str]) -> None:

@@ -23,15 +23,14 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
-from chatgate.features.archive import body_of, view_for
-from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
+from chatgate.features.archive import view_for
+from chatgate.router import Router
 from chatgate.session import Session, take_text
+from chatgate.stanza import CLIENT_NS, FORWARD_NS, HINTS_NS, StanzaError, body_of, iq_result
 from chatgate.storage.interfaces import Stores
 from chatgate.xml import Element, serialize
 
 NS = "urn:xmpp:carbons:2"
-FORWARD_NS = "urn:xmpp:forward:0"
-HINTS_NS = "urn:xmpp:hints"
 
 
 def enabled(session: Session) -> bool:

@@ -40,9 +40,9 @@ from tx_xmpp import data_form, rsm
 from tx_xmpp import mam as tx_mam
 
 from chatgate.config import Settings
-from chatgate.features.archive import parse_stamp, stamp
-from chatgate.router import CLIENT_NS, Handler, Router, StanzaError, iq_result
+from chatgate.router import Handler, Router
 from chatgate.session import Session
+from chatgate.stanza import CLIENT_NS, DELAY_NS, FORWARD_NS, StanzaError, iq_result, parse_stamp, stamp
 from chatgate.storage.interfaces import (
     ArchivedMessage,
     ArchivePage,
@@ -55,8 +55,6 @@ from chatgate.xml import Element, StreamError, parse_document
 
 NS = "urn:xmpp:mam:2"
 EXTENDED = "urn:xmpp:mam:2#extended"
-FORWARD_NS = "urn:xmpp:forward:0"
-DELAY_NS = "urn:xmpp:delay"
 XDATA_NS = "jabber:x:data"
 VALIDATE_NS = "http://jabber.org/protocol/xdata-validate"
 

@@ -26,16 +26,12 @@ from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
-from chatgate.features.archive import SID_NS, body_of, stamp
 from chatgate.jid import jid_of
-from chatgate.router import CLIENT_NS, Router, error_reply
+from chatgate.router import Router
 from chatgate.session import Session
+from chatgate.stanza import CHATSTATES_NS, CLIENT_NS, DELAY_NS, HINTS_NS, SID_NS, body_of, error_reply, stamp
 from chatgate.storage.interfaces import IOfflineStore, OfflineMessage, Stores
 from chatgate.xml import StreamError, parse_document, serialize
-
-CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
-HINTS_NS = "urn:xmpp:hints"
-DELAY_NS = "urn:xmpp:delay"
 
 log = Logger()
 

@@ -16,8 +16,9 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
-from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
+from chatgate.router import Router
 from chatgate.session import Session
+from chatgate.stanza import CLIENT_NS, StanzaError, iq_result
 from chatgate.storage.interfaces import Stores
 from chatgate.xml import Element
 

@@ -17,8 +17,9 @@ from twisted.words.xish import domish
 
 from chatgate.config import Settings
 from chatgate.jid import jid_of
-from chatgate.router import CLIENT_NS, Router, StanzaError
+from chatgate.router import Router
 from chatgate.session import Addressed, Session
+from chatgate.stanza import CLIENT_NS, StanzaError
 from chatgate.storage.interfaces import Stores
 from chatgate.xml import Element
 

@@ -20,8 +20,9 @@ from twisted.words.xish import domish
 
 from chatgate.config import Settings
 from chatgate.domains import HostedDomains
-from chatgate.router import CLIENT_NS, Router, StanzaError, iq_result
+from chatgate.router import Router
 from chatgate.session import SLOT, Session, around_slot
+from chatgate.stanza import CLIENT_NS, StanzaError, iq_result
 from chatgate.storage.interfaces import Alias, Change, Stores, User
 from chatgate.xml import Element, serialize
 

@@ -14,8 +14,9 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
-from chatgate.router import Router, StanzaError, iq_result
+from chatgate.router import Router
 from chatgate.session import Session
+from chatgate.stanza import StanzaError, iq_result
 from chatgate.storage.interfaces import Stores, User
 from chatgate.xml import Element, StreamError, parse_document, serialize
 

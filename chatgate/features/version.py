@@ -7,8 +7,9 @@ from twisted.words.xish import domish
 
 from chatgate import __version__
 from chatgate.config import Settings
-from chatgate.router import Router, iq_result
+from chatgate.router import Router
 from chatgate.session import Session
+from chatgate.stanza import iq_result
 from chatgate.storage.interfaces import Stores
 
 NS = "jabber:iq:version"

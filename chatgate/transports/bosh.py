@@ -59,8 +59,9 @@ from twisted.words.xish import domish
 
 from chatgate.auth.sasl import Authenticator
 from chatgate.config import Network, Settings
-from chatgate.router import CLIENT_NS, Router
+from chatgate.router import Router
 from chatgate.session import Session, is_qualified_message
+from chatgate.stanza import CLIENT_NS
 from chatgate.transports.ratelimit import PerAddress, TokenBucket
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, escape_attribute, parse_document

@@ -30,8 +30,9 @@ from zope.interface import implementer
 
 from chatgate.auth.sasl import Authenticator
 from chatgate.config import Settings
-from chatgate.router import CLIENT_NS, Router
+from chatgate.router import Router
 from chatgate.session import QUALIFIED_MESSAGE, Session, is_qualified_message
+from chatgate.stanza import CLIENT_NS
 from chatgate.transports.ratelimit import TokenBucket
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, StreamParser, escape_attribute

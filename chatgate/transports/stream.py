@@ -23,8 +23,9 @@ from twisted.words.xish import domish
 from chatgate.auth.names import resourceprep
 from chatgate.auth.sasl import Authenticator, Exchange, SASLFailure, decode
 from chatgate.config import Settings
-from chatgate.router import CLIENT_NS, Router, error_reply, first_child, iq_result
+from chatgate.router import Router
 from chatgate.session import Session
+from chatgate.stanza import CLIENT_NS, error_reply, first_child, iq_result
 from chatgate.xml import Element
 
 STREAMS_NS = "http://etherx.jabber.org/streams"

@@ -55,7 +55,7 @@ from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from chatgate.auth.sasl import Authenticator, SASLFailure
 from chatgate.config import Network
 from chatgate.domains import HostedDomains
-from chatgate.features.archive import stamp
+from chatgate.stanza import stamp
 from chatgate.storage.history import time_of
 from chatgate.storage.interfaces import BadCursor, IArchive, UnknownMessage
 from chatgate.transports.bosh import Peer, peer_of

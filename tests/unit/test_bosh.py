@@ -19,7 +19,8 @@ from twisted.words.xish import domish
 
 from chatgate.config import HTTPSettings, Settings, XMPPSettings
 from chatgate.domains import HostedDomains
-from chatgate.router import CLIENT_NS, Router
+from chatgate.router import Router
+from chatgate.stanza import CLIENT_NS
 from chatgate.storage.memory import MemoryDirectory
 from chatgate.transports.bosh import (
     BOSH_NS,

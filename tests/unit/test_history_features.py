@@ -11,10 +11,10 @@ from twisted.words.xish import domish
 from chatgate.config import ArchiveSettings, Settings
 from chatgate.domains import HostedDomains
 from chatgate.features import register_all
-from chatgate.features.archive import parse_stamp, stamp
 from chatgate.features.mam import readable
-from chatgate.router import CLIENT_NS, Router
+from chatgate.router import Router
 from chatgate.session import Session
+from chatgate.stanza import CLIENT_NS, parse_stamp, stamp
 from chatgate.storage.history import ArchiveIds, id_floor, paginate, preview, time_of
 from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, Stores, User
 from chatgate.storage.memory import MemoryDirectory

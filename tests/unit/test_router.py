@@ -10,8 +10,9 @@ from twisted.words.xish import domish
 from chatgate.config import Settings
 from chatgate.domains import HostedDomains
 from chatgate.features import register_all
-from chatgate.router import CLIENT_NS, Router
+from chatgate.router import Router
 from chatgate.session import Session
+from chatgate.stanza import CLIENT_NS
 from chatgate.storage.interfaces import Stores, User
 from chatgate.storage.memory import MemoryDirectory
 

@@ -6,8 +6,8 @@ from twisted.internet.defer import Deferred
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from chatgate.router import CLIENT_NS
 from chatgate.session import Addressed, Session
+from chatgate.stanza import CLIENT_NS
 from chatgate.transports import bosh, c2s
 from chatgate.transports.bosh import BOSHSession
 from chatgate.transports.c2s import C2SSession

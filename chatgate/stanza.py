@@ -1,0 +1,132 @@
+"""What every layer says about stanzas: shared namespaces, errors, replies, dates.
+
+- Stanza errors (RFC 6120 §8.3): :class:`StanzaError`, raised by a handler,
+  and :func:`error_reply`, the error stanza with the addresses swapped and the
+  condition's type (§8.3.3).
+- IQ results (RFC 6120 §8.2.3): :func:`iq_result`.
+- XEP-0082 DateTime (§3.3), as XEP-0203 delays and XEP-0313 results carry
+  them: :func:`stamp` and :func:`parse_stamp`.
+- The namespaces more than one feature or layer names. A namespace only one
+  feature speaks stays in that feature's module.
+
+Transports, the router, features and the web listener import these from here;
+none of them imports another feature for a helper.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from twisted.words.xish import domish
+
+from chatgate.xml import CLIENT_NS, Element
+
+__all__ = [
+    "ADDRESS_NS", "CHATSTATES_NS", "CLIENT_NS", "DELAY_NS", "FORWARD_NS", "HINTS_NS", "SID_NS", "STANZAS_NS",
+    "StanzaError", "body_of", "error_reply", "first_child", "iq_result", "parse_stamp", "stamp",
+]
+
+STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+#: XEP-0033 extended addressing (the alias's ofrom)
+ADDRESS_NS = "http://jabber.org/protocol/address"
+#: XEP-0359 stanza ids
+SID_NS = "urn:xmpp:sid:0"
+#: XEP-0203 delayed delivery
+DELAY_NS = "urn:xmpp:delay"
+#: XEP-0297 forwarding (carbons, MAM results)
+FORWARD_NS = "urn:xmpp:forward:0"
+#: XEP-0334 processing hints
+HINTS_NS = "urn:xmpp:hints"
+#: XEP-0085 chat states
+CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
+
+# RFC 6120 §8.3.3: the error type each condition goes with.
+_ERROR_TYPES = {
+    "bad-request": "modify",
+    "conflict": "cancel",
+    "feature-not-implemented": "cancel",
+    "forbidden": "auth",
+    "internal-server-error": "cancel",
+    "item-not-found": "cancel",
+    "jid-malformed": "modify",
+    "not-acceptable": "modify",
+    "not-allowed": "cancel",
+    "not-authorized": "auth",
+    "policy-violation": "modify",
+    "recipient-unavailable": "wait",
+    "resource-constraint": "wait",
+    "service-unavailable": "cancel",
+    "undefined-condition": "cancel",
+    "unexpected-request": "wait",
+}
+
+# XEP-0082 §3.3 DateTime: CCYY-MM-DDThh:mm:ss[.sss]TZD
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+class StanzaError(Exception):
+    """Raised by a handler to answer the stanza with an RFC 6120 §8.3 error."""
+
+    def __init__(self, condition: str, text: str | None = None) -> None:
+        super().__init__(condition)
+        self.condition = condition
+        self.text = text
+
+
+def error_reply(stanza: domish.Element, condition: str, text: str | None = None) -> domish.Element:
+    """The error stanza answering *stanza* (RFC 6120 §8.3.1): addresses swapped."""
+    reply = Element((CLIENT_NS, stanza.name))
+    for attr in ("id", "xml:lang"):
+        if stanza.hasAttribute(attr):
+            reply[attr] = stanza[attr]
+    if stanza.hasAttribute("from"):
+        reply["to"] = stanza["from"]
+    if stanza.hasAttribute("to"):
+        reply["from"] = stanza["to"]
+    reply["type"] = "error"
+    error = reply.addElement("error")
+    error["type"] = _ERROR_TYPES.get(condition, "cancel")
+    error.addElement((STANZAS_NS, condition))
+    if text:
+        error.addElement((STANZAS_NS, "text"), content=text)
+    return reply
+
+
+def iq_result(iq: domish.Element) -> domish.Element:
+    """An empty result for *iq*, from whom it was sent to."""
+    reply = Element((CLIENT_NS, "iq"))
+    reply["type"] = "result"
+    reply["id"] = iq.getAttribute("id", "")
+    if iq.hasAttribute("from"):
+        reply["to"] = iq["from"]
+    if iq.hasAttribute("to"):
+        reply["from"] = iq["to"]
+    return reply
+
+
+def first_child(stanza: domish.Element) -> domish.Element | None:
+    """The first child element (an IQ's payload), or None."""
+    for child in stanza.elements():
+        return child
+    return None
+
+
+def body_of(stanza: domish.Element) -> str | None:
+    """The text of a message's first <body/>, or None when it has none."""
+    for body in stanza.elements(CLIENT_NS, "body"):
+        return str(body)
+    return None
+
+
+def stamp(at: float) -> str:
+    """*at* (POSIX seconds) as a XEP-0082 DateTime in UTC, to the microsecond."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_stamp(text: str) -> float:
+    """A XEP-0082 DateTime as POSIX seconds; ValueError if it is not one."""
+    text = text.strip()
+    if not _DATETIME.match(text):
+        raise ValueError(f"not a XEP-0082 date and time: {text!r}")
+    return datetime.fromisoformat(text).timestamp()
