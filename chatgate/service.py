@@ -25,8 +25,8 @@ from chatgate.domains import HostedDomains
 from chatgate.features import register_all
 from chatgate.private_files import warn_if_open
 from chatgate.router import Router
-from chatgate.storage import open_archive, open_directory, open_offline
-from chatgate.storage.interfaces import Stores, User
+from chatgate.storage import Stores, open_archive, open_directory, open_offline
+from chatgate.storage.interfaces import User
 from chatgate.tls import ReloadableContext, ensure_certificate
 from chatgate.transports.bosh import BOSHResource, ConnectionManager
 from chatgate.transports.c2s import C2SFactory

@@ -10,7 +10,7 @@ from importlib import import_module
 
 from chatgate.config import Settings
 from chatgate.router import Router
-from chatgate.storage.interfaces import Stores
+from chatgate.storage import Stores
 
 #: registration order matters for disco listings, and for the listeners of one
 #: event: archive stamps stanza-ids before carbons copies the message; aliases

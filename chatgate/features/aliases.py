@@ -31,7 +31,8 @@ from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Addressed, Session
 from chatgate.stanza import ADDRESS_NS, CLIENT_NS, StanzaError, iq_result
-from chatgate.storage.interfaces import Alias, Change, Stores, User
+from chatgate.storage import Stores
+from chatgate.storage.interfaces import Alias, Change, User
 from chatgate.xml import Element, copy_element
 
 VCARD_NS = "vcard-temp"

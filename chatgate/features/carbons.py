@@ -27,7 +27,7 @@ from chatgate.features.archive import view_for
 from chatgate.router import Router
 from chatgate.session import Session, take_text
 from chatgate.stanza import CLIENT_NS, FORWARD_NS, HINTS_NS, StanzaError, body_of, iq_result
-from chatgate.storage.interfaces import Stores
+from chatgate.storage import Stores
 from chatgate.xml import Element, serialize
 
 NS = "urn:xmpp:carbons:2"

@@ -14,7 +14,7 @@ from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import StanzaError, iq_result
-from chatgate.storage.interfaces import Stores
+from chatgate.storage import Stores
 
 INFO = "http://jabber.org/protocol/disco#info"
 ITEMS = "http://jabber.org/protocol/disco#items"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from chatgate.config import Settings
 from chatgate.router import Router
-from chatgate.storage.interfaces import Change, Stores, User
+from chatgate.storage import Stores
+from chatgate.storage.interfaces import Change, User
 
 
 def register(router: Router, settings: Settings, stores: Stores) -> None:

@@ -43,14 +43,8 @@ from chatgate.config import Settings
 from chatgate.router import Handler, Router
 from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS, DELAY_NS, FORWARD_NS, StanzaError, iq_result, parse_stamp, stamp
-from chatgate.storage.interfaces import (
-    ArchivedMessage,
-    ArchivePage,
-    ArchiveQuery,
-    IArchive,
-    Stores,
-    UnknownMessage,
-)
+from chatgate.storage import Stores
+from chatgate.storage.interfaces import ArchivedMessage, ArchivePage, ArchiveQuery, IArchive, UnknownMessage
 from chatgate.xml import Element, StreamError, parse_document
 
 NS = "urn:xmpp:mam:2"

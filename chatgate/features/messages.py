@@ -12,7 +12,7 @@ from twisted.words.xish import domish
 from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
-from chatgate.storage.interfaces import Stores
+from chatgate.storage import Stores
 
 
 def register(router: Router, settings: Settings, stores: Stores) -> None:

@@ -30,7 +30,8 @@ from chatgate.jid import jid_of
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CHATSTATES_NS, CLIENT_NS, DELAY_NS, HINTS_NS, SID_NS, body_of, error_reply, stamp
-from chatgate.storage.interfaces import IOfflineStore, OfflineMessage, Stores
+from chatgate.storage import Stores
+from chatgate.storage.interfaces import IOfflineStore, OfflineMessage
 from chatgate.xml import StreamError, parse_document, serialize
 
 log = Logger()

@@ -19,7 +19,7 @@ from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS, StanzaError, iq_result
-from chatgate.storage.interfaces import Stores
+from chatgate.storage import Stores
 from chatgate.xml import Element
 
 NS = "urn:xmpp:ping"

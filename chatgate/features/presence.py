@@ -20,7 +20,7 @@ from chatgate.jid import jid_of
 from chatgate.router import Router
 from chatgate.session import Addressed, Session
 from chatgate.stanza import CLIENT_NS, StanzaError
-from chatgate.storage.interfaces import Stores
+from chatgate.storage import Stores
 from chatgate.xml import Element
 
 _SUBSCRIPTION = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")

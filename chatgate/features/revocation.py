@@ -36,7 +36,8 @@ from __future__ import annotations
 from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
-from chatgate.storage.interfaces import Alias, Change, Stores, User
+from chatgate.storage import Stores
+from chatgate.storage.interfaces import Alias, Change, User
 
 #: change kind -> (stream error condition, text)
 ENDINGS = {

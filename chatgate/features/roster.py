@@ -23,7 +23,8 @@ from chatgate.domains import HostedDomains
 from chatgate.router import Router
 from chatgate.session import SLOT, Session, around_slot
 from chatgate.stanza import CLIENT_NS, StanzaError, iq_result
-from chatgate.storage.interfaces import Alias, Change, Stores, User
+from chatgate.storage import Stores
+from chatgate.storage.interfaces import Alias, Change, User
 from chatgate.xml import Element, serialize
 
 ALIASES_GROUP = "Aliases"

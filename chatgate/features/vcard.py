@@ -17,7 +17,8 @@ from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import StanzaError, iq_result
-from chatgate.storage.interfaces import Stores, User
+from chatgate.storage import Stores
+from chatgate.storage.interfaces import User
 from chatgate.xml import Element, StreamError, parse_document, serialize
 
 NS = "vcard-temp"

@@ -10,7 +10,7 @@ from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import iq_result
-from chatgate.storage.interfaces import Stores
+from chatgate.storage import Stores
 
 NS = "jabber:iq:version"
 

@@ -8,13 +8,28 @@ same store the same way.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chatgate.private_files import make_private_folder
 from chatgate.storage.interfaces import DirectoryError, IArchive, IDirectory, IOfflineStore
+from chatgate.storage.memory_history import MemoryArchive, MemoryOfflineStore
 
 if TYPE_CHECKING:
     from chatgate.config import Settings
+
+
+@dataclass
+class Stores:
+    """The stores a running service uses, handed to every feature's register().
+
+    ``service.py`` always passes the configured archive and offline stores;
+    the in-memory defaults serve unit tests that only care about the directory.
+    """
+
+    directory: IDirectory
+    archive: IArchive = field(default_factory=MemoryArchive)
+    offline: IOfflineStore = field(default_factory=MemoryOfflineStore)
 
 
 def open_directory(settings: Settings) -> IDirectory:

@@ -10,7 +10,7 @@ All methods return Deferreds; blocking I/O never runs on the reactor thread.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -424,28 +424,3 @@ class IOfflineStore(Interface):
 
     def count(owner: str) -> Deferred[int]:
         """How many messages wait for *owner*."""
-
-
-def _memory_archive() -> IArchive:
-    from chatgate.storage.memory_history import MemoryArchive
-
-    return MemoryArchive()
-
-
-def _memory_offline() -> IOfflineStore:
-    from chatgate.storage.memory_history import MemoryOfflineStore
-
-    return MemoryOfflineStore()
-
-
-@dataclass
-class Stores:
-    """The stores a running service uses, handed to every feature's register().
-
-    ``service.py`` always passes the configured archive and offline stores;
-    the in-memory defaults serve unit tests that only care about the directory.
-    """
-
-    directory: IDirectory
-    archive: IArchive = field(default_factory=_memory_archive)
-    offline: IOfflineStore = field(default_factory=_memory_offline)

@@ -15,8 +15,9 @@ from chatgate.features.mam import readable
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS, parse_stamp, stamp
+from chatgate.storage import Stores
 from chatgate.storage.history import ArchiveIds, id_floor, paginate, preview, time_of
-from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, Stores, User
+from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, User
 from chatgate.storage.memory import MemoryDirectory
 from chatgate.storage.memory_history import MemoryArchive, MemoryOfflineStore
 from chatgate.xml import parse_document, serialize

@@ -10,7 +10,8 @@ from chatgate.domains import HostedDomains
 from chatgate.features import register_all
 from chatgate.router import Router
 from chatgate.stanza import CLIENT_NS
-from chatgate.storage.interfaces import Alias, Stores, User
+from chatgate.storage import Stores
+from chatgate.storage.interfaces import Alias, User
 from chatgate.storage.memory import MemoryDirectory
 from chatgate.xml import parse_document
 from tests.unit.test_session import BOSHWire, Wire

@@ -13,7 +13,8 @@ from chatgate.features import register_all
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS
-from chatgate.storage.interfaces import Stores, User
+from chatgate.storage import Stores
+from chatgate.storage.interfaces import User
 from chatgate.storage.memory import MemoryDirectory
 
 
