@@ -55,12 +55,12 @@ from chatgate.domains import HostedDomains  # noqa: E402
 from chatgate.features.mam import MessageArchive  # noqa: E402
 from chatgate.router import Router  # noqa: E402
 from chatgate.session import Session  # noqa: E402
-from chatgate.storage.history import ArchiveIds  # noqa: E402
+from chatgate.storage.archive import ArchiveIds  # noqa: E402
 from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, User  # noqa: E402
 from chatgate.storage.memory import MemoryDirectory  # noqa: E402
-from chatgate.storage.memory_history import MemoryArchive  # noqa: E402
+from chatgate.storage.memory_archive import MemoryArchive  # noqa: E402
 from chatgate.storage.redis import RedisArchive  # noqa: E402
-from chatgate.storage.sqlite_history import SQLiteArchive  # noqa: E402
+from chatgate.storage.sqlite_archive import SQLiteArchive  # noqa: E402
 from chatgate.xml import parse_document  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 

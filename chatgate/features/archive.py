@@ -39,7 +39,7 @@ from chatgate.router import Router
 from chatgate.session import Session, note_text
 from chatgate.stanza import SID_NS, body_of
 from chatgate.storage import Stores
-from chatgate.storage.history import ArchiveIds
+from chatgate.storage.archive import ArchiveIds
 from chatgate.storage.interfaces import ArchivedMessage, IArchive
 from chatgate.xml import Element, escape_attribute, serialize
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatgate.private_files import make_private_folder
 from chatgate.storage.interfaces import DirectoryError, IArchive, IDirectory, IOfflineStore
-from chatgate.storage.memory_history import MemoryArchive, MemoryOfflineStore
+from chatgate.storage.memory_archive import MemoryArchive, MemoryOfflineStore
 
 if TYPE_CHECKING:
     from chatgate.config import Settings
@@ -49,27 +49,27 @@ def open_directory(settings: Settings) -> IDirectory:
 
 def open_archive(settings: Settings) -> IArchive:
     """The history backend ``[archive] backend`` names, not started yet."""
-    return _open_history(settings, settings.archive.backend, "Archive")
+    return _open_archive_store(settings, settings.archive.backend, "Archive")
 
 
 def open_offline(settings: Settings) -> IOfflineStore:
     """The offline-message backend ``[archive] offline_backend`` names, not started yet."""
-    return _open_history(settings, settings.archive.offline_backend, "OfflineStore")
+    return _open_archive_store(settings, settings.archive.offline_backend, "OfflineStore")
 
 
-def _open_history(settings: Settings, backend: str, store: str) -> Any:
+def _open_archive_store(settings: Settings, backend: str, store: str) -> Any:
     """``Memory<store>``, ``Redis<store>`` or ``SQLite<store>``, as *backend* says, made from *settings*."""
     if backend == "memory":
-        from chatgate.storage import memory_history
+        from chatgate.storage import memory_archive
 
-        return getattr(memory_history, f"Memory{store}")()
+        return getattr(memory_archive, f"Memory{store}")()
     if backend == "redis":
         from chatgate.storage import redis
 
         return getattr(redis, f"Redis{store}")(**_redis_options(settings))
-    from chatgate.storage import sqlite_history
+    from chatgate.storage import sqlite_archive
 
-    return getattr(sqlite_history, f"SQLite{store}")(_sqlite_path(settings), settings.archive.commit_interval)
+    return getattr(sqlite_archive, f"SQLite{store}")(_sqlite_path(settings), settings.archive.commit_interval)
 
 
 def _sqlite_path(settings: Settings) -> str:

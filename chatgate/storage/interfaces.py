@@ -256,7 +256,7 @@ class ArchivedMessage:
 
     ``id`` is the archive's id for it, the XEP-0359 stanza-id the owner's
     clients saw (``by`` = the owner's bare JID). Ids made by
-    :class:`chatgate.storage.history.ArchiveIds` sort like the times they were
+    :class:`chatgate.storage.archive.ArchiveIds` sort like the times they were
     made, so the id order is the archive's chronological order.
     """
 

@@ -5,7 +5,7 @@ deployments never mix (``chatgate:example.com:archive:alice:ids``):
 
 - ``…:archive:<local>:ids`` — sorted set of the owner's archive ids, all with
   score 0 so that it is ordered by id, that is by time (see
-  :mod:`chatgate.storage.history`); paging is ZRANGEBYLEX and counting
+  :mod:`chatgate.storage.archive`); paging is ZRANGEBYLEX and counting
   ZLEXCOUNT, both O(log n).
 - ``…:archive:<local>:with:<contact>`` and ``…:with:<contact>/<resource>`` —
   the same per contact, and per contact's resource, for ``with`` filters.
@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatgate.storage.history import (
+from chatgate.storage.archive import (
     ConversationsMixin,
     check_query,
     id_ceiling,

@@ -56,7 +56,7 @@ from chatgate.auth.sasl import Authenticator, SASLFailure
 from chatgate.config import Network
 from chatgate.domains import HostedDomains
 from chatgate.stanza import stamp
-from chatgate.storage.history import time_of
+from chatgate.storage.archive import time_of
 from chatgate.storage.interfaces import BadCursor, IArchive, UnknownMessage
 from chatgate.transports.bosh import Peer, peer_of
 from chatgate.web.site import Endpoint, Folder

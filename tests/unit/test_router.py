@@ -111,7 +111,7 @@ def test_sender_cannot_spoof_from(world):
     assert "from='bob@example.com/x'" in alice.messages[0]
 
 
-# (a user with no available resource gets the message offline: test_history_features.py)
+# (a user with no available resource gets the message offline: test_archive_features.py)
 @pytest.mark.parametrize("to", ["dave@other.org", "nobody@example.com"])
 def test_unreachable_gets_service_unavailable(world, to):
     router, _ = world

@@ -15,10 +15,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
-from chatgate.storage import sqlite_history
-from chatgate.storage.history import ArchiveIds
+from chatgate.storage import sqlite_archive
+from chatgate.storage.archive import ArchiveIds
 from chatgate.storage.interfaces import ArchivedMessage, ArchiveError, ArchiveQuery
-from chatgate.storage.sqlite_history import SQLiteArchive
+from chatgate.storage.sqlite_archive import SQLiteArchive
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 T0 = 1_700_000_000.0
@@ -175,7 +175,7 @@ async def test_stop_commits_the_batch_in_flight_and_the_queue(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_a_big_queue_goes_in_batches_of_at_most_max_batch(store, monkeypatch):
-    monkeypatch.setattr(sqlite_history, "MAX_BATCH", 4)
+    monkeypatch.setattr(sqlite_archive, "MAX_BATCH", 4)
     held = hold(store)
     make = Maker()
     pending = [store.append(make())]
@@ -195,14 +195,14 @@ async def test_a_big_queue_goes_in_batches_of_at_most_max_batch(store, monkeypat
 @pytest_twisted.ensureDeferred
 async def test_one_contacts_upsert_per_pair_and_batch(store, monkeypatch):
     upserted: list[dict[tuple[str, str], str]] = []
-    real: Callable[..., None] = sqlite_history._upsert_contacts
+    real: Callable[..., None] = sqlite_archive._upsert_contacts
 
     def spy(db: sqlite3.Connection, latest: dict[tuple[str, str], str]) -> None:
         if latest:
             upserted.append(dict(latest))
         real(db, latest)
 
-    monkeypatch.setattr(sqlite_history, "_upsert_contacts", spy)
+    monkeypatch.setattr(sqlite_archive, "_upsert_contacts", spy)
     held = hold(store)
     make = Maker()
     store.append(make())

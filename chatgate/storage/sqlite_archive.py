@@ -60,7 +60,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatgate.storage.history import (
+from chatgate.storage.archive import (
     ConversationsMixin,
     check_query,
     id_ceiling,

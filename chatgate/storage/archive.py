@@ -1,4 +1,4 @@
-"""What every history backend shares: archive ids, RSM paging, conversations.
+"""What every archive backend shares: archive ids, RSM paging, conversations.
 
 Archive ids (XEP-0359 stanza-ids, XEP-0313 archive UIDs) are
 ``<14 hex digits: microseconds since the epoch>-<10 random hex digits>``. They

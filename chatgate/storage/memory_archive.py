@@ -14,7 +14,7 @@ from itertools import islice
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from chatgate.storage.history import ConversationsMixin, check_query, matches, named_ids, paginate, unknown
+from chatgate.storage.archive import ConversationsMixin, check_query, matches, named_ids, paginate, unknown
 from chatgate.storage.interfaces import (
     ArchiveContact,
     ArchivedMessage,

@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 
 from chatgate.config import ArchiveSettings, Settings, StorageSettings
 from chatgate.storage import open_archive, open_offline
-from chatgate.storage.history import ArchiveIds
+from chatgate.storage.archive import ArchiveIds
 from chatgate.storage.interfaces import (
     ArchiveContact,
     ArchivedMessage,
@@ -27,9 +27,9 @@ from chatgate.storage.interfaces import (
     OfflineMessage,
     UnknownMessage,
 )
-from chatgate.storage.memory_history import MemoryArchive, MemoryOfflineStore
+from chatgate.storage.memory_archive import MemoryArchive, MemoryOfflineStore
 from chatgate.storage.redis import RedisArchive, RedisOfflineStore
-from chatgate.storage.sqlite_history import SQLiteArchive, SQLiteOfflineStore
+from chatgate.storage.sqlite_archive import SQLiteArchive, SQLiteOfflineStore
 from tests.redis_server import RedisServer
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
@@ -409,7 +409,7 @@ async def test_between_reads_one_contact_between_two_ids(archive):
 
 @pytest_twisted.ensureDeferred
 async def test_conversation_newest_page_then_earlier_pages_to_the_first_message(archive, monkeypatch):
-    monkeypatch.setattr("chatgate.storage.history.WALK_STEP", 4)  # the walk to the end takes several reads
+    monkeypatch.setattr("chatgate.storage.archive.WALK_STEP", 4)  # the walk to the end takes several reads
     reads = bounded_reads(archive, monkeypatch)
     _, middle, _ = await three_conversations(archive)
     newest = await archive.conversation(ALICE, middle[0].id, gap=1800, limit=5)
@@ -590,7 +590,7 @@ async def test_sqlite_shares_the_directory_file(tmp_path):
 
 
 def test_sqlite_between_reads_the_contact_index_without_sorting(tmp_path):
-    from chatgate.storage.sqlite_history import _SCHEMA, _between
+    from chatgate.storage.sqlite_archive import _SCHEMA, _between
 
     db = sqlite3.connect(str(tmp_path / "h.sqlite"))
     db.executescript(_SCHEMA["archive"])

@@ -16,10 +16,10 @@ from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS, parse_stamp, stamp
 from chatgate.storage import Stores
-from chatgate.storage.history import ArchiveIds, id_floor, paginate, preview, time_of
+from chatgate.storage.archive import ArchiveIds, id_floor, paginate, preview, time_of
 from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, User
 from chatgate.storage.memory import MemoryDirectory
-from chatgate.storage.memory_history import MemoryArchive, MemoryOfflineStore
+from chatgate.storage.memory_archive import MemoryArchive, MemoryOfflineStore
 from chatgate.xml import parse_document, serialize
 
 T0 = 1_700_000_000.0
