@@ -25,7 +25,8 @@ alias's copies.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from twisted.internet import defer
@@ -42,6 +43,7 @@ from chatgate.stanza import ADDRESS_NS, StanzaError, error_reply, first_child
 Handler = Callable[[domish.Element, Session, JID], Any]
 
 log = Logger()
+_NONE: dict[str, Session] = {}  # what resources() views for a user with no session
 
 
 def _drop_addresses(stanza: domish.Element) -> None:
@@ -62,9 +64,9 @@ class Router:
         self.domains = domains
         self.clock = clock
         #: bare JID -> resource -> Session
-        self.sessions: dict[str, dict[str, Session]] = {}
+        self._sessions: dict[str, dict[str, Session]] = {}
         #: domain -> bare JIDs with at least one bound resource
-        self.online: dict[str, set[str]] = {}
+        self._online: dict[str, set[str]] = {}
         self._handlers: dict[str, Handler] = {}
         self._listeners: dict[str, list[Callable[..., Any]]] = {}
         #: what disco#info announces for the server and for accounts (XEP-0030)
@@ -115,37 +117,46 @@ class Router:
     def bind(self, session: Session) -> None:
         """Make *session* reachable; an older session on the same resource is
         replaced and closed with <conflict/> (RFC 6120 §7.7.2.2)."""
-        resources = self.sessions.setdefault(session.bare, {})
+        resources = self._sessions.setdefault(session.bare, {})
         old = resources.get(session.jid.resource)
         if old is not None:
             self.unbind(old)
             old.close("conflict", "Replaced by a new login on the same resource")
-            resources = self.sessions.setdefault(session.bare, {})
+            resources = self._sessions.setdefault(session.bare, {})
         resources[session.jid.resource] = session
-        self.online.setdefault(session.domain, set()).add(session.bare)
+        self._online.setdefault(session.domain, set()).add(session.bare)
         self.emit("session-bound", session)
 
     def unbind(self, session: Session) -> None:
         """Forget *session*; listeners see it go (presence sends unavailable)."""
-        resources = self.sessions.get(session.bare)
+        resources = self._sessions.get(session.bare)
         if not resources or resources.get(session.jid.resource) is not session:
             return
         del resources[session.jid.resource]
         if not resources:
-            del self.sessions[session.bare]
-            domain_online = self.online.get(session.domain)
+            del self._sessions[session.bare]
+            domain_online = self._online.get(session.domain)
             if domain_online is not None:
                 domain_online.discard(session.bare)
                 if not domain_online:
-                    del self.online[session.domain]
+                    del self._online[session.domain]
         self.emit("session-ended", session)
 
-    def resources(self, bare: str) -> dict[str, Session]:
-        return self.sessions.get(bare, {})
+    def resources(self, bare: str) -> Mapping[str, Session]:
+        """The bound sessions of *bare* by resource, read-only (empty when none)."""
+        return MappingProxyType(self._sessions.get(bare, _NONE))
+
+    def all_sessions(self) -> list[Session]:
+        """Every bound session, of every domain."""
+        return [s for resources in self._sessions.values() for s in resources.values()]
+
+    def idle_sessions(self, before: float) -> list[Session]:
+        """The bound sessions whose client last spoke at or before *before* (a ``clock.seconds()`` time)."""
+        return [s for resources in self._sessions.values() for s in resources.values() if s.last_active <= before]
 
     def domain_sessions(self, domain: str) -> list[Session]:
         """Every bound session of *domain*."""
-        return [s for bare in self.online.get(domain, ()) for s in self.sessions[bare].values()]
+        return [s for bare in self._online.get(domain, ()) for s in self._sessions[bare].values()]
 
     def close_sessions(self, domain: str, localpart: str | None, condition: str, text: str) -> None:
         """Close the sessions of a user, or of a whole domain when *localpart* is None."""
@@ -154,6 +165,11 @@ class Router:
         else:
             victims = list(self.resources(f"{localpart}@{domain}").values())
         for session in victims:
+            session.close(condition, text)
+
+    def close_all(self, condition: str, text: str) -> None:
+        """Close every bound session with the stream error *condition* (the service stopping)."""
+        for session in self.all_sessions():
             session.close(condition, text)
 
     # -- routing
@@ -273,7 +289,7 @@ class Router:
         """A message to a user of the sender's domain (§8.5.2, §8.5.3)."""
         mtype = stanza.getAttribute("type", "normal")
         bare = to.userhost()
-        resources = self.sessions.get(bare, {})
+        resources = self._sessions.get(bare, {})
         if to.resource:
             target = resources.get(to.resource)
             if target is not None:

@@ -10,9 +10,11 @@ import gc
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
+from twisted.application.internet import TimerService
 from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.web import server
@@ -40,12 +42,61 @@ log = Logger()
 DEMO_USERS = (("alice", "Alice Archer"), ("bob", "Bob Baker"), ("carol", "Carol Carter"))
 
 
-class ChatService(service.Service):
-    """One chatgate node: its stores, router, features and listening ports."""
+class Stage(service.Service):
+    """A child of the service tree whose start and stop are the given functions;
+    either may return a Deferred, which :class:`ChatService` waits for."""
+
+    def __init__(self, name: str, start: Callable[[], Any] | None = None,
+                 stop: Callable[[], Any] | None = None) -> None:
+        self.setName(name)
+        self._start, self._stop = start, stop
+
+    def startService(self) -> Any:
+        super().startService()
+        return self._start() if self._start is not None else None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self._stop() if self._stop is not None else None
+
+
+class ChatService(service.MultiService):
+    """One chatgate node: the root of its service tree (``twisted.application.service``).
+
+    Its children start in this order, each once the one before has started
+    (a Deferred its ``startService`` returns is waited for), and stop in the
+    reverse order, each once the one after it has stopped (likewise):
+
+    1. ``stores``: opens the directory, archive and offline stores; on stop
+       closes them, the archive committing every write still queued first.
+    2. ``directory``: the demo domain when asked, the directory mirror loaded,
+       the login secrets read.
+    3. ``directory-feed``: a TimerService reading the directory's change feed
+       every ``[storage] poll_interval`` (changes by other processes).
+    4. the features' services, in ``FEATURES`` order (``ping``: idle clients;
+       ``retention``: history older than ``[archive] retention_days``).
+    5. ``sessions``: on stop, every session still bound is closed with
+       <system-shutdown/>.
+    6. ``listeners``: the c2s, web and admin ports; on stop they accept no
+       more connections.
+    7. ``bosh``: the BOSH connection manager; on stop, first of all, every
+       BOSH session ends with system-shutdown, a held request answered with
+       it while the web listener still runs (a client between two requests
+       gets the answer kept for its next one).
+
+    So a stop (SIGTERM) ends the BOSH sessions, closes the doors, closes every
+    other session, stops the timers (a call under way finishing), and closes
+    the stores last.
+    A timer's clock is the *reactor* given, so unit tests pass a Clock.
+    """
 
     name = "chatgate"
 
-    def __init__(self, settings: Settings, tls_context: Any, reactor: Any = None) -> None:
+    def __init__(self, settings: Settings, tls_context: Any, reactor: Any = None,
+                 process_wide: bool = True) -> None:
+        """*process_wide*: also take SIGHUP (TLS reload) and tune the cyclic
+        collector once started; False in unit tests, which share the process."""
+        super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -61,28 +112,73 @@ class ChatService(service.Service):
         throttle = LoginThrottle(reactor, a.failures_per_account, a.failures_per_address, a.lockout)
         self.authenticator = Authenticator(self.directory, self.domains, a.scram_iterations, throttle,
                                            settings.webmail.token_secret.encode(), settings.webmail.token_max_age)
-        register_all(self.router, settings, self.stores)
+        self.process_wide = process_wide
         self.ports: list[Any] = []
+        #: address -> its connections not authenticated yet, c2s and BOSH alike
+        self._preauth: dict[str, int] = {}
+        self.bosh = ConnectionManager(self.router, self.authenticator, settings, reactor, self._preauth)
+        Stage("stores", self._open_stores, self._close_stores).setServiceParent(self)
+        Stage("directory", self._load_directory).setServiceParent(self)
+        feed = TimerService(settings.storage.poll_interval, self.directory.poll)
+        feed.clock = reactor
+        feed.setName("directory-feed")
+        feed.setServiceParent(self)
+        for feature_service in register_all(self.router, settings, self.stores):
+            feature_service.setServiceParent(self)
+        Stage("sessions", stop=lambda: self.router.close_all("system-shutdown", "The server is stopping")
+              ).setServiceParent(self)
+        Stage("listeners", self._listen, self._stop_listening).setServiceParent(self)
+        self.bosh.setServiceParent(self)
 
     def startService(self) -> None:
-        super().startService()
+        service.Service.startService(self)
         self._starting = self._start()
         self._starting.addErrback(self._start_failed)
 
     @defer.inlineCallbacks
     def _start(self):
+        for child in list(self):
+            if not self.running:  # stopped while starting: the stop takes the started ones down
+                return
+            yield defer.maybeDeferred(child.startService)
+        if self.process_wide:
+            self._take_process()
+        log.info("chatgate ready: domains {domains}", domains=", ".join(self.domains.names()) or "(none)")
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """Stop the children in reverse order, each after the one started after it has stopped."""
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            if child.running:
+                try:
+                    yield defer.maybeDeferred(child.stopService)
+                except Exception:
+                    log.failure("stopping {name} failed", name=child.name)
+
+    @defer.inlineCallbacks
+    def _open_stores(self):
         yield self.directory.start()
         yield self.archive.start()
         yield self.offline.start()
+
+    @defer.inlineCallbacks
+    def _close_stores(self):
+        yield self.archive.stop()  # commits the history still queued
+        yield self.offline.stop()
+        yield self.directory.stop()
+
+    @defer.inlineCallbacks
+    def _load_directory(self):
         if self.settings.demo.create and not (yield self.directory.domains()):
             yield self._create_demo()
         yield self.domains.load()
         yield self.authenticator.start()
-        self._listen()
-        self._listen_admin()
+
+    def _take_process(self) -> None:
+        """What only the real process does: SIGHUP, and the cyclic collector's tuning."""
         # SIGHUP: read the certificate again (after a renewal) without a restart.
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload_tls))
-        self.router.emit("service-started")
         # The cyclic collector pauses everything; its cost is the number of
         # objects it walks. What exists at start (the directory mirror) is
         # frozen out of it. The delivery path makes no reference cycles
@@ -93,11 +189,11 @@ class ChatService(service.Service):
         # collections (minutes apart under load; bench/RESULTS.md, the S3 tail).
         gc.freeze()
         gc.set_threshold(10_000, 500, 100)
-        log.info("chatgate ready: domains {domains}", domains=", ".join(self.domains.names()) or "(none)")
 
     def _listen(self) -> None:
+        """Listen on every configured port (CannotListenError fails the start)."""
         x = self.settings.xmpp
-        preauth: dict[str, int] = {}
+        preauth = self._preauth
         plain = C2SFactory(self.router, self.authenticator, self.settings, self.tls_context,
                            clock=self.reactor, preauth=preauth)
         direct = C2SFactory(self.router, self.authenticator, self.settings, self.tls_context,
@@ -114,7 +210,6 @@ class ChatService(service.Service):
                 log.info("XMPP (c2s, direct TLS) on {interface} port {port}", interface=interface,
                          port=x.direct_tls_port)
         h = self.settings.http
-        self.bosh = ConnectionManager(self.router, self.authenticator, self.settings, self.reactor, preauth)
         history = HistoryAPI(self.authenticator, self.domains, self.archive, self.settings.archive.conversation_gap,
                              h.trusted_proxies)
         pane = ChatPane(self.settings, self.directory, history.authenticate)  # /chat/, /api/sites/<host>/chat
@@ -128,6 +223,7 @@ class ChatService(service.Service):
                 self.ports.append(self.reactor.listenTCP(h.port, site, backlog=1024, interface=interface))
             log.info("{scheme} (BOSH at {path}) on {interface} port {port}", scheme="HTTPS" if h.tls else "HTTP",
                      path=h.bosh_path, interface=interface, port=h.port)
+        self._listen_admin()
 
     def _listen_admin(self) -> None:
         a = self.settings.admin
@@ -138,6 +234,10 @@ class ChatService(service.Service):
         for interface in a.interfaces:
             self.ports.append(self.reactor.listenTCP(a.port, site, interface=interface))
             log.info("admin API on {interface} port {port}", interface=interface, port=a.port)
+
+    def _stop_listening(self) -> defer.Deferred[Any]:
+        ports, self.ports = self.ports, []
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
 
     def reload_tls(self) -> None:
         try:
@@ -172,18 +272,6 @@ class ChatService(service.Service):
         banner = "\n".join(["", "chatgate demo accounts (shown once):", *lines, ""])
         sys.__stdout__.write(banner + "\n")
         sys.__stdout__.flush()
-
-    @defer.inlineCallbacks
-    def stopService(self):
-        super().stopService()
-        self.router.emit("service-stopping")
-        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
-        for resources in list(self.router.sessions.values()):
-            for session in list(resources.values()):
-                session.close("system-shutdown", "The server is stopping")
-        yield self.archive.stop()  # commits the history still queued
-        yield self.offline.stop()
-        yield self.directory.stop()
 
 
 def _warn_open_files(settings: Settings, key: str) -> None:

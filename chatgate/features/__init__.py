@@ -2,11 +2,22 @@
 
 A feature that is switched off is simply not registered; the core has no
 ``if`` for it.
+
+Work a feature does on its own, not in answer to a stanza (ping's sweep over
+idle sessions, the archive's retention), is a Twisted service: ``register``
+returns an :class:`~twisted.application.service.IService` (typically a
+:class:`~twisted.application.internet.TimerService` whose ``clock`` is
+``router.clock``, named after the work), or None when it has none. The service
+(``chatgate/service.py``) makes each one a child of its tree: started once the
+stores are open and the directory mirror loaded, stopped (and a call under way
+finished) before the stores close. No feature runs a periodic timer of its own.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
+
+from twisted.application.service import IService
 
 from chatgate.config import Settings
 from chatgate.router import Router
@@ -20,6 +31,11 @@ FEATURES = ("messages", "presence", "aliases", "revocation", "roster", "domain_s
             "vcard", "archive", "carbons", "offline", "mam")
 
 
-def register_all(router: Router, settings: Settings, stores: Stores) -> None:
+def register_all(router: Router, settings: Settings, stores: Stores) -> list[IService]:
+    """Register every feature, in :data:`FEATURES` order; the services they give, in that order."""
+    services = []
     for name in FEATURES:
-        import_module(f"chatgate.features.{name}").register(router, settings, stores)
+        given = import_module(f"chatgate.features.{name}").register(router, settings, stores)
+        if given is not None:
+            services.append(given)
+    return services

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 from weakref import WeakKeyDictionary
 
-from twisted.internet import task
+from twisted.application.internet import TimerService
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
@@ -173,7 +175,7 @@ class History:
             )
 
 
-def register(router: Router, settings: Settings, stores: Stores) -> None:
+def register(router: Router, settings: Settings, stores: Stores) -> IService | None:
     history = History(router, stores.archive)
     router.server_features.add(SID_NS)
     router.account_features.add(SID_NS)
@@ -183,16 +185,18 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
 
     days = settings.archive.retention_days
     if days is None:
-        return
+        return None
 
-    def expire() -> None:
+    def expire() -> Deferred[None]:
         cutoff = router.clock.seconds() - days * 86400
         d = stores.archive.expire(cutoff)
         d.addCallback(lambda n: n and log.info("retention: deleted {n} messages older than {days} days",
                                                n=n, days=days))
         d.addErrback(lambda f: log.failure("retention: expiring old history failed", f))
+        return d  # the service stops once a sweep under way is done, before the archive closes
 
-    sweep = task.LoopingCall(expire)
-    sweep.clock = router.clock
-    router.listen("service-started", lambda: sweep.start(EXPIRE_EVERY, now=True))
-    router.listen("service-stopping", lambda: sweep.stop() if sweep.running else None)
+    # a sweep as the service starts, then every EXPIRE_EVERY seconds
+    retention = TimerService(EXPIRE_EVERY, expire)
+    retention.clock = router.clock
+    retention.setName("retention")
+    return retention

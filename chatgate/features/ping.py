@@ -4,13 +4,16 @@ The server answers pings to itself and to an account (§4.2, §4.3). A client
 silent for ``[xmpp] ping_interval`` seconds is pinged (§4.1); one that does
 not answer within ``ping_timeout`` is gone, and its session is closed with
 <connection-timeout/> so its presence goes unavailable. An error reply still
-proves the client alive. One sweep over the sessions runs every few seconds:
-no timer per session.
+proves the client alive. One sweep over the idle sessions runs every few
+seconds (the ``ping`` TimerService this feature gives the service tree): no
+timer per session.
 """
 
 from __future__ import annotations
 
-from twisted.internet import defer, task
+from twisted.application.internet import TimerService
+from twisted.application.service import IService
+from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
@@ -25,7 +28,7 @@ from chatgate.xml import Element
 NS = "urn:xmpp:ping"
 
 
-def register(router: Router, settings: Settings, stores: Stores) -> None:
+def register(router: Router, settings: Settings, stores: Stores) -> IService:
     def pong(stanza: domish.Element, sender: Session, to: JID) -> None:
         sender.send(iq_result(stanza))
 
@@ -53,13 +56,11 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
         d.addCallbacks(lambda _: session.state.pop("ping", None), failed)
 
     def sweep() -> None:
-        now = router.clock.seconds()
-        for resources in list(router.sessions.values()):
-            for session in list(resources.values()):
-                if now - session.last_active >= interval and "ping" not in session.state:
-                    ping(session)
+        for session in router.idle_sessions(router.clock.seconds() - interval):
+            if "ping" not in session.state:
+                ping(session)
 
-    loop = task.LoopingCall(sweep)
-    loop.clock = router.clock
-    router.listen("service-started", lambda: loop.start(min(interval, timeout) / 2, now=False))
-    router.listen("service-stopping", lambda: loop.stop() if loop.running else None)
+    sweeping = TimerService(min(interval, timeout) / 2, sweep)
+    sweeping.clock = router.clock
+    sweeping.setName("ping")
+    return sweeping

@@ -151,15 +151,20 @@ class IDirectory(Interface):
     """Hosted domains, their users, credentials and vCards.
 
     Every mutation is seen by every watcher of every process that shares the
-    store, the mutating one included (for SQLite: within ``poll_interval``).
+    store, the mutating one included (for SQLite: at the next :meth:`poll`,
+    which the service runs every ``[storage] poll_interval``).
     Lookups are case-sensitive: callers pass prepared (lower-case) names.
     """
 
     def start() -> Deferred[None]:
-        """Open the store (create its schema when new) and start the change feed."""
+        """Open the store (create its schema when new); changes from now on are told."""
 
     def stop() -> Deferred[None]:
-        """Stop the change feed and close the store."""
+        """Close the store (call it once no :meth:`poll` is under way)."""
+
+    def poll() -> Deferred[None]:
+        """Read the change feed once: tell the watchers what any process changed
+        since the last read. A store that tells its changes at once answers at once."""
 
     def watch(watcher: DirectoryWatcher) -> None:
         """Call *watcher* with each :class:`Change`, in order."""

@@ -57,6 +57,9 @@ class MemoryDirectory:
     def stop(self) -> Deferred[None]:
         return succeed(None)
 
+    def poll(self) -> Deferred[None]:
+        return succeed(None)  # one process: every change is told as it is made
+
     def watch(self, watcher: DirectoryWatcher) -> None:
         self._watchers.append(watcher)
 

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -126,8 +125,9 @@ CREATE TABLE IF NOT EXISTS changes (
 class SQLiteDirectory:
     """IDirectory kept in the SQLite file at *path*.
 
-    :param poll_interval: seconds between reads of the change feed.
-    :param reactor: the reactor for the worker thread's results and the feed's timer.
+    :param poll_interval: seconds between reads of the change feed (:meth:`poll`),
+        kept for whoever runs them (the service's ``directory-feed`` timer).
+    :param reactor: the reactor for the worker thread's results.
     """
 
     def __init__(self, path: str, poll_interval: float = 0.5, reactor: Any = None) -> None:
@@ -141,8 +141,6 @@ class SQLiteDirectory:
         )
         self._watchers: list[DirectoryWatcher] = []
         self._last_seq = 0
-        self._feed: LoopingCall | None = None
-        self._feed_done: Deferred[Any] | None = None
 
     # -- life cycle
 
@@ -151,19 +149,9 @@ class SQLiteDirectory:
 
     async def _start(self) -> None:
         self._last_seq = await self._worker.start(self._create, ["PRAGMA foreign_keys = ON"])
-        self._feed = LoopingCall(lambda: Deferred.fromCoroutine(self._poll()))
-        self._feed.clock = self._reactor
-        self._feed_done = self._feed.start(self.poll_interval, now=False)
 
     def stop(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        if self._feed is not None:
-            feed, self._feed = self._feed, None
-            feed.stop()
-            await self._feed_done  # a poll under way finishes first
-        await self._worker.stop()
+        return Deferred.fromCoroutine(self._worker.stop())
 
     def _create(self, db: sqlite3.Connection) -> int:
         """Create the schema (in the opening transaction); return the newest change's seq."""
@@ -197,6 +185,9 @@ class SQLiteDirectory:
 
     def watch(self, watcher: DirectoryWatcher) -> None:
         self._watchers.append(watcher)
+
+    def poll(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._poll())
 
     async def _poll(self) -> None:
         """Tell the watchers the changes written since the last poll, by any process."""

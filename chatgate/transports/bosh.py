@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -652,8 +653,14 @@ class BOSHConnection(StreamTransport):
 # -- the connection manager
 
 
-class ConnectionManager:
-    """The BOSH connection manager (XEP-0124): sessions by ``sid``."""
+class ConnectionManager(service.Service):
+    """The BOSH connection manager (XEP-0124): sessions by ``sid``.
+
+    A child of the chatgate service tree (named ``bosh``): stopping it ends
+    every session with ``system-shutdown`` (XEP-0124 §17.2, XEP-0206 §7).
+    """
+
+    name = "bosh"
 
     def __init__(self, router: Router, authenticator: Authenticator, settings: Settings,
                  clock: Any = None, preauth: dict[str, int] | None = None) -> None:
@@ -671,7 +678,6 @@ class ConnectionManager:
         self._buried: dict[str, bytes] = {}
         limits = settings.limits
         self._creations = PerAddress(limits.session_rate, limits.session_burst, self.clock)
-        router.listen("service-stopping", self.stop)
 
     def handle(self, data: bytes, peer: Peer) -> defer.Deferred[bytes]:
         """Take the body of one POST; the Deferred fires with the answer."""
@@ -762,8 +768,9 @@ class ConnectionManager:
             else:
                 self.preauth.pop(connection.address, None)
 
-    def stop(self) -> None:
-        """The service stops: every session ends with system-shutdown."""
+    def stopService(self) -> None:
+        """The service stops: every session ends with system-shutdown, a held request answered with it."""
+        super().stopService()
         for connection in list(self.connections.values()):
             connection.fail("system-shutdown", "The server is stopping")
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import pytest_twisted
+from twisted.application.internet import TimerService
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
@@ -307,6 +308,8 @@ async def test_a_running_service_hears_the_admin_change(hosted):
     changes: list[Change] = []
     service.watch(changes.append)
     await service.start()
+    polling = TimerService(service.poll_interval, service.poll)  # the service's directory-feed
+    polling.startService()
     try:
         await threads.deferToThread(hosted.ok, "user", "add", "alice@example.com", "--password", "pw")
         await threads.deferToThread(hosted.ok, "domain", "disable", "example.com")
@@ -318,6 +321,7 @@ async def test_a_running_service_hears_the_admin_change(hosted):
             Change("domain-disabled", "example.com"),
         ]
     finally:
+        await polling.stopService()
         await service.stop()
 
 

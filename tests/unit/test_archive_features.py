@@ -67,7 +67,9 @@ class World:
         self.router = Router(domains, clock=self.clock)
         self.archive, self.offline = MemoryArchive(), MemoryOfflineStore()
         settings = Settings(archive=ArchiveSettings(offline_quota=quota, retention_days=retention_days))
-        register_all(self.router, settings, Stores(directory=directory, archive=self.archive, offline=self.offline))
+        stores = Stores(directory=directory, archive=self.archive, offline=self.offline)
+        #: the features' services by name (what the service tree would start)
+        self.services = {s.name: s for s in register_all(self.router, settings, stores)}
 
     def online(self, jid: str, priority: int | None = 0, carbons: bool = False) -> RecordingSession:
         session = RecordingSession(jid)
@@ -232,18 +234,20 @@ def test_retention_deletes_old_history_hourly():
     world.send(alice, "bob@example.com", "old")
     world.clock.advance(86400)
     world.send(alice, "bob@example.com", "recent")
-    world.router.emit("service-started")  # a sweep at start, then every hour
+    retention = world.services["retention"]
+    retention.startService()  # a sweep at start, then every hour
     assert [m.body for m in world.history("bob@example.com")] == ["old", "recent"]
     world.clock.advance(86400 + 3600)
     assert [m.body for m in world.history("bob@example.com")] == ["recent"]
     assert [m.body for m in world.history("alice@example.com")] == ["recent"]
-    world.router.emit("service-stopping")
+    retention.stopService()
+    assert world.clock.getDelayedCalls() == []  # no sweep left behind
 
 
 def test_history_is_kept_forever_by_default(world):
     alice = world.online("alice@example.com/desk")
     world.send(alice, "bob@example.com", "old")
-    world.router.emit("service-started")
+    assert "retention" not in world.services  # no retention_days: nothing ever expires
     world.clock.advance(3650 * 86400)
     assert [m.body for m in world.history("bob@example.com")] == ["old"]
 

@@ -232,7 +232,9 @@ def test_output_is_bounded(manager, clock):
 def test_stop_ends_every_session(manager, clock):
     sids = [create(manager, rid=100 + n * 10) for n in range(3)]
     held = manager.handle(body(rid=101, sid=sids[0]), LOCAL)
-    manager.router.emit("service-stopping")
+    manager.startService()
+    manager.stopService()  # the service tree stops it
+    assert not manager.running
     assert manager.connections == {}
     assert answer_of(held).find(".//{urn:ietf:params:xml:ns:xmpp-streams}system-shutdown") is not None
 

@@ -7,6 +7,7 @@ import time
 import pytest
 import pytest_twisted
 from scramp import ScramClient, ScramMechanism
+from twisted.application.internet import TimerService
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -64,6 +65,13 @@ class Recorder:
         return self.changes
 
 
+def feed(store: SQLiteDirectory) -> TimerService:
+    """The change feed as the service runs it: a poll every POLL seconds, started."""
+    polling = TimerService(POLL, store.poll)
+    polling.startService()
+    return polling
+
+
 @pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
 async def directory(request, tmp_path):
     if request.param == "memory":
@@ -71,7 +79,9 @@ async def directory(request, tmp_path):
     else:
         store = SQLiteDirectory(str(tmp_path / "directory.sqlite"), POLL)
     await store.start()
+    polling = feed(store)
     yield store
+    await polling.stopService()  # a poll under way ends before the store closes
     await store.stop()
 
 
@@ -476,6 +486,7 @@ async def test_sqlite_keeps_everything_across_restart(tmp_path, secret_credentia
     recorder = Recorder()
     store.watch(recorder)
     await store.start()
+    polling = feed(store)
     try:
         assert await store.secret("tokens") == secret
         assert await store.users("example.com") == [ALICE]
@@ -484,6 +495,7 @@ async def test_sqlite_keeps_everything_across_restart(tmp_path, secret_credentia
         await deferLater(reactor, POLL * 5, lambda: None)
         assert recorder.changes == []  # changes made before start are not told again
     finally:
+        await polling.stopService()
         await store.stop()
 
 
@@ -496,7 +508,9 @@ async def two_processes(tmp_path):
     service.watch(recorder)
     await service.start()
     await admin.start()
+    polling = feed(service)
     yield service, admin, recorder
+    await polling.stopService()
     await admin.stop()
     await service.stop()
 
