@@ -35,9 +35,11 @@ from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
 
+from chatgate import events
+from chatgate.delivery import Delivery
 from chatgate.domains import HostedDomains
 from chatgate.jid import jid_of
-from chatgate.session import Session, take_text
+from chatgate.session import Addressed, Session
 from chatgate.stanza import ADDRESS_NS, StanzaError, error_reply, first_child
 
 Handler = Callable[[domish.Element, Session, JID], Any]
@@ -84,33 +86,36 @@ class Router:
             raise ValueError(f"two handlers for {key}")
         self._handlers[key] = handler
 
-    def listen(self, event: str, listener: Callable[..., Any]) -> None:
-        """Follow *event*: ``session-bound``, ``session-ended``,
-        ``message-undeliverable`` (a listener returning True took the message),
-        ``message-delivering`` (stanza, sender or None, recipient's bare JID,
-        the sessions it goes to — none when it is about to be stored or
-        refused): told before a message to a user goes out, in registration
-        order, so listeners may add to the stanza (one that then serializes
-        it may :func:`~chatgate.session.note_text` the text, which the sends
-        use; one after it that changes the stanza takes the note back with
-        :func:`~chatgate.session.take_text`); ``message-refused``
-        (stanza, recipient's bare JID): a message told as delivering was
-        bounced after all; ``message-sent`` (stanza, sender, peer's bare JID):
-        a message a user sent that reaches its recipients another way than
-        :meth:`deliver_message` (an alias fan-out), for the sender's history;
-        ``presence-changed`` (session, whether it was available before):
-        a resource's availability or status changed."""
-        self._listeners.setdefault(event, []).append(listener)
+    def listen(self, event: str, listener: Callable[..., Any], priority: int = events.NORMAL) -> None:
+        """Follow *event* (one of :data:`chatgate.events.EVENTS`, which says what
+        each listener is given): listeners run from the highest *priority*
+        down, in registration order within one priority (the named
+        priorities are in :mod:`chatgate.events`)."""
+        if event not in events.EVENTS:
+            raise ValueError(f"no router event {event!r}")
+        listeners = self._listeners.setdefault(event, [])
+        listeners.append((-priority, len(listeners), listener))
+        listeners.sort(key=lambda entry: entry[:2])
 
     def emit(self, event: str, *args: Any) -> bool:
         """Tell every listener of *event*; True when one of them returned True."""
         taken = False
-        for listener in self._listeners.get(event, ()):
+        for _, _, listener in self._listeners.get(event, ()):
             try:
                 taken = bool(listener(*args)) or taken
             except Exception:
                 log.failure("listener of {event} failed", event=event)
         return taken
+
+    def _tell(self, event: str, delivery: Delivery) -> None:
+        """Tell the listeners of a delivery event in order, until one stops it."""
+        for _, _, listener in self._listeners.get(event, ()):
+            try:
+                listener(delivery)
+            except Exception:
+                log.failure("listener of {event} failed", event=event)
+            if delivery.stopped:
+                return
 
     # -- sessions
 
@@ -125,7 +130,7 @@ class Router:
             resources = self._sessions.setdefault(session.bare, {})
         resources[session.jid.resource] = session
         self._online.setdefault(session.domain, set()).add(session.bare)
-        self.emit("session-bound", session)
+        self.emit(events.SESSION_BOUND, session)
 
     def unbind(self, session: Session) -> None:
         """Forget *session*; listeners see it go (presence sends unavailable)."""
@@ -140,7 +145,7 @@ class Router:
                 domain_online.discard(session.bare)
                 if not domain_online:
                     del self._online[session.domain]
-        self.emit("session-ended", session)
+        self.emit(events.SESSION_ENDED, session)
 
     def resources(self, bare: str) -> Mapping[str, Session]:
         """The bound sessions of *bare* by resource, read-only (empty when none)."""
@@ -286,15 +291,15 @@ class Router:
             target.send(stanza)
 
     def deliver_message(self, stanza: domish.Element, sender: Session | None, to: JID) -> None:
-        """A message to a user of the sender's domain (§8.5.2, §8.5.3)."""
+        """A message to a user of the sender's domain (§8.5.2, §8.5.3), as one
+        :class:`~chatgate.delivery.Delivery` told to every hook."""
         mtype = stanza.getAttribute("type", "normal")
         bare = to.userhost()
         resources = self._sessions.get(bare, {})
         if to.resource:
             target = resources.get(to.resource)
             if target is not None:
-                self.emit("message-delivering", stanza, sender, bare, [target])
-                target.send(stanza, take_text(stanza))
+                self._send(Delivery(stanza, sender, bare, [target], self._hold_parties))
                 return
             if mtype not in ("normal", "chat"):
                 if mtype == "groupchat" and sender is not None:
@@ -308,17 +313,71 @@ class Router:
             return
         targets = [s for s in resources.values() if s.available and s.priority >= 0]
         if targets:
-            self.emit("message-delivering", stanza, sender, bare, targets)
-            text = take_text(stanza)
-            for target in targets:
-                target.send(stanza, text)
+            self._send(Delivery(stanza, sender, bare, targets, self._hold_parties))
         elif mtype != "headline":
-            self.emit("message-delivering", stanza, sender, bare, [])
-            take_text(stanza)
-            if not self.emit("message-undeliverable", stanza, bare):
-                self.emit("message-refused", stanza, bare)
+            delivery = Delivery(stanza, sender, bare, [], self._hold_parties)
+            self._tell(events.MESSAGE_DELIVERING, delivery)
+            if delivery.stopped:
+                self._stopped(delivery)
+            elif not self.emit(events.MESSAGE_UNDELIVERABLE, delivery):
+                self.emit(events.MESSAGE_REFUSED, delivery)
                 if sender is not None:
                     self._bounce(stanza, sender, "service-unavailable")
+
+    def _send(self, delivery: Delivery) -> None:
+        self._tell(events.MESSAGE_DELIVERING, delivery)
+        if delivery.stopped:
+            self._stopped(delivery)
+            return
+        text = delivery.known_text()
+        for target in delivery.targets:
+            target.send(delivery.stanza, text)
+
+    def _stopped(self, delivery: Delivery) -> None:
+        if delivery.condition is not None and delivery.sender is not None:
+            self._bounce(delivery.stanza, delivery.sender, delivery.condition)
+
+    def deliver_copy(self, stanza: domish.Element, of: Delivery, bare: str, targets: list[Session]) -> None:
+        """A copy the server sends of *of*'s message to other sessions (XEP-0280
+        carbons), through the same hooks; archive and carbons know a copy by
+        ``delivery.copy_of`` and leave it alone."""
+        self._send(Delivery(stanza, None, bare, targets, self._hold_parties, copy_of=of))
+
+    def deliver_presence(self, addressed: Addressed, sender: Session | None, targets: list[Session]) -> None:
+        """One presence stanza to *targets*, each copy addressed to its session
+        (RFC 6121 §4.2.2), through the ``presence-delivering`` hooks."""
+        if self._listeners.get(events.PRESENCE_DELIVERING):
+            delivery = Delivery(addressed.element, sender, "", targets, self._hold_parties)
+            self._tell(events.PRESENCE_DELIVERING, delivery)
+            if delivery.stopped:
+                return
+            targets = delivery.targets
+        for target in targets:
+            addressed.send(target)
+
+    def deliver_presences(self, target: Session, current: list[tuple[Session | None, Addressed]]) -> None:
+        """Several senders' presence to one session in one write (a newcomer
+        learning the domain's presence), each through the hooks."""
+        hooked = bool(self._listeners.get(events.PRESENCE_DELIVERING))
+        copies = []
+        for sender, addressed in current:
+            if hooked:
+                delivery = Delivery(addressed.element, sender, "", [target], self._hold_parties)
+                self._tell(events.PRESENCE_DELIVERING, delivery)
+                if delivery.stopped or not delivery.targets:
+                    continue
+            copies.append(addressed.serialized_for(target))
+        if copies:
+            target.send_serialized(b"".join(copies))
+
+    def _hold_parties(self, delivery: Delivery, written: defer.Deferred[Any]) -> None:
+        """Write-ahead (see :meth:`Delivery.wait_for`): every session of both
+        parties keeps what it is sent from now on until *written* fires, so
+        neither the message nor its carbons reach a client before it is in both
+        archives, and a crash cannot lose a message someone has read."""
+        for party in delivery.parties:
+            for session in self._sessions.get(party, _NONE).values():
+                session.hold(written)
 
     # -- server-originated requests
 

@@ -17,18 +17,16 @@ fires: the archive holds both parties' sessions until a message is on disk,
 so no client ever sees a message that a crash could take out of history.
 Holds are released in the order they were taken; output keeps its order.
 
-:func:`note_text` lets whoever serialized a stanza with plain
-``chatgate.xml.serialize(element)`` just before it goes out (the archive, which keeps that text) spare the transports a
-second serialization: the router takes the text (:func:`take_text`) right after
-``message-delivering`` and sends with it; a transport turns it into its own
-form (:meth:`Session.from_text`) or serializes the element as usual.
+``send(element, text)`` takes the element's plain serialization when one was
+made already (a :class:`~chatgate.delivery.Delivery`'s text, which the archive
+made): a transport turns it into its own form (:meth:`Session.from_text`) or
+serializes the element as usual.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred
 from twisted.words.protocols.jabber.jid import JID
@@ -75,7 +73,7 @@ class Session:
 
     def send(self, element: domish.Element, text: str | None = None) -> None:
         """Deliver one stanza to the client; a no-op once closed. *text*, if
-        given, is ``serialize(element)`` (see :func:`take_text`)."""
+        given, is ``serialize(element)`` (see the module docstring)."""
         if self.closed:
             return
         data = None if text is None else self.from_text(text)
@@ -133,21 +131,6 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.full} {self.transport_name}>"
-
-
-#: element -> its plain serialize(), noted just before the router sends it (see the module's docstring)
-_texts: WeakKeyDictionary[domish.Element, str] = WeakKeyDictionary()
-
-
-def note_text(element: domish.Element, text: str) -> None:
-    """*text* is ``serialize(element)`` as the element is now, and the element will
-    not change before the router sends it."""
-    _texts[element] = text
-
-
-def take_text(element: domish.Element) -> str | None:
-    """The text noted for *element*, forgotten at once (the element may change after)."""
-    return _texts.pop(element, None)
 
 
 #: how serialize() starts a message of jabber:client (the root names its namespace)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from chatgate import events
 from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Addressed, Session
@@ -62,7 +63,7 @@ class Aliases:
             recipients = [m for m in alias.members if m != sender.jid.user]
             if not recipients:
                 raise StanzaError("service-unavailable", "The alias has no other members")
-        self.router.emit("message-sent", stanza, sender, alias.jid)
+        self.router.emit(events.MESSAGE_SENT, stanza, sender, alias.jid)
         outgoing = copy_element(stanza)
         outgoing["from"] = f"{alias.jid}/{sender.jid.user}"
         address = outgoing.addElement((ADDRESS_NS, "addresses")).addElement("address")
@@ -91,8 +92,7 @@ class Aliases:
         return presence
 
     def _tell(self, presence: domish.Element, session: Session) -> None:
-        presence["to"] = session.full
-        session.send(presence)
+        self.router.deliver_presence(Addressed(presence), None, [session])
 
     def recount(self, alias: Alias, removed: bool = False) -> None:
         """Tell the domain the alias's presence if its online count changed."""
@@ -104,10 +104,8 @@ class Aliases:
             self._told[key] = online
         else:
             self._told.pop(key, None)
-        presence = Addressed(self.presence(alias, online))
-        for session in self.router.domain_sessions(alias.domain):
-            if session.available:
-                presence.send(session)
+        self.router.deliver_presence(Addressed(self.presence(alias, online)), None,
+                                     [s for s in self.router.domain_sessions(alias.domain) if s.available])
 
     def presence_changed(self, session: Session, was_available: bool) -> None:
         if not was_available and session.available:
@@ -160,5 +158,5 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.handle("message/alias", aliases.message)
     router.handle("presence/alias", aliases.directed)
     router.handle(f"iq-get/alias/{VCARD_NS}:vCard", aliases.vcard)
-    router.listen("presence-changed", aliases.presence_changed)
+    router.listen(events.PRESENCE_CHANGED, aliases.presence_changed)
     router.domains.listen(aliases.directory_changed)

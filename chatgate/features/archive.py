@@ -18,15 +18,16 @@ removed first (XEP-0359 §5 rule 3).
 Listens to the router's ``message-delivering`` (registered before carbons, so
 copies carry the ids) and ``message-refused`` (a message bounced after all,
 over an offline quota: taken back out, XEP-0313 §5.1 "only messages accepted
-for delivery"). Writes are handed to the IArchive, whose backend batches
-them, and both parties' sessions are held (Session.hold) until the write is
-committed: what any client has received is in history, whatever crashes.
+for delivery"). Each owner's copy and id go on the Delivery
+(``Delivery.copies``), the recipient's text with its stanza-id too
+(``Delivery.keep_text``), so the message is serialized once. Writes are handed
+to the IArchive, whose backend batches them, and the Delivery waits for the
+write (``Delivery.wait_for``: the router's write-ahead rule): what any client
+has received is in the archive, whatever crashes.
 ``[archive] retention_days`` deletes older messages once an hour.
 """
 
 from __future__ import annotations
-
-from weakref import WeakKeyDictionary
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService
@@ -35,10 +36,12 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
 
+from chatgate import events
 from chatgate.config import Settings
+from chatgate.delivery import Delivery
 from chatgate.jid import jid_of
 from chatgate.router import Router
-from chatgate.session import Session, note_text
+from chatgate.session import Session
 from chatgate.stanza import SID_NS, body_of
 from chatgate.storage import Stores
 from chatgate.storage.archive import ArchiveIds
@@ -77,19 +80,6 @@ def _stanza_id(by: str, archive_id: str) -> domish.Element:
     return element
 
 
-#: stanza -> {owner: (archive id, the stanza as that owner's archive keeps it)}, while it is being routed
-_archived: WeakKeyDictionary[domish.Element, dict[str, tuple[str, str]]] = WeakKeyDictionary()
-
-
-def view_for(stanza: domish.Element, owner: str) -> str:
-    """The stanza serialized as *owner*'s archive keeps it: with their
-    stanza-id and no one else's (for XEP-0280 sent copies, XEP-0313 §3.5)."""
-    copies = _archived.get(stanza, {})
-    if owner in copies:
-        return copies[owner][1]
-    return serialize(stanza)  # not archived: it carries no stanza-id of ours
-
-
 class History:
     """Archives messages as the router delivers them."""
 
@@ -98,11 +88,12 @@ class History:
         self.archive = archive
         self.ids = ArchiveIds()
 
-    def delivering(self, stanza: domish.Element, sender: Session | None, bare: str,
-                   targets: list[Session]) -> None:
+    def delivering(self, delivery: Delivery) -> None:
         """Stamp the recipient's archive id on the stanza and archive both copies."""
-        owners = {bare} if sender is None else {bare, sender.bare}
-        _strip_ids(stanza, owners)
+        if delivery.copy_of is not None:  # a carbon: the message itself was archived
+            return
+        stanza, sender, bare = delivery.stanza, delivery.sender, delivery.bare
+        _strip_ids(stanza, delivery.parties)
         if not archivable(stanza):
             return
         try:
@@ -113,7 +104,7 @@ class History:
         body = body_of(stanza) or ""
         now = self.router.clock.seconds()
         messages: list[ArchivedMessage] = []
-        copies: dict[str, tuple[str, str]] = {}
+        copies = delivery.copies
         archive_id, at = self.ids.make(now)
         # Serialized once; each owner's copy only adds its stanza-id as the last child.
         whole = serialize(stanza)
@@ -132,19 +123,13 @@ class History:
         stanza.addChild(_stanza_id(bare, archive_id))
         xml = head + _stanza_id_xml(bare, archive_id)
         copies[bare] = (archive_id, xml)
-        note_text(stanza, xml)  # the recipient's copy is the stanza as it now goes out
+        delivery.keep_text(xml)  # the recipient's copy is the stanza as it now goes out
         to_self = sender is not None and sender.bare == bare
         messages.append(ArchivedMessage(bare, archive_id, origin.userhost(), origin.resource or "", to_self, at,
                                         body, xml))
-        _archived[stanza] = copies
         written = self.archive.append(messages)
         written.addErrback(lambda f: log.failure("archiving a message to {bare} failed", f, bare=bare))
-        # Write-ahead: neither party's clients see the message (or its carbons)
-        # before it is in both archives, so a crash cannot lose a message
-        # someone has read.
-        for party in owners:
-            for session in self.router.resources(party).values():
-                session.hold(written)
+        delivery.wait_for(written)
 
     def sent(self, stanza: domish.Element, sender: Session, peer: str) -> None:
         """Keep the sender's copy of a message the router fanned out another way
@@ -166,9 +151,9 @@ class History:
             lambda f: log.failure("archiving a message of {bare} failed", f, bare=sender.bare)
         )
 
-    def refused(self, stanza: domish.Element, bare: str) -> None:
+    def refused(self, delivery: Delivery) -> None:
         """A message bounced after all leaves both archives (XEP-0313 §5.1)."""
-        for owner, (archive_id, _) in _archived.pop(stanza, {}).items():
+        for owner, (archive_id, _) in delivery.copies.items():
             self.archive.remove(owner, [archive_id]).addErrback(
                 lambda f, owner=owner: log.failure("taking a refused message out of {owner}'s history", f,
                                                    owner=owner)
@@ -179,9 +164,9 @@ def register(router: Router, settings: Settings, stores: Stores) -> IService | N
     history = History(router, stores.archive)
     router.server_features.add(SID_NS)
     router.account_features.add(SID_NS)
-    router.listen("message-delivering", history.delivering)
-    router.listen("message-refused", history.refused)
-    router.listen("message-sent", history.sent)
+    router.listen(events.MESSAGE_DELIVERING, history.delivering, events.ARCHIVE)
+    router.listen(events.MESSAGE_REFUSED, history.refused)
+    router.listen(events.MESSAGE_SENT, history.sent)
 
     days = settings.archive.retention_days
     if days is None:

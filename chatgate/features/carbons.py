@@ -22,13 +22,14 @@ from __future__ import annotations
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from chatgate import events
 from chatgate.config import Settings
-from chatgate.features.archive import view_for
+from chatgate.delivery import Delivery
 from chatgate.router import Router
-from chatgate.session import Session, take_text
+from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS, FORWARD_NS, HINTS_NS, StanzaError, body_of, iq_result
 from chatgate.storage import Stores
-from chatgate.xml import Element, serialize
+from chatgate.xml import Element
 
 NS = "urn:xmpp:carbons:2"
 
@@ -45,27 +46,28 @@ def eligible(stanza: domish.Element) -> bool:
     return next(stanza.elements(HINTS_NS, "no-copy"), None) is None
 
 
-def _private(stanza: domish.Element) -> bool:
+def _private(delivery: Delivery) -> bool:
     """§9: a <private/> message is not copied, and loses the element on delivery."""
+    stanza = delivery.stanza
     marks = list(stanza.elements(NS, "private"))
     for mark in marks:
         stanza.children.remove(mark)
     if marks:
-        take_text(stanza)  # any text noted before (the archive's) still holds the element
+        delivery.changed()  # the text made before (the archive's) still holds the element
     return bool(marks)
-
-
-def _copy(kind: str, stanza: domish.Element, xml: str, owner: str, to: Session) -> None:
-    wrapper = Element((CLIENT_NS, "message"))
-    wrapper["from"], wrapper["to"] = owner, to.full
-    wrapper["type"] = stanza.getAttribute("type", "normal")
-    wrapper.addElement((NS, kind)).addElement((FORWARD_NS, "forwarded")).addRawXml(xml)
-    to.send(wrapper)
 
 
 class Carbons:
     def __init__(self, router: Router) -> None:
         self.router = router
+
+    def _copy(self, kind: str, delivery: Delivery, xml: str, owner: str, to: Session) -> None:
+        """*xml* (written by chatgate's serializer) forwarded to *to*, through the router."""
+        wrapper = Element((CLIENT_NS, "message"))
+        wrapper["from"], wrapper["to"] = owner, to.full
+        wrapper["type"] = delivery.stanza.getAttribute("type", "normal")
+        wrapper.addElement((NS, kind)).addElement((FORWARD_NS, "forwarded")).addRawXml(xml)
+        self.router.deliver_copy(wrapper, delivery, owner, [to])
 
     def toggle(self, stanza: domish.Element, sender: Session, to: JID) -> None:
         """§4, §5: enable or disable for the sending resource."""
@@ -74,25 +76,25 @@ class Carbons:
         sender.state["carbons"] = stanza.firstChildElement().name == "enable"
         sender.send(iq_result(stanza))
 
-    def delivering(self, stanza: domish.Element, sender: Session | None, bare: str,
-                   targets: list[Session]) -> None:
+    def delivering(self, delivery: Delivery) -> None:
         """Send the received (§7) and sent (§8) copies of a message going out."""
-        if _private(stanza) or not eligible(stanza):
+        stanza, sender, bare = delivery.stanza, delivery.sender, delivery.bare
+        if delivery.copy_of is not None or _private(delivery) or not eligible(stanza):
             return
-        reached = {id(s) for s in targets}
+        reached = {id(s) for s in delivery.targets}
         if sender is not None:
             reached.add(id(sender))
             others = [s for s in self.router.resources(sender.bare).values() if enabled(s) and id(s) not in reached]
             if others:
-                sent = view_for(stanza, sender.bare)
+                sent = delivery.view_for(sender.bare)
                 for session in others:
-                    _copy("sent", stanza, sent, sender.bare, session)
+                    self._copy("sent", delivery, sent, sender.bare, session)
                 reached.update(id(s) for s in others)
         others = [s for s in self.router.resources(bare).values() if enabled(s) and id(s) not in reached]
         if others:
-            received = serialize(stanza)
+            received = delivery.text()
             for session in others:
-                _copy("received", stanza, received, bare, session)
+                self._copy("received", delivery, received, bare, session)
 
 
 def register(router: Router, settings: Settings, stores: Stores) -> None:
@@ -101,4 +103,4 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     for kind in ("enable", "disable"):
         router.handle(f"iq-set/bare/{NS}:{kind}", carbons.toggle)
         router.handle(f"iq-set/host/{NS}:{kind}", carbons.toggle)
-    router.listen("message-delivering", carbons.delivering)
+    router.listen(events.MESSAGE_DELIVERING, carbons.delivering, events.COPIES)

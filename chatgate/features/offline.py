@@ -25,14 +25,16 @@ from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
 
+from chatgate import events
 from chatgate.config import Settings
+from chatgate.delivery import Delivery
 from chatgate.jid import jid_of
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CHATSTATES_NS, CLIENT_NS, DELAY_NS, HINTS_NS, SID_NS, body_of, error_reply, stamp
 from chatgate.storage import Stores
 from chatgate.storage.interfaces import IOfflineStore, OfflineMessage
-from chatgate.xml import StreamError, parse_document, serialize
+from chatgate.xml import StreamError, parse_document
 
 log = Logger()
 
@@ -55,31 +57,33 @@ class OfflineMessages:
         self.quota = quota
         self.max_size = max_size
 
-    def undeliverable(self, stanza: domish.Element, bare: str) -> bool:
-        """Take a message for *bare* that no resource can receive now."""
+    def undeliverable(self, delivery: Delivery) -> bool:
+        """Take a message that no resource of its recipient can receive now."""
+        stanza, bare = delivery.stanza, delivery.bare
         if stanza.getAttribute("type", "normal") not in ("normal", "chat"):
             return False
         if chat_state_only(stanza):
             return True
         if next(stanza.elements(HINTS_NS, "no-store"), None) is not None:
             return False
-        message = OfflineMessage(self.router.clock.seconds(), serialize(stanza))
+        message = OfflineMessage(self.router.clock.seconds(), delivery.text())
         d = self.store.push(bare, message, self.quota)
-        d.addCallbacks(self._stored, self._not_stored, (stanza, bare), None, (stanza, bare))
+        d.addCallbacks(self._stored, self._not_stored, (delivery,), None, (delivery,))
         return True
 
-    def _stored(self, stored: bool, stanza: domish.Element, bare: str) -> None:
+    def _stored(self, stored: bool, delivery: Delivery) -> None:
         if not stored:
-            log.info("offline messages for {bare}: quota of {quota} reached", bare=bare, quota=self.quota)
-            self._refuse(stanza, bare, "service-unavailable", "The recipient is offline and their message box is full")
+            log.info("offline messages for {bare}: quota of {quota} reached", bare=delivery.bare, quota=self.quota)
+            self._refuse(delivery, "service-unavailable", "The recipient is offline and their message box is full")
 
-    def _not_stored(self, failure: Failure, stanza: domish.Element, bare: str) -> None:
-        log.failure("keeping an offline message for {bare} failed", failure, bare=bare)
-        self._refuse(stanza, bare, "internal-server-error", None)
+    def _not_stored(self, failure: Failure, delivery: Delivery) -> None:
+        log.failure("keeping an offline message for {bare} failed", failure, bare=delivery.bare)
+        self._refuse(delivery, "internal-server-error", None)
 
-    def _refuse(self, stanza: domish.Element, bare: str, condition: str, text: str | None) -> None:
+    def _refuse(self, delivery: Delivery, condition: str, text: str | None) -> None:
         """Bounce a message the store would not keep, to the resource that sent it if still there."""
-        self.router.emit("message-refused", stanza, bare)
+        stanza = delivery.stanza
+        self.router.emit(events.MESSAGE_REFUSED, delivery)
         try:
             origin = jid_of(stanza.getAttribute("from", ""))
         except (InvalidFormat, RuntimeError):
@@ -126,5 +130,5 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     offline = OfflineMessages(router, stores.offline, settings.archive.offline_quota,
                               settings.limits.max_stanza_size + 4096)
     router.server_features.add("msgoffline")
-    router.listen("message-undeliverable", offline.undeliverable)
-    router.listen("session-available", offline.available)
+    router.listen(events.MESSAGE_UNDELIVERABLE, offline.undeliverable)
+    router.listen(events.SESSION_AVAILABLE, offline.available)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from chatgate import events
 from chatgate.config import Settings
 from chatgate.jid import jid_of
 from chatgate.router import Router
@@ -31,12 +32,6 @@ def unavailable(session: Session) -> domish.Element:
     presence["from"] = session.full
     presence["type"] = "unavailable"
     return presence
-
-
-def _send(presence: domish.Element, to: Session) -> None:
-    # Transports serialize at once, so one element serves every recipient.
-    presence["to"] = to.full
-    to.send(presence)
 
 
 def _priority(stanza: domish.Element) -> int:
@@ -68,14 +63,13 @@ class Presence:
             first = not sender.available
             sender.presence = stanza
             addressed = self._available.setdefault(sender.domain, {})[sender] = Addressed(stanza)
-            for session in self.available(sender.domain):
-                addressed.send(session)
+            self.router.deliver_presence(addressed, sender, self.available(sender.domain))
             if first:
                 self.tell_current(sender)
-            self.router.emit("presence-changed", sender, not first)
+            self.router.emit(events.PRESENCE_CHANGED, sender, not first)
             if sender.priority >= 0 and not was_reachable:
                 # now reached by messages to the bare JID (RFC 6121 §8.5.2.1.1)
-                self.router.emit("session-available", sender)
+                self.router.emit(events.SESSION_AVAILABLE, sender)
         elif ptype == "unavailable":
             self.leave(sender, stanza)
         elif ptype not in _SUBSCRIPTION and ptype != "probe":
@@ -87,10 +81,9 @@ class Presence:
     def tell_current(self, newcomer: Session) -> None:
         """Send a newly available resource everyone's current presence (§4.2.2),
         in one write: in a large domain that is thousands of stanzas at once."""
-        copies = [presence.serialized_for(newcomer)
-                  for s, presence in self._available.get(newcomer.domain, {}).items() if s is not newcomer]
-        if copies:
-            newcomer.send_serialized(b"".join(copies))
+        current = [(s, presence) for s, presence in self._available.get(newcomer.domain, {}).items()
+                   if s is not newcomer]
+        self.router.deliver_presences(newcomer, current)
 
     def leave(self, sender: Session, stanza: domish.Element | None = None) -> None:
         """The resource goes unavailable: tell the domain and its directed-presence peers."""
@@ -106,19 +99,17 @@ class Presence:
             if not domain:
                 del self._available[sender.domain]
         addressed = Addressed(stanza)
-        told = set()
-        if was_available:
-            for session in self.available(sender.domain):
-                addressed.send(session)
-                told.add(session.full)
+        recipients = self.available(sender.domain) if was_available else []
+        told = {session.full for session in recipients}
         for full in sender.directed - told:
             target = jid_of(full)
             session = self.router.resources(target.userhost()).get(target.resource)
             if session is not None:
-                addressed.send(session)
+                recipients.append(session)
+        self.router.deliver_presence(addressed, sender, recipients)
         sender.directed.clear()
         if was_available:
-            self.router.emit("presence-changed", sender, True)
+            self.router.emit(events.PRESENCE_CHANGED, sender, True)
 
     def directed(self, stanza: domish.Element, sender: Session, to: JID) -> None:
         """Presence sent to one user or resource of the domain."""
@@ -136,8 +127,7 @@ class Presence:
                 recipients = [target] if target is not None else []
             else:
                 recipients = [s for s in targets.values() if s.available]
-            for session in recipients:
-                _send(stanza, session)
+            self.router.deliver_presence(Addressed(stanza), sender, recipients)
             if ptype is None:
                 sender.directed.update(s.full for s in recipients)
             else:
@@ -149,20 +139,20 @@ class Presence:
         """Answer a probe with the contact's current presence (§4.3.2)."""
         sessions = [s for s in self.router.resources(to.userhost()).values() if s.available]
         current = self._available.get(to.host, {})
-        for session in sessions:
-            current[session].send(sender)
-        if not sessions:
+        if sessions:
+            self.router.deliver_presences(sender, [(session, current[session]) for session in sessions])
+        else:
             presence = Element((CLIENT_NS, "presence"))
             presence["from"] = to.userhost()
             presence["type"] = "unavailable"
-            _send(presence, sender)
+            self.router.deliver_presence(Addressed(presence), None, [sender])
 
     def subscribed(self, sender: Session, to: JID) -> None:
         """Every user of a domain is subscribed already: approve at once (§3.1.3)."""
         presence = Element((CLIENT_NS, "presence"))
         presence["from"] = to.userhost()
         presence["type"] = "subscribed"
-        _send(presence, sender)
+        self.router.deliver_presence(Addressed(presence), None, [sender])
         self.probe(sender, to)
 
 
@@ -172,4 +162,4 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.handle("presence/bare", presence.directed)
     router.handle("presence/full", presence.directed)
     router.handle("presence/host", lambda stanza, sender, to: None)  # nothing to tell the server
-    router.listen("session-ended", presence.leave)
+    router.listen(events.SESSION_ENDED, presence.leave)

@@ -33,6 +33,7 @@ removes them.
 
 from __future__ import annotations
 
+from chatgate import events
 from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
@@ -66,4 +67,4 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
             router.clock.callLater(0, session.close, *ENDINGS["credentials-changed"])
 
     router.domains.listen(changed)
-    router.listen("session-bound", bound)
+    router.listen(events.SESSION_BOUND, bound)

@@ -8,6 +8,7 @@ from twisted.internet import task
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from chatgate import events
 from chatgate.config import ArchiveSettings, Settings
 from chatgate.domains import HostedDomains
 from chatgate.features import register_all
@@ -165,8 +166,8 @@ def test_preview_is_one_short_line():
 
 def test_delivering_is_told_with_the_targets_and_refused_on_bounce(world):
     told, refused = [], []
-    world.router.listen("message-delivering", lambda s, sender, bare, targets: told.append((bare, len(targets))))
-    world.router.listen("message-refused", lambda s, bare: refused.append(bare))
+    world.router.listen(events.MESSAGE_DELIVERING, lambda d: told.append((d.bare, len(d.targets))))
+    world.router.listen(events.MESSAGE_REFUSED, lambda d: refused.append(d.bare))
     alice = world.online("alice@example.com/desk")
     bob = world.online("bob@example.com/x")
     world.send(alice, "bob@example.com")
@@ -306,7 +307,7 @@ def test_offline_goes_to_another_resource_if_the_first_left(world):
     world.router.bind(bob)
     bob.presence = domish.Element((CLIENT_NS, "presence"))  # reachable for the router...
     bob.closed = True  # ...but closed by the time the store answers
-    world.router.emit("session-available", bob)
+    world.router.emit(events.SESSION_AVAILABLE, bob)
     assert world.offline.count("bob@example.com").result == 1  # put back
     other = world.online("bob@example.com/other", priority=None)
     world.presence(other, 0)

@@ -7,6 +7,7 @@ from twisted.internet import task
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from chatgate import events
 from chatgate.config import Settings
 from chatgate.domains import HostedDomains
 from chatgate.features import register_all
@@ -125,7 +126,7 @@ def test_undeliverable_hook_takes_the_message(world):
     router, _ = world
     bob = online(router, "bob@example.com/x")
     stored = []
-    router.listen("message-undeliverable", lambda stanza, bare: stored.append(bare) or True)
+    router.listen(events.MESSAGE_UNDELIVERABLE, lambda delivery: stored.append(delivery.bare) or True)
     router.route(message("alice@example.com"), bob)
     assert stored == ["alice@example.com"] and bob.got == []
 
