@@ -80,6 +80,8 @@ _NUMBER = re.compile(r"[0-9]{1,16}")
 _VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})")
 #: stream errors that are part of normal life, not worth a log line
 _ORDINARY = ("conflict", "system-shutdown", "connection-timeout", "policy-violation")
+#: seconds a stop waits for clients between two requests to fetch their system-shutdown
+STOP_GRACE = 2.0
 
 log = Logger()
 #: prefixes the <body/> wrapper declares around its payloads (see wrap)
@@ -676,6 +678,9 @@ class ConnectionManager(service.Service):
         self._preauth: set[str] = set()  # sids counted in preauth
         #: sid -> terminal body of a session the server ended while no request was open
         self._buried: dict[str, bytes] = {}
+        #: while stopping: the sids whose client has yet to take its terminal body
+        self._told_at_stop: set[str] | None = None
+        self._stopped: defer.Deferred[None] = defer.succeed(None)
         limits = settings.limits
         self._creations = PerAddress(limits.session_rate, limits.session_burst, self.clock)
 
@@ -693,7 +698,12 @@ class ConnectionManager(service.Service):
         sid = body.getAttribute("sid")
         connection = self.connections.get(sid) if sid is not None else None
         if sid is not None and connection is None:
-            return defer.succeed(self._buried.get(sid) or terminal("item-not-found"))
+            final = self._buried.get(sid)
+            if final is not None and self._told_at_stop is not None:
+                self._told_at_stop.discard(sid)
+                if not self._told_at_stop and not self._stopped.called:
+                    self._stopped.callback(None)
+            return defer.succeed(final or terminal("item-not-found"))
         try:
             rid = _number(body, "rid")
             if not 0 < rid <= MAX_RID:
@@ -768,11 +778,24 @@ class ConnectionManager(service.Service):
             else:
                 self.preauth.pop(connection.address, None)
 
-    def stopService(self) -> None:
-        """The service stops: every session ends with system-shutdown, a held request answered with it."""
+    def stopService(self) -> defer.Deferred[None]:
+        """The service stops: every session ends with system-shutdown, a held
+        request answered with it. A client between two requests gets it with
+        its next one: the stop waits for those (at most :data:`STOP_GRACE`
+        seconds), so the web listener, which stops after, is still there to
+        take them."""
         super().stopService()
+        self._told_at_stop = set()
         for connection in list(self.connections.values()):
             connection.fail("system-shutdown", "The server is stopping")
+            if connection.sid in self._buried:
+                self._told_at_stop.add(connection.sid)
+        if not self._told_at_stop:
+            return defer.succeed(None)
+        self._stopped = defer.Deferred()
+        timer = self.clock.callLater(STOP_GRACE, lambda: self._stopped.called or self._stopped.callback(None))
+        self._stopped.addBoth(lambda result: timer.cancel() if timer.active() else None)
+        return self._stopped
 
 
 # -- the HTTP face
