@@ -51,8 +51,8 @@ from twisted.words.protocols.jabber.jid import JID  # noqa: E402
 from twisted.words.xish import domish  # noqa: E402
 
 from chatgate.config import Settings  # noqa: E402
-from chatgate.domains import HostedDomains  # noqa: E402
-from chatgate.features.mam import MessageArchive  # noqa: E402
+from chatgate.features.mam import ArchiveQueries  # noqa: E402
+from chatgate.mirror import DirectoryMirror  # noqa: E402
 from chatgate.router import Router  # noqa: E402
 from chatgate.session import Session  # noqa: E402
 from chatgate.storage.archive import ArchiveIds  # noqa: E402
@@ -339,10 +339,10 @@ async def time_handler(store: Any, archive: Archive, count: int) -> None:
     directory.add_domain(DOMAIN)
     for owner in archive.owners:
         directory.add_user(User(owner.split("@")[0], DOMAIN), {})
-    domains = HostedDomains(directory)
+    domains = DirectoryMirror(directory)
     domains.load()
     router = Router(domains, clock=reactor)
-    mam = MessageArchive(router, store)
+    mam = ArchiveQueries(router, store)
     samples = []
     typical = [o for o in archive.owners if o != archive.heavy]
     for n in range(count):

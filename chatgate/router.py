@@ -37,8 +37,8 @@ from twisted.words.xish import domish
 
 from chatgate import events
 from chatgate.delivery import Delivery
-from chatgate.domains import HostedDomains
 from chatgate.jid import jid_of
+from chatgate.mirror import DirectoryMirror
 from chatgate.session import Addressed, Session
 from chatgate.stanza import ADDRESS_NS, StanzaError, error_reply, first_child
 
@@ -60,7 +60,7 @@ def _drop_addresses(stanza: domish.Element) -> None:
 class Router:
     """Sessions by bare JID and resource, per-domain online sets, delivery."""
 
-    def __init__(self, domains: HostedDomains, clock: Any = None) -> None:
+    def __init__(self, domains: DirectoryMirror, clock: Any = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.domains = domains

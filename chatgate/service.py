@@ -23,8 +23,8 @@ from chatgate.auth.credentials import make_credentials
 from chatgate.auth.sasl import Authenticator
 from chatgate.auth.throttle import LoginThrottle
 from chatgate.config import ConfigError, Settings, load
-from chatgate.domains import HostedDomains
 from chatgate.features import register_all
+from chatgate.mirror import DirectoryMirror
 from chatgate.private_files import warn_if_open
 from chatgate.router import Router
 from chatgate.storage import Stores, open_archive, open_directory, open_offline
@@ -106,7 +106,7 @@ class ChatService(service.MultiService):
         self.archive = open_archive(settings)
         self.offline = open_offline(settings)
         self.stores = Stores(directory=self.directory, archive=self.archive, offline=self.offline)
-        self.domains = HostedDomains(self.directory)
+        self.domains = DirectoryMirror(self.directory)
         self.router = Router(self.domains, clock=reactor)
         a = settings.auth
         throttle = LoginThrottle(reactor, a.failures_per_account, a.failures_per_address, a.lockout)

@@ -31,7 +31,7 @@ from chatgate.auth.credentials import make_credentials, verify_password
 from chatgate.auth.names import nodeprep
 from chatgate.auth.throttle import LoginThrottle
 from chatgate.auth.tokens import TokenError, looks_like_token, verify
-from chatgate.domains import HostedDomains
+from chatgate.mirror import DirectoryMirror
 from chatgate.storage.interfaces import Credentials, IDirectory, ScramKeys
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
@@ -70,7 +70,7 @@ def decode(text: str) -> bytes | None:
 class Authenticator:
     """Knows the mechanisms and checks proofs against the directory."""
 
-    def __init__(self, directory: IDirectory, domains: HostedDomains, iterations: int,
+    def __init__(self, directory: IDirectory, domains: DirectoryMirror, iterations: int,
                  throttle: LoginThrottle, token_secret: bytes = b"", token_max_age: float | None = None) -> None:
         self.directory = directory
         self.domains = domains

@@ -1,4 +1,4 @@
-"""History that is never lost: every message is archived for both parties.
+"""Archiving: every message is kept in both parties' archives, and none is lost.
 
 XEP-0313 §5.1.1: every message of type ``chat`` or ``normal`` with a
 ``<body/>`` a user sends or receives goes into their archive — once, however
@@ -80,7 +80,7 @@ def _stanza_id(by: str, archive_id: str) -> domish.Element:
     return element
 
 
-class History:
+class Archiving:
     """Archives messages as the router delivers them."""
 
     def __init__(self, router: Router, archive: IArchive) -> None:
@@ -161,12 +161,12 @@ class History:
 
 
 def register(router: Router, settings: Settings, stores: Stores) -> IService | None:
-    history = History(router, stores.archive)
+    archiving = Archiving(router, stores.archive)
     router.server_features.add(SID_NS)
     router.account_features.add(SID_NS)
-    router.listen(events.MESSAGE_DELIVERING, history.delivering, events.ARCHIVE)
-    router.listen(events.MESSAGE_REFUSED, history.refused)
-    router.listen(events.MESSAGE_SENT, history.sent)
+    router.listen(events.MESSAGE_DELIVERING, archiving.delivering, events.ARCHIVE)
+    router.listen(events.MESSAGE_REFUSED, archiving.refused)
+    router.listen(events.MESSAGE_SENT, archiving.sent)
 
     days = settings.archive.retention_days
     if days is None:

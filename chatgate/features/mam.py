@@ -179,7 +179,7 @@ def _result(page: ArchivePage) -> rsm.RSMResponse:
     return rsm.RSMResponse(page.messages[0].id, page.messages[-1].id, page.first_index, page.count)
 
 
-class MessageArchive:
+class ArchiveQueries:
     """Answers MAM requests to a user's own bare JID."""
 
     def __init__(self, router: Router, archive: IArchive, max_size: int) -> None:
@@ -274,7 +274,7 @@ def _deferred(handler: Callable[[domish.Element, Session, JID], Coroutine[Any, A
 
 
 def register(router: Router, settings: Settings, stores: Stores) -> None:
-    mam = MessageArchive(router, stores.archive, settings.limits.max_stanza_size + 4096)
+    mam = ArchiveQueries(router, stores.archive, settings.limits.max_stanza_size + 4096)
     router.account_features.update((NS, EXTENDED))
     router.handle(f"iq-set/bare/{NS}:query", _deferred(mam.query))
     router.handle(f"iq-get/bare/{NS}:query", mam.fields)

@@ -19,7 +19,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
-from chatgate.domains import HostedDomains
+from chatgate.mirror import DirectoryMirror
 from chatgate.router import Router
 from chatgate.session import SLOT, Session, around_slot
 from chatgate.stanza import CLIENT_NS, StanzaError, iq_result
@@ -51,7 +51,7 @@ def _serialized_item(contact: User | Alias) -> bytes:
 class RosterItems:
     """Each domain's roster items, serialized once: (bare JID, bytes), users then aliases."""
 
-    def __init__(self, domains: HostedDomains) -> None:
+    def __init__(self, domains: DirectoryMirror) -> None:
         self.domains = domains
         self._items: dict[str, list[tuple[str, bytes]]] = {}
 

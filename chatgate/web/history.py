@@ -54,7 +54,7 @@ from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
 from chatgate.auth.sasl import Authenticator, SASLFailure
 from chatgate.config import Network
-from chatgate.domains import HostedDomains
+from chatgate.mirror import DirectoryMirror
 from chatgate.stanza import stamp
 from chatgate.storage.archive import time_of
 from chatgate.storage.interfaces import BadCursor, IArchive, UnknownMessage
@@ -107,7 +107,7 @@ def _refused(request: server.Request, peer: Peer, domain: str, condition: str) -
 class HistoryAPI:
     """The three endpoints over one archive, authenticated by *authenticator*."""
 
-    def __init__(self, authenticator: Authenticator, domains: HostedDomains, archive: IArchive,
+    def __init__(self, authenticator: Authenticator, domains: DirectoryMirror, archive: IArchive,
                  gap: float, trusted_proxies: Sequence[Network]) -> None:
         self.authenticator = authenticator
         self.domains = domains

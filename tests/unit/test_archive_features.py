@@ -10,9 +10,9 @@ from twisted.words.xish import domish
 
 from chatgate import events
 from chatgate.config import ArchiveSettings, Settings
-from chatgate.domains import HostedDomains
 from chatgate.features import register_all
 from chatgate.features.mam import readable
+from chatgate.mirror import DirectoryMirror
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS, parse_stamp, stamp
@@ -61,7 +61,7 @@ class World:
         directory.add_domain("example.com")
         for local in ("alice", "bob", "carol"):
             directory.add_user(User(local, "example.com"), {})
-        domains = HostedDomains(directory)
+        domains = DirectoryMirror(directory)
         domains.load()
         self.clock = task.Clock()
         self.clock.advance(T0)

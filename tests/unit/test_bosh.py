@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from twisted.words.xish import domish
 
 from chatgate.config import HTTPSettings, Settings, XMPPSettings
-from chatgate.domains import HostedDomains
+from chatgate.mirror import DirectoryMirror
 from chatgate.router import Router
 from chatgate.stanza import CLIENT_NS
 from chatgate.storage.memory import MemoryDirectory
@@ -57,7 +57,7 @@ def clock() -> Clock:
 def manager(clock: Clock) -> ConnectionManager:
     directory = MemoryDirectory()
     directory.add_domain("example.com")
-    domains = HostedDomains(directory)
+    domains = DirectoryMirror(directory)
     domains.load()
     # a long auth_timeout, so that only the test's own timers matter
     settings = Settings(xmpp=XMPPSettings(auth_timeout=1000), http=HTTPSettings(bosh_polling=0))

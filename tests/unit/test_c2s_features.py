@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 
 from chatgate.auth.sasl import Authenticator
 from chatgate.config import Settings, XMPPSettings
-from chatgate.domains import HostedDomains
+from chatgate.mirror import DirectoryMirror
 from chatgate.router import Router
 from chatgate.storage.memory import MemoryDirectory
 from chatgate.transports.c2s import C2SFactory
@@ -31,7 +31,7 @@ HEADER = (b"<?xml version='1.0'?><stream:stream to='example.com' xmlns='jabber:c
 def factory(direct_tls: bool = False, **xmpp: object) -> C2SFactory:
     directory = MemoryDirectory()
     directory.add_domain("example.com")
-    domains = HostedDomains(directory)
+    domains = DirectoryMirror(directory)
     domains.load()
     clock = Clock()
     settings = Settings(xmpp=XMPPSettings(**xmpp))

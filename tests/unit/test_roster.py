@@ -6,8 +6,8 @@ from twisted.internet import task
 from twisted.words.xish import domish
 
 from chatgate.config import Settings
-from chatgate.domains import HostedDomains
 from chatgate.features import register_all
+from chatgate.mirror import DirectoryMirror
 from chatgate.router import Router
 from chatgate.stanza import CLIENT_NS
 from chatgate.storage import Stores
@@ -27,7 +27,7 @@ def world():
         directory.add_user(User(local, "example.com", name), {})
     directory.add_user(User("dave", "other.org", "Dave"), {})
     directory.add_alias(Alias("sales", "example.com", "Sales \"team\"", ("alice", "bob")))
-    domains = HostedDomains(directory)
+    domains = DirectoryMirror(directory)
     domains.load()
     router = Router(domains, clock=task.Clock())
     register_all(router, Settings(), Stores(directory=directory))

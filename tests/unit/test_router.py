@@ -9,8 +9,8 @@ from twisted.words.xish import domish
 
 from chatgate import events
 from chatgate.config import Settings
-from chatgate.domains import HostedDomains
 from chatgate.features import register_all
+from chatgate.mirror import DirectoryMirror
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS
@@ -49,7 +49,7 @@ def world():
     for jid in ("alice@example.com", "bob@example.com", "dave@other.org"):
         local, domain = jid.split("@")
         directory.add_user(User(local, domain), {})
-    domains = HostedDomains(directory)
+    domains = DirectoryMirror(directory)
     domains.load()
     clock = task.Clock()
     router = Router(domains, clock=clock)

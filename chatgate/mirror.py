@@ -1,4 +1,4 @@
-"""The hosted domains and their users, as the router sees them.
+"""The directory mirror: hosted domains, their users and aliases, as the router sees them.
 
 An in-memory mirror of the directory (IDirectory), loaded at start and kept
 current by the directory's change feed, so that routing a stanza, building a
@@ -22,7 +22,7 @@ log = Logger()
 ChangeListener = Callable[[Change, "User | Alias | None"], None]
 
 
-class HostedDomains:
+class DirectoryMirror:
     """Domains -> users, mirrored from an IDirectory."""
 
     def __init__(self, directory: IDirectory) -> None:
