@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 class Delivery:
     """A message to one user: the stanza, who sent it, where it goes, what was decided."""
 
-    __slots__ = ("stanza", "sender", "bare", "targets", "copy_of", "copies", "stopped", "condition", "_text",
-                 "_hold")
+    __slots__ = ("stanza", "sender", "bare", "targets", "copy_of", "copies", "stopped", "condition", "application",
+                 "_text", "_hold")
 
     def __init__(self, stanza: domish.Element, sender: Session | None, bare: str, targets: list[Session],
                  hold: Callable[[Delivery, Deferred[Any]], None], copy_of: Delivery | None = None) -> None:
@@ -59,6 +59,8 @@ class Delivery:
         #: set by :meth:`stop`
         self.stopped = False
         self.condition: str | None = None
+        #: the RFC 6120 §8.3.4 application-specific condition that goes with it
+        self.application: domish.Element | None = None
         #: owner's bare JID -> (archive id, the stanza as that owner's archive keeps it)
         self.copies: dict[str, tuple[str, str]] = {}
         self._text: str | None = None
@@ -94,11 +96,14 @@ class Delivery:
         copy = self.copies.get(owner)
         return copy[1] if copy is not None else self.text()
 
-    def stop(self, condition: str | None = None) -> None:
+    def stop(self, condition: str | None = None, application: domish.Element | None = None) -> None:
         """End this delivery: no hook after this one runs and nothing is sent;
-        the sender gets the RFC 6120 §8.3 error *condition* if one is given."""
+        the sender gets the RFC 6120 §8.3 error *condition* if one is given,
+        with the §8.3.4 *application*-specific condition element in it
+        (``<blocked xmlns='urn:xmpp:blocking:errors'/>``, XEP-0191 §3.7)."""
         self.stopped = True
         self.condition = condition
+        self.application = application
 
     def wait_for(self, written: Deferred[Any]) -> None:
         """Write-ahead: nothing sent to either party from now on goes out before

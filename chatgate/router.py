@@ -268,10 +268,11 @@ class Router:
             log.failure("handling {kind} from {sender}", failure, kind=stanza.name, sender=sender.full)
             self._bounce(stanza, sender, "internal-server-error")
 
-    def _bounce(self, stanza: domish.Element, sender: Session, condition: str, text: str | None = None) -> None:
+    def _bounce(self, stanza: domish.Element, sender: Session, condition: str, text: str | None = None,
+                application: domish.Element | None = None) -> None:
         """Answer *stanza* with an error, never an error with an error (§8.3.1)."""
         if stanza.getAttribute("type") != "error":
-            reply = error_reply(stanza, condition, text)
+            reply = error_reply(stanza, condition, text, application)
             if not reply.hasAttribute("from"):
                 reply["from"] = sender.domain
             sender.send(reply)
@@ -335,7 +336,7 @@ class Router:
 
     def _stopped(self, delivery: Delivery) -> None:
         if delivery.condition is not None and delivery.sender is not None:
-            self._bounce(delivery.stanza, delivery.sender, delivery.condition)
+            self._bounce(delivery.stanza, delivery.sender, delivery.condition, application=delivery.application)
 
     def deliver_copy(self, stanza: domish.Element, of: Delivery, bare: str, targets: list[Session]) -> None:
         """A copy the server sends of *of*'s message to other sessions (XEP-0280

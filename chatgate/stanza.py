@@ -74,8 +74,10 @@ class StanzaError(Exception):
         self.text = text
 
 
-def error_reply(stanza: domish.Element, condition: str, text: str | None = None) -> domish.Element:
-    """The error stanza answering *stanza* (RFC 6120 §8.3.1): addresses swapped."""
+def error_reply(stanza: domish.Element, condition: str, text: str | None = None,
+                application: domish.Element | None = None) -> domish.Element:
+    """The error stanza answering *stanza* (RFC 6120 §8.3.1): addresses swapped,
+    with the §8.3.4 *application*-specific condition element if given."""
     reply = Element((CLIENT_NS, stanza.name))
     for attr in ("id", "xml:lang"):
         if stanza.hasAttribute(attr):
@@ -90,6 +92,8 @@ def error_reply(stanza: domish.Element, condition: str, text: str | None = None)
     error.addElement((STANZAS_NS, condition))
     if text:
         error.addElement((STANZAS_NS, "text"), content=text)
+    if application is not None:
+        error.addChild(application)
     return reply
 
 

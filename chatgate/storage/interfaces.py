@@ -126,7 +126,8 @@ class Change:
     kinds: ``domain-added``, ``domain-enabled``, ``domain-disabled``,
     ``user-added``, ``user-changed``, ``user-removed``,
     ``credentials-changed``, ``alias-added``, ``alias-changed`` (name or
-    members, also when a member user is removed), ``alias-removed``.
+    members, also when a member user is removed), ``alias-removed``,
+    ``blocklist-changed`` (the user's XEP-0191 blocklist).
     ``localpart`` is None for domain changes.
     """
 
@@ -148,7 +149,7 @@ def tell_watchers(watchers: list[DirectoryWatcher], change: Change) -> None:
 
 
 class IDirectory(Interface):
-    """Hosted domains, their users, credentials and vCards.
+    """Hosted domains, their users, credentials, vCards and blocklists.
 
     Every mutation is seen by every watcher of every process that shares the
     store, the mutating one included (for SQLite: at the next :meth:`poll`,
@@ -241,6 +242,17 @@ class IDirectory(Interface):
 
     def remove_site(host: str) -> Deferred[None]:
         """Remove a site. UnknownSite."""
+
+    def blocklist(domain: str, localpart: str) -> Deferred[list[str]]:
+        """The JIDs the user blocks (XEP-0191), sorted; [] for an unknown user."""
+
+    def block(domain: str, localpart: str, jids: list[str]) -> Deferred[list[str]]:
+        """Add prepared *jids* to the user's blocklist; the ones it did not hold
+        yet, in the order given (a ``blocklist-changed`` change when any). UnknownUser."""
+
+    def unblock(domain: str, localpart: str, jids: list[str] | None) -> Deferred[list[str]]:
+        """Take *jids* off the user's blocklist, every one when None; the ones
+        it held, sorted (a ``blocklist-changed`` change when any). UnknownUser."""
 
 
 class ArchiveError(Exception):

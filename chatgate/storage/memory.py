@@ -35,7 +35,7 @@ from chatgate.storage.interfaces import (
 
 @implementer(IDirectory)
 class MemoryDirectory:
-    """Domains, users, credentials, vCards and secrets held in dicts."""
+    """Domains, users, credentials, vCards, blocklists and secrets held in dicts."""
 
     def __init__(self) -> None:
         self._domains: dict[str, Domain] = {}
@@ -47,6 +47,8 @@ class MemoryDirectory:
         self._secrets: dict[str, bytes] = {}
         self._aliases: dict[tuple[str, str], Alias] = {}
         self._sites: dict[str, Site] = {}
+        #: (domain, localpart) -> the JIDs that user blocks (XEP-0191)
+        self._blocked: dict[tuple[str, str], set[str]] = {}
         self._watchers: list[DirectoryWatcher] = []
 
     # -- life cycle and change feed
@@ -123,6 +125,7 @@ class MemoryDirectory:
         self._credentials.pop(key, None)
         self._credentials_at.pop(key, None)
         self._vcards.pop(key, None)
+        self._blocked.pop(key, None)
         self._tell("user-removed", domain, localpart)
         for alias_key, alias in list(self._aliases.items()):
             if alias.domain == domain and localpart in alias.members:
@@ -226,3 +229,34 @@ class MemoryDirectory:
         if self._sites.pop(host, None) is None:
             return fail(UnknownSite(f"unknown site: {host}"))
         return succeed(None)
+
+    # -- blocklists (XEP-0191)
+
+    def blocklist(self, domain: str, localpart: str) -> Deferred[list[str]]:
+        return succeed(sorted(self._blocked.get((domain, localpart), ())))
+
+    def block(self, domain: str, localpart: str, jids: list[str]) -> Deferred[list[str]]:
+        key = (domain, localpart)
+        if key not in self._users:
+            return fail(UnknownUser(f"unknown user: {localpart}@{domain}"))
+        held = self._blocked.setdefault(key, set())
+        added = [jid for jid in dict.fromkeys(jids) if jid not in held]
+        held.update(added)
+        if not held:
+            del self._blocked[key]
+        if added:
+            self._tell("blocklist-changed", domain, localpart)
+        return succeed(added)
+
+    def unblock(self, domain: str, localpart: str, jids: list[str] | None) -> Deferred[list[str]]:
+        key = (domain, localpart)
+        if key not in self._users:
+            return fail(UnknownUser(f"unknown user: {localpart}@{domain}"))
+        held = self._blocked.get(key, set())
+        removed = sorted(held if jids is None else held.intersection(jids))
+        held.difference_update(removed)
+        if not held:
+            self._blocked.pop(key, None)
+        if removed:
+            self._tell("blocklist-changed", domain, localpart)
+        return succeed(removed)

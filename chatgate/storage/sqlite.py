@@ -50,8 +50,9 @@ from chatgate.storage.sqlite_worker import SQLiteWorker, execute_statements
 log = Logger()
 T = TypeVar("T")
 
-#: 2: users.credentials_at (when the user's credentials were last set)
-SCHEMA_VERSION = 2
+#: 2: users.credentials_at (when the user's credentials were last set);
+#: 3: blocklist (XEP-0191), made by CREATE TABLE IF NOT EXISTS on a schema 2 file
+SCHEMA_VERSION = 3
 #: change rows older than this are deleted at start: every live process has read them
 CHANGE_RETENTION = 24 * 3600.0
 
@@ -110,6 +111,13 @@ CREATE TABLE IF NOT EXISTS sites (
     host TEXT PRIMARY KEY,
     owner TEXT NOT NULL DEFAULT '',
     show_chat_link INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS blocklist (
+    domain TEXT NOT NULL,
+    localpart TEXT NOT NULL,
+    jid TEXT NOT NULL,
+    PRIMARY KEY (domain, localpart, jid),
+    FOREIGN KEY (domain, localpart) REFERENCES users(domain, localpart) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -281,6 +289,17 @@ class SQLiteDirectory:
     def remove_site(self, host: str) -> Deferred[None]:
         return self._write(_remove_site, host)
 
+    # -- blocklists (XEP-0191)
+
+    def blocklist(self, domain: str, localpart: str) -> Deferred[list[str]]:
+        return self._read(_blocklist, domain, localpart)
+
+    def block(self, domain: str, localpart: str, jids: list[str]) -> Deferred[list[str]]:
+        return self._write(_block, domain, localpart, jids)
+
+    def unblock(self, domain: str, localpart: str, jids: list[str] | None) -> Deferred[list[str]]:
+        return self._write(_unblock, domain, localpart, jids)
+
 
 # -- the SQL, run on the worker thread inside a transaction
 
@@ -378,6 +397,7 @@ def _remove_user(db: sqlite3.Connection, domain: str, localpart: str) -> None:
     # explicit deletes rather than ON DELETE CASCADE alone, should foreign keys be off
     db.execute("DELETE FROM credentials WHERE domain = ? AND localpart = ?", key)
     db.execute("DELETE FROM vcards WHERE domain = ? AND localpart = ?", key)
+    db.execute("DELETE FROM blocklist WHERE domain = ? AND localpart = ?", key)
     groups = [row[0] for row in db.execute(
         "SELECT alias FROM alias_members WHERE domain = ? AND member = ? ORDER BY alias", key)]
     db.execute("DELETE FROM alias_members WHERE domain = ? AND member = ?", key)
@@ -535,3 +555,34 @@ def _put_site(db: sqlite3.Connection, site: Site) -> None:
 def _remove_site(db: sqlite3.Connection, host: str) -> None:
     if db.execute("DELETE FROM sites WHERE host = ?", (host,)).rowcount == 0:
         raise UnknownSite(f"unknown site: {host}")
+
+
+def _blocklist(db: sqlite3.Connection, domain: str, localpart: str) -> list[str]:
+    rows = db.execute("SELECT jid FROM blocklist WHERE domain = ? AND localpart = ? ORDER BY jid", (domain, localpart))
+    return [row[0] for row in rows]
+
+
+def _block(db: sqlite3.Connection, domain: str, localpart: str, jids: list[str]) -> list[str]:
+    if not _user_exists(db, domain, localpart):
+        raise UnknownUser(f"unknown user: {localpart}@{domain}")
+    added = []
+    for jid in dict.fromkeys(jids):
+        cursor = db.execute("INSERT OR IGNORE INTO blocklist (domain, localpart, jid) VALUES (?, ?, ?)",
+                            (domain, localpart, jid))
+        if cursor.rowcount:
+            added.append(jid)
+    if added:
+        _record(db, "blocklist-changed", domain, localpart)
+    return added
+
+
+def _unblock(db: sqlite3.Connection, domain: str, localpart: str, jids: list[str] | None) -> list[str]:
+    if not _user_exists(db, domain, localpart):
+        raise UnknownUser(f"unknown user: {localpart}@{domain}")
+    held = set(_blocklist(db, domain, localpart))
+    removed = sorted(held if jids is None else held.intersection(jids))
+    db.executemany("DELETE FROM blocklist WHERE domain = ? AND localpart = ? AND jid = ?",
+                   [(domain, localpart, jid) for jid in removed])
+    if removed:
+        _record(db, "blocklist-changed", domain, localpart)
+    return removed

@@ -577,7 +577,7 @@ async def test_sqlite_schema_1_file_gains_credentials_times(tmp_path, secret_cre
     finally:
         await store.stop()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("PRAGMA user_version").fetchone() == (3,)
     db.close()
 
 
