@@ -43,6 +43,8 @@ from chatgate.session import Addressed, Session
 from chatgate.stanza import ADDRESS_NS, StanzaError, error_reply, first_child
 
 Handler = Callable[[domish.Element, Session, JID], Any]
+#: a handler of a first-level element that is no stanza (a nonza: XEP-0352's <active/>)
+NonzaHandler = Callable[[domish.Element, Session], Any]
 
 log = Logger()
 _NONE: dict[str, Session] = {}  # what resources() views for a user with no session
@@ -74,6 +76,10 @@ class Router:
         #: what disco#info announces for the server and for accounts (XEP-0030)
         self.server_features: set[str] = set()
         self.account_features: set[str] = set()
+        #: (namespace, name) of the empty features a stream offers once
+        #: authenticated, beside binding (RFC 6120 §4.3.2; XEP-0352's <csi/>)
+        self.stream_features: list[tuple[str, str]] = []
+        self._nonzas: dict[tuple[str, str], NonzaHandler] = {}
         #: id of a server-originated IQ -> (full JID asked, its Deferred)
         self._pending: dict[str, tuple[str, defer.Deferred[domish.Element]]] = {}
         self._ids = itertools.count(1)
@@ -85,6 +91,21 @@ class Router:
         if key in self._handlers:
             raise ValueError(f"two handlers for {key}")
         self._handlers[key] = handler
+
+    def handle_nonza(self, uri: str, name: str, handler: NonzaHandler) -> None:
+        """Make *handler* the one for the first-level element {*uri*}*name* a
+        bound session sends that is no stanza (XEP-0352's <active/>)."""
+        if (uri, name) in self._nonzas:
+            raise ValueError(f"two handlers for {{{uri}}}{name}")
+        self._nonzas[(uri, name)] = handler
+
+    def nonza(self, element: domish.Element, session: Session) -> bool:
+        """Hand a bound session's non-stanza element to its handler; False when there is none."""
+        handler = self._nonzas.get((element.uri, element.name))
+        if handler is None:
+            return False
+        handler(element, session)
+        return True
 
     def listen(self, event: str, listener: Callable[..., Any], priority: int = events.NORMAL) -> None:
         """Follow *event* (one of :data:`chatgate.events.EVENTS`, which says what

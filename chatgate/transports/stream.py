@@ -63,6 +63,8 @@ def features_element(state: tuple[object, ...]) -> domish.Element:
     elif state[0] == "bind":
         features.addElement((BIND_NS, "bind"))
         features.addElement((SESSION_NS, "session")).addElement("optional")
+        for offered in state[1]:
+            features.addElement(offered)
     return features
 
 
@@ -139,7 +141,8 @@ class XMPPStream:
         """Everything :meth:`features` depends on, as a hashable value: streams
         in equal states are offered equal features, so a transport may keep the
         serialized form per state. The stage (SASL, bind, bound), whether
-        STARTTLS is offered and required, and the SASL mechanisms offered."""
+        STARTTLS is offered and required, and the SASL mechanisms offered;
+        once authenticated, the features the router's ``stream_features`` name."""
         if self.localpart is None:
             starttls = self.transport.can_starttls and not self.transport.secure
             tls_needed = self.tls_needed
@@ -147,7 +150,7 @@ class XMPPStream:
                 self.transport.secure, self.settings.xmpp.allow_plain_without_tls
             ))
             return ("sasl", starttls, tls_needed, mechanisms)
-        return ("bind",) if self.session is None else ("bound",)
+        return ("bind", tuple(self.router.stream_features)) if self.session is None else ("bound",)
 
     def features(self) -> domish.Element:
         """The <stream:features/> for the current stage (RFC 6120 §4.3.2), made
@@ -314,7 +317,8 @@ class XMPPStream:
     def _bound(self, element: domish.Element) -> None:
         session = self.session
         if element.uri != CLIENT_NS or element.name not in ("message", "presence", "iq"):
-            self.transport.fail("unsupported-stanza-type")
+            if not self.router.nonza(element, session):
+                self.transport.fail("unsupported-stanza-type")
             return
         if element.name == "iq" and element.getAttribute("type") == "set":
             payload = first_child(element)
