@@ -42,11 +42,12 @@ if TYPE_CHECKING:
 class Delivery:
     """A message to one user: the stanza, who sent it, where it goes, what was decided."""
 
-    __slots__ = ("stanza", "sender", "bare", "targets", "copy_of", "copies", "stopped", "condition", "application",
-                 "_text", "_hold")
+    __slots__ = ("stanza", "sender", "bare", "targets", "copy_of", "stored", "copies", "stopped", "condition",
+                 "application", "_text", "_hold")
 
     def __init__(self, stanza: domish.Element, sender: Session | None, bare: str, targets: list[Session],
-                 hold: Callable[[Delivery, Deferred[Any]], None], copy_of: Delivery | None = None) -> None:
+                 hold: Callable[[Delivery, Deferred[Any]], None], copy_of: Delivery | None = None,
+                 stored: bool = False) -> None:
         self.stanza = stanza
         #: the sending session, None when the server sends (an alias's copy, a carbon)
         self.sender = sender
@@ -56,6 +57,8 @@ class Delivery:
         self.targets = targets
         #: for a copy of a message sent elsewhere (a carbon), the message's own Delivery
         self.copy_of = copy_of
+        #: a message delivered from offline storage (XEP-0160): archived when it first came
+        self.stored = stored
         #: set by :meth:`stop`
         self.stopped = False
         self.condition: str | None = None

@@ -16,6 +16,9 @@ Delivery events (a :class:`chatgate.delivery.Delivery` is the one argument):
 - :data:`MESSAGE_UNDELIVERABLE`: no session can take it now; a listener that
   returns True took it (offline storage).
 - :data:`MESSAGE_REFUSED`: a message told as delivering was bounced after all.
+  Besides a message to a user, the router delivers copies (``delivery.copy_of``:
+  carbons) and messages from offline storage (``delivery.stored``) this way:
+  archive and carbons leave those alone, filters apply to them too.
 - :data:`PRESENCE_DELIVERING`: a presence stanza is about to go to
   ``delivery.targets`` (a broadcast, a probe's answer, an alias's presence).
   Listeners may drop targets or stop it, as for messages.

@@ -365,6 +365,12 @@ class Router:
         ``delivery.copy_of`` and leave it alone."""
         self._send(Delivery(stanza, None, bare, targets, self._hold_parties, copy_of=of))
 
+    def deliver_stored(self, stanza: domish.Element, target: Session) -> None:
+        """A message kept offline (XEP-0160), now delivered to *target*, through
+        the same hooks (``delivery.stored``: archive and carbons leave it alone;
+        a filter such as blocking still applies)."""
+        self._send(Delivery(stanza, None, target.bare, [target], self._hold_parties, stored=True))
+
     def deliver_presence(self, addressed: Addressed, sender: Session | None, targets: list[Session]) -> None:
         """One presence stanza to *targets*, each copy addressed to its session
         (RFC 6121 §4.2.2), through the ``presence-delivering`` hooks."""

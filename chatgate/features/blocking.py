@@ -227,7 +227,11 @@ class Blocking:
         if any(bare not in self._lists for bare in parties):
             delivery.stop()
             stanza = delivery.stanza
-            self._after(parties, lambda: self.router.deliver_message(stanza, sender, self._to(stanza, owner)))
+            if delivery.stored:  # from offline storage: delivered again the same way, never archived twice
+                target = delivery.targets[0]
+                self._after(parties, lambda: self.router.deliver_stored(stanza, target))
+            else:
+                self._after(parties, lambda: self.router.deliver_message(stanza, sender, self._to(stanza, owner)))
             return
         if owner not in self._blocking and (sender is None or sender.bare not in self._blocking):
             return

@@ -79,7 +79,7 @@ class Carbons:
     def delivering(self, delivery: Delivery) -> None:
         """Send the received (§7) and sent (§8) copies of a message going out."""
         stanza, sender, bare = delivery.stanza, delivery.sender, delivery.bare
-        if delivery.copy_of is not None or _private(delivery) or not eligible(stanza):
+        if delivery.copy_of is not None or delivery.stored or _private(delivery) or not eligible(stanza):
             return
         reached = {id(s) for s in delivery.targets}
         if sender is not None:

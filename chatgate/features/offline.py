@@ -118,7 +118,7 @@ class OfflineMessages:
                 continue
             delay = stanza.addElement((DELAY_NS, "delay"), content="Offline Storage")
             delay["from"], delay["stamp"] = session.domain, stamp(message.at)
-            target.send(stanza)
+            self.router.deliver_stored(stanza, target)
 
 
 def _reachable(session: Session) -> bool:

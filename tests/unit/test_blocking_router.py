@@ -249,3 +249,18 @@ def test_deliveries_wait_for_lists_being_read_and_keep_their_order(world):
     directory.answer()
     router.route(domish.Element((CLIENT_NS, "presence")), alice)
     assert [str(parsed(x).body) for x in alice.kinds("message")] == ["one", "two"]
+
+
+def test_messages_kept_offline_before_a_block_are_not_delivered_after_it(world):
+    """Offline delivery goes through the router's hooks (Router.deliver_stored)."""
+    router, _ = world
+    bob = online(router, "bob@example.com/x")
+    carol = online(router, "carol@example.com/x")
+    router.route(message("alice@example.com", "from bob, kept"), bob)
+    router.route(message("alice@example.com", "from carol, kept"), carol)
+    alice = online(router, "alice@example.com/r", available=False)  # bound, not yet available
+    router.route(iq("set", "block", "bob@example.com"), alice)
+    alice.got.clear()
+    router.route(domish.Element((CLIENT_NS, "presence")), alice)  # now the offline messages come
+    bodies = [str(parsed(m).body) for m in alice.kinds("message")]
+    assert bodies == ["from carol, kept"]
