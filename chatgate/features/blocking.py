@@ -222,9 +222,9 @@ class Blocking:
         """FILTER on message-delivering: §3.6 and §3.7."""
         if self._announcing or delivery.copy_of is not None:
             return
-        sender, owner = delivery.sender, delivery.bare
-        parties = [owner] if sender is None else [owner, sender.bare]
-        if any(bare not in self._lists for bare in parties):
+        sender, owner, lists = delivery.sender, delivery.bare, self._lists
+        if owner not in lists or (sender is not None and sender.bare not in lists):
+            parties = [owner] if sender is None else [owner, sender.bare]
             delivery.stop()
             stanza = delivery.stanza
             if delivery.stored:  # from offline storage: delivered again the same way, never archived twice

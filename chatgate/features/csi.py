@@ -99,7 +99,10 @@ def presence(delivery: Delivery) -> None:
 def message(delivery: Delivery) -> None:
     """PER_TARGET on message-delivering: hold chat states, flush before anything else."""
     targets = delivery.targets
-    if not any(STATE in target.state for target in targets):
+    for target in targets:
+        if STATE in target.state:
+            break
+    else:  # no target is inactive: the common case, as cheap as it can be
         return
     original = delivery.copy_of.stanza if delivery.copy_of is not None else delivery.stanza
     if not chat_state_only(original):
