@@ -19,6 +19,9 @@ Delivery events (a :class:`chatgate.delivery.Delivery` is the one argument):
   Besides a message to a user, the router delivers copies (``delivery.copy_of``:
   carbons) and messages from offline storage (``delivery.stored``) this way:
   archive and carbons leave those alone, filters apply to them too.
+- :data:`IQ_DELIVERING`: an IQ from one user's resource to another's full JID
+  is about to go out (RFC 6120 §8.5.3.1); a listener may stop it (the sender
+  of a get or set gets the condition given).
 - :data:`PRESENCE_DELIVERING`: a presence stanza is about to go to
   ``delivery.targets`` (a broadcast, a probe's answer, an alias's presence).
   Listeners may drop targets or stop it, as for messages.
@@ -41,6 +44,7 @@ MESSAGE_UNDELIVERABLE = "message-undeliverable"
 MESSAGE_REFUSED = "message-refused"
 MESSAGE_SENT = "message-sent"
 PRESENCE_DELIVERING = "presence-delivering"
+IQ_DELIVERING = "iq-delivering"
 SESSION_BOUND = "session-bound"
 SESSION_ENDED = "session-ended"
 SESSION_AVAILABLE = "session-available"
@@ -48,7 +52,7 @@ PRESENCE_CHANGED = "presence-changed"
 
 #: every event there is: listening to another name is an error, not silence
 EVENTS = frozenset({
-    MESSAGE_DELIVERING, MESSAGE_UNDELIVERABLE, MESSAGE_REFUSED, MESSAGE_SENT, PRESENCE_DELIVERING,
+    MESSAGE_DELIVERING, MESSAGE_UNDELIVERABLE, MESSAGE_REFUSED, MESSAGE_SENT, PRESENCE_DELIVERING, IQ_DELIVERING,
     SESSION_BOUND, SESSION_ENDED, SESSION_AVAILABLE, PRESENCE_CHANGED,
 })
 

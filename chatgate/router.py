@@ -309,8 +309,14 @@ class Router:
         target = self.resources(to.userhost()).get(to.resource)
         if target is None:
             self._bounce(stanza, sender, "service-unavailable")
-        else:
-            target.send(stanza)
+            return
+        if self._listeners.get(events.IQ_DELIVERING):
+            delivery = Delivery(stanza, sender, target.bare, [target], self._hold_parties)
+            self._tell(events.IQ_DELIVERING, delivery)
+            if delivery.stopped:
+                self._stopped(delivery)
+                return
+        target.send(stanza)
 
     def deliver_message(self, stanza: domish.Element, sender: Session | None, to: JID) -> None:
         """A message to a user of the sender's domain (§8.5.2, §8.5.3), as one

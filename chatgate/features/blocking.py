@@ -33,9 +33,10 @@ One FILTER-priority hook on ``message-delivering`` and ``presence-delivering``
   online); unblocking sends both sides' current presence again.
 
 A mail alias's copy of the blocker's own message to an alias still reaches a
-blocked member: they wrote to the alias, as to a mailing list. IQs are not
-filtered: the router hands IQs to full JIDs straight to the session, with no
-delivery event.
+blocked member: they wrote to the alias, as to a mailing list. IQs between
+full JIDs pass the same filter (``iq-delivering``): a get or set from a
+blocked JID gets <service-unavailable/>, one to it the blocking error, and a
+result or error is dropped.
 
 Lists are read on demand and cached: from a session's bind for as long as the
 user has one, then kept among the most recent :data:`OFFLINE_CACHE` of users
@@ -246,6 +247,20 @@ class Blocking:
                 chat = stanza.getAttribute("type", "normal") in ("chat", "normal") and body_of(stanza) is not None
                 delivery.stop("service-unavailable" if chat else None)
 
+    def iq(self, delivery: Delivery) -> None:
+        """FILTER on iq-delivering: a get or set from a blocked JID gets
+        service-unavailable (§3.6), one to a blocked JID the blocking error
+        (§3.7); a result or error is dropped either way."""
+        sender, owner, lists = delivery.sender, delivery.bare, self._lists
+        if sender is None or sender.bare == owner or owner not in lists or sender.bare not in lists:
+            return  # both are online, so their lists are read; one still being read lets it pass
+        request = delivery.stanza.getAttribute("type") in ("get", "set")
+        target = delivery.targets[0]
+        if sender.bare in self._blocking and matches(lists[sender.bare], [target.jid]):
+            delivery.stop("not-acceptable", blocked_error()) if request else delivery.stop()
+        elif owner in self._blocking and matches(lists[owner], [sender.jid]):
+            delivery.stop("service-unavailable") if request else delivery.stop()
+
     @staticmethod
     def _to(stanza: domish.Element, owner: str) -> JID:
         to = stanza.getAttribute("to")
@@ -407,6 +422,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.handle(f"iq-set/bare/{NS}:unblock", blocking.unblock)
     router.listen(events.MESSAGE_DELIVERING, blocking.message, events.FILTER)
     router.listen(events.PRESENCE_DELIVERING, blocking.presence, events.FILTER)
+    router.listen(events.IQ_DELIVERING, blocking.iq, events.FILTER)
     router.listen(events.SESSION_BOUND, blocking.bound)
     router.listen(events.SESSION_ENDED, blocking.ended)
     router.domains.listen(blocking.directory_changed)

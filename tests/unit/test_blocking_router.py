@@ -264,3 +264,37 @@ def test_messages_kept_offline_before_a_block_are_not_delivered_after_it(world):
     router.route(domish.Element((CLIENT_NS, "presence")), alice)  # now the offline messages come
     bodies = [str(parsed(m).body) for m in alice.kinds("message")]
     assert bodies == ["from carol, kept"]
+
+
+def test_iqs_between_full_jids_are_filtered_both_ways(world):
+    """§3.6, §3.7 for IQ: a get from a blocked JID gets service-unavailable,
+    the blocker's get to it the blocking error; a result is dropped."""
+    router, _ = world
+    alice = online(router, "alice@example.com/r")
+    bob = online(router, "bob@example.com/x")
+    carol = online(router, "carol@example.com/x")
+    router.route(iq("set", "block", "bob@example.com"), alice)
+    for session in (alice, bob, carol):
+        session.got.clear()
+
+    def version(to: str) -> domish.Element:
+        stanza = domish.Element((CLIENT_NS, "iq"))
+        stanza["type"], stanza["id"], stanza["to"] = "get", "v1", to
+        stanza.addElement(("jabber:iq:version", "query"))
+        return stanza
+
+    router.route(version("alice@example.com/r"), bob)
+    assert alice.kinds("iq") == []
+    assert "<service-unavailable " in bob.got[-1]
+    bob.got.clear()
+    router.route(version("bob@example.com/x"), alice)
+    assert bob.kinds("iq") == []
+    answer = parsed(alice.got[-1])
+    assert answer["type"] == "error" and next(answer.error.elements(ERRORS_NS, "blocked"), None) is not None
+    result = domish.Element((CLIENT_NS, "iq"))
+    result["type"], result["id"], result["to"] = "result", "v1", "alice@example.com/r"
+    alice.got.clear()
+    router.route(result, bob)
+    assert alice.kinds("iq") == []
+    router.route(version("alice@example.com/r"), carol)  # anyone else's still arrives
+    assert len(alice.kinds("iq")) == 1
