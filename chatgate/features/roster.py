@@ -30,6 +30,8 @@ from chatgate.xml import Element, serialize
 ALIASES_GROUP = "Aliases"
 
 NS = "jabber:iq:roster"
+#: directory changes that leave every roster as it is: the domain's items are kept
+_NOT_ROSTER = frozenset({"credentials-changed", "blocklist-changed"})
 
 
 def _item(parent: domish.Element, contact: User | Alias, subscription: str = "both") -> None:
@@ -90,7 +92,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
         raise StanzaError("not-allowed", "The roster is everyone of your domain; it cannot be edited")
 
     def changed(change: Change, subject: User | Alias | None) -> None:
-        if change.kind != "credentials-changed":
+        if change.kind not in _NOT_ROSTER:
             items.forget(change.domain)
         if subject is None:
             return

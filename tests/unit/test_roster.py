@@ -82,3 +82,18 @@ def test_roster_follows_directory_changes():
         ("carol@example.com", "carol", "both", ["example.com"]),
         ("erin@example.com", "Erin", "both", ["example.com"]),
     ]
+
+
+def test_a_blocklist_change_keeps_the_domains_serialized_items(monkeypatch):
+    """Blocking (XEP-0191) changes no roster: the domain's items are not made again."""
+    router, directory = world()
+    alice = Wire("alice@example.com/desk")
+    router.bind(alice)
+    built = []
+    users = router.domains.users
+    monkeypatch.setattr(router.domains, "users", lambda domain: built.append(domain) or users(domain))
+    roster_of(router, alice)
+    directory.block("example.com", "alice", ["bob@example.com"])
+    directory.set_credentials("example.com", "carol", {})
+    assert sorted(roster_of(router, alice)) == EXPECTED
+    assert built == ["example.com"]  # made once, kept through both changes
