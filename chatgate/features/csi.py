@@ -89,8 +89,10 @@ def active(element: domish.Element, session: Session) -> None:
 
 def presence(delivery: Delivery) -> None:
     """PER_TARGET on presence-delivering: keep the latest per sender for inactive sessions."""
-    targets = delivery.targets
-    if not any(STATE in target.state for target in targets):
+    for target in delivery.targets:
+        if STATE in target.state:
+            break
+    else:  # no target is inactive
         return
     addressed = Addressed(delivery.stanza)
     _hold(delivery, ("presence", delivery.stanza.getAttribute("from", "")), addressed.serialized_for)

@@ -218,10 +218,12 @@ def peer_of(request: server.Request, proxies: Sequence[Network]) -> Peer:
     client = request.getClientAddress()
     host = str(getattr(client, "host", "?"))
     label = f"{host}:{getattr(client, 'port', '?')}"
-    lines = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
-    address = client_address(host, [e.decode("latin-1") for line in lines for e in line.split(b",")], proxies)
-    if address != host:
-        label = f"{address} via {label}"
+    address = host
+    if proxies:  # with none trusted (the default) the header is never read
+        lines = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+        address = client_address(host, [e.decode("latin-1") for line in lines for e in line.split(b",")], proxies)
+        if address != host:
+            label = f"{address} via {label}"
     secure = request.isSecure()
     if _loopback(host):
         proto = request.getHeader(b"x-forwarded-proto")
