@@ -23,10 +23,11 @@ from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.storage import Stores
 
-#: registration order matters for disco listings, and for the listeners of one
-#: event: archive stamps stanza-ids before carbons copies the message; aliases
-#: tells a removed alias unavailable before roster pushes its removal, and
-#: revocation ends a removed user's sessions (unavailable) before it too
+#: registration order: disco listings, and listeners of equal priority (the
+#: order of the delivery hooks is their priority, chatgate/events.py) and of the
+#: directory mirror's changes: aliases tells a removed alias unavailable before
+#: roster pushes its removal, and revocation ends a removed user's sessions
+#: (unavailable) before it too
 FEATURES = ("messages", "presence", "aliases", "revocation", "roster", "domain_switch", "disco", "ping", "version",
             "vcard", "archive", "carbons", "offline", "mam", "blocking", "csi")
 
