@@ -138,6 +138,20 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    #: local (one process) or redis (nodes sharing the [storage] Redis server)
+    backend: str = "local"
+    #: this node's name among the cluster's; empty: the host name and process id
+    node_id: str = ""
+    #: seconds between this node's heartbeats in Redis
+    heartbeat: float = 1.0
+    #: a node whose last heartbeat is older than this is dead: its sessions end
+    dead_after: float = 5.0
+    #: how long a message for another node waits for Redis before its sender gets an error
+    forward_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     create: bool = True
     domain: str = "example.com"
@@ -155,6 +169,7 @@ class Settings:
     webmail: WebmailSettings = field(default_factory=WebmailSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     #: Directory relative paths in the file are resolved against.
     base_dir: str = "."
 
@@ -307,6 +322,13 @@ def _networks(raw: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(value) for value in _split(raw))  # a ValueError names the bad value
 
 
+def _node_id(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise ValueError("letters, digits, '.', '_' and '-' only, at most 64")
+    return value
+
+
 def _split(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
@@ -400,6 +422,16 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
     "webmail": (WebmailSettings, {"token_secret": _secret, "token_lifetime": _seconds, "token_max_age": _seconds}),
     "admin": (AdminSettings, {"interfaces": _interfaces, "port": _port, "api_key": _secret}),
     "demo": (DemoSettings, {"create": _bool, "domain": _nonempty}),
+    "cluster": (
+        ClusterSettings,
+        {
+            "backend": _one_of("local", "redis"),
+            "node_id": _node_id,
+            "heartbeat": _seconds,
+            "dead_after": _seconds,
+            "forward_timeout": _seconds,
+        },
+    ),
 }
 
 
@@ -453,6 +485,12 @@ def _check(settings: Settings) -> None:
         raise ConfigError("[http] bosh_max_body_size: must be at least [limits] max_stanza_size_preauth")
     if limits.read_burst < limits.max_stanza_size:
         raise ConfigError("[limits] read_burst: must be at least max_stanza_size")
+    c = settings.cluster
+    if c.dead_after < 2 * c.heartbeat:
+        raise ConfigError("[cluster] dead_after: must be at least twice heartbeat")
+    if c.backend == "redis" and "memory" in (settings.storage.backend, settings.archive.backend,
+                                             settings.archive.offline_backend):
+        raise ConfigError("[cluster] backend = redis: the nodes must share their stores (not memory)")
     if settings.webmail.token_max_age < settings.webmail.token_lifetime:
         raise ConfigError("[webmail] token_max_age: must not be shorter than token_lifetime")
 
