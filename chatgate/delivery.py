@@ -39,15 +39,19 @@ if TYPE_CHECKING:
     from chatgate.session import Session
 
 
+def _nothing() -> None:
+    pass
+
+
 class Delivery:
     """A message to one user: the stanza, who sent it, where it goes, what was decided."""
 
-    __slots__ = ("stanza", "sender", "bare", "targets", "copy_of", "stored", "copies", "stopped", "condition",
-                 "application", "_text", "_hold")
+    __slots__ = ("stanza", "sender", "bare", "targets", "copy_of", "stored", "relayed", "copies", "stopped",
+                 "condition", "application", "again", "_text", "_hold")
 
     def __init__(self, stanza: domish.Element, sender: Session | None, bare: str, targets: list[Session],
                  hold: Callable[[Delivery, Deferred[Any]], None], copy_of: Delivery | None = None,
-                 stored: bool = False) -> None:
+                 stored: bool = False, relayed: bool = False) -> None:
         self.stanza = stanza
         #: the sending session, None when the server sends (an alias's copy, a carbon)
         self.sender = sender
@@ -59,6 +63,11 @@ class Delivery:
         self.copy_of = copy_of
         #: a message delivered from offline storage (XEP-0160): archived when it first came
         self.stored = stored
+        #: a stanza another node's router delivered (its hooks ran there) to a session held here
+        self.relayed = relayed
+        #: delivers the stanza again the same way from the start (a filter that
+        #: had to wait for something, such as a blocklist being read); set by the router
+        self.again: Callable[[], None] = _nothing
         #: set by :meth:`stop`
         self.stopped = False
         self.condition: str | None = None

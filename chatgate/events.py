@@ -17,8 +17,11 @@ Delivery events (a :class:`chatgate.delivery.Delivery` is the one argument):
   returns True took it (offline storage).
 - :data:`MESSAGE_REFUSED`: a message told as delivering was bounced after all.
   Besides a message to a user, the router delivers copies (``delivery.copy_of``:
-  carbons) and messages from offline storage (``delivery.stored``) this way:
-  archive and carbons leave those alone, filters apply to them too.
+  carbons), messages from offline storage (``delivery.stored``) and stanzas
+  another node sent here for one of this node's sessions (``delivery.relayed``:
+  the sender's node ran the hooks already) this way: archive and carbons leave
+  those alone, filters apply to copies and stored ones, per-target hooks
+  (client state) to all.
 - :data:`IQ_DELIVERING`: an IQ from one user's resource to another's full JID
   is about to go out (RFC 6120 §8.5.3.1); a listener may stop it (the sender
   of a get or set gets the condition given).
@@ -35,6 +38,10 @@ Other events:
 - :data:`SESSION_AVAILABLE` (session): a resource became reachable by messages
   to the bare JID (available, priority >= 0; RFC 6121 §8.5.2.1.1).
 - :data:`PRESENCE_CHANGED` (session, whether it was available before).
+- :data:`REMOTE_PRESENCE` (remote session, the presence stanza, whether it was
+  available before): a session of another node of the cluster changed its
+  presence (or is gone: an unavailable stanza); its node told its own users,
+  this node's listeners tell this node's.
 """
 
 from __future__ import annotations
@@ -49,11 +56,12 @@ SESSION_BOUND = "session-bound"
 SESSION_ENDED = "session-ended"
 SESSION_AVAILABLE = "session-available"
 PRESENCE_CHANGED = "presence-changed"
+REMOTE_PRESENCE = "remote-presence"
 
 #: every event there is: listening to another name is an error, not silence
 EVENTS = frozenset({
     MESSAGE_DELIVERING, MESSAGE_UNDELIVERABLE, MESSAGE_REFUSED, MESSAGE_SENT, PRESENCE_DELIVERING, IQ_DELIVERING,
-    SESSION_BOUND, SESSION_ENDED, SESSION_AVAILABLE, PRESENCE_CHANGED,
+    SESSION_BOUND, SESSION_ENDED, SESSION_AVAILABLE, PRESENCE_CHANGED, REMOTE_PRESENCE,
 })
 
 # -- priorities, highest first

@@ -20,6 +20,15 @@ stamped with the sender's bound JID, and XEP-0033 ``<addresses/>`` (whose
 client sends (an ``ofrom`` is only as true as the server that wrote it, and
 chatgate offers no multicast). Only the server adds ``ofrom``, on a mail
 alias's copies.
+
+In a cluster (:mod:`chatgate.cluster`) the router also mirrors the sessions
+other nodes hold in the domains that have users here, as
+:class:`~chatgate.cluster.remote.RemoteSession` objects: :meth:`Router.resources`
+shows a user's sessions on every node, so delivery, carbons and directed
+presence reach them wherever they are; :meth:`Router.local_resources`,
+``all_sessions``, ``idle_sessions`` and ``domain_sessions`` are this node's
+only. What another node sends one of this node's sessions comes in through
+:meth:`Router.relayed`.
 """
 
 from __future__ import annotations
@@ -36,11 +45,14 @@ from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
 
 from chatgate import events
+from chatgate.cluster import Cluster
+from chatgate.cluster.remote import RemoteSession
 from chatgate.delivery import Delivery
 from chatgate.jid import jid_of
 from chatgate.mirror import DirectoryMirror
 from chatgate.session import Addressed, Session
-from chatgate.stanza import ADDRESS_NS, StanzaError, error_reply, first_child
+from chatgate.stanza import ADDRESS_NS, CLIENT_NS, StanzaError, error_reply, first_child
+from chatgate.xml import Element, StreamError, parse_document
 
 Handler = Callable[[domish.Element, Session, JID], Any]
 #: a handler of a first-level element that is no stanza (a nonza: XEP-0352's <active/>)
@@ -71,6 +83,11 @@ class Router:
         self._sessions: dict[str, dict[str, Session]] = {}
         #: domain -> bare JIDs with at least one bound resource
         self._online: dict[str, set[str]] = {}
+        #: the cluster's mirror: bare JID -> resource -> a session of another node
+        self._remote: dict[str, dict[str, RemoteSession]] = {}
+        #: domain -> full JID -> the same RemoteSession
+        self._remote_domains: dict[str, dict[str, RemoteSession]] = {}
+        self.cluster: Cluster = Cluster()
         self._handlers: dict[str, Handler] = {}
         self._listeners: dict[str, list[Callable[..., Any]]] = {}
         #: what disco#info announces for the server and for accounts (XEP-0030)
@@ -138,19 +155,29 @@ class Router:
             if delivery.stopped:
                 return
 
+    def attach_cluster(self, cluster: Cluster) -> None:
+        """Deliver through *cluster* to sessions of other nodes, and tell it of this node's."""
+        self.cluster = cluster
+        cluster.attach(self)
+
     # -- sessions
 
     def bind(self, session: Session) -> None:
         """Make *session* reachable; an older session on the same resource is
-        replaced and closed with <conflict/> (RFC 6120 §7.7.2.2)."""
+        replaced and closed with <conflict/> (RFC 6120 §7.7.2.2), here or, through
+        the cluster, on the node that holds it."""
         resources = self._sessions.setdefault(session.bare, {})
         old = resources.get(session.jid.resource)
         if old is not None:
             self.unbind(old)
             old.close("conflict", "Replaced by a new login on the same resource")
             resources = self._sessions.setdefault(session.bare, {})
+        self._forget_remote(session.full)
         resources[session.jid.resource] = session
-        self._online.setdefault(session.domain, set()).add(session.bare)
+        domain_online = self._online.setdefault(session.domain, set())
+        joined = not domain_online
+        domain_online.add(session.bare)
+        self.cluster.bound(session, joined)
         self.emit(events.SESSION_BOUND, session)
 
     def unbind(self, session: Session) -> None:
@@ -159,6 +186,7 @@ class Router:
         if not resources or resources.get(session.jid.resource) is not session:
             return
         del resources[session.jid.resource]
+        left = False
         if not resources:
             del self._sessions[session.bare]
             domain_online = self._online.get(session.domain)
@@ -166,11 +194,33 @@ class Router:
                 domain_online.discard(session.bare)
                 if not domain_online:
                     del self._online[session.domain]
+                    left = True
         self.emit(events.SESSION_ENDED, session)
+        self.cluster.unbound(session, left)
+        if left:
+            # nobody here needs the other nodes' sessions of this domain any more
+            for remote in list(self._remote_domains.get(session.domain, {}).values()):
+                self._forget_remote(remote.full)
+
+    def session_changed(self, session: Session) -> None:
+        """*session*'s presence, priority or shared state changed: other nodes mirror it."""
+        self.cluster.changed(session)
 
     def resources(self, bare: str) -> Mapping[str, Session]:
-        """The bound sessions of *bare* by resource, read-only (empty when none)."""
+        """The bound sessions of *bare* by resource, on every node of the
+        cluster, read-only (empty when none)."""
+        remote = self._remote.get(bare)
+        if remote is None:
+            return MappingProxyType(self._sessions.get(bare, _NONE))
+        return MappingProxyType({**remote, **self._sessions.get(bare, _NONE)})
+
+    def local_resources(self, bare: str) -> Mapping[str, Session]:
+        """The sessions of *bare* this node holds, by resource, read-only."""
         return MappingProxyType(self._sessions.get(bare, _NONE))
+
+    def remote_sessions(self, domain: str) -> list[RemoteSession]:
+        """The sessions other nodes hold in *domain*, as mirrored here."""
+        return list(self._remote_domains.get(domain, _NONE).values())  # type: ignore[arg-type]
 
     def all_sessions(self) -> list[Session]:
         """Every bound session, of every domain."""
@@ -189,7 +239,7 @@ class Router:
         if localpart is None:
             victims = self.domain_sessions(domain)
         else:
-            victims = list(self.resources(f"{localpart}@{domain}").values())
+            victims = list(self.local_resources(f"{localpart}@{domain}").values())
         for session in victims:
             session.close(condition, text)
 
@@ -323,11 +373,11 @@ class Router:
         :class:`~chatgate.delivery.Delivery` told to every hook."""
         mtype = stanza.getAttribute("type", "normal")
         bare = to.userhost()
-        resources = self._sessions.get(bare, {})
+        resources = self.resources(bare)
         if to.resource:
             target = resources.get(to.resource)
             if target is not None:
-                self._send(Delivery(stanza, sender, bare, [target], self._hold_parties))
+                self._send(self._message(stanza, sender, to, [target]))
                 return
             if mtype not in ("normal", "chat"):
                 if mtype == "groupchat" and sender is not None:
@@ -341,9 +391,9 @@ class Router:
             return
         targets = [s for s in resources.values() if s.available and s.priority >= 0]
         if targets:
-            self._send(Delivery(stanza, sender, bare, targets, self._hold_parties))
+            self._send(self._message(stanza, sender, to, targets))
         elif mtype != "headline":
-            delivery = Delivery(stanza, sender, bare, [], self._hold_parties)
+            delivery = self._message(stanza, sender, to, [])
             self._tell(events.MESSAGE_DELIVERING, delivery)
             if delivery.stopped:
                 self._stopped(delivery)
@@ -351,6 +401,11 @@ class Router:
                 self.emit(events.MESSAGE_REFUSED, delivery)
                 if sender is not None:
                     self._bounce(stanza, sender, "service-unavailable")
+
+    def _message(self, stanza: domish.Element, sender: Session | None, to: JID, targets: list[Session]) -> Delivery:
+        delivery = Delivery(stanza, sender, to.userhost(), targets, self._hold_parties)
+        delivery.again = lambda: self.deliver_message(stanza, sender, to)
+        return delivery
 
     def _send(self, delivery: Delivery) -> None:
         self._tell(events.MESSAGE_DELIVERING, delivery)
@@ -375,7 +430,9 @@ class Router:
         """A message kept offline (XEP-0160), now delivered to *target*, through
         the same hooks (``delivery.stored``: archive and carbons leave it alone;
         a filter such as blocking still applies)."""
-        self._send(Delivery(stanza, None, target.bare, [target], self._hold_parties, stored=True))
+        delivery = Delivery(stanza, None, target.bare, [target], self._hold_parties, stored=True)
+        delivery.again = lambda: self.deliver_stored(stanza, target)
+        self._send(delivery)
 
     def deliver_presence(self, addressed: Addressed, sender: Session | None, targets: list[Session]) -> None:
         """One presence stanza to *targets*, each copy addressed to its session
@@ -404,13 +461,120 @@ class Router:
         if copies:
             target.send_serialized(b"".join(copies))
 
+    # -- the cluster: what other nodes say
+
+    def remote_bound(self, remote: RemoteSession) -> None:
+        """Mirror a session another node bound (the cluster settled any conflict
+        with a session of this node first: see :meth:`replaced`)."""
+        self._forget_remote(remote.full)
+        self._remote.setdefault(remote.bare, {})[remote.jid.resource] = remote
+        self._remote_domains.setdefault(remote.domain, {})[remote.full] = remote
+
+    def remote_session(self, full: str) -> RemoteSession | None:
+        """The mirrored session of another node with this full JID, if any."""
+        bare, _, resource = full.partition("/")
+        return self._remote.get(bare, {}).get(resource)
+
+    def replaced(self, session: Session) -> None:
+        """A newer login on another node took *session*'s full JID (RFC 6120 §7.7.2.2)."""
+        self.unbind(session)
+        session.close("conflict", "Replaced by a new login on the same resource")
+
+    def remote_presence(self, remote: RemoteSession, stanza: domish.Element, priority: int) -> None:
+        """A session of another node sent broadcast presence (*stanza*, from its full JID)."""
+        was_available = remote.available
+        remote.set_presence(None if stanza.getAttribute("type") == "unavailable" else stanza, priority)
+        if was_available or remote.available:
+            self.emit(events.REMOTE_PRESENCE, remote, stanza, was_available)
+
+    def remote_gone(self, full: str, node: str) -> None:
+        """A session of *node* ended, or *node* died: forget it, and tell who saw it available."""
+        remote = self.remote_session(full)
+        if remote is None or remote.node != node:
+            return
+        self._forget_remote(full)
+        if remote.available:
+            stanza = Element((CLIENT_NS, "presence"))
+            stanza["from"], stanza["type"] = full, "unavailable"
+            remote.set_presence(None, remote.priority)
+            self.emit(events.REMOTE_PRESENCE, remote, stanza, True)
+
+    def _forget_remote(self, full: str) -> None:
+        remote = self.remote_session(full)
+        if remote is None:
+            return
+        resources = self._remote[remote.bare]
+        del resources[remote.jid.resource]
+        if not resources:
+            del self._remote[remote.bare]
+        domain = self._remote_domains[remote.domain]
+        del domain[full]
+        if not domain:
+            del self._remote_domains[remote.domain]
+
+    def relayed(self, full: str, text: str, sender_full: str | None) -> None:
+        """A stanza (plain serialization) another node's router delivered to
+        *full*, a session of this node: its node ran the delivery hooks already
+        (``delivery.relayed``), the per-target ones run here. A message whose
+        session is gone is delivered again (:meth:`redeliver`)."""
+        try:
+            data = text.encode("utf-8")
+            stanza = parse_document(data, len(data) + 1)
+        except (StreamError, UnicodeError):
+            log.error("a stanza from another node for {full} does not parse; dropped", full=full)
+            return
+        bare, _, resource = full.partition("/")
+        target = self._sessions.get(bare, _NONE).get(resource)
+        if target is None:
+            if stanza.name == "message":
+                self.redeliver(stanza, local_only=True)
+            return
+        sender = None
+        if sender_full:
+            sender_bare, _, sender_resource = sender_full.partition("/")
+            sender = self.resources(sender_bare).get(sender_resource)
+        delivery = Delivery(stanza, sender, bare, [target], self._hold_parties, relayed=True)
+        delivery.keep_text(text)
+        delivery.again = lambda: self.relayed(full, text, sender_full)
+        if stanza.name == "message":
+            self._send(delivery)
+            return
+        self._tell(events.PRESENCE_DELIVERING if stanza.name == "presence" else events.IQ_DELIVERING, delivery)
+        if not delivery.stopped:
+            for session in delivery.targets:
+                session.send(stanza, text)
+
+    def redeliver(self, stanza: domish.Element, local_only: bool = False) -> None:
+        """A message a session could not take after all (it ended, its node
+        died): to the recipient's available resources (this node's only with
+        *local_only*), else offline storage; archived already, never again.
+        A copy the server made for the user's own clients (a carbon) is not
+        delivered again."""
+        if stanza.getAttribute("type", "normal") not in ("chat", "normal"):
+            return
+        try:
+            to, origin = jid_of(stanza.getAttribute("to", "")), jid_of(stanza.getAttribute("from", ""))
+        except InvalidFormat:
+            return
+        bare = to.userhost()
+        if origin.userhost() == bare:
+            return
+        sessions = self.local_resources(bare) if local_only else self.resources(bare)
+        targets = [s for s in sessions.values() if s.available and s.priority >= 0]
+        delivery = Delivery(stanza, None, bare, targets, self._hold_parties, relayed=True)
+        delivery.again = lambda: self.redeliver(stanza, local_only)
+        if targets:
+            self._send(delivery)
+        elif not self.emit(events.MESSAGE_UNDELIVERABLE, delivery):
+            log.warn("a message for {bare} from another node could not be kept offline", bare=bare)
+
     def _hold_parties(self, delivery: Delivery, written: defer.Deferred[Any]) -> None:
         """Write-ahead (see :meth:`Delivery.wait_for`): every session of both
         parties keeps what it is sent from now on until *written* fires, so
         neither the message nor its carbons reach a client before it is in both
         archives, and a crash cannot lose a message someone has read."""
         for party in delivery.parties:
-            for session in self._sessions.get(party, _NONE).values():
+            for session in self.resources(party).values():
                 session.hold(written)
 
     # -- server-originated requests

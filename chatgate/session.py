@@ -34,6 +34,10 @@ from twisted.words.xish import domish
 
 from chatgate.xml import CLIENT_NS, escape_attribute
 
+#: the keys of :attr:`Session.state` other nodes of a cluster mirror (a feature
+#: that reads another session's state, as carbons does, names its key here)
+SHARED_STATE = ("carbons",)
+
 
 class Session:
     """One resource of one user, bound and known to the router."""

@@ -118,6 +118,12 @@ class Aliases:
             for name in self.domains.aliases_of(session.domain, session.jid.user):
                 self.recount(self.domains.alias(session.domain, name))
 
+    def remote_presence(self, session: Session, stanza: domish.Element, was_available: bool) -> None:
+        """A member on another node came or went: this node's users see the alias's new count."""
+        if was_available != session.available:
+            for name in self.domains.aliases_of(session.domain, session.jid.user):
+                self.recount(self.domains.alias(session.domain, name))
+
     def directed(self, stanza: domish.Element, sender: Session, to: JID) -> None:
         """Presence sent to an alias: a probe is answered, a subscription approved."""
         alias = self.domains.alias(to.host, to.user)
@@ -159,4 +165,5 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.handle("presence/alias", aliases.directed)
     router.handle(f"iq-get/alias/{VCARD_NS}:vCard", aliases.vcard)
     router.listen(events.PRESENCE_CHANGED, aliases.presence_changed)
+    router.listen(events.REMOTE_PRESENCE, aliases.remote_presence)
     router.domains.listen(aliases.directory_changed)

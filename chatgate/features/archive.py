@@ -90,7 +90,7 @@ class Archiving:
 
     def delivering(self, delivery: Delivery) -> None:
         """Stamp the recipient's archive id on the stanza and archive both copies."""
-        if delivery.copy_of is not None or delivery.stored:  # a carbon, an offline one: archived already
+        if delivery.copy_of is not None or delivery.stored or delivery.relayed:  # archived already
             return
         stanza, sender, bare = delivery.stanza, delivery.sender, delivery.bare
         _strip_ids(stanza, delivery.parties)

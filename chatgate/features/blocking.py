@@ -150,7 +150,7 @@ class Blocking:
             self._blocking.add(bare)
         else:
             self._blocking.discard(bare)
-        if not self.router.resources(bare):
+        if not self.router.local_resources(bare):
             self._went_offline(bare)
 
     def _went_offline(self, bare: str) -> None:
@@ -203,7 +203,7 @@ class Blocking:
         self._ensure(session.bare)
 
     def ended(self, session: Session) -> None:
-        if not self.router.resources(session.bare) and session.bare in self._lists:
+        if not self.router.local_resources(session.bare) and session.bare in self._lists:
             self._went_offline(session.bare)
 
     def directory_changed(self, change: Change, subject: User | Alias | None) -> None:
@@ -221,18 +221,14 @@ class Blocking:
 
     def message(self, delivery: Delivery) -> None:
         """FILTER on message-delivering: §3.6 and §3.7."""
-        if self._announcing or delivery.copy_of is not None:
-            return
+        if self._announcing or delivery.copy_of is not None or delivery.relayed:
+            return  # a relayed one was filtered on the sender's node
         sender, owner, lists = delivery.sender, delivery.bare, self._lists
         if owner not in lists or (sender is not None and sender.bare not in lists):
             parties = [owner] if sender is None else [owner, sender.bare]
             delivery.stop()
-            stanza = delivery.stanza
-            if delivery.stored:  # from offline storage: delivered again the same way, never archived twice
-                target = delivery.targets[0]
-                self._after(parties, lambda: self.router.deliver_stored(stanza, target))
-            else:
-                self._after(parties, lambda: self.router.deliver_message(stanza, sender, self._to(stanza, owner)))
+            # delivered again the same way once both lists are read (a stored one never archived twice)
+            self._after(parties, delivery.again)
             return
         if owner not in self._blocking and (sender is None or sender.bare not in self._blocking):
             return

@@ -74,12 +74,14 @@ class Carbons:
         if to.userhost() not in (sender.bare, sender.domain):
             raise StanzaError("not-allowed", "carbons are turned on and off for yourself")
         sender.state["carbons"] = stanza.firstChildElement().name == "enable"
+        self.router.session_changed(sender)  # other nodes send this resource copies too
         sender.send(iq_result(stanza))
 
     def delivering(self, delivery: Delivery) -> None:
         """Send the received (§7) and sent (§8) copies of a message going out."""
         stanza, sender, bare = delivery.stanza, delivery.sender, delivery.bare
-        if delivery.copy_of is not None or delivery.stored or _private(delivery) or not eligible(stanza):
+        if delivery.copy_of is not None or delivery.stored or delivery.relayed or _private(delivery) \
+                or not eligible(stanza):
             return
         reached = {id(s) for s in delivery.targets}
         if sender is not None:

@@ -16,6 +16,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate import events
+from chatgate.cluster.remote import RemoteSession
 from chatgate.config import Settings
 from chatgate.jid import jid_of
 from chatgate.router import Router
@@ -64,6 +65,7 @@ class Presence:
             sender.presence = stanza
             addressed = self._available.setdefault(sender.domain, {})[sender] = Addressed(stanza)
             self.router.deliver_presence(addressed, sender, self.available(sender.domain))
+            self.router.session_changed(sender)  # other nodes tell their users, once per node
             if first:
                 self.tell_current(sender)
             self.router.emit(events.PRESENCE_CHANGED, sender, not first)
@@ -81,9 +83,15 @@ class Presence:
     def tell_current(self, newcomer: Session) -> None:
         """Send a newly available resource everyone's current presence (§4.2.2),
         in one write: in a large domain that is thousands of stanzas at once."""
-        current = [(s, presence) for s, presence in self._available.get(newcomer.domain, {}).items()
-                   if s is not newcomer]
+        current: list[tuple[Session | None, Addressed]] = [
+            (s, presence) for s, presence in self._available.get(newcomer.domain, {}).items() if s is not newcomer]
+        current.extend((s, s.addressed) for s in self.router.remote_sessions(newcomer.domain)
+                       if s.addressed is not None)
         self.router.deliver_presences(newcomer, current)
+
+    def remote(self, remote: RemoteSession, stanza: domish.Element, was_available: bool) -> None:
+        """A resource on another node changed its broadcast presence: tell this node's users."""
+        self.router.deliver_presence(remote.addressed or Addressed(stanza), remote, self.available(remote.domain))
 
     def leave(self, sender: Session, stanza: domish.Element | None = None) -> None:
         """The resource goes unavailable: tell the domain and its directed-presence peers."""
@@ -107,6 +115,8 @@ class Presence:
             if session is not None:
                 recipients.append(session)
         self.router.deliver_presence(addressed, sender, recipients)
+        if was_available:
+            self.router.session_changed(sender)
         sender.directed.clear()
         if was_available:
             self.router.emit(events.PRESENCE_CHANGED, sender, True)
@@ -140,7 +150,9 @@ class Presence:
         sessions = [s for s in self.router.resources(to.userhost()).values() if s.available]
         current = self._available.get(to.host, {})
         if sessions:
-            self.router.deliver_presences(sender, [(session, current[session]) for session in sessions])
+            self.router.deliver_presences(sender, [
+                (session, session.addressed if isinstance(session, RemoteSession) else current[session])
+                for session in sessions])
         else:
             presence = Element((CLIENT_NS, "presence"))
             presence["from"] = to.userhost()
@@ -163,3 +175,4 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.handle("presence/full", presence.directed)
     router.handle("presence/host", lambda stanza, sender, to: None)  # nothing to tell the server
     router.listen(events.SESSION_ENDED, presence.leave)
+    router.listen(events.REMOTE_PRESENCE, presence.remote)
