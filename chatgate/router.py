@@ -499,6 +499,10 @@ class Router:
             remote.set_presence(None, remote.priority)
             self.emit(events.REMOTE_PRESENCE, remote, stanza, True)
 
+    def all_remote_sessions(self) -> list[RemoteSession]:
+        """Every session of another node mirrored here."""
+        return [s for domain in self._remote_domains.values() for s in domain.values()]
+
     def _forget_remote(self, full: str) -> None:
         remote = self.remote_session(full)
         if remote is None:

@@ -22,6 +22,7 @@ from twisted.web import server
 from chatgate.auth.credentials import make_credentials
 from chatgate.auth.sasl import Authenticator
 from chatgate.auth.throttle import LoginThrottle
+from chatgate.cluster import open_cluster
 from chatgate.config import ConfigError, Settings, load
 from chatgate.features import register_all
 from chatgate.mirror import DirectoryMirror
@@ -75,11 +76,14 @@ class ChatService(service.MultiService):
        every ``[storage] poll_interval`` (changes by other processes).
     4. the features' services, in ``FEATURES`` order (``ping``: idle clients;
        ``retention``: history older than ``[archive] retention_days``).
-    5. ``sessions``: on stop, every session still bound is closed with
+    5. ``cluster`` (``[cluster] backend = redis`` only): the bus between nodes
+       (heartbeats, this node's inbox); on stop, after the sessions below have
+       ended and other nodes were told, the node leaves the cluster.
+    6. ``sessions``: on stop, every session still bound is closed with
        <system-shutdown/>.
-    6. ``listeners``: the c2s, web and admin ports; on stop they accept no
+    7. ``listeners``: the c2s, web and admin ports; on stop they accept no
        more connections.
-    7. ``bosh``: the BOSH connection manager; on stop, first of all, every
+    8. ``bosh``: the BOSH connection manager; on stop, first of all, every
        BOSH session ends with system-shutdown, a held request answered with
        it while the web listener still runs (a client between two requests
        gets the answer kept for its next one).
@@ -108,6 +112,8 @@ class ChatService(service.MultiService):
         self.stores = Stores(directory=self.directory, archive=self.archive, offline=self.offline)
         self.domains = DirectoryMirror(self.directory)
         self.router = Router(self.domains, clock=reactor)
+        self.cluster = open_cluster(settings, reactor)
+        self.router.attach_cluster(self.cluster)
         a = settings.auth
         throttle = LoginThrottle(reactor, a.failures_per_account, a.failures_per_address, a.lockout)
         self.authenticator = Authenticator(self.directory, self.domains, a.scram_iterations, throttle,
@@ -125,6 +131,9 @@ class ChatService(service.MultiService):
         feed.setServiceParent(self)
         for feature_service in register_all(self.router, settings, self.stores):
             feature_service.setServiceParent(self)
+        bus = self.cluster.service()
+        if bus is not None:
+            bus.setServiceParent(self)
         Stage("sessions", stop=lambda: self.router.close_all("system-shutdown", "The server is stopping")
               ).setServiceParent(self)
         Stage("listeners", self._listen, self._stop_listening).setServiceParent(self)

@@ -1,0 +1,684 @@
+"""RedisCluster: chatgate nodes sharing one Redis server (``[cluster] backend = redis``).
+
+Keys, after ``[storage] redis_prefix`` (P):
+
+- ``P:cluster:nodes`` — sorted set: node -> its last heartbeat (ms, Redis's clock).
+- ``P:cluster:inbox:<node>`` — a Stream: what other nodes send the node, one
+  entry (``m`` -> JSON) per stanza or session event. The node reads it with
+  ``XREAD BLOCK`` and deletes what it has handled, so what an inbox holds is
+  what its node has not handled: when a node dies, the others take those
+  entries (atomically, each entry once) and deliver them again, to the
+  recipient's other sessions or to offline storage.
+- ``P:cluster:sessions:<domain>`` — hash: full JID -> JSON ``{n: node, q: bind
+  order, p: priority, x: presence or "", s: shared state}``: the session
+  registry, read whole by a node when its first user of the domain binds.
+- ``P:cluster:domain-nodes:<domain>`` — hash: the nodes holding sessions of the
+  domain, the ones told of its session events.
+- ``P:cluster:node-sessions:<node>`` — set of ``"<domain> <full JID>"`` a node
+  registered, for cleaning up after it dies.
+- ``P:cluster:seq`` — the bind order counter (a newer bind replaces an older
+  session of the same full JID, RFC 6120 §7.7.2.2, whichever nodes they are on).
+
+Why Streams and not pub/sub: a pub/sub message is lost when the reader is not
+connected at that moment (a reconnect, a failover); an inbox entry stays until
+its node handled it, and a dead node's inbox is handed to the living. A session
+event is one Lua script: the registry update and one ``XADD`` per other node of
+the domain, atomically, so a node joining a domain either sees a change in the
+registry snapshot it reads or receives it in its inbox — never neither. A
+presence change costs one inbox entry per node, not one per contact.
+
+Every write goes over one connection, in order; a blocked ``XREAD`` has its own.
+While Redis is unreachable, chat between users of one node goes on; a stanza
+for another node waits up to ``[cluster] forward_timeout`` and then its sender
+gets ``<recipient-unavailable/>``; what was written when the connection broke
+is written again (a duplicate is possible, a loss is not). Once Redis answers
+again the node registers its sessions again. A node decides others are dead
+only after being connected for ``dead_after`` itself, so an outage of Redis is
+not taken for the death of every node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
+
+from chatgate.cluster import Cluster
+from chatgate.cluster.remote import RemoteSession
+from chatgate.jid import jid_of
+from chatgate.session import SHARED_STATE, Session
+from chatgate.stanza import error_reply
+from chatgate.xml import StreamError, parse_document, serialize
+
+if TYPE_CHECKING:
+    from chatgate.config import Settings
+    from chatgate.router import Router
+
+log = Logger()
+
+#: entries read from the inbox at once
+BATCH = 500
+#: how long one XREAD blocks (ms); a stop waits at most this for the reader
+BLOCK_MS = 1000
+#: seconds between attempts to reach Redis again
+RETRY = 0.5
+
+# A session bound or changed (mode "join": the node's first of the domain, the
+# registry comes back whole; "bind"; "change": only if the entry is still this node's).
+_PUBLISH = """
+local node, full, mode, prefix, domain = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6]
+local entry = cjson.decode(ARGV[3])
+local prev = redis.call('HGET', KEYS[1], full)
+if mode == 'change' then
+  if not prev then return {0} end
+  local p = cjson.decode(prev)
+  if p.n ~= node then return {0} end
+  entry.q = p.q
+else
+  entry.q = redis.call('INCR', KEYS[4])
+  redis.call('SADD', KEYS[3], domain .. ' ' .. full)
+  redis.call('HSET', KEYS[2], node, '1')
+end
+redis.call('HSET', KEYS[1], full, cjson.encode(entry))
+if mode == 'change' then entry.k = 'c' else entry.k = 'b' end
+entry.j = full
+local event = cjson.encode(entry)
+for _, other in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if other ~= node then redis.call('XADD', prefix .. ':cluster:inbox:' .. other, '*', 'm', event) end
+end
+if mode == 'join' then return {entry.q, prev or false, redis.call('HGETALL', KEYS[1])} end
+return {entry.q, prev or false}
+"""
+
+# A session ended (ARGV[5] = '1': the node's last of the domain).
+_UNPUBLISH = """
+local node, full, prefix, domain = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prev = redis.call('HGET', KEYS[1], full)
+if prev and cjson.decode(prev).n == node then redis.call('HDEL', KEYS[1], full) end
+redis.call('SREM', KEYS[3], domain .. ' ' .. full)
+if ARGV[5] == '1' then redis.call('HDEL', KEYS[2], node) end
+local event = cjson.encode({k = 'u', n = node, j = full})
+for _, other in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if other ~= node then redis.call('XADD', prefix .. ':cluster:inbox:' .. other, '*', 'm', event) end
+end
+return 1
+"""
+
+# The heartbeat: this node's time in the sorted set; every node's comes back, with now.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+return {tostring(now), redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
+"""
+
+# Reap a dead node (once: the caller that removes it from the set does it):
+# its registry entries and its place in its domains go. ARGV[3] = '1' forces
+# it (a node reaping its own previous run at start).
+_REAP = """
+local dead, prefix = ARGV[1], ARGV[2]
+local score = redis.call('ZSCORE', KEYS[1], dead)
+if ARGV[3] ~= '1' then
+  if not score then return 0 end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if tonumber(score) > now - tonumber(ARGV[4]) then return 0 end
+end
+redis.call('ZREM', KEYS[1], dead)
+for _, item in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local space = string.find(item, ' ', 1, true)
+  local domain, full = string.sub(item, 1, space - 1), string.sub(item, space + 1)
+  local key = prefix .. ':cluster:sessions:' .. domain
+  local entry = redis.call('HGET', key, full)
+  if entry and cjson.decode(entry).n == dead then redis.call('HDEL', key, full) end
+  redis.call('HDEL', prefix .. ':cluster:domain-nodes:' .. domain, dead)
+end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# Take up to ARGV[1] entries out of a dead node's inbox: each entry goes to one taker.
+_CLAIM = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])
+for _, entry in ipairs(entries) do redis.call('XDEL', KEYS[1], entry[1]) end
+if #entries == 0 then redis.call('DEL', KEYS[1]) end
+return entries
+"""
+
+
+class _Write:
+    """One write waiting for, or on, the connection."""
+
+    __slots__ = ("kind", "command", "at", "then", "data")
+
+    def __init__(self, kind: str, command: tuple[Any, ...], at: float, then: Any = None,
+                 data: bytes | None = None) -> None:
+        #: "s" a stanza for another node (expires), "e" a session event, "x" housekeeping
+        self.kind = kind
+        self.command = command
+        self.at = at
+        self.then = then
+        self.data = data
+
+
+class RedisCluster(Cluster):
+    """The bus on Redis (see the module's docstring)."""
+
+    def __init__(self, settings: Settings, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        c, s = settings.cluster, settings.storage
+        self.node_id = c.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.heartbeat = c.heartbeat
+        self.dead_after = c.dead_after
+        self.forward_timeout = c.forward_timeout
+        self.prefix = s.redis_prefix
+        self._settings = settings
+        self.router: Router | None = None
+        self._cmd: Any = None
+        self._reader: Any = None
+        self._stores: list[Any] = []
+        self._outbox: deque[_Write] = deque()
+        self._in_flight: deque[_Write] = deque()
+        self._up = False
+        self._up_since = 0.0
+        self._running = False
+        #: full JID -> bind order, for this node's sessions whose bind Redis answered
+        self._seqs: dict[str, int] = {}
+        #: full JID -> another node's bind event that waits for this node's own bind order
+        self._undecided: dict[str, dict[str, Any]] = {}
+        #: domain -> events that wait for the registry snapshot of a join under way
+        self._joining: dict[str, list[dict[str, Any]]] = {}
+        #: nodes alive at the last heartbeat, and those found dead since
+        self._alive: set[str] = set()
+        self._dead_nodes: set[str] = set()
+        self._last_id = "0-0"
+        self._beat: LoopingCall | None = None
+        self._reading: defer.Deferred[None] | None = None
+        self._probing = False
+
+    # -- the Cluster interface
+
+    def attach(self, router: Any) -> None:
+        self.router = router
+
+    def service(self) -> Service:
+        return _BusService(self)
+
+    def bound(self, session: Session, joined: bool) -> None:
+        if joined:
+            self._joining.setdefault(session.domain, [])
+        self._event(session, "join" if joined else "bind")
+
+    def changed(self, session: Session) -> None:
+        self._event(session, "change")
+
+    def unbound(self, session: Session, left: bool) -> None:
+        self._seqs.pop(session.full, None)
+        self._undecided.pop(session.full, None)
+        if left:
+            self._joining.pop(session.domain, None)
+        keys = self._keys(session.domain, self.node_id)
+        self._write(_Write("e", ("eval", _UNPUBLISH, keys[:3],
+                                 [self.node_id, session.full, self.prefix, session.domain, "1" if left else "0"]),
+                           self._now()))
+
+    def forward(self, node: str, full: str, data: bytes) -> None:
+        if node in self._dead_nodes:
+            self._lost(data)  # its node is gone: deliver it again from here
+            return
+        envelope = json.dumps({"k": "s", "t": full, "x": data.decode("utf-8")})
+        self._write(_Write("s", ("execute_command", "XADD", self._inbox(node), "*", "m", envelope), self._now(),
+                           data=data))
+
+    # -- keys and entries
+
+    def _inbox(self, node: str) -> str:
+        return f"{self.prefix}:cluster:inbox:{node}"
+
+    def _keys(self, domain: str, node: str) -> list[str]:
+        p = f"{self.prefix}:cluster"
+        return [f"{p}:sessions:{domain}", f"{p}:domain-nodes:{domain}", f"{p}:node-sessions:{node}", f"{p}:seq"]
+
+    def _entry(self, session: Session) -> str:
+        presence = session.presence
+        shared = {key: session.state[key] for key in SHARED_STATE if key in session.state}
+        return json.dumps({"n": self.node_id, "p": session.priority,
+                           "x": serialize(presence) if presence is not None else "", "s": shared})
+
+    def _event(self, session: Session, mode: str) -> None:
+        args = [self.node_id, session.full, self._entry(session), mode, self.prefix, session.domain]
+        self._write(_Write("e", ("eval", _PUBLISH, self._keys(session.domain, self.node_id), args), self._now(),
+                           then=lambda reply: self._published(session, mode, reply)))
+
+    def _published(self, session: Session, mode: str, reply: list[Any]) -> None:
+        if mode == "change" or self.router is None:
+            return
+        router = self.router
+        held = router.local_resources(session.bare).get(session.jid.resource) is session
+        if held:
+            self._seqs[session.full] = int(reply[0])
+        if mode == "join":
+            snapshot = reply[2] or []
+            waiting = self._joining.pop(session.domain, None)
+            if held or router.domain_sessions(session.domain):
+                for i in range(0, len(snapshot), 2):
+                    entry = json.loads(snapshot[i + 1])
+                    if entry["n"] != self.node_id and entry["n"] not in self._dead_nodes:
+                        entry["j"] = snapshot[i]
+                        self._mirror(entry, snapshot=True)
+                for event in waiting or ():
+                    self._handle(event)
+        waiting_event = self._undecided.pop(session.full, None)
+        if waiting_event is not None and held:
+            self._handle(waiting_event)
+
+    # -- writing, in order, surviving an outage
+
+    def _now(self) -> float:
+        return float(self.reactor.seconds())
+
+    def _write(self, write: _Write) -> None:
+        self._outbox.append(write)
+        if self._up:
+            self._pump()
+
+    def _pump(self) -> None:
+        while self._up and self._outbox:
+            write = self._outbox.popleft()
+            self._in_flight.append(write)
+            method, *args = write.command
+            try:
+                d = getattr(self._cmd, method)(*args)
+            except Exception:
+                d = defer.fail()
+            d.addCallbacks(self._written, self._not_written, (write,), None, (write,))
+
+    def _written(self, reply: Any, write: _Write) -> None:
+        try:
+            self._in_flight.remove(write)
+        except ValueError:
+            return  # already put back for a retry: it will be written again
+        if write.then is not None:
+            try:
+                write.then(reply)
+            except Exception:
+                log.failure("handling a cluster write's answer")
+
+    def _not_written(self, failure: Failure, write: _Write) -> None:
+        if failure.check(txredisapi.ResponseError) and not failure.check(txredisapi.ConnectionError):
+            self._in_flight.remove(write) if write in self._in_flight else None
+            log.error("redis refused a cluster write: {error}", error=failure.value)
+            if write.kind == "s" and write.data is not None:
+                self._refuse(write.data)
+            return
+        self._down(failure)
+
+    def _down(self, failure: Failure | None = None) -> None:
+        """The connection broke: what was on it is written again, first, once Redis answers."""
+        if self._in_flight:
+            self._outbox.extendleft(reversed(self._in_flight))
+            self._in_flight.clear()
+        if self._up:
+            reason = failure.getErrorMessage() if failure is not None else "no answer"
+            log.warn("cluster: redis {host}:{port} unreachable ({reason}); retrying",
+                     host=self._settings.storage.redis_host, port=self._settings.storage.redis_port, reason=reason)
+        self._up = False
+        self._probe()
+
+    def _probe(self) -> None:
+        if self._probing or not self._running:
+            return
+        self._probing = True
+
+        def answered(_: Any) -> None:
+            self._probing = False
+            if self._running and not self._up:
+                self._back()
+
+        def failed(_: Failure) -> None:
+            self._probing = False
+            self._expire()
+            if self._running:
+                self.reactor.callLater(RETRY, self._probe)
+
+        d = self._cmd.ping()
+        d.addTimeout(RETRY * 2, self.reactor)
+        d.addCallbacks(answered, failed)
+
+    def _back(self) -> None:
+        """Redis answers again: register this node's sessions again (its data may be gone), then go on."""
+        log.info("cluster: redis reachable again; registering this node's sessions")
+        self._up = True
+        self._up_since = self._now()
+        resync: list[_Write] = []
+        kept = [w for w in self._outbox if w.kind != "e" or w.command[1] is _UNPUBLISH]
+        self._outbox = deque(kept)
+        router = self.router
+        if router is not None:
+            joined: set[str] = set()
+            for session in router.all_sessions():
+                mode = "bind" if session.domain in joined else "join"
+                if mode == "join":
+                    self._joining.setdefault(session.domain, [])
+                joined.add(session.domain)
+                args = [self.node_id, session.full, self._entry(session), mode, self.prefix, session.domain]
+                resync.append(_Write("e", ("eval", _PUBLISH, self._keys(session.domain, self.node_id), args),
+                                     self._now(),
+                                     then=lambda reply, s=session, m=mode: self._published(s, m, reply)))
+        self._outbox.extend(resync)
+        self._pump()
+        self._beat_now()
+
+    def _expire(self) -> None:
+        """Stanzas for other nodes that waited longer than forward_timeout: their senders get an error."""
+        cutoff = self._now() - self.forward_timeout
+        kept: deque[_Write] = deque()
+        for write in self._outbox:
+            if write.kind == "s" and write.at <= cutoff and write.data is not None:
+                self._refuse(write.data)
+            else:
+                kept.append(write)
+        self._outbox = kept
+
+    def _refuse(self, data: bytes) -> None:
+        """A stanza for another node cannot be handed over: its sender learns it (RFC 6120 §8.3.3.13)."""
+        stanza = _parse(data)
+        if stanza is None or self.router is None or stanza.name == "presence":
+            return
+        if stanza.getAttribute("type") in ("error", "result"):
+            return
+        try:
+            origin = jid_of(stanza.getAttribute("from", ""))
+        except Exception:
+            return
+        sender = self.router.local_resources(origin.userhost()).get(origin.resource or "")
+        if sender is not None:
+            reply = error_reply(stanza, "recipient-unavailable",
+                                "The recipient's server node cannot be reached; the message was not delivered")
+            sender.send(reply)
+
+    def _lost(self, data: bytes) -> None:
+        """A stanza for a session of a dead node: delivered again from here."""
+        stanza = _parse(data)
+        if stanza is not None and stanza.name == "message" and self.router is not None:
+            self.router.redeliver(stanza)
+
+    # -- reading this node's inbox
+
+    def _read_loop(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._read_forever())
+
+    async def _read_forever(self) -> None:
+        inbox = self._inbox(self.node_id)
+        while self._running:
+            try:
+                reply = await self._reader.execute_command("XREAD", "COUNT", BATCH, "BLOCK", BLOCK_MS,
+                                                           "STREAMS", inbox, self._last_id)
+            except Exception as e:
+                if not self._running:
+                    return
+                log.debug("cluster: reading the inbox failed ({error}); again soon", error=e)
+                await _sleep(self.reactor, RETRY)
+                continue
+            if not reply:
+                continue
+            ids = []
+            for _stream, entries in reply:
+                for entry_id, fields in entries:
+                    ids.append(entry_id)
+                    self._last_id = entry_id
+                    self._receive(fields)
+            if ids:
+                self._write(_Write("x", ("execute_command", "XDEL", inbox, *ids), self._now()))
+
+    def _receive(self, fields: list[Any]) -> None:
+        try:
+            event = json.loads(dict(zip(fields[::2], fields[1::2], strict=False))["m"])
+        except (KeyError, ValueError, TypeError):
+            log.error("cluster: an inbox entry that is not chatgate's; ignored")
+            return
+        try:
+            self._handle(event)
+        except Exception:
+            log.failure("cluster: handling {kind} from the inbox", kind=event.get("k"))
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        router = self.router
+        if router is None:
+            return
+        kind = event.get("k")
+        if kind == "s":
+            router.relayed(event["t"], event["x"], None)
+            return
+        full = event.get("j", "")
+        domain = full.partition("@")[2].partition("/")[0]
+        waiting = self._joining.get(domain)
+        if waiting is not None:
+            waiting.append(event)  # after the registry snapshot under way
+            return
+        if not router.domain_sessions(domain):
+            return  # nobody here needs this domain's sessions
+        if kind == "b":
+            self._mirror(event)
+        elif kind == "c":
+            remote = router.remote_session(full)
+            if remote is None:
+                self._mirror(event)  # its bind was missed (an outage): mirror it now
+            elif remote.node == event["n"]:
+                self._update(remote, event)
+        elif kind == "u":
+            router.remote_gone(full, event["n"])
+
+    def _mirror(self, entry: dict[str, Any], snapshot: bool = False) -> None:
+        """Another node's session, from its bind event or the registry snapshot."""
+        router = self.router
+        assert router is not None
+        full, seq = entry["j"], int(entry.get("q", 0))
+        bare, _, resource = full.partition("/")
+        local = router.local_resources(bare).get(resource)
+        if local is not None:
+            mine = self._seqs.get(full)
+            if mine is None:
+                if not snapshot:
+                    self._undecided[full] = entry  # decided when this node's own bind is answered
+                return
+            if mine > seq:
+                return  # this node's is the newer: the other node closes its own
+            router.replaced(local)
+        current = router.remote_session(full)
+        if current is not None and current.seq > seq:
+            return
+        try:
+            jid = jid_of(full)
+        except Exception:
+            return
+        remote = RemoteSession(jid, entry["n"], self, seq)
+        router.remote_bound(remote)
+        self._update(remote, entry)
+
+    def _update(self, remote: RemoteSession, entry: dict[str, Any]) -> None:
+        remote.state = dict(entry.get("s") or {})
+        priority = int(entry.get("p", 0))
+        text = entry.get("x") or ""
+        if text:
+            stanza = _parse(text.encode("utf-8"))
+            if stanza is None:
+                return
+        elif remote.available:
+            stanza = _unavailable(remote.full)
+        else:
+            remote.priority = priority
+            return
+        assert self.router is not None
+        self.router.remote_presence(remote, stanza, priority)
+
+    # -- heartbeats and the dead
+
+    def _beat_now(self) -> None:
+        if not self._up:
+            return
+        key = f"{self.prefix}:cluster:nodes"
+        self._write(_Write("x", ("eval", _HEARTBEAT, [key], [self.node_id]), self._now(), then=self._beaten))
+
+    def _beaten(self, reply: list[Any]) -> None:
+        now = int(reply[0])
+        scores = reply[1]
+        alive = set()
+        for i in range(0, len(scores), 2):
+            if float(scores[i + 1]) >= now - self.dead_after * 1000:
+                alive.add(scores[i])
+        stale = {scores[i] for i in range(0, len(scores), 2)} - alive
+        self._alive = alive
+        self._dead_nodes -= alive
+        if self._up_since > self._now() - self.dead_after:
+            return  # not connected long enough to tell a dead node from an outage
+        router = self.router
+        if router is None:
+            return
+        gone = {remote.node for remote in router.all_remote_sessions()} - alive
+        for node in gone | stale:
+            self._dead(node)
+
+    def _dead(self, node: str, force: bool = False) -> None:
+        """*node* stopped beating: its sessions end here, and its inbox is delivered again."""
+        if node != self.node_id:
+            self._dead_nodes.add(node)
+        router = self.router
+        if router is not None:
+            for remote in [r for r in router.all_remote_sessions() if r.node == node]:
+                router.remote_gone(remote.full, node)
+        p = f"{self.prefix}:cluster"
+        args = [node, self.prefix, "1" if force else "0", str(int(self.dead_after * 1000))]
+
+        def reaped(won: Any) -> None:
+            if int(won or 0) and node != self.node_id:
+                log.info("cluster: node {node} is gone; its sessions ended", node=node)
+            elif int(won or 0):
+                log.info("cluster: this node's previous run left sessions behind; they ended")
+            self._claim(node)
+
+        self._write(_Write("x", ("eval", _REAP, [f"{p}:nodes", f"{p}:node-sessions:{node}"], args), self._now(),
+                           then=reaped))
+
+    def _claim(self, node: str) -> None:
+        """Deliver again what *node* had not handled (each entry taken by one node)."""
+
+        def claimed(entries: list[Any]) -> None:
+            for _entry_id, fields in entries or ():
+                try:
+                    event = json.loads(dict(zip(fields[::2], fields[1::2], strict=False))["m"])
+                except (KeyError, ValueError, TypeError):
+                    continue
+                if event.get("k") == "s":
+                    self._lost(event["x"].encode("utf-8"))
+            if entries:
+                self._claim(node)
+
+        self._write(_Write("x", ("eval", _CLAIM, [self._inbox(node)], [BATCH]), self._now(), then=claimed))
+
+    # -- start and stop
+
+    async def start(self) -> None:
+        from chatgate.storage import _redis_options
+        from chatgate.storage.redis import _RedisStore
+
+        options = _redis_options(self._settings)
+        cmd, reader = _RedisStore(**options, poolsize=1), _RedisStore(**options, poolsize=1)  # type: ignore[arg-type]
+        await cmd.start()
+        await reader.start()
+        self._stores = [cmd, reader]
+        self._cmd, self._reader = cmd._redis, reader._redis
+        self._running = True
+        self._up = True
+        self._up_since = self._now() - self.dead_after  # a start is no outage: the dead are dead
+        # A previous run of this node (same node_id) is dead: what it held ends, its inbox is delivered again.
+        self._dead(self.node_id, force=True)
+        self._beat_now()
+        self._beat = LoopingCall(self._tick)
+        self._beat.clock = self.reactor
+        self._beat.start(self.heartbeat, now=False)
+        self._reading = self._read_loop()
+        log.info("cluster: node {node} on redis {host}:{port}", node=self.node_id,
+                 host=self._settings.storage.redis_host, port=self._settings.storage.redis_port)
+
+    def _tick(self) -> None:
+        if self._up:
+            self._beat_now()
+        else:
+            self._expire()
+
+    async def stop(self) -> None:
+        """Leave: what is written goes out (bounded), the node leaves the set, the connections close."""
+        if self._beat is not None and self._beat.running:
+            self._beat.stop()
+        deadline = self._now() + 2 * BLOCK_MS / 1000
+        while (self._outbox or self._in_flight) and self._up and self._now() < deadline:
+            await _sleep(self.reactor, 0.02)
+        if self._up:
+            try:
+                await self._cmd.zrem(f"{self.prefix}:cluster:nodes", self.node_id)
+            except Exception:
+                log.failure("cluster: leaving the node set")
+        self._running = False
+        if self._reading is not None:
+            reading, self._reading = self._reading, None
+            for store in self._stores[1:]:
+                await store.stop()
+            try:
+                await reading
+            except Exception:
+                pass
+        for store in self._stores[:1]:
+            await store.stop()
+        self._stores = []
+
+
+class _BusService(Service):
+    name = "cluster"
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+
+    def startService(self) -> defer.Deferred[None]:
+        Service.startService(self)
+        return defer.Deferred.fromCoroutine(self.cluster.start())
+
+    def stopService(self) -> defer.Deferred[None]:
+        Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self.cluster.stop())
+
+
+def _parse(data: bytes) -> domish.Element | None:
+    try:
+        return parse_document(data, len(data) + 1)
+    except StreamError:
+        log.error("cluster: a stanza that does not parse; dropped")
+        return None
+
+
+def _unavailable(full: str) -> domish.Element:
+    from chatgate.stanza import CLIENT_NS
+    from chatgate.xml import Element
+
+    stanza = Element((CLIENT_NS, "presence"))
+    stanza["from"], stanza["type"] = full, "unavailable"
+    return stanza
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
