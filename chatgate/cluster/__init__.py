@@ -12,13 +12,20 @@ goes out, and what other nodes say comes in through the router's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, fail
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
 
     from chatgate.config import Settings
     from chatgate.session import Session
+
+
+class NodeUnreachable(Exception):
+    """Another node did not answer (gone, or Redis unreachable)."""
 
 
 class Cluster:
@@ -42,6 +49,15 @@ class Cluster:
     def forward(self, node: str, full: str, data: bytes) -> None:
         """Hand a stanza (plain serialization) to *full*'s session on *node*."""
         raise RuntimeError(f"no cluster: cannot forward to {full} on {node}")
+
+    def request(self, node: str, kind: str, payload: dict[str, Any], timeout: float) -> Deferred[dict[str, Any]]:
+        """Ask *node* (its handler of *kind*, see :meth:`answer`): fires with its
+        answer, fails with :class:`NodeUnreachable` when there is none in *timeout*
+        seconds or the node is gone."""
+        return fail(NodeUnreachable(f"no cluster: no node {node}"))
+
+    def answer(self, kind: str, handler: Callable[[dict[str, Any]], Deferred[dict[str, Any]]]) -> None:
+        """Answer other nodes' requests of *kind* with *handler* (one per kind)."""
 
     def service(self) -> IService | None:
         """The service that runs the bus (connects, heartbeats, reads), if any."""

@@ -39,10 +39,12 @@ not taken for the death of every node.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import txredisapi
@@ -53,7 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
-from chatgate.cluster import Cluster
+from chatgate.cluster import Cluster, NodeUnreachable
 from chatgate.cluster.remote import RemoteSession
 from chatgate.jid import jid_of
 from chatgate.session import SHARED_STATE, Session
@@ -207,6 +209,10 @@ class RedisCluster(Cluster):
         self._beat: LoopingCall | None = None
         self._reading: defer.Deferred[None] | None = None
         self._probing = False
+        #: request id -> (the node asked, the Deferred of its answer)
+        self._asked: dict[str, tuple[str, defer.Deferred[dict[str, Any]]]] = {}
+        self._handlers: dict[str, Callable[[dict[str, Any]], defer.Deferred[dict[str, Any]]]] = {}
+        self._request_ids = itertools.count(1)
 
     # -- the Cluster interface
 
@@ -241,6 +247,52 @@ class RedisCluster(Cluster):
         envelope = json.dumps({"k": "s", "t": full, "x": data.decode("utf-8")})
         self._write(_Write("s", ("execute_command", "XADD", self._inbox(node), "*", "m", envelope), self._now(),
                            data=data))
+
+    def request(self, node: str, kind: str, payload: dict[str, Any], timeout: float) -> defer.Deferred[dict[str, Any]]:
+        if node in self._dead_nodes or not self._running:
+            return defer.fail(NodeUnreachable(f"node {node} is gone"))
+        request_id = f"{self.node_id}:{next(self._request_ids)}"
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred(lambda _: self._asked.pop(request_id, None))
+        self._asked[request_id] = (node, d)
+
+        def timed_out(failure: Failure) -> Failure:
+            self._asked.pop(request_id, None)
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                raise NodeUnreachable(f"node {node} did not answer in {timeout:g} s")
+            return failure
+
+        d.addTimeout(timeout, self.reactor)
+        d.addErrback(timed_out)
+        envelope = json.dumps({"k": "q", "i": request_id, "o": self.node_id, "w": kind, "p": payload})
+        self._write(_Write("x", ("execute_command", "XADD", self._inbox(node), "*", "m", envelope), self._now()))
+        return d
+
+    def answer(self, kind: str, handler: Callable[[dict[str, Any]], defer.Deferred[dict[str, Any]]]) -> None:
+        if kind in self._handlers:
+            raise ValueError(f"two handlers for cluster requests of {kind}")
+        self._handlers[kind] = handler
+
+    def _asked_by(self, event: dict[str, Any]) -> None:
+        handler = self._handlers.get(event.get("w", ""))
+        origin, request_id = event.get("o", ""), event.get("i", "")
+
+        def reply(payload: Any) -> None:
+            if isinstance(payload, Failure):
+                log.failure("cluster: answering {kind} for {node}", payload, kind=event.get("w"), node=origin)
+                payload = {"error": "the node holding it failed to answer"}
+            envelope = json.dumps({"k": "a", "i": request_id, "p": payload})
+            self._write(_Write("x", ("execute_command", "XADD", self._inbox(origin), "*", "m", envelope),
+                               self._now()))
+
+        if handler is None:
+            reply({"error": f"no handler for {event.get('w')}"})
+            return
+        defer.maybeDeferred(handler, event.get("p") or {}).addBoth(reply)
+
+    def _answered(self, event: dict[str, Any]) -> None:
+        asked = self._asked.pop(event.get("i", ""), None)
+        if asked is not None and not asked[1].called:
+            asked[1].callback(event.get("p") or {})
 
     # -- keys and entries
 
@@ -462,6 +514,12 @@ class RedisCluster(Cluster):
         if kind == "s":
             router.relayed(event["t"], event["x"], None)
             return
+        if kind == "q":
+            self._asked_by(event)
+            return
+        if kind == "a":
+            self._answered(event)
+            return
         full = event.get("j", "")
         domain = full.partition("@")[2].partition("/")[0]
         waiting = self._joining.get(domain)
@@ -555,6 +613,10 @@ class RedisCluster(Cluster):
         """*node* stopped beating: its sessions end here, and its inbox is delivered again."""
         if node != self.node_id:
             self._dead_nodes.add(node)
+            for request_id, (asked, d) in list(self._asked.items()):
+                if asked == node:
+                    del self._asked[request_id]
+                    d.errback(NodeUnreachable(f"node {node} is gone"))
         router = self.router
         if router is not None:
             for remote in [r for r in router.all_remote_sessions() if r.node == node]:
