@@ -32,6 +32,8 @@ class Cluster:
     """One node alone: every session is local, nothing crosses a process."""
 
     node_id = "local"
+    #: whether other nodes exist (a BOSH sid then names its node)
+    clustered = False
 
     def attach(self, router: Any) -> None:
         """The router this node delivers with (remote events go to it)."""

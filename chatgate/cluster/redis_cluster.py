@@ -130,6 +130,7 @@ return {tostring(now), redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
 _REAP = """
 local dead, prefix = ARGV[1], ARGV[2]
 local score = redis.call('ZSCORE', KEYS[1], dead)
+if not score and redis.call('SCARD', KEYS[2]) == 0 then return 0 end
 if ARGV[3] ~= '1' then
   if not score then return 0 end
   local t = redis.call('TIME')
@@ -175,6 +176,8 @@ class _Write:
 
 class RedisCluster(Cluster):
     """The bus on Redis (see the module's docstring)."""
+
+    clustered = True
 
     def __init__(self, settings: Settings, reactor: Any = None) -> None:
         if reactor is None:

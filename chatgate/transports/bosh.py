@@ -36,6 +36,12 @@ The connection manager (XEP-0124 §3):
   too frequent requests (§11, §12), and ``remote-stream-error`` carrying the
   ``<stream:error/>`` when the XMPP stream fails (XEP-0206 §7).
 
+In a cluster a sid names the node holding its session (``<random>.<node>``):
+a request reaching another node (a load balancer with no sticky sessions) is
+handed to that node over the cluster bus and its answer comes back the same
+way; a node that does not answer makes it ``item-not-found`` (the client
+starts a new session).
+
 What counts as an encrypted request is decided by :func:`peer_of` and
 documented under ``[http]`` in tap-config.ini.
 """
@@ -59,6 +65,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from chatgate.auth.sasl import Authenticator
+from chatgate.cluster import NodeUnreachable
 from chatgate.config import Network, Settings
 from chatgate.router import Router
 from chatgate.session import Session, is_qualified_message
@@ -154,6 +161,9 @@ class Peer:
     label: str
     secure: bool
 
+
+#: seconds a request forwarded to another node may take beyond the longest BOSH wait
+FORWARD_SLACK = 10
 
 #: X-Forwarded-For entries looked at, from the right; a longer chain of trusted proxies is not followed
 MAX_HOPS = 16
@@ -685,9 +695,37 @@ class ConnectionManager(service.Service):
         self._stopped: defer.Deferred[None] = defer.succeed(None)
         limits = settings.limits
         self._creations = PerAddress(limits.session_rate, limits.session_burst, self.clock)
+        router.cluster.answer("bosh", self._forwarded)
 
-    def handle(self, data: bytes, peer: Peer) -> defer.Deferred[bytes]:
-        """Take the body of one POST; the Deferred fires with the answer."""
+    def _forwarded(self, request: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """A request another node took for a session of this node (a load
+        balancer without sticky sessions): answered here, sent back there."""
+        peer = Peer(str(request.get("a", "")), f"{request.get('l', '')} via another node", bool(request.get("s")))
+        d = self.handle(str(request.get("b", "")).encode("utf-8"), peer, forwarded=True)
+        return d.addCallback(lambda answer: {"b": answer.decode("utf-8")})
+
+    def _forward(self, node: str, data: bytes, peer: Peer) -> defer.Deferred[bytes]:
+        """Hand a request for a session *node* holds to that node, and its answer back."""
+        request = {"b": data.decode("utf-8", "replace"), "a": peer.address, "l": peer.label, "s": peer.secure}
+        d = self.router.cluster.request(node, "bosh", request, self.settings.http.bosh_max_wait + FORWARD_SLACK)
+
+        def answered(answer: dict[str, Any]) -> bytes:
+            if "b" not in answer:
+                return terminal("item-not-found")
+            return str(answer["b"]).encode("utf-8")
+
+        def unanswered(failure: Failure) -> bytes:
+            failure.trap(NodeUnreachable)
+            log.info("BOSH request from {peer} for a session of node {node}, which did not answer: {why}",
+                     peer=peer.label, node=node, why=failure.getErrorMessage())
+            return terminal("item-not-found")
+
+        return d.addCallbacks(answered, unanswered)
+
+    def handle(self, data: bytes, peer: Peer, forwarded: bool = False) -> defer.Deferred[bytes]:
+        """Take the body of one POST; the Deferred fires with the answer. In a
+        cluster, a request for a session another node holds goes to that node
+        (*forwarded*: it came from another node, it goes no further)."""
         limits = self.settings.limits
         try:
             body = parse_document(data, self.settings.http.bosh_max_body_size, limits.max_depth)
@@ -700,6 +738,9 @@ class ConnectionManager(service.Service):
         sid = body.getAttribute("sid")
         connection = self.connections.get(sid) if sid is not None else None
         if sid is not None and connection is None:
+            owner = sid.partition(".")[2]
+            if owner and owner != self.router.cluster.node_id and not forwarded:
+                return self._forward(owner, data, peer)
             final = self._buried.get(sid)
             if final is not None and self._told_at_stop is not None:
                 self._told_at_stop.discard(sid)
@@ -751,6 +792,8 @@ class ConnectionManager(service.Service):
             error = stream_error("policy-violation", "Too many new sessions from your address; try again later")
             return terminal("remote-stream-error", [serialize(error)])
         sid = secrets.token_hex(16)
+        if self.router.cluster.clustered:
+            sid = f"{sid}.{self.router.cluster.node_id}"  # any node can tell where it lives
         connection = BOSHConnection(self, sid, rid, wait, hold, peer)
         self.connections[sid] = connection
         self.preauth[peer.address] = self.preauth.get(peer.address, 0) + 1
