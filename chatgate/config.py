@@ -352,7 +352,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
     "storage": (
         StorageSettings,
         {
-            "backend": _one_of("sqlite", "memory"),
+            "backend": _one_of("sqlite", "redis", "memory"),
             "path": _nonempty,
             "poll_interval": _seconds,
             "redis_host": _nonempty,

@@ -32,6 +32,7 @@ from chatgate.admin import audit
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import ConfigError, Settings, load
+from chatgate.private_files import make_private_folder
 from chatgate.storage import open_directory
 from chatgate.storage.interfaces import Credentials, DirectoryError, IDirectory, User
 
@@ -181,7 +182,7 @@ def _settings(path: str | None) -> Settings:
     else:
         settings = load(path)
     if settings.storage.backend == "memory":
-        raise CommandError("[storage] backend = memory keeps nothing; chatgate-admin needs sqlite")
+        raise CommandError("[storage] backend = memory keeps nothing; chatgate-admin needs sqlite or redis")
     return settings
 
 
@@ -223,6 +224,7 @@ def _audited(job: Job, args: argparse.Namespace, settings: Settings) -> Job:
     """*job*, followed by its audit line when it succeeds; CommandError if the audit log cannot be written."""
     path = os.path.join(os.path.dirname(settings.path(settings.storage.path)), audit.CLI_LOG)
     try:
+        make_private_folder(os.path.dirname(path))  # made by nothing else when the directory is on Redis
         logger = audit.file_logger(path)
     except OSError as e:
         raise CommandError(f"cannot write the audit log {path}: {e.strerror}") from None

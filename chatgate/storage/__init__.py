@@ -36,12 +36,16 @@ def open_directory(settings: Settings) -> IDirectory:
     """The directory backend *settings* names, not started yet.
 
     For SQLite the file's folder is created if missing; DirectoryError (one
-    line) if that fails.
+    line) if that fails. Redis is the ``[storage] redis_*`` server, as for the archive.
     """
     if settings.storage.backend == "memory":
         from chatgate.storage.memory import MemoryDirectory
 
         return MemoryDirectory()
+    if settings.storage.backend == "redis":
+        from chatgate.storage.redis_directory import RedisDirectory
+
+        return RedisDirectory(**_redis_options(settings))
     from chatgate.storage.sqlite import SQLiteDirectory
 
     return SQLiteDirectory(_sqlite_path(settings), settings.storage.poll_interval)

@@ -235,6 +235,9 @@ def _message(owner: str, archive_id: str, record: str) -> ArchivedMessage:
 class _RedisStore:
     """A txredisapi connection pool to the configured server."""
 
+    #: what its failures raise, one line naming the server (the directory's subclass: DirectoryError)
+    error: type[Exception] = ArchiveError
+
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, db: int = 0, password: str = "",
                  tls: bool = False, tls_ca: str = "", prefix: str = "chatgate", poolsize: int = 4,
                  connect_timeout: float = CONNECT_TIMEOUT) -> None:
@@ -254,7 +257,7 @@ class _RedisStore:
 
         tls = False
         if self._tls_wanted:  # reads the CA file: off the reactor thread
-            tls = await deferToThread(_tls_options, self.host, self._tls_ca)
+            tls = await deferToThread(_tls_options, self.host, self._tls_ca, self.error)
         self._redis = txredisapi.lazyConnectionPool(
             self.host, self.port, dbid=self.db, poolsize=self._poolsize, password=self._password,
             ssl_context_factory=tls, connectTimeout=self.connect_timeout, convertNumbers=False,
@@ -277,7 +280,7 @@ class _RedisStore:
         except Exception as e:
             await self._disconnect()
             reason = "no answer" if isinstance(e, defer.TimeoutError) else str(e).replace("Redis error: ", "")
-            raise ArchiveError(f"redis {self.host}:{self.port}: cannot connect ({reason})") from None
+            raise self.error(f"redis {self.host}:{self.port}: cannot connect ({reason})") from None
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._disconnect())
@@ -292,7 +295,7 @@ class _RedisStore:
 
     def _eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
         if self._redis is None:
-            return fail(ArchiveError(f"redis {self.host}:{self.port}: the store is not started"))
+            return fail(self.error(f"redis {self.host}:{self.port}: the store is not started"))
         d = self._redis.eval(script, keys, args)
         d.addErrback(self._failed)
         return d
@@ -301,7 +304,7 @@ class _RedisStore:
         if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("UNKNOWN "):
             raise unknown(str(failure.value)[len("UNKNOWN "):])
         if failure.check(txredisapi.RedisError, ConnectionError):
-            raise ArchiveError(f"redis {self.host}:{self.port}: {failure.value}")
+            raise self.error(f"redis {self.host}:{self.port}: {failure.value}")
         return failure
 
     def _base(self, owner: str, kind: str) -> tuple[str, str, str]:
@@ -310,7 +313,7 @@ class _RedisStore:
         return f"{self.prefix}:{domain}:{kind}:{localpart}", localpart, domain
 
 
-def _tls_options(host: str, ca_path: str) -> Any:
+def _tls_options(host: str, ca_path: str, error: type[Exception] = ArchiveError) -> Any:
     from twisted.internet.ssl import Certificate, optionsForClientTLS
 
     if not ca_path:
@@ -319,9 +322,9 @@ def _tls_options(host: str, ca_path: str) -> Any:
         with open(ca_path, "rb") as f:
             trust = Certificate.loadPEM(f.read())
     except OSError as e:
-        raise ArchiveError(f"{ca_path}: cannot read the Redis CA certificate: {e.strerror}") from None
+        raise error(f"{ca_path}: cannot read the Redis CA certificate: {e.strerror}") from None
     except Exception:
-        raise ArchiveError(f"{ca_path}: not a PEM certificate") from None
+        raise error(f"{ca_path}: not a PEM certificate") from None
     return optionsForClientTLS(host, trustRoot=trust)
 
 

@@ -1,24 +1,42 @@
-"""The blocklist part of the IDirectory contract (XEP-0191), on every backend; then what only SQLite adds."""
+"""The blocklist part of the IDirectory contract (XEP-0191), on every backend (Redis: a real
+redis-server); then what only SQLite adds."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
+from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
 
 from chatgate.storage.interfaces import Change, UnknownUser, User
 from chatgate.storage.memory import MemoryDirectory
+from chatgate.storage.redis_directory import RedisDirectory
 from chatgate.storage.sqlite import SQLiteDirectory
+from tests.redis_server import RedisServer
 
 ALICE = User("alice", "example.com", "Alice")
 BOB = User("bob", "example.com", "Bob")
+_prefixes = itertools.count()
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
 async def hosted(request, tmp_path):
     """A directory hosting example.com with alice and bob, its changes recorded in ``store.told``."""
-    store = MemoryDirectory() if request.param == "memory" else SQLiteDirectory(str(tmp_path / "d.sqlite"), 0.02)
+    if request.param == "memory":
+        store = MemoryDirectory()
+    elif request.param == "sqlite":
+        store = SQLiteDirectory(str(tmp_path / "d.sqlite"), 0.02)
+    else:
+        store = RedisDirectory(port=request.getfixturevalue("redis_server").port, prefix=f"test{next(_prefixes)}")
     await store.start()
     await store.add_domain("example.com")
     await store.add_user(ALICE, {})

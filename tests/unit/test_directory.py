@@ -1,8 +1,11 @@
-"""The IDirectory contract, run against every backend; then what only SQLite adds."""
+"""The IDirectory contract, run against every backend (Redis: a real redis-server);
+then what only SQLite adds, and the Redis change feed between nodes."""
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
@@ -30,11 +33,14 @@ from chatgate.storage.interfaces import (
     User,
 )
 from chatgate.storage.memory import MemoryDirectory
+from chatgate.storage.redis_directory import RedisDirectory
 from chatgate.storage.sqlite import SQLiteDirectory
+from tests.redis_server import RedisServer, free_port
 
 POLL = 0.02
 ALICE = User("alice", "example.com", "Alice Liddell", "Dreamer", "Wonder", "+1 555 0100")
 BOB = User("bob", "example.com", "Bob")
+_prefixes = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +78,26 @@ def feed(store: SQLiteDirectory) -> TimerService:
     return polling
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def redis_at(server: RedisServer, prefix: str | None = None) -> RedisDirectory:
+    """A directory on *server*, under a prefix of its own unless *prefix* names one to share."""
+    return RedisDirectory(port=server.port, prefix=prefix or f"test{next(_prefixes)}")
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
 async def directory(request, tmp_path):
     if request.param == "memory":
         store = MemoryDirectory()
-    else:
+    elif request.param == "sqlite":
         store = SQLiteDirectory(str(tmp_path / "directory.sqlite"), POLL)
+    else:
+        store = redis_at(request.getfixturevalue("redis_server"))
     await store.start()
     polling = feed(store)
     yield store
@@ -96,6 +116,7 @@ async def hosted(directory, secret_credentials):
 def test_backends_provide_the_interface(tmp_path):
     assert IDirectory.providedBy(MemoryDirectory())
     assert IDirectory.providedBy(SQLiteDirectory(str(tmp_path / "x.sqlite"), POLL))
+    assert IDirectory.providedBy(RedisDirectory())
 
 
 # -- domains
@@ -605,3 +626,113 @@ async def test_open_directory_picks_the_configured_backend(tmp_path):
     assert (tmp_path / "var" / "db").is_dir()
     await store.start()
     await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_directory_picks_redis(tmp_path):
+    settings = Settings(storage=StorageSettings(backend="redis", redis_host="redis.example", redis_port=6380,
+                                                redis_prefix="chat1"), base_dir=str(tmp_path))
+    store = open_directory(settings)
+    assert isinstance(store, RedisDirectory)
+    assert (store.host, store.port, store.prefix) == ("redis.example", 6380, "chat1")
+
+
+# -- Redis: the change feed between nodes
+
+
+@pytest_twisted.async_yield_fixture
+async def two_nodes(redis_server):
+    """(one, other): two directories on one Redis server and prefix, as two nodes
+    would have, each watched by a Recorder (``.told``); nobody polls."""
+    prefix = f"test{next(_prefixes)}"
+    nodes = [redis_at(redis_server, prefix), redis_at(redis_server, prefix)]
+    for node in nodes:
+        await node.start()
+        node.told = Recorder()
+        node.watch(node.told)
+    yield nodes
+    for node in nodes:
+        await node.stop()
+
+
+async def settle() -> None:
+    """Long enough for a change told twice to be told the second time."""
+    await deferLater(reactor, 0.1, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_change_reaches_the_other_node_without_polling(two_nodes, secret_credentials):
+    one, other = two_nodes
+    await one.add_domain("example.com")
+    await one.add_user(ALICE, secret_credentials)
+    await one.add_alias(Alias("team", "example.com", "Team", ("alice",)))
+    await one.remove_user("example.com", "alice")
+    expected = [
+        Change("domain-added", "example.com"),
+        Change("user-added", "example.com", "alice"),
+        Change("alias-added", "example.com", "team"),
+        Change("user-removed", "example.com", "alice"),
+        Change("alias-changed", "example.com", "team"),
+    ]
+    assert await other.told.until(len(expected), timeout=1.0) == expected  # the blocking read, not a poll
+    await settle()
+    await other.poll()  # a poll after the blocking read tells nothing again
+    assert other.told.changes == expected
+    assert await other.alias("example.com", "team") == Alias("team", "example.com", "Team", ())
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_own_changes_are_told_once(two_nodes):
+    """Polls racing the blocking read: each change is told once, in order, by one or the other."""
+    one, _ = two_nodes
+    names = [f"d{i}.example" for i in range(30)]
+    for name in names:
+        await one.add_domain(name)
+        one.poll()  # under way while the next change is written
+    await one.told.until(len(names), timeout=1.0)
+    await settle()
+    await one.poll()
+    assert one.told.changes == [Change("domain-added", name) for name in names]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_changes_before_start_are_not_told(two_nodes, redis_server):
+    one, _ = two_nodes
+    await one.add_domain("example.com")
+    late = redis_at(redis_server, one.prefix)
+    recorder = Recorder()
+    late.watch(recorder)
+    await late.start()
+    try:
+        await late.poll()
+        await one.set_chat_enabled("example.com", False)
+        assert await recorder.until(1, timeout=1.0) == [Change("domain-disabled", "example.com")]
+        assert await late.domains() == [Domain("example.com", chat_enabled=False)]
+    finally:
+        await late.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_errors_are_one_line_directory_errors(tmp_path):
+    port = free_port()  # nothing listens there
+    store = RedisDirectory(port=port, connect_timeout=0.3)
+    with pytest.raises(DirectoryError, match=rf"^redis 127.0.0.1:{port}: cannot connect \(no answer\)$"):
+        await store.start()
+    with pytest.raises(DirectoryError, match=rf"^redis 127.0.0.1:{port}: the directory is not started$"):
+        await store.domains()
+    await store.stop()  # harmless after a failed start
+
+    waiting = set(reactor.getDelayedCalls())
+    server = RedisServer(tmp_path).start()
+    store = RedisDirectory(port=server.port)
+    await store.start()
+    server.stop()
+    for _ in range(2):  # the connections lost, then reconnecting: refused at once either way
+        with pytest.raises(DirectoryError) as refused:
+            await store.add_domain("example.com")
+        assert str(refused.value).startswith(f"redis 127.0.0.1:{server.port}: ")
+        assert "\n" not in str(refused.value)
+        await store.poll()  # logged, not raised
+        await deferLater(reactor, 0.05, lambda: None)
+    await store.stop()  # nothing left behind: no reconnection, no retry of the blocking read
+    assert set(reactor.getDelayedCalls()) <= waiting
