@@ -110,6 +110,8 @@ class OfflineMessages:
                     lambda f: log.failure("putting back an offline message for {bare} failed", f,
                                           bare=session.bare))
             return
+        # in the order they came: a store with several connections (Redis) may have taken them out of it
+        messages = sorted(messages, key=lambda m: m.at)
         for message in messages:
             try:
                 stanza = parse_document(message.stanza.encode("utf-8"), self.max_size)
