@@ -29,7 +29,7 @@ from chatgate.mirror import DirectoryMirror
 from chatgate.private_files import warn_if_open
 from chatgate.router import Router
 from chatgate.storage import Stores, open_archive, open_directory, open_offline
-from chatgate.storage.interfaces import User
+from chatgate.storage.interfaces import DuplicateDomain, User
 from chatgate.tls import ReloadableContext, ensure_certificate
 from chatgate.transports.bosh import BOSHResource, ConnectionManager
 from chatgate.transports.c2s import C2SFactory
@@ -268,7 +268,10 @@ class ChatService(service.MultiService):
     @defer.inlineCallbacks
     def _create_demo(self):
         domain = self.settings.demo.domain
-        yield self.directory.add_domain(domain)
+        try:
+            yield self.directory.add_domain(domain)
+        except DuplicateDomain:
+            return  # another node sharing the store, starting at the same time, made it
         lines = []
         for localpart, name in DEMO_USERS:
             password = secrets.token_urlsafe(9)
