@@ -51,8 +51,8 @@ from chatgate.delivery import Delivery
 from chatgate.jid import jid_of
 from chatgate.mirror import DirectoryMirror
 from chatgate.session import Addressed, Session
-from chatgate.stanza import ADDRESS_NS, CLIENT_NS, StanzaError, error_reply, first_child
-from chatgate.xml import Element, StreamError, parse_document
+from chatgate.stanza import ADDRESS_NS, StanzaError, error_reply, first_child, unavailable
+from chatgate.xml import StreamError, parse_document
 
 Handler = Callable[[domish.Element, Session, JID], Any]
 #: a handler of a first-level element that is no stanza (a nonza: XEP-0352's <active/>)
@@ -494,10 +494,8 @@ class Router:
             return
         self._forget_remote(full)
         if remote.available:
-            stanza = Element((CLIENT_NS, "presence"))
-            stanza["from"], stanza["type"] = full, "unavailable"
             remote.set_presence(None, remote.priority)
-            self.emit(events.REMOTE_PRESENCE, remote, stanza, True)
+            self.emit(events.REMOTE_PRESENCE, remote, unavailable(full), True)
 
     def all_remote_sessions(self) -> list[RemoteSession]:
         """Every session of another node mirrored here."""

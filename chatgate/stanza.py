@@ -109,6 +109,13 @@ def iq_result(iq: domish.Element) -> domish.Element:
     return reply
 
 
+def unavailable(full: str) -> domish.Element:
+    """A resource's unavailable presence, from its full JID (RFC 6121 §4.5)."""
+    presence = Element((CLIENT_NS, "presence"))
+    presence["from"], presence["type"] = full, "unavailable"
+    return presence
+
+
 def first_child(stanza: domish.Element) -> domish.Element | None:
     """The first child element (an IQ's payload), or None."""
     for child in stanza.elements():

@@ -59,7 +59,7 @@ from chatgate.cluster import Cluster, NodeUnreachable
 from chatgate.cluster.remote import RemoteSession
 from chatgate.jid import jid_of
 from chatgate.session import SHARED_STATE, Session
-from chatgate.stanza import error_reply
+from chatgate.stanza import error_reply, unavailable
 from chatgate.xml import StreamError, parse_document, serialize
 
 if TYPE_CHECKING:
@@ -578,7 +578,7 @@ class RedisCluster(Cluster):
             if stanza is None:
                 return
         elif remote.available:
-            stanza = _unavailable(remote.full)
+            stanza = unavailable(remote.full)
         else:
             remote.priority = priority
             return
@@ -731,15 +731,6 @@ def _parse(data: bytes) -> domish.Element | None:
     except StreamError:
         log.error("cluster: a stanza that does not parse; dropped")
         return None
-
-
-def _unavailable(full: str) -> domish.Element:
-    from chatgate.stanza import CLIENT_NS
-    from chatgate.xml import Element
-
-    stanza = Element((CLIENT_NS, "presence"))
-    stanza["from"], stanza["type"] = full, "unavailable"
-    return stanza
 
 
 def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:

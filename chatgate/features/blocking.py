@@ -64,7 +64,7 @@ from chatgate.delivery import Delivery
 from chatgate.jid import jid_of
 from chatgate.router import Router
 from chatgate.session import Addressed, Session
-from chatgate.stanza import ADDRESS_NS, CLIENT_NS, StanzaError, body_of, iq_result
+from chatgate.stanza import ADDRESS_NS, CLIENT_NS, StanzaError, body_of, iq_result, unavailable
 from chatgate.storage import Stores
 from chatgate.storage.interfaces import Alias, Change, IDirectory, User
 from chatgate.xml import Element
@@ -100,12 +100,6 @@ def matches(items: frozenset[str], jids: Iterable[JID]) -> bool:
 def blocked_error() -> domish.Element:
     """XEP-0191 §3.7's application-specific condition."""
     return Element((ERRORS_NS, "blocked"))
-
-
-def _unavailable(full: str) -> domish.Element:
-    presence = Element((CLIENT_NS, "presence"))
-    presence["from"], presence["type"] = full, "unavailable"
-    return presence
 
 
 def _origins(delivery: Delivery) -> list[JID]:
@@ -376,9 +370,9 @@ class Blocking:
         self._announcing = True
         try:
             for session in mine:
-                self.router.deliver_presence(Addressed(_unavailable(session.full)), session, theirs)
+                self.router.deliver_presence(Addressed(unavailable(session.full)), session, theirs)
             for session in theirs:
-                self.router.deliver_presence(Addressed(_unavailable(session.full)), session, mine)
+                self.router.deliver_presence(Addressed(unavailable(session.full)), session, mine)
         finally:
             self._announcing = False
 

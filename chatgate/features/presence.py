@@ -21,18 +21,11 @@ from chatgate.config import Settings
 from chatgate.jid import jid_of
 from chatgate.router import Router
 from chatgate.session import Addressed, Session
-from chatgate.stanza import CLIENT_NS, StanzaError
+from chatgate.stanza import CLIENT_NS, StanzaError, unavailable
 from chatgate.storage import Stores
 from chatgate.xml import Element
 
 _SUBSCRIPTION = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
-
-
-def unavailable(session: Session) -> domish.Element:
-    presence = Element((CLIENT_NS, "presence"))
-    presence["from"] = session.full
-    presence["type"] = "unavailable"
-    return presence
 
 
 def _priority(stanza: domish.Element) -> int:
@@ -97,7 +90,7 @@ class Presence:
         """The resource goes unavailable: tell the domain and its directed-presence peers."""
         if not sender.available and not sender.directed:
             return
-        stanza = stanza if stanza is not None else unavailable(sender)
+        stanza = stanza if stanza is not None else unavailable(sender.full)
         stanza["from"] = sender.full
         was_available = sender.available
         sender.presence = None
