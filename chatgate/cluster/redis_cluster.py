@@ -601,6 +601,7 @@ class RedisCluster(Cluster):
             if float(scores[i + 1]) >= now - self.dead_after * 1000:
                 alive.add(scores[i])
         stale = {scores[i] for i in range(0, len(scores), 2)} - alive
+        left = self._alive - alive - stale  # gone from the set: stopped cleanly, or reaped by another node
         self._alive = alive
         self._dead_nodes -= alive
         if self._up_since > self._now() - self.dead_after:
@@ -609,45 +610,46 @@ class RedisCluster(Cluster):
         if router is None:
             return
         gone = {remote.node for remote in router.all_remote_sessions()} - alive
-        for node in gone | stale:
+        for node in (gone | stale | left) - {self.node_id}:
             self._dead(node)
 
-    def _dead(self, node: str, force: bool = False) -> None:
+    def _dead(self, node: str) -> None:
         """*node* stopped beating: its sessions end here, and its inbox is delivered again."""
-        if node != self.node_id:
-            self._dead_nodes.add(node)
-            for request_id, (asked, d) in list(self._asked.items()):
-                if asked == node:
-                    del self._asked[request_id]
-                    d.errback(NodeUnreachable(f"node {node} is gone"))
+        self._dead_nodes.add(node)
+        for request_id, (asked, d) in list(self._asked.items()):
+            if asked == node:
+                del self._asked[request_id]
+                d.errback(NodeUnreachable(f"node {node} is gone"))
         router = self.router
         if router is not None:
             for remote in [r for r in router.all_remote_sessions() if r.node == node]:
                 router.remote_gone(remote.full, node)
         p = f"{self.prefix}:cluster"
-        args = [node, self.prefix, "1" if force else "0", str(int(self.dead_after * 1000))]
+        args = [node, self.prefix, "0", str(int(self.dead_after * 1000))]
 
         def reaped(won: Any) -> None:
-            if int(won or 0) and node != self.node_id:
+            if int(won or 0):
                 log.info("cluster: node {node} is gone; its sessions ended", node=node)
-            elif int(won or 0):
-                log.info("cluster: this node's previous run left sessions behind; they ended")
             self._claim(node)
 
         self._write(_Write("x", ("eval", _REAP, [f"{p}:nodes", f"{p}:node-sessions:{node}"], args), self._now(),
                            then=reaped))
 
+    def _redeliver(self, entries: list[Any]) -> None:
+        """Inbox entries a dead node (or this node's previous run) left: its stanzas delivered again."""
+        for _entry_id, fields in entries:
+            try:
+                event = json.loads(dict(zip(fields[::2], fields[1::2], strict=False))["m"])
+            except (KeyError, ValueError, TypeError):
+                continue
+            if event.get("k") == "s":
+                self._lost(event["x"].encode("utf-8"))
+
     def _claim(self, node: str) -> None:
         """Deliver again what *node* had not handled (each entry taken by one node)."""
 
         def claimed(entries: list[Any]) -> None:
-            for _entry_id, fields in entries or ():
-                try:
-                    event = json.loads(dict(zip(fields[::2], fields[1::2], strict=False))["m"])
-                except (KeyError, ValueError, TypeError):
-                    continue
-                if event.get("k") == "s":
-                    self._lost(event["x"].encode("utf-8"))
+            self._redeliver(entries or [])
             if entries:
                 self._claim(node)
 
@@ -668,8 +670,7 @@ class RedisCluster(Cluster):
         self._running = True
         self._up = True
         self._up_since = self._now() - self.dead_after  # a start is no outage: the dead are dead
-        # A previous run of this node (same node_id) is dead: what it held ends, its inbox is delivered again.
-        self._dead(self.node_id, force=True)
+        await self._reap_previous_run()
         self._beat_now()
         self._beat = LoopingCall(self._tick)
         self._beat.clock = self.reactor
@@ -677,6 +678,20 @@ class RedisCluster(Cluster):
         self._reading = self._read_loop()
         log.info("cluster: node {node} on redis {host}:{port}", node=self.node_id,
                  host=self._settings.storage.redis_host, port=self._settings.storage.redis_port)
+
+    async def _reap_previous_run(self) -> None:
+        """A previous run of this node (same node_id) is dead: its registry
+        entries go and its inbox is delivered again, before this run reads
+        the inbox (so nothing is handled twice)."""
+        p = f"{self.prefix}:cluster"
+        args = [self.node_id, self.prefix, "1", str(int(self.dead_after * 1000))]
+        if int(await self._cmd.eval(_REAP, [f"{p}:nodes", f"{p}:node-sessions:{self.node_id}"], args) or 0):
+            log.info("cluster: this node's previous run left sessions behind; they ended")
+        for _ in range(10_000):  # bounded: BATCH entries each
+            entries = await self._cmd.eval(_CLAIM, [self._inbox(self.node_id)], [BATCH])
+            if not entries:
+                break
+            self._redeliver(entries)
 
     def _tick(self) -> None:
         if self._up:
