@@ -349,7 +349,14 @@ class RedisCluster(Cluster):
         if self._up:
             self._pump()
 
+    def _connected(self) -> bool:
+        """Whether the write connection is up now (txredisapi would hold a command until it is)."""
+        return bool(self._cmd is not None and self._cmd._factory.size)
+
     def _pump(self) -> None:
+        if self._up and self._outbox and not self._connected():
+            self._down()
+            return
         while self._up and self._outbox:
             write = self._outbox.popleft()
             self._in_flight.append(write)
@@ -408,6 +415,9 @@ class RedisCluster(Cluster):
             if self._running:
                 self.reactor.callLater(RETRY, self._probe)
 
+        if not self._connected():
+            failed(Failure(ConnectionError("not connected")))
+            return
         d = self._cmd.ping()
         d.addTimeout(RETRY * 2, self.reactor)
         d.addCallbacks(answered, failed)
@@ -667,6 +677,9 @@ class RedisCluster(Cluster):
         await reader.start()
         self._stores = [cmd, reader]
         self._cmd, self._reader = cmd._redis, reader._redis
+        for connection in (self._cmd, self._reader):
+            # txredisapi backs off up to 10 s between reconnections; the bus wants Redis back within a second
+            connection._factory.maxDelay = RETRY * 2
         self._running = True
         self._up = True
         self._up_since = self._now() - self.dead_after  # a start is no outage: the dead are dead
@@ -694,6 +707,8 @@ class RedisCluster(Cluster):
             self._redeliver(entries)
 
     def _tick(self) -> None:
+        if self._up and not self._connected():
+            self._down()
         if self._up:
             self._beat_now()
         else:
