@@ -1,9 +1,15 @@
 """A real ``redis-server`` on a free loopback port, started and stopped by the tests.
 
-Nothing is persisted (no RDB, no AOF) and it listens on 127.0.0.1 only. With
+It listens on 127.0.0.1 only. Nothing is persisted (no RDB, no AOF) unless
+*persist* is set: then every write goes to an append-only file in its folder
+(fsync always), so ``stop()`` then ``start()`` (same port) keeps the data. With
 *tls* set to ``(certificate, key)`` PEM paths it speaks TLS only (plain port
 off) and asks clients for no certificate. Tests are skipped when
 ``redis-server`` is not installed; ``make test`` installs it.
+
+*replica_of* (the port of a server started here) makes it that server's
+replica (``--replicaof``, with the same password); :class:`RedisSentinel` is
+a ``redis-server --sentinel`` watching one master.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, folder: Path, tls: tuple[str, str] | None = None, password: str = "") -> None:
+    def __init__(self, folder: Path, tls: tuple[str, str] | None = None, password: str = "",
+                 persist: bool = False, replica_of: int | None = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.tls = tls
         self.password = password
+        self.persist = persist
+        self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "redis.log"
 
@@ -37,7 +46,8 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed (make test installs it)")
-        args = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.folder),
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        args = [binary, "--bind", "127.0.0.1", "--save", "", *aof, "--dir", str(self.folder),
                 "--logfile", str(self.log), "--daemonize", "no"]
         if self.tls:
             cert, key = self.tls
@@ -47,6 +57,12 @@ class RedisServer:
             args += ["--port", str(self.port)]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+            args += ["--masterauth", self.password] if self.password else []
+        return self._launch(args, timeout)
+
+    def _launch(self, args: list[str], timeout: float) -> RedisServer:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -87,3 +103,28 @@ class RedisServer:
             return self.log.read_text()
         except FileNotFoundError:
             return ""
+
+
+class RedisSentinel(RedisServer):
+    """A sentinel on a free loopback port watching *master* as *name*, alone (quorum 1), quick to fail over."""
+
+    def __init__(self, folder: Path, master: RedisServer, name: str = "mymaster", down_after_ms: int = 500,
+                 failover_timeout_ms: int = 2000) -> None:
+        super().__init__(folder)
+        self.master, self.name = master, name
+        self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
+        self.log = folder / "sentinel.log"
+
+    def start(self, timeout: float = 10) -> RedisServer:
+        binary = shutil.which("redis-sentinel") or shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (make test installs it)")
+        lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.folder}", f"logfile {self.log}",
+                 f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1",
+                 f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+                 f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}"]
+        if self.master.password:
+            lines.append(f"sentinel auth-pass {self.name} {self.master.password}")
+        config = self.folder / "sentinel.conf"  # the sentinel rewrites it: its own file
+        config.write_text("\n".join(lines) + "\n")
+        return self._launch([binary, str(config), "--sentinel"], timeout)
