@@ -32,11 +32,83 @@ BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
 # `pip install .` ships it with the pane's own files (chatgate/web/static/).
 PANE_VENDOR := chatgate/web/static/vendor/strophe.esm.js
 
-.PHONY: run test test-deps browser-deps pane node-deps
+.PHONY: run cluster test test-deps browser-deps pane node-deps
 
 run: pane $(VENV)/.build-tools
 	$(PIP) install --quiet --no-build-isolation .
 	exec $(BIN)/twistd --pidfile= --umask 077 -n chatgate --config tap-config.ini
+
+# `make cluster`: redis-server and two chatgate nodes on this machine, to try
+# several nodes (README, "Running several nodes"); Ctrl-C stops all three.
+# Each node's file is tap-config.ini with overrides, written to var/cluster/nodeN.ini:
+# node N has c2s port 530N, the web listener (BOSH) 538N, the admin API 548N;
+# both share var/cluster/chatgate.sqlite (the directory) and Redis (archive,
+# offline messages, the bus). Redis gets a free port, or CLUSTER_REDIS_PORT=6390.
+# Redis runs in its own session (setsid) so that Ctrl-C reaches it only after
+# the nodes have stopped.
+CLUSTER_REDIS_PORT ?=
+
+define CLUSTER_INI
+import configparser, os, sys
+n, redis_port = int(sys.argv[1]), sys.argv[2]
+here = os.path.abspath(".")
+ini = configparser.ConfigParser(interpolation=None)
+ini.read("tap-config.ini")
+for section, key in (("tls", "certificate"), ("tls", "key")):
+    ini[section][key] = os.path.join(here, ini[section].get(key))
+overrides = {
+    "xmpp": {"interfaces": "127.0.0.1", "port": 5300 + n, "extra_ports": "", "direct_tls_port": ""},
+    "http": {"port": 5380 + n},
+    "admin": {"port": 5480 + n},
+    "storage": {"backend": "sqlite", "path": os.path.join(here, "var/cluster/chatgate.sqlite"),
+                "redis_host": "127.0.0.1", "redis_port": redis_port},
+    "archive": {"backend": "redis", "offline_backend": "redis"},
+    "cluster": {"backend": "redis", "node_id": f"node{n}"},
+}
+for section, values in overrides.items():
+    if not ini.has_section(section):
+        ini.add_section(section)
+    for key, value in values.items():
+        ini[section][key] = str(value)
+ini.write(sys.stdout)
+endef
+export CLUSTER_INI
+
+# Waits (30 s at most) until 127.0.0.1:<port> accepts connections: `python -c "$$CLUSTER_WAIT" <port> <name>`.
+define CLUSTER_WAIT
+import socket, sys, time
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(f"{sys.argv[2]} did not start on port {sys.argv[1]}")
+endef
+export CLUSTER_WAIT
+
+cluster: pane $(VENV)/.build-tools
+	@command -v redis-server >/dev/null 2>&1 || { echo "make cluster needs redis-server (apt-get install redis-server)"; exit 1; }
+	$(PIP) install --quiet --no-build-isolation .
+	@set -e; mkdir -p var/cluster; chmod 700 var/cluster; \
+	port="$(CLUSTER_REDIS_PORT)"; \
+	[ -n "$$port" ] || port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	for n in 1 2; do $(BIN)/python -c "$$CLUSTER_INI" $$n $$port > var/cluster/node$$n.ini; done; \
+	nodes=""; redis=""; \
+	trap '[ -z "$$nodes" ] || { kill $$nodes 2>/dev/null; wait $$nodes || true; }; \
+		kill $$redis 2>/dev/null || true; wait || true' EXIT INT TERM; \
+	setsid redis-server --bind 127.0.0.1 --port $$port --dir var/cluster --appendonly yes --save '' \
+		--logfile redis.log --daemonize no & redis="$$!"; \
+	$(BIN)/python -c "$$CLUSTER_WAIT" $$port redis-server; \
+	for n in 1 2; do \
+		$(BIN)/twistd --pidfile= --umask 077 -n --logfile var/cluster/node$$n.log chatgate \
+			--config var/cluster/node$$n.ini & nodes="$$nodes $$!"; \
+		$(BIN)/python -c "$$CLUSTER_WAIT" 530$$n node$$n; \
+	done; \
+	echo "redis-server on 127.0.0.1:$$port; node1: c2s 5301, BOSH http://127.0.0.1:5381/http-bind;" \
+		"node2: c2s 5302, BOSH http://127.0.0.1:5382/http-bind; logs in var/cluster/. Ctrl-C stops them."; \
+	wait
 
 test: test-deps browser-deps pane $(VENV)/.build-tools
 	$(PIP) install --quiet --no-build-isolation -e '.[test]'
