@@ -189,6 +189,7 @@ async def test_chat_both_ways_between_nodes_and_with_a_webmail_user(cluster):
     d = "chat.example"
     alice = await login(node1, f"alice@{d}/desk", PASSWORD)
     bob = await login(node2, f"bob@{d}/laptop", PASSWORD)
+    await alice.wait_presence(available(f"bob@{d}/laptop"), ARRIVES)  # (a message at once: the race test)
     alice.send_message(mto=f"bob@{d}", mbody="hello from node1", mtype="chat")
     await received(bob, "hello from node1", f"alice@{d}/desk")
     bob.send_message(mto=f"alice@{d}", mbody="hello from node2", mtype="chat")
@@ -199,6 +200,7 @@ async def test_chat_both_ways_between_nodes_and_with_a_webmail_user(cluster):
         await received(bob, f"line {n}")
     # the webmail user (BOSH on node2) and alice (node1)
     web = await web_login(node2, "carol", d)
+    await alice.wait_presence(available(f"carol@{d}/web"), ARRIVES)
     web.send(message(f"alice@{d}", "from the webmail"))
     await received(alice, "from the webmail", f"carol@{d}/web")
     alice.send_message(mto=f"carol@{d}", mbody="to the webmail", mtype="chat")
@@ -250,6 +252,8 @@ async def test_a_message_to_a_full_jid_reaches_that_resource_on_the_other_node_o
     phone = await login(node2, f"bob@{d}/phone", PASSWORD)
     alice = await login(node1, f"alice@{d}/desk", PASSWORD)
     carol = await login(node2, f"carol@{d}/desk", PASSWORD)
+    await alice.wait_presence(available(f"bob@{d}/phone"), ARRIVES)
+    await carol.wait_presence(available(f"bob@{d}/desk"), ARRIVES)
     alice.send_message(mto=f"bob@{d}/phone", mbody="to the phone", mtype="chat")
     await received(phone, "to the phone", f"alice@{d}/desk")
     carol.send_message(mto=f"bob@{d}/desk", mbody="to the desk", mtype="chat")
@@ -268,6 +272,8 @@ async def test_carbons_reach_the_senders_resource_on_the_other_node(cluster):
     desk = await connect(node1, f"{alice}/desk", carbons=True)
     phone = await connect(node2, f"{alice}/phone", carbons=True)
     bob = await connect(node1, f"bob@{d}/laptop")
+    await bob.wait_presence(available(f"{alice}/phone"), ARRIVES)
+    await phone.wait_presence(available(f"bob@{d}/laptop"), ARRIVES)
 
     async def carbon(client: Client, kind: str):
         try:
@@ -371,6 +377,7 @@ async def test_the_same_full_jid_on_node2_replaces_the_session_on_node1(cluster)
     d = "conflict.example"
     first = await login(node1, f"alice@{d}/same", PASSWORD)
     bob = await login(node1, f"bob@{d}/desk", PASSWORD)
+    mark = len(bob.presences)
     second = await login(node2, f"alice@{d}/same", PASSWORD)
     try:
         await first.wait_closed(ARRIVES)
@@ -378,6 +385,12 @@ async def test_the_same_full_jid_on_node2_replaces_the_session_on_node1(cluster)
         raise AssertionError("the session on node1 is still open after the same full JID bound on node2") from None
     assert first.stream_errors == ["conflict"]
     assert second.boundjid.full == f"alice@{d}/same"
+    # bob (node1) sees the first session go and the second come
+    def position(presence: slixmpp.Presence) -> int:
+        return next(i for i, seen in enumerate(bob.presences) if seen is presence)
+
+    after = max(mark - 1, position(await bob.wait_presence(unavailable(f"alice@{d}/same"), ARRIVES)))
+    await bob.wait_presence(lambda p: position(p) > after and available(f"alice@{d}/same")(p), ARRIVES)
     bob.send_message(mto=f"alice@{d}/same", mbody="which one?", mtype="chat")
     await received(second, "which one?", f"bob@{d}/desk")
     second.send_message(mto=f"bob@{d}", mbody="the one on node2", mtype="chat")
@@ -508,6 +521,7 @@ async def test_kill_9_of_a_node_shows_its_users_offline_and_loses_no_message(tmp
         await asyncio.to_thread(cluster.restart, node2)
         carol = await login(node2, f"carol@{d}/desk", PASSWORD)
         await carol.wait_presence(available(f"alice@{d}/desk"), ARRIVES)
+        await alice.wait_presence(available(f"carol@{d}/desk"), ARRIVES)  # node1 knows of node2 again
         alice.send_message(mto=f"carol@{d}", mbody="welcome back node2", mtype="chat")
         await received(carol, "welcome back node2", f"alice@{d}/desk")
         await logout(alice, bob, carol)
