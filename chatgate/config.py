@@ -149,6 +149,10 @@ class ClusterSettings:
     dead_after: float = 5.0
     #: how long a message for another node waits for Redis before its sender gets an error
     forward_timeout: float = 10.0
+    #: (host, port) of the Redis Sentinels to ask for the master; none: [storage] redis_host and redis_port
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    #: the master's name in the sentinels' configuration
+    redis_master_name: str = "mymaster"
 
 
 @dataclass(frozen=True)
@@ -329,6 +333,44 @@ def _node_id(raw: str) -> str:
     return value
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    """``host:port``, an IPv6 address as ``[addr]:port``."""
+    if value.startswith("["):
+        address, bracket, port = value[1:].partition("]:")
+        if not bracket:
+            raise ValueError(f"{value!r} is not [IPv6 address]:port")
+        try:
+            host = str(ipaddress.IPv6Address(address))
+        except ValueError:
+            raise ValueError(f"{value!r}: {address!r} is not an IPv6 address") from None
+    else:
+        host, colon, port = value.rpartition(":")
+        if not colon or not host:
+            raise ValueError(f"{value!r} is not host:port")
+        if ":" in host:
+            raise ValueError(f"{value!r}: write an IPv6 address as [address]:port")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", host):
+            raise ValueError(f"{value!r}: {host!r} is not a host name or address")
+    try:
+        return host, _port(port)
+    except ValueError as e:
+        raise ValueError(f"{value!r}: {e}") from None
+
+
+def _host_ports(raw: str) -> tuple[tuple[str, int], ...]:
+    values = tuple(_host_port(value) for value in _split(raw))
+    if len(set(values)) != len(values):
+        raise ValueError("an address is listed twice")
+    return values
+
+
+def _word(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"\S+", value):
+        raise ValueError("expected one word (no spaces)")
+    return value
+
+
 def _split(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
@@ -430,6 +472,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "heartbeat": _seconds,
             "dead_after": _seconds,
             "forward_timeout": _seconds,
+            "redis_sentinels": _host_ports,
+            "redis_master_name": _word,
         },
     ),
 }

@@ -106,11 +106,16 @@ class RedisServer:
 
 
 class RedisSentinel(RedisServer):
-    """A sentinel on a free loopback port watching *master* as *name*, alone (quorum 1), quick to fail over."""
+    """A sentinel on a free loopback port watching *master* as *name*, alone (quorum 1), quick to fail over.
+
+    With *tls* (the master's certificate and key) it talks TLS to the master, trusting that certificate;
+    clients still ask it over plain TCP.
+    """
 
     def __init__(self, folder: Path, master: RedisServer, name: str = "mymaster", down_after_ms: int = 500,
-                 failover_timeout_ms: int = 2000) -> None:
+                 failover_timeout_ms: int = 2000, tls: tuple[str, str] | None = None) -> None:
         super().__init__(folder)
+        self.master_tls = tls
         self.master, self.name = master, name
         self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
         self.log = folder / "sentinel.log"
@@ -125,6 +130,9 @@ class RedisSentinel(RedisServer):
                  f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}"]
         if self.master.password:
             lines.append(f"sentinel auth-pass {self.name} {self.master.password}")
+        if self.master_tls:
+            cert, key = self.master_tls
+            lines += ["tls-replication yes", f"tls-cert-file {cert}", f"tls-key-file {key}", f"tls-ca-cert-file {cert}"]
         config = self.folder / "sentinel.conf"  # the sentinel rewrites it: its own file
         config.write_text("\n".join(lines) + "\n")
         return self._launch([binary, str(config), "--sentinel"], timeout)

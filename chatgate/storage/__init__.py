@@ -45,7 +45,13 @@ def open_directory(settings: Settings) -> IDirectory:
     if settings.storage.backend == "redis":
         from chatgate.storage.redis_directory import RedisDirectory
 
-        return RedisDirectory(**_redis_options(settings))
+        options = _redis_options(settings)
+        sentinels, master_name = options.pop("sentinels"), options.pop("master_name")
+        directory = RedisDirectory(**options)
+        # RedisDirectory does not take the Sentinel options: its two connections get them here
+        for connection in (directory, directory._listener):
+            connection.sentinels, connection.master_name = sentinels, master_name  # type: ignore[assignment]
+        return directory
     from chatgate.storage.sqlite import SQLiteDirectory
 
     return SQLiteDirectory(_sqlite_path(settings), settings.storage.poll_interval)
@@ -89,6 +95,7 @@ def _sqlite_path(settings: Settings) -> str:
 
 
 def _redis_options(settings: Settings) -> dict[str, object]:
+    """``_RedisStore``'s arguments: ``[storage] redis_*``, and the sentinels that name the master if any."""
     s = settings.storage
     return {
         "host": s.redis_host,
@@ -98,4 +105,6 @@ def _redis_options(settings: Settings) -> dict[str, object]:
         "tls": s.redis_tls,
         "tls_ca": settings.path(s.redis_tls_ca) if s.redis_tls_ca else "",
         "prefix": s.redis_prefix,
+        "sentinels": settings.cluster.redis_sentinels,
+        "master_name": settings.cluster.redis_master_name,
     }

@@ -20,16 +20,28 @@ Writes are acknowledged when Redis has them in memory; what survives a crash
 of Redis is what its persistence settings keep (``appendonly yes`` with
 ``appendfsync everysec`` loses at most about a second; chatgate's own crash
 loses nothing acknowledged).
+
+The connection: ``[storage] redis_host``/``redis_port``, or, when ``[cluster]
+redis_sentinels`` is set, the master the sentinels name for ``[cluster]
+redis_master_name`` (password, TLS and database as in ``[storage]``; the
+sentinels themselves are asked over plain TCP, without a password). The
+sentinels are asked again before every (re)connection, a connection is taken
+only once ``ROLE`` says master, and one that gets ``READONLY`` (a master
+demoted under it) is dropped: after a failover every connection ends up on
+the new master without a restart (see :class:`_SentinelEndpoint`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import txredisapi
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -63,6 +75,8 @@ log = Logger()
 CONNECT_TIMEOUT = 5.0
 #: messages deleted per script run when expiring
 EXPIRE_CHUNK = 2000
+#: seconds one sentinel has to say where the master is before the next one is asked
+SENTINEL_TIMEOUT = 2.0
 
 # KEYS, 7 per message: ids, with, with-resource ('' when none), messages, contacts, owners, domains
 # ARGV, 6 per message: id, record, contact, time in microseconds, localpart, domain
@@ -233,21 +247,33 @@ def _message(owner: str, archive_id: str, record: str) -> ArchivedMessage:
 
 
 class _RedisStore:
-    """A txredisapi connection pool to the configured server."""
+    """A txredisapi connection pool to the configured server, or to the master *sentinels* name."""
 
     #: what its failures raise, one line naming the server (the directory's subclass: DirectoryError)
     error: type[Exception] = ArchiveError
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, db: int = 0, password: str = "",
                  tls: bool = False, tls_ca: str = "", prefix: str = "chatgate", poolsize: int = 4,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT, sentinels: Sequence[tuple[str, int]] = (),
+                 master_name: str = "mymaster") -> None:
         self.host, self.port, self.db = host, port, db
         self.connect_timeout = connect_timeout
         self.prefix = prefix
+        #: (host, port) of each sentinel; when any, *host* and *port* are not used
+        self.sentinels = tuple(sentinels)
+        self.master_name = master_name
         self._password = password or None
         self._tls_wanted, self._tls_ca = tls, tls_ca
         self._poolsize = poolsize
         self._redis: Any = None
+        self._master: _SentinelEndpoint | None = None
+
+    @property
+    def where(self) -> str:
+        """The server as errors name it: host:port, or the master and the sentinels asked for it."""
+        if self.sentinels:
+            return f"master {self.master_name} via sentinels {', '.join(_address(s) for s in self.sentinels)}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
@@ -255,13 +281,16 @@ class _RedisStore:
     async def _start(self) -> None:
         from twisted.internet import reactor
 
-        tls = False
-        if self._tls_wanted:  # reads the CA file: off the reactor thread
-            tls = await deferToThread(_tls_options, self.host, self._tls_ca, self.error)
-        self._redis = txredisapi.lazyConnectionPool(
-            self.host, self.port, dbid=self.db, poolsize=self._poolsize, password=self._password,
-            ssl_context_factory=tls, connectTimeout=self.connect_timeout, convertNumbers=False,
-        )
+        if self.sentinels:
+            self._redis = await self._sentinel_pool()
+        else:
+            tls = False
+            if self._tls_wanted:  # reads the CA file: off the reactor thread
+                tls = await deferToThread(_tls_options, self.host, self._tls_ca, self.error)
+            self._redis = txredisapi.lazyConnectionPool(
+                self.host, self.port, dbid=self.db, poolsize=self._poolsize, password=self._password,
+                ssl_context_factory=tls, connectTimeout=self.connect_timeout, convertNumbers=False,
+            )
         # Ready when a PING is answered; failed at once when txredisapi gives
         # up (wrong password, bad database), else after the timeout.
         ready: Deferred[None] = Deferred()
@@ -278,9 +307,24 @@ class _RedisStore:
         try:
             await ready
         except Exception as e:
-            await self._disconnect()
             reason = "no answer" if isinstance(e, defer.TimeoutError) else str(e).replace("Redis error: ", "")
-            raise self.error(f"redis {self.host}:{self.port}: cannot connect ({reason})") from None
+            if isinstance(e, defer.TimeoutError) and self._master is not None and self._master.last_error:
+                reason = self._master.last_error  # which sentinel or master did not answer, and how
+            await self._disconnect()
+            raise self.error(f"redis {self.where}: cannot connect ({reason})") from None
+
+    async def _sentinel_pool(self) -> Any:
+        """A pool whose connections go to the master the sentinels name at each (re)connection."""
+        trust = None
+        if self._tls_wanted and self._tls_ca:  # reads the CA file: off the reactor thread
+            trust = await deferToThread(_trust_root, self._tls_ca, self.error)
+        tls = (lambda host: _client_tls(host, trust)) if self._tls_wanted else None
+        self._master = _SentinelEndpoint(self.sentinels, self.master_name, self.connect_timeout, tls)
+        factory = _MasterFactory(None, self.db, self._poolsize, isLazy=True, password=self._password,
+                                 convertNumbers=False)
+        self._master.factory = factory
+        factory.startConnecting(self._master)
+        return factory.handler
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._disconnect())
@@ -295,7 +339,7 @@ class _RedisStore:
 
     def _eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
         if self._redis is None:
-            return fail(self.error(f"redis {self.host}:{self.port}: the store is not started"))
+            return fail(self.error(f"redis {self.where}: the store is not started"))
         d = self._redis.eval(script, keys, args)
         d.addErrback(self._failed)
         return d
@@ -304,7 +348,7 @@ class _RedisStore:
         if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("UNKNOWN "):
             raise unknown(str(failure.value)[len("UNKNOWN "):])
         if failure.check(txredisapi.RedisError, ConnectionError):
-            raise self.error(f"redis {self.host}:{self.port}: {failure.value}")
+            raise self.error(f"redis {self.where}: {failure.value}")
         return failure
 
     def _base(self, owner: str, kind: str) -> tuple[str, str, str]:
@@ -314,18 +358,225 @@ class _RedisStore:
 
 
 def _tls_options(host: str, ca_path: str, error: type[Exception] = ArchiveError) -> Any:
-    from twisted.internet.ssl import Certificate, optionsForClientTLS
+    return _client_tls(host, _trust_root(ca_path, error) if ca_path else None)
 
-    if not ca_path:
-        return optionsForClientTLS(host)
+
+def _trust_root(ca_path: str, error: type[Exception] = ArchiveError) -> Any:
+    """The CA certificate in *ca_path* (blocking: reads the file)."""
+    from twisted.internet.ssl import Certificate
+
     try:
         with open(ca_path, "rb") as f:
-            trust = Certificate.loadPEM(f.read())
+            return Certificate.loadPEM(f.read())
     except OSError as e:
         raise error(f"{ca_path}: cannot read the Redis CA certificate: {e.strerror}") from None
     except Exception:
         raise error(f"{ca_path}: not a PEM certificate") from None
-    return optionsForClientTLS(host, trustRoot=trust)
+
+
+def _client_tls(host: str, trust: Any) -> Any:
+    """TLS options checking that the server's certificate names *host*, issued by *trust* (None: the system's CAs)."""
+    from twisted.internet.ssl import optionsForClientTLS
+
+    return optionsForClientTLS(host) if trust is None else optionsForClientTLS(host, trustRoot=trust)
+
+
+# -- Sentinel: txredisapi has Sentinel/master_for, but its connections to the
+# master drop TLS, a wrong password leaves them hanging unready (AUTH is not
+# waited for before ROLE), a master that is being failed over stalls discovery
+# for its 10 s timeout, and nothing reacts to READONLY. Hence these few pieces
+# on txredisapi's own factory and pool (which do the reconnecting and backing off).
+
+#: error replies telling that this connection's server is no longer the master
+_DEMOTED = ("READONLY", "UNBLOCKED")
+
+
+def _address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Master(txredisapi.RedisProtocol):
+    """A connection to the master the sentinels named.
+
+    Given to the pool only once ``ROLE`` says master (the sentinels may not
+    know of a failover yet); dropped when a reply says the server was demoted
+    while this connection stayed open (sentinels kill such connections, this
+    covers what they miss), so that its slot reconnects and asks again.
+    """
+
+    #: the (host, port) the sentinels gave for it
+    address: tuple[str, int] | None = None
+
+    def connectionMade(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._check_role())
+
+    async def _check_role(self) -> None:
+        base = txredisapi.RedisProtocol.connectionMade
+        try:
+            if self.password is not None:  # ROLE needs AUTH first
+                try:
+                    await self.auth(self.password, self.username)
+                except txredisapi.ResponseError:
+                    await base(self)  # asks again, then stops retrying and says why in one line
+                    return
+            try:
+                role = await self.role()
+            except txredisapi.ResponseError:
+                role = ["master"]  # ROLE refused (ACL): READONLY replies still catch a replica
+        except txredisapi.ConnectionError:
+            return  # lost: the slot reconnects
+        if not role or role[0] != "master":
+            self.transport.loseConnection()  # the slot reconnects, asking the sentinels again
+            return
+        await base(self)
+
+    def replyReceived(self, reply: Any) -> None:
+        if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith(_DEMOTED):
+            self.transport.loseConnection()
+        super().replyReceived(reply)
+
+
+class _MasterFactory(txredisapi.RedisFactory):
+    """txredisapi's pool, its connections :class:`_Master`."""
+
+    protocol = _Master
+    initialDelay = 0.1
+    #: the longest wait between attempts: a failover's new master is found at most this long after its promotion
+    maxDelay = 2.0
+
+    #: where the connection being built goes (set by _Bound.buildProtocol just before)
+    building_for: tuple[str, int] | None = None
+
+    def retryDelay(self, attempt: int) -> float:
+        # the first retry at once: the sentinels may already name a new master
+        return 0.0 if attempt <= 1 else float(super().retryDelay(attempt))
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        protocol.address = self.building_for
+        return protocol
+
+
+@implementer(IProtocolFactory)
+class _Bound:
+    """A protocol factory whose protocols learn the master address they were made for.
+
+    (ClientService hands back a proxy of the protocol, not the pool's own
+    object: the address is given to the latter while it is built.)
+    """
+
+    def __init__(self, factory: Any, pool: _MasterFactory, address: tuple[str, int]) -> None:
+        self._factory, self._pool, self._address = factory, pool, address
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self._pool.building_for = self._address
+        return self._factory.buildProtocol(addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._factory, name)
+
+
+@implementer(IStreamClientEndpoint)
+class _SentinelEndpoint:
+    """Connects to the master *name* as the sentinels name it now: asked again at every (re)connection.
+
+    The sentinels are asked in turn (the one that answered first next time,
+    as Redis's guidelines for Sentinel clients say) with ``SENTINEL
+    get-master-addr-by-name``, each on a connection of its own closed after.
+    When the answer changes, the pool's connections to the former master are
+    dropped: nothing more is written there.
+    """
+
+    def __init__(self, sentinels: Sequence[tuple[str, int]], name: str, timeout: float,
+                 tls: Callable[[str], Any] | None) -> None:
+        self.sentinels = list(sentinels)
+        self.name = name
+        self.timeout = timeout
+        self._tls = tls
+        #: the pool (set before it starts connecting)
+        self.factory: _MasterFactory | None = None
+        self.master: tuple[str, int] | None = None
+        #: why the last attempt failed (for the start-up error)
+        self.last_error = ""
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, protocol_factory: IProtocolFactory) -> Any:
+        from twisted.internet import reactor
+
+        assert self.factory is not None, "the pool sets itself before connecting"
+        address = await self._discover()
+        if address != self.master:
+            if self.master is not None:
+                log.warn("redis: master {name} is now {new} (was {old})", name=self.name, new=_address(address),
+                         old=_address(self.master))
+            self.master = address
+        for conn in list(self.factory.pool):
+            if conn.address != address:
+                conn.transport.loseConnection()
+        host, port = address
+        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=self.timeout)
+        if self._tls is not None:
+            endpoint = wrapClientTLS(self._tls(host), endpoint)
+        try:
+            protocol = await endpoint.connect(_Bound(protocol_factory, self.factory, address))
+        except Exception as e:
+            self.last_error = f"master {_address(address)}: {_reason(e, self.timeout)}"
+            raise
+        self.last_error = ""
+        return protocol
+
+    async def _discover(self) -> tuple[str, int]:
+        from twisted.internet import error as net
+
+        reasons = []
+        timeout = min(self.timeout, SENTINEL_TIMEOUT)
+        for sentinel in list(self.sentinels):
+            try:
+                address = await _ask_sentinel(sentinel, self.name, timeout)
+            except (defer.CancelledError, net.ConnectingCancelledError):
+                raise  # the pool is closing
+            except Exception as e:
+                reasons.append(f"{_address(sentinel)} {_reason(e, timeout)}")
+                continue
+            if address is None:
+                reasons.append(f"{_address(sentinel)} knows no master {self.name}")
+                continue
+            self.sentinels.remove(sentinel)
+            self.sentinels.insert(0, sentinel)
+            return address
+        self.last_error = "; ".join(reasons)
+        raise txredisapi.ConnectionError(f"no sentinel names the master: {self.last_error}")
+
+
+async def _ask_sentinel(sentinel: tuple[str, int], name: str, timeout: float) -> tuple[str, int] | None:
+    """Where *sentinel* says master *name* is (None: it knows no such master), within *timeout* seconds
+    to connect and as many to answer (a cancellation is the caller's: it stays one)."""
+    from twisted.internet import reactor
+
+    host, port = sentinel
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    protocol = await connectProtocol(endpoint, txredisapi.RedisProtocol(convertNumbers=False, replyTimeout=timeout))
+    try:
+        reply = await protocol.execute_command("SENTINEL", "get-master-addr-by-name", name)
+    finally:
+        protocol.transport.loseConnection()
+    return (str(reply[0]), int(reply[1])) if reply else None
+
+
+def _reason(e: BaseException, timeout: float) -> str:
+    """*e* in a few words, for a one-line error."""
+    from twisted.internet import error as net
+
+    if isinstance(e, defer.TimeoutError | net.TimeoutError | txredisapi.TimeoutError):
+        return f"no answer in {timeout:g} s"
+    if isinstance(e, net.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, net.DNSLookupError):
+        return "unknown host"
+    return str(e).replace("Redis error: ", "") or type(e).__name__
 
 
 @implementer(IArchive)
@@ -418,7 +669,7 @@ class RedisArchive(ConversationsMixin, _RedisStore):
 
     def contacts(self, owner: str) -> Deferred[list[ArchiveContact]]:
         if self._redis is None:
-            return fail(ArchiveError(f"redis {self.host}:{self.port}: the store is not started"))
+            return fail(ArchiveError(f"redis {self.where}: the store is not started"))
         base, _, _ = self._base(owner, "archive")
         d = self._redis.zrevrange(f"{base}:contacts", 0, -1, withscores=True)
         return d.addCallback(lambda pairs: [ArchiveContact(c, float(score) / 1_000_000) for c, score in pairs])
@@ -457,7 +708,7 @@ class RedisOfflineStore(_RedisStore):
 
     def count(self, owner: str) -> Deferred[int]:
         if self._redis is None:
-            return fail(ArchiveError(f"redis {self.host}:{self.port}: the store is not started"))
+            return fail(ArchiveError(f"redis {self.where}: the store is not started"))
         base, _, _ = self._base(owner, "offline")
         return self._redis.llen(base).addCallback(int)
 
