@@ -24,15 +24,25 @@ for delivery"). Each owner's copy and id go on the Delivery
 to the IArchive, whose backend batches them, and the Delivery waits for the
 write (``Delivery.wait_for``: the router's write-ahead rule): what any client
 has received is in the archive, whatever crashes.
+
+When the archive cannot be reached (Redis down: its store refuses at once
+rather than hold every delivery for the whole outage), the messages are kept
+here, in order, and written again every second until it answers; delivery
+goes on meanwhile. Only then can a crash of this node lose history: what it
+kept waiting (at most ``SPOOL`` messages; beyond that each one lost is logged).
 ``[archive] retention_days`` deletes older messages once an hour.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Any
+
 from twisted.application.internet import TimerService
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
 
@@ -45,11 +55,16 @@ from chatgate.session import Session
 from chatgate.stanza import SID_NS, body_of
 from chatgate.storage import Stores
 from chatgate.storage.archive import ArchiveIds
-from chatgate.storage.interfaces import ArchivedMessage, IArchive
+from chatgate.storage.interfaces import ArchivedMessage, ArchiveError, IArchive
 from chatgate.xml import Element, escape_attribute, serialize
 
 #: seconds between two retention sweeps
 EXPIRE_EVERY = 3600.0
+#: messages kept to be written again while the archive cannot be reached, at most
+SPOOL = 100_000
+#: seconds between attempts to write them, and how many go in one write
+RETRY_EVERY = 1.0
+RETRY_BATCH = 500
 
 log = Logger()
 
@@ -87,6 +102,51 @@ class Archiving:
         self.router = router
         self.archive = archive
         self.ids = ArchiveIds()
+        #: what could not be written, oldest first, to be written again
+        self._waiting: deque[ArchivedMessage] = deque()
+        self._retrying: Any = None
+
+    def _write(self, messages: list[ArchivedMessage]) -> Deferred[None]:
+        """Hand *messages* to the archive; kept for later if it cannot take them now."""
+        if self._waiting:  # keep the order: behind what waits already
+            self._keep(messages, None)
+            return succeed(None)
+        written = self.archive.append(messages)
+        written.addErrback(self._not_written, messages)
+        return written
+
+    def _not_written(self, failure: Failure, messages: list[ArchivedMessage]) -> None:
+        if not failure.check(ArchiveError):
+            log.failure("archiving {n} messages failed", failure, n=len(messages))
+            return
+        self._keep(messages, failure.getErrorMessage())
+
+    def _keep(self, messages: list[ArchivedMessage], why: str | None) -> None:
+        if why is not None and not self._waiting:
+            log.warn("the archive cannot be reached ({why}); messages are kept to be written when it can", why=why)
+        room = SPOOL - len(self._waiting)
+        if room < len(messages):
+            log.error("the archive is still unreachable: {n} messages of {owner} not archived",
+                      n=len(messages) - room, owner=messages[0].owner)
+            messages = messages[:max(room, 0)]
+        self._waiting.extend(messages)
+        if self._retrying is None and self._waiting:
+            self._retrying = self.router.clock.callLater(RETRY_EVERY, self._retry)
+
+    def _retry(self) -> None:
+        batch = [self._waiting[i] for i in range(min(RETRY_BATCH, len(self._waiting)))]
+
+        def written(_: Any) -> None:
+            for _ in batch:
+                self._waiting.popleft()
+            self._retrying = self.router.clock.callLater(0, self._retry) if self._waiting else None
+            if not self._waiting:
+                log.info("the archive is reachable again; every kept message is written")
+
+        def failed(_: Failure) -> None:
+            self._retrying = self.router.clock.callLater(RETRY_EVERY, self._retry)
+
+        self.archive.append(batch).addCallbacks(written, failed)
 
     def delivering(self, delivery: Delivery) -> None:
         """Stamp the recipient's archive id on the stanza and archive both copies."""
@@ -127,9 +187,7 @@ class Archiving:
         to_self = sender is not None and sender.bare == bare
         messages.append(ArchivedMessage(bare, archive_id, origin.userhost(), origin.resource or "", to_self, at,
                                         body, xml))
-        written = self.archive.append(messages)
-        written.addErrback(lambda f: log.failure("archiving a message to {bare} failed", f, bare=bare))
-        delivery.wait_for(written)
+        delivery.wait_for(self._write(messages))
 
     def sent(self, stanza: domish.Element, sender: Session, peer: str) -> None:
         """Keep the sender's copy of a message the router fanned out another way
@@ -147,9 +205,7 @@ class Archiving:
         xml = serialize(stanza)
         stanza.children.remove(mark)
         message = ArchivedMessage(sender.bare, archive_id, peer, resource, True, at, body_of(stanza) or "", xml)
-        self.archive.append([message]).addErrback(
-            lambda f: log.failure("archiving a message of {bare} failed", f, bare=sender.bare)
-        )
+        self._write([message])
 
     def refused(self, delivery: Delivery) -> None:
         """A message bounced after all leaves both archives (XEP-0313 §5.1)."""

@@ -337,9 +337,25 @@ class _RedisStore:
             except Exception:
                 log.failure("closing the redis connection")
 
-    def _eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+    def _unavailable(self) -> Exception | None:
+        """Why no command can go to Redis now, if so.
+
+        txredisapi holds a command until a connection is back: a login's
+        lookup, an archive write that a delivery waits for, a poll, and the
+        service's stop behind them, would wait for the whole outage. Refused
+        at once instead, in one line (the archive keeps what it could not
+        write and writes it when Redis is back).
+        """
         if self._redis is None:
-            return fail(self.error(f"redis {self.where}: the store is not started"))
+            return self.error(f"redis {self.where}: the store is not started")
+        if not self._redis._factory.size:  # every connection of the pool lost, reconnecting
+            return self.error(f"redis {self.where}: not connected")
+        return None
+
+    def _eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        error = self._unavailable()
+        if error is not None:
+            return fail(error)
         d = self._redis.eval(script, keys, args)
         d.addErrback(self._failed)
         return d

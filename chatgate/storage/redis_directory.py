@@ -412,28 +412,11 @@ class RedisDirectory(_DirectoryConnection):
 
     # -- talking to Redis
 
-    def _unavailable(self) -> DirectoryError | None:
-        """Why no command can go to Redis now, if so.
-
-        txredisapi holds a command until a connection is back: a lookup (a
-        login) or a poll would wait for the whole outage, and the service's
-        stop behind it. Refused at once instead, in one line.
-        """
-        if self._redis is None:
-            return DirectoryError(f"redis {self.host}:{self.port}: the directory is not started")
-        if not self._redis._factory.size:  # every connection of the pool lost, reconnecting
-            return DirectoryError(f"redis {self.host}:{self.port}: not connected")
-        return None
-
     def _command(self, *args: Any) -> Deferred[Any]:
         error = self._unavailable()
         if error is not None:
             return fail(error)
         return self._redis.execute_command(*args).addErrback(self._failed)
-
-    def _eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
-        error = self._unavailable()
-        return fail(error) if error is not None else super()._eval(script, keys, args)
 
     def _stem(self, domain: str) -> str:
         """The start of *domain*'s directory keys."""

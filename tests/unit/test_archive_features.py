@@ -557,3 +557,32 @@ def test_mam_reads_archived_text_back_and_rebuilds_what_does_not_read():
                            "<x xmlns='urn:example:x' a='&apos;'/></message>")
     kept = readable(good, 65536)
     assert kept["id"] == "k" and next(kept.elements("urn:example:x", "x"))["a"] == "'"
+
+
+def test_an_unreachable_archive_does_not_stop_delivery_and_loses_no_history(world):
+    """A Redis archive refuses at once while Redis is down: the message is
+    delivered anyway, kept, and written in order once the archive answers."""
+    from twisted.internet.defer import fail
+
+    from chatgate.features.archive import RETRY_EVERY
+    from chatgate.storage.interfaces import ArchiveError
+
+    append, down = world.archive.append, [True]
+
+    def flaky(messages):
+        return fail(ArchiveError("redis 127.0.0.1:6379: not connected")) if down[0] else append(messages)
+
+    world.archive.append = flaky
+    alice, bob = world.online("alice@example.com/a"), world.online("bob@example.com/b")
+    for n in range(3):
+        world.send(alice, "bob@example.com", f"while down {n}")
+    assert [str(m.body) for m in bob.take("message")] == [f"while down {n}" for n in range(3)]
+    world.clock.advance(RETRY_EVERY)
+    assert world.history("bob@example.com") == []  # still down: kept
+    down[0] = False
+    world.send(alice, "bob@example.com", "back")
+    world.clock.advance(RETRY_EVERY)
+    world.clock.advance(0)
+    bodies = [m.body for m in world.history("bob@example.com")]
+    assert bodies == ["while down 0", "while down 1", "while down 2", "back"]
+    assert [m.body for m in world.history("alice@example.com")] == bodies

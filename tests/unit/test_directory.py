@@ -718,7 +718,7 @@ async def test_redis_errors_are_one_line_directory_errors(tmp_path):
     store = RedisDirectory(port=port, connect_timeout=0.3)
     with pytest.raises(DirectoryError, match=rf"^redis 127.0.0.1:{port}: cannot connect \(no answer\)$"):
         await store.start()
-    with pytest.raises(DirectoryError, match=rf"^redis 127.0.0.1:{port}: the directory is not started$"):
+    with pytest.raises(DirectoryError, match=rf"^redis 127.0.0.1:{port}: the store is not started$"):
         await store.domains()
     await store.stop()  # harmless after a failed start
 
