@@ -38,6 +38,8 @@ Other events:
 - :data:`SESSION_AVAILABLE` (session): a resource became reachable by messages
   to the bare JID (available, priority >= 0; RFC 6121 §8.5.2.1.1).
 - :data:`PRESENCE_CHANGED` (session, whether it was available before).
+- :data:`OFFLINE_WAITING` (bare JID): another node kept a message offline
+  for this user, who may have become reachable here meanwhile.
 - :data:`REMOTE_PRESENCE` (remote session, the presence stanza, whether it was
   available before): a session of another node of the cluster changed its
   presence (or is gone: an unavailable stanza); its node told its own users,
@@ -57,11 +59,13 @@ SESSION_ENDED = "session-ended"
 SESSION_AVAILABLE = "session-available"
 PRESENCE_CHANGED = "presence-changed"
 REMOTE_PRESENCE = "remote-presence"
+OFFLINE_WAITING = "offline-waiting"
 
 #: every event there is: listening to another name is an error, not silence
 EVENTS = frozenset({
     MESSAGE_DELIVERING, MESSAGE_UNDELIVERABLE, MESSAGE_REFUSED, MESSAGE_SENT, PRESENCE_DELIVERING, IQ_DELIVERING,
     SESSION_BOUND, SESSION_ENDED, SESSION_AVAILABLE, PRESENCE_CHANGED, REMOTE_PRESENCE,
+    OFFLINE_WAITING,
 })
 
 # -- priorities, highest first

@@ -202,6 +202,11 @@ class Router:
             for remote in list(self._remote_domains.get(session.domain, {}).values()):
                 self._forget_remote(remote.full)
 
+    def stored_offline(self, bare: str) -> None:
+        """A message for *bare* went to offline storage (other nodes may hold a
+        session of theirs this node does not know of yet)."""
+        self.cluster.stored_offline(bare)
+
     def session_changed(self, session: Session) -> None:
         """*session*'s presence, priority or shared state changed: other nodes mirror it."""
         self.cluster.changed(session)

@@ -48,6 +48,10 @@ class Cluster:
     def unbound(self, session: Session, left: bool) -> None:
         """A session of this node ended; *left*: the last of its domain here."""
 
+    def stored_offline(self, bare: str) -> None:
+        """A message for *bare* was kept offline here: a node where they have
+        just become reachable (not mirrored here yet) delivers it."""
+
     def forward(self, node: str, full: str, data: bytes) -> None:
         """Hand a stanza (plain serialization) to *full*'s session on *node*."""
         raise RuntimeError(f"no cluster: cannot forward to {full} on {node}")

@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from chatgate import events
 from chatgate.cluster import Cluster, NodeUnreachable
 from chatgate.cluster.remote import RemoteSession
 from chatgate.jid import jid_of
@@ -74,6 +75,8 @@ BATCH = 500
 BLOCK_MS = 1000
 #: seconds between attempts to reach Redis again
 RETRY = 0.5
+#: seconds a stop waits for each connection to close
+STOP_WAIT = 2.0
 
 # A session bound or changed (mode "join": the node's first of the domain, the
 # registry comes back whole; "bind"; "change": only if the entry is still this node's).
@@ -112,6 +115,14 @@ if ARGV[5] == '1' then redis.call('HDEL', KEYS[2], node) end
 local event = cjson.encode({k = 'u', n = node, j = full})
 for _, other in ipairs(redis.call('HKEYS', KEYS[2])) do
   if other ~= node then redis.call('XADD', prefix .. ':cluster:inbox:' .. other, '*', 'm', event) end
+end
+return 1
+"""
+
+# Tell the other nodes of a domain (ARGV[3], an event).
+_NOTIFY = """
+for _, other in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if other ~= ARGV[1] then redis.call('XADD', ARGV[2] .. ':cluster:inbox:' .. other, '*', 'm', ARGV[3]) end
 end
 return 1
 """
@@ -242,6 +253,12 @@ class RedisCluster(Cluster):
         self._write(_Write("e", ("eval", _UNPUBLISH, keys[:3],
                                  [self.node_id, session.full, self.prefix, session.domain, "1" if left else "0"]),
                            self._now()))
+
+    def stored_offline(self, bare: str) -> None:
+        domain = bare.partition("@")[2]
+        event = json.dumps({"k": "o", "j": bare})
+        self._write(_Write("e", ("eval", _NOTIFY, [self._keys(domain, self.node_id)[1]],
+                                 [self.node_id, self.prefix, event]), self._now()))
 
     def forward(self, node: str, full: str, data: bytes) -> None:
         if node in self._dead_nodes:
@@ -475,10 +492,11 @@ class RedisCluster(Cluster):
             sender.send(reply)
 
     def _lost(self, data: bytes) -> None:
-        """A stanza for a session of a dead node: delivered again from here."""
+        """A stanza for a session of a dead node: delivered again from here, to
+        this node's sessions or offline (where a node holding the user finds it)."""
         stanza = _parse(data)
         if stanza is not None and stanza.name == "message" and self.router is not None:
-            self.router.redeliver(stanza)
+            self.router.redeliver(stanza, local_only=True)
 
     # -- reading this node's inbox
 
@@ -533,6 +551,9 @@ class RedisCluster(Cluster):
         if kind == "a":
             self._answered(event)
             return
+        if kind == "o":
+            router.emit(events.OFFLINE_WAITING, event.get("j", ""))
+            return
         full = event.get("j", "")
         domain = full.partition("@")[2].partition("/")[0]
         waiting = self._joining.get(domain)
@@ -575,6 +596,7 @@ class RedisCluster(Cluster):
             jid = jid_of(full)
         except Exception:
             return
+        self._dead_nodes.discard(entry["n"])  # a node binding sessions lives (restarted with its node_id)
         remote = RemoteSession(jid, entry["n"], self, seq)
         router.remote_bound(remote)
         self._update(remote, entry)
@@ -727,16 +749,14 @@ class RedisCluster(Cluster):
             except Exception:
                 log.failure("cluster: leaving the node set")
         self._running = False
+        # bounded: with Redis unreachable txredisapi may wait for a connection forever
         if self._reading is not None:
             reading, self._reading = self._reading, None
             for store in self._stores[1:]:
-                await store.stop()
-            try:
-                await reading
-            except Exception:
-                pass
+                await _within(self.reactor, store.stop(), STOP_WAIT)
+            await _within(self.reactor, reading, STOP_WAIT)
         for store in self._stores[:1]:
-            await store.stop()
+            await _within(self.reactor, store.stop(), STOP_WAIT)
         self._stores = []
 
 
@@ -761,6 +781,15 @@ def _parse(data: bytes) -> domish.Element | None:
     except StreamError:
         log.error("cluster: a stanza that does not parse; dropped")
         return None
+
+
+async def _within(reactor: Any, d: defer.Deferred[Any], seconds: float) -> None:
+    """Wait for *d*, at most *seconds*; whatever it ends with is only logged."""
+    d.addTimeout(seconds, reactor)
+    try:
+        await d
+    except Exception as e:
+        log.debug("cluster: stopping: {error}", error=e)
 
 
 def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:

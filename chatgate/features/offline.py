@@ -72,7 +72,9 @@ class OfflineMessages:
         return True
 
     def _stored(self, stored: bool, delivery: Delivery) -> None:
-        if not stored:
+        if stored:
+            self.router.stored_offline(delivery.bare)
+        else:
             log.info("offline messages for {bare}: quota of {quota} reached", bare=delivery.bare, quota=self.quota)
             self._refuse(delivery, "service-unavailable", "The recipient is offline and their message box is full")
 
@@ -91,6 +93,12 @@ class OfflineMessages:
         sender = self.router.resources(origin.userhost()).get(origin.resource or "")
         if sender is not None and stanza.getAttribute("type") != "error":
             sender.send(error_reply(stanza, condition, text))
+
+    def waiting(self, bare: str) -> None:
+        """Another node kept a message for *bare*: deliver it if they are reachable here."""
+        session = next((s for s in self.router.local_resources(bare).values() if _reachable(s)), None)
+        if session is not None:
+            self.available(session)
 
     def available(self, session: Session) -> None:
         """Deliver what waits for a resource that just became reachable (§2 step 5)."""
@@ -134,3 +142,4 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.server_features.add("msgoffline")
     router.listen(events.MESSAGE_UNDELIVERABLE, offline.undeliverable)
     router.listen(events.SESSION_AVAILABLE, offline.available)
+    router.listen(events.OFFLINE_WAITING, offline.waiting)
