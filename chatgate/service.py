@@ -29,7 +29,7 @@ from chatgate.mirror import DirectoryMirror
 from chatgate.private_files import warn_if_open
 from chatgate.router import Router
 from chatgate.storage import Stores, open_archive, open_directory, open_offline
-from chatgate.storage.interfaces import DuplicateDomain, User
+from chatgate.storage.interfaces import ArchiveError, DirectoryError, DuplicateDomain, User
 from chatgate.tls import ReloadableContext, ensure_certificate
 from chatgate.transports.bosh import BOSHResource, ConnectionManager
 from chatgate.transports.c2s import C2SFactory
@@ -261,6 +261,9 @@ class ChatService(service.MultiService):
             e = failure.value
             log.critical("chatgate: cannot listen on {iface} port {port}: {reason}",
                          iface=e.interface or "*", port=e.port, reason=e.socketError)
+        elif failure.check(DirectoryError, ArchiveError):
+            # a store that cannot be reached says why in one line (server, sentinels, reason)
+            log.critical("chatgate could not start: {reason}", reason=failure.value)
         else:
             log.failure("chatgate could not start", failure)
         self.reactor.stop()

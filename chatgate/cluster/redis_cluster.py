@@ -205,6 +205,8 @@ class RedisCluster(Cluster):
         self._cmd: Any = None
         self._reader: Any = None
         self._stores: list[Any] = []
+        #: the Redis server as logs name it (host:port, or the master through sentinels)
+        self._where = ""
         self._outbox: deque[_Write] = deque()
         self._in_flight: deque[_Write] = deque()
         self._up = False
@@ -411,8 +413,7 @@ class RedisCluster(Cluster):
             self._in_flight.clear()
         if self._up:
             reason = failure.getErrorMessage() if failure is not None else "no answer"
-            log.warn("cluster: redis {host}:{port} unreachable ({reason}); retrying",
-                     host=self._settings.storage.redis_host, port=self._settings.storage.redis_port, reason=reason)
+            log.warn("cluster: redis {where} unreachable ({reason}); retrying", where=self._where, reason=reason)
         self._up = False
         self._probe()
 
@@ -698,6 +699,7 @@ class RedisCluster(Cluster):
         await cmd.start()
         await reader.start()
         self._stores = [cmd, reader]
+        self._where = cmd.where
         self._cmd, self._reader = cmd._redis, reader._redis
         for connection in (self._cmd, self._reader):
             # txredisapi backs off up to 10 s between reconnections; the bus wants Redis back within a second
@@ -711,8 +713,7 @@ class RedisCluster(Cluster):
         self._beat.clock = self.reactor
         self._beat.start(self.heartbeat, now=False)
         self._reading = self._read_loop()
-        log.info("cluster: node {node} on redis {host}:{port}", node=self.node_id,
-                 host=self._settings.storage.redis_host, port=self._settings.storage.redis_port)
+        log.info("cluster: node {node} on redis {where}", node=self.node_id, where=self._where)
 
     async def _reap_previous_run(self) -> None:
         """A previous run of this node (same node_id) is dead: its registry

@@ -45,13 +45,7 @@ def open_directory(settings: Settings) -> IDirectory:
     if settings.storage.backend == "redis":
         from chatgate.storage.redis_directory import RedisDirectory
 
-        options = _redis_options(settings)
-        sentinels, master_name = options.pop("sentinels"), options.pop("master_name")
-        directory = RedisDirectory(**options)
-        # RedisDirectory does not take the Sentinel options: its two connections get them here
-        for connection in (directory, directory._listener):
-            connection.sentinels, connection.master_name = sentinels, master_name  # type: ignore[assignment]
-        return directory
+        return RedisDirectory(**_redis_options(settings))  # type: ignore[arg-type]
     from chatgate.storage.sqlite import SQLiteDirectory
 
     return SQLiteDirectory(_sqlite_path(settings), settings.storage.poll_interval)

@@ -39,6 +39,7 @@ import base64
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -285,10 +286,13 @@ class RedisDirectory(_DirectoryConnection):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, db: int = 0, password: str = "",
                  tls: bool = False, tls_ca: str = "", prefix: str = "chatgate", poolsize: int = 4,
-                 connect_timeout: float = CONNECT_TIMEOUT, block: float = BLOCK) -> None:
-        super().__init__(host, port, db, password, tls, tls_ca, prefix, poolsize, connect_timeout)
+                 connect_timeout: float = CONNECT_TIMEOUT, block: float = BLOCK,
+                 sentinels: Sequence[tuple[str, int]] = (), master_name: str = "mymaster") -> None:
+        super().__init__(host, port, db, password, tls, tls_ca, prefix, poolsize, connect_timeout, sentinels,
+                         master_name)
         # XREAD BLOCK holds its connection: it gets one of its own, away from the pool
-        self._listener = _DirectoryConnection(host, port, db, password, tls, tls_ca, prefix, 1, connect_timeout)
+        self._listener = _DirectoryConnection(host, port, db, password, tls, tls_ca, prefix, 1, connect_timeout,
+                                              sentinels, master_name)
         self._block_ms = int(block * 1000)
         self._domains_key = f"{prefix}:directory:domains"
         self._stream = f"{prefix}:directory:changes"
