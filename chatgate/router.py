@@ -214,10 +214,14 @@ class Router:
     def resources(self, bare: str) -> Mapping[str, Session]:
         """The bound sessions of *bare* by resource, on every node of the
         cluster, read-only (empty when none)."""
+        return MappingProxyType(self._everywhere(bare))
+
+    def _everywhere(self, bare: str) -> Mapping[str, Session]:
+        """*bare*'s sessions on every node (not to be changed: it may be the router's own dict)."""
         remote = self._remote.get(bare)
         if remote is None:
-            return MappingProxyType(self._sessions.get(bare, _NONE))
-        return MappingProxyType({**remote, **self._sessions.get(bare, _NONE)})
+            return self._sessions.get(bare, _NONE)
+        return {**remote, **self._sessions.get(bare, _NONE)}
 
     def local_resources(self, bare: str) -> Mapping[str, Session]:
         """The sessions of *bare* this node holds, by resource, read-only."""
@@ -378,7 +382,7 @@ class Router:
         :class:`~chatgate.delivery.Delivery` told to every hook."""
         mtype = stanza.getAttribute("type", "normal")
         bare = to.userhost()
-        resources = self.resources(bare)
+        resources = self._everywhere(bare)
         if to.resource:
             target = resources.get(to.resource)
             if target is not None:
@@ -581,7 +585,7 @@ class Router:
         neither the message nor its carbons reach a client before it is in both
         archives, and a crash cannot lose a message someone has read."""
         for party in delivery.parties:
-            for session in self.resources(party).values():
+            for session in self._everywhere(party).values():
                 session.hold(written)
 
     # -- server-originated requests
