@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
@@ -35,13 +34,6 @@ from tests.redis_server import RedisServer
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 T0 = 1_700_000_000.0
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def _backend(kind: str, request: pytest.FixtureRequest, tmp_path, archive: bool):

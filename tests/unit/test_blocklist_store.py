@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
@@ -14,18 +13,10 @@ from chatgate.storage.interfaces import Change, UnknownUser, User
 from chatgate.storage.memory import MemoryDirectory
 from chatgate.storage.redis_directory import RedisDirectory
 from chatgate.storage.sqlite import SQLiteDirectory
-from tests.redis_server import RedisServer
 
 ALICE = User("alice", "example.com", "Alice")
 BOB = User("bob", "example.com", "Bob")
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])

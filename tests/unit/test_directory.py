@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
@@ -76,13 +75,6 @@ def feed(store: SQLiteDirectory) -> TimerService:
     polling = TimerService(POLL, store.poll)
     polling.startService()
     return polling
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def redis_at(server: RedisServer, prefix: str | None = None) -> RedisDirectory:
