@@ -131,8 +131,8 @@ return 1
 _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-return {tostring(now), redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
+local known = redis.call('ZADD', KEYS[1], now, ARGV[1]) == 0
+return {tostring(now), redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'), known and 1 or 0}
 """
 
 # Reap a dead node (once: the caller that removes it from the set does it):
@@ -222,6 +222,8 @@ class RedisCluster(Cluster):
         self._alive: set[str] = set()
         self._dead_nodes: set[str] = set()
         self._last_id = "0-0"
+        #: heartbeats answered since the start
+        self._beats = 0
         self._beat: LoopingCall | None = None
         self._reading: defer.Deferred[None] | None = None
         self._probing = False
@@ -347,6 +349,10 @@ class RedisCluster(Cluster):
             snapshot = reply[2] or []
             waiting = self._joining.pop(session.domain, None)
             if held or router.domain_sessions(session.domain):
+                listed = set(snapshot[::2])
+                for remote in router.remote_sessions(session.domain):
+                    if remote.full not in listed:  # ended while this node could not hear of it
+                        router.remote_gone(remote.full, remote.node)
                 for i in range(0, len(snapshot), 2):
                     entry = json.loads(snapshot[i + 1])
                     if entry["n"] != self.node_id and entry["n"] not in self._dead_nodes:
@@ -445,6 +451,14 @@ class RedisCluster(Cluster):
         log.info("cluster: redis reachable again; registering this node's sessions")
         self._up = True
         self._up_since = self._now()
+        self._register_all()
+        self._pump()
+        self._beat_now()
+
+    def _register_all(self) -> None:
+        """Publish every session of this node again, each domain's first reading the registry anew
+        (after an outage, or after the other nodes took this node for dead), and deliver what was kept
+        offline meanwhile for users who are here."""
         resync: list[_Write] = []
         kept = [w for w in self._outbox if w.kind != "e" or w.command[1] is _UNPUBLISH]
         self._outbox = deque(kept)
@@ -461,8 +475,9 @@ class RedisCluster(Cluster):
                                      self._now(),
                                      then=lambda reply, s=session, m=mode: self._published(s, m, reply)))
         self._outbox.extend(resync)
-        self._pump()
-        self._beat_now()
+        if router is not None:
+            for bare in {session.bare for session in router.all_sessions()}:
+                router.emit(events.OFFLINE_WAITING, bare)
 
     def _expire(self) -> None:
         """Stanzas for other nodes that waited longer than forward_timeout: their senders get an error."""
@@ -629,6 +644,13 @@ class RedisCluster(Cluster):
     def _beaten(self, reply: list[Any]) -> None:
         now = int(reply[0])
         scores = reply[1]
+        if not int(reply[2]) and self._beats:
+            # gone from the set while running: the others took this node for dead (a pause
+            # longer than dead_after) and reaped it; its sessions are still here
+            log.warn("cluster: the other nodes took this node for dead; registering its sessions again")
+            self._register_all()
+            self._pump()
+        self._beats += 1
         alive = set()
         for i in range(0, len(scores), 2):
             if float(scores[i + 1]) >= now - self.dead_after * 1000:
