@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -629,5 +630,39 @@ async def test_a_redis_restart_keeps_same_node_chat_and_drops_no_cross_node_mess
                                 + (f" (error {error})" if error else ""))
         assert problems == [], "\n".join(problems)
         await logout(alice, bob, carol)
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+@async_test(timeout=90)
+async def test_a_node_paused_longer_than_dead_after_comes_back_without_losing_a_message(tmp_path):
+    """A node stopped (SIGSTOP, a long pause) is taken for dead: its users look
+    offline and messages to them go to offline storage. When it runs again its
+    clients are still connected: it registers them again, everyone sees them
+    back, and what waited offline reaches them without a new login."""
+    d = "pause.example"
+    cluster = await asyncio.to_thread(own_cluster, tmp_path, f"ann@{d}", f"ben@{d}")
+    try:
+        node1, node2 = cluster.nodes
+        ann = await login(node1, f"ann@{d}/desk", PASSWORD)
+        ben = await login(node2, f"ben@{d}/desk", PASSWORD)
+        await ann.wait_presence(available(f"ben@{d}/desk"), ARRIVES)
+        assert node2.process is not None
+        node2.process.send_signal(signal.SIGSTOP)
+        try:
+            await ann.wait_presence(unavailable(f"ben@{d}/desk"), DEAD_AFTER + ARRIVES)
+            ann.send_message(mto=f"ben@{d}", mbody="while you were away", mtype="chat")
+            await asyncio.sleep(0.5)
+            ann.presences.clear()
+        finally:
+            node2.process.send_signal(signal.SIGCONT)
+        await ann.wait_presence(available(f"ben@{d}/desk"), ARRIVES)
+        await received(ben, "while you were away", f"ann@{d}/desk")
+        ann.send_message(mto=f"ben@{d}", mbody="welcome back", mtype="chat")
+        await received(ben, "welcome back", f"ann@{d}/desk")
+        ben.send_message(mto=f"ann@{d}", mbody="thanks", mtype="chat")
+        await received(ann, "thanks", f"ben@{d}/desk")
+        assert drain(ben) == []  # nothing twice
+        await logout(ann, ben)
     finally:
         await asyncio.to_thread(cluster.stop)
