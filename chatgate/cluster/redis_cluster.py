@@ -43,6 +43,7 @@ import itertools
 import json
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,8 @@ BLOCK_MS = 1000
 RETRY = 0.5
 #: seconds a stop waits for each connection to close
 STOP_WAIT = 2.0
+#: seconds of inbox work before the reactor gets a turn
+SLICE = 0.02
 
 # A session bound or changed (mode "join": the node's first of the domain, the
 # registry comes back whole; "bind"; "change": only if the entry is still this node's).
@@ -346,23 +349,39 @@ class RedisCluster(Cluster):
         if held:
             self._seqs[session.full] = int(reply[0])
         if mode == "join":
-            snapshot = reply[2] or []
-            waiting = self._joining.pop(session.domain, None)
             if held or router.domain_sessions(session.domain):
-                listed = set(snapshot[::2])
-                for remote in router.remote_sessions(session.domain):
-                    if remote.full not in listed:  # ended while this node could not hear of it
-                        router.remote_gone(remote.full, remote.node)
-                for i in range(0, len(snapshot), 2):
-                    entry = json.loads(snapshot[i + 1])
-                    if entry["n"] != self.node_id and entry["n"] not in self._dead_nodes:
-                        entry["j"] = snapshot[i]
-                        self._mirror(entry, snapshot=True)
-                for event in waiting or ():
-                    self._handle(event)
+                applying = defer.Deferred.fromCoroutine(self._apply_snapshot(session.domain, reply[2] or []))
+                applying.addErrback(lambda f: log.failure("cluster: reading the sessions of {domain}", f,
+                                                          domain=session.domain))
+            else:
+                self._joining.pop(session.domain, None)
         waiting_event = self._undecided.pop(session.full, None)
         if waiting_event is not None and held:
             self._handle(waiting_event)
+
+    async def _apply_snapshot(self, domain: str, snapshot: list[Any]) -> None:
+        """Mirror the registry of *domain* (this node's first session there), a slice of work at a
+        time (thousands of sessions, each told to this node's users), then the events that waited."""
+        router = self.router
+        assert router is not None
+        listed = set(snapshot[::2])
+        for remote in router.remote_sessions(domain):
+            if remote.full not in listed:  # ended while this node could not hear of it
+                router.remote_gone(remote.full, remote.node)
+        slice_started = time.monotonic()
+        for i in range(0, len(snapshot), 2):
+            entry = json.loads(snapshot[i + 1])
+            if entry["n"] != self.node_id and entry["n"] not in self._dead_nodes:
+                entry["j"] = snapshot[i]
+                self._mirror(entry, snapshot=True)
+            if time.monotonic() - slice_started > SLICE:
+                await _sleep(self.reactor, 0)  # heartbeats and clients get their turn
+                slice_started = time.monotonic()
+        for event in self._joining.pop(domain, None) or ():
+            self._handle(event)
+        if not router.domain_sessions(domain):  # the domain's last user here left meanwhile
+            for remote in router.remote_sessions(domain):
+                router.remote_gone(remote.full, remote.node)
 
     # -- writing, in order, surviving an outage
 
@@ -534,11 +553,17 @@ class RedisCluster(Cluster):
             if not reply:
                 continue
             ids = []
+            slice_started = time.monotonic()
             for _stream, entries in reply:
                 for entry_id, fields in entries:
                     ids.append(entry_id)
                     self._last_id = entry_id
                     self._receive(fields)
+                    if time.monotonic() - slice_started > SLICE:
+                        # a batch can be seconds of work (presence for thousands of users):
+                        # heartbeats and clients get their turn, or the others take this node for dead
+                        await _sleep(self.reactor, 0)
+                        slice_started = time.monotonic()
             if ids:
                 self._write(_Write("x", ("execute_command", "XDEL", inbox, *ids), self._now()))
 
