@@ -201,6 +201,9 @@ class RedisCluster(Cluster):
         self.node_id = c.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.heartbeat = c.heartbeat
         self.dead_after = c.dead_after
+        #: a node silent this long is dead: its last beat plus the time until the next check here
+        #: (up to one heartbeat) stays within dead_after
+        self.silence = c.dead_after - c.heartbeat
         self.forward_timeout = c.forward_timeout
         self.prefix = s.redis_prefix
         self._settings = settings
@@ -678,7 +681,7 @@ class RedisCluster(Cluster):
         self._beats += 1
         alive = set()
         for i in range(0, len(scores), 2):
-            if float(scores[i + 1]) >= now - self.dead_after * 1000:
+            if float(scores[i + 1]) >= now - self.silence * 1000:
                 alive.add(scores[i])
         stale = {scores[i] for i in range(0, len(scores), 2)} - alive
         left = self._alive - alive - stale  # gone from the set: stopped cleanly, or reaped by another node
@@ -705,7 +708,7 @@ class RedisCluster(Cluster):
             for remote in [r for r in router.all_remote_sessions() if r.node == node]:
                 router.remote_gone(remote.full, node)
         p = f"{self.prefix}:cluster"
-        args = [node, self.prefix, "0", str(int(self.dead_after * 1000))]
+        args = [node, self.prefix, "0", str(int(self.silence * 1000))]
 
         def reaped(won: Any) -> None:
             if int(won or 0):
