@@ -22,6 +22,8 @@ from twisted.words.xish import domish
 from chatgate.session import Addressed, Session
 from chatgate.xml import serialize
 
+_NONE: frozenset[str] = frozenset()
+
 
 class Forwarder(Protocol):
     """What a RemoteSession needs of the bus: hand bytes to the session's node."""
@@ -36,6 +38,7 @@ class RemoteSession(Session):
 
     def __init__(self, jid: JID, node: str, forwarder: Forwarder, seq: int = 0) -> None:
         super().__init__(jid)
+        self.directed = _NONE  # type: ignore[assignment]  # kept by the node holding the session
         self.node = node
         #: the cluster's bind order: of two sessions of one full JID, the higher wins
         self.seq = seq
