@@ -33,8 +33,13 @@ from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CHATSTATES_NS, CLIENT_NS, DELAY_NS, HINTS_NS, SID_NS, body_of, error_reply, stamp
 from chatgate.storage import Stores
-from chatgate.storage.interfaces import IOfflineStore, OfflineMessage
+from chatgate.storage.interfaces import ArchiveError, IOfflineStore, OfflineMessage
 from chatgate.xml import StreamError, parse_document
+
+#: how often, and how far apart (growing by this), reading a user's offline messages is tried
+#: again when the store cannot be reached (Redis reconnecting)
+READ_ATTEMPTS = 5
+READ_RETRY = 1.0
 
 log = Logger()
 
@@ -100,11 +105,24 @@ class OfflineMessages:
         if session is not None:
             self.available(session)
 
-    def available(self, session: Session) -> None:
+    def available(self, session: Session, attempt: int = 0) -> None:
         """Deliver what waits for a resource that just became reachable (§2 step 5)."""
         d = self.store.pop(session.bare)
         d.addCallback(self._deliver, session)
-        d.addErrback(lambda f: log.failure("reading offline messages for {bare} failed", f, bare=session.bare))
+        d.addErrback(self._not_read, session, attempt)
+
+    def _not_read(self, failure: Failure, session: Session, attempt: int) -> None:
+        """The store could not be read (Redis reconnecting): tried again a few times while the session lasts."""
+        if failure.check(ArchiveError) and attempt < READ_ATTEMPTS and _reachable(session):
+            log.info("offline messages for {bare} cannot be read yet ({why}); trying again",
+                     bare=session.bare, why=failure.getErrorMessage())
+            self.router.clock.callLater(READ_RETRY * (attempt + 1), self._again, session, attempt + 1)
+            return
+        log.failure("reading offline messages for {bare} failed", failure, bare=session.bare)
+
+    def _again(self, session: Session, attempt: int) -> None:
+        if _reachable(session):
+            self.available(session, attempt)
 
     def _deliver(self, messages: list[OfflineMessage], session: Session) -> None:
         if not messages:

@@ -586,3 +586,28 @@ def test_an_unreachable_archive_does_not_stop_delivery_and_loses_no_history(worl
     bodies = [m.body for m in world.history("bob@example.com")]
     assert bodies == ["while down 0", "while down 1", "while down 2", "back"]
     assert [m.body for m in world.history("alice@example.com")] == bodies
+
+
+def test_offline_messages_the_store_cannot_read_yet_are_read_again(world):
+    """Redis reconnecting: reading a user's offline messages fails at once; it is
+    tried again shortly, and the user gets them without logging in again."""
+    from twisted.internet.defer import fail
+
+    from chatgate.features.offline import READ_RETRY
+    from chatgate.storage.interfaces import ArchiveError
+
+    alice = world.online("alice@example.com/a")
+    world.send(alice, "bob@example.com", "kept")
+    pop, failures = world.offline.pop, [1]
+
+    def flaky(owner):
+        if failures[0]:
+            failures[0] -= 1
+            return fail(ArchiveError("redis 127.0.0.1:6379: not connected"))
+        return pop(owner)
+
+    world.offline.pop = flaky
+    bob = world.online("bob@example.com/b")
+    assert bob.take("message") == []
+    world.clock.advance(READ_RETRY)
+    assert [str(m.body) for m in bob.take("message")] == ["kept"]
