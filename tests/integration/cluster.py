@@ -8,6 +8,12 @@ cluster's folder), ``[archive]`` and offline messages on the Redis server and
 ``[cluster] backend = redis`` with short heartbeats (0.2 s, dead after 1 s).
 Accounts are made once, through the first node's configuration, with the real
 ``chatgate-admin``: every node reads the same store.
+
+``directory="redis"`` puts the directory on the Redis server too (no shared
+file: the shape of nodes on several machines; Redis must be up for
+``chatgate-admin``, :meth:`Cluster.start_redis` first). ``sentinel=True`` adds a
+replica and one sentinel watching the master (quorum 1, quick to fail over),
+and every node finds the master through it (``[cluster] redis_sentinels``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.harness import Server
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisSentinel, RedisServer
 
 HEARTBEAT = 0.2
 DEAD_AFTER = 1.0
@@ -42,16 +48,27 @@ class Cluster:
     *sections* are extra config sections for every node (``cluster={"forward_timeout": 3}``).
     """
 
-    def __init__(self, folder: Path, nodes: int = 2, **sections: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, nodes: int = 2, directory: str = "sqlite", sentinel: bool = False,
+                 **sections: dict[str, Any]) -> None:
         self.folder = folder
         (folder / "redis").mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(folder / "redis", persist=True)
+        #: with *sentinel*: the master's replica and the sentinel watching it (``self.redis`` is the first master)
+        self.replica: RedisServer | None = None
+        self.sentinel: RedisSentinel | None = None
+        if sentinel:
+            for name in ("replica", "sentinel"):
+                (folder / name).mkdir(exist_ok=True)
+            self.replica = RedisServer(folder / "replica", replica_of=self.redis.port)
+            self.sentinel = RedisSentinel(folder / "sentinel", self.redis)
         self.store = folder / "shared.sqlite"
         base = {
-            "storage": {"backend": "sqlite", "path": str(self.store), "poll_interval": 0.1,
+            "storage": {"backend": directory, "path": str(self.store), "poll_interval": 0.1,
                         "redis_host": "127.0.0.1", "redis_port": self.redis.port, "redis_prefix": "cg"},
             "archive": {"backend": "redis", "offline_backend": "redis"},
         }
+        if self.sentinel is not None:
+            base["cluster"] = {"redis_sentinels": f"127.0.0.1:{self.sentinel.port}"}
         self.nodes: list[Server] = []
         for n in range(1, nodes + 1):
             node_folder = folder / f"node{n}"
@@ -63,8 +80,9 @@ class Cluster:
     # -- the whole cluster
 
     def start(self) -> Cluster:
-        """Redis, then every node in order; then two heartbeats for them to see each other."""
-        self.redis.start()
+        """Redis (what is not running yet), then every node in order; then two heartbeats for them to see
+        each other."""
+        self.start_redis()
         try:
             for node in self.nodes:
                 node.start()
@@ -77,7 +95,7 @@ class Cluster:
     def stop(self) -> None:
         for node in reversed(self.nodes):
             node.stop()
-        self.redis.stop()
+        self.stop_redis()
 
     def admin(self, *args: str, stdin: str | None = None, check: bool = True) -> Any:
         """chatgate-admin on the shared store (through the first node's configuration)."""
@@ -116,12 +134,19 @@ class Cluster:
 
     # -- Redis
 
+    def _redis_servers(self) -> list[RedisServer]:
+        return [server for server in (self.redis, self.replica, self.sentinel) if server is not None]
+
     def stop_redis(self) -> None:
-        self.redis.stop()
+        for server in reversed(self._redis_servers()):
+            server.stop()
 
     def start_redis(self) -> None:
-        """Redis again, on the same port, with what its append-only file kept."""
-        self.redis.start()
+        """Redis again, on the same port, with what its append-only file kept (and the replica and the
+        sentinel, with *sentinel*); a server already running is left alone."""
+        for server in self._redis_servers():
+            if server.process is None or server.process.poll() is not None:
+                server.start()
 
     def logs(self, tail: int = 2000) -> str:
         """Every node's log tail, for failure messages."""
