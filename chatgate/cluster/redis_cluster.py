@@ -230,9 +230,12 @@ class RedisCluster(Cluster):
         self._last_id = "0-0"
         #: heartbeats answered since the start
         self._beats = 0
+        #: the process is shutting down (set before the service tree stops)
+        self._leaving = False
         self._beat: LoopingCall | None = None
         self._reading: defer.Deferred[None] | None = None
         self._probing = False
+        self._shutdown_trigger: Any = None
         #: request id -> (the node asked, the Deferred of its answer)
         self._asked: dict[str, tuple[str, defer.Deferred[dict[str, Any]]]] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], defer.Deferred[dict[str, Any]]]] = {}
@@ -687,8 +690,10 @@ class RedisCluster(Cluster):
         left = self._alive - alive - stale  # gone from the set: stopped cleanly, or reaped by another node
         self._alive = alive
         self._dead_nodes -= alive
-        if self._up_since > self._now() - self.dead_after:
-            return  # not connected long enough to tell a dead node from an outage
+        if self._up_since > self._now() - self.dead_after or self._leaving:
+            # not connected long enough to tell a dead node from an outage; or stopping: its own
+            # sessions' last presences keep the others busy, and a leaving node judges nobody
+            return
         router = self.router
         if router is None:
             return
@@ -758,6 +763,7 @@ class RedisCluster(Cluster):
         self._up = True
         self._up_since = self._now() - self.dead_after  # a start is no outage: the dead are dead
         await self._reap_previous_run()
+        self._shutdown_trigger = self.reactor.addSystemEventTrigger("before", "shutdown", self._leave)
         self._beat_now()
         self._beat = LoopingCall(self._tick)
         self._beat.clock = self.reactor
@@ -787,8 +793,18 @@ class RedisCluster(Cluster):
         else:
             self._expire()
 
+    def _leave(self) -> None:
+        self._leaving = True
+
     async def stop(self) -> None:
         """Leave: what is written goes out (bounded), the node leaves the set, the connections close."""
+        self._leaving = True
+        if self._shutdown_trigger is not None:
+            try:
+                self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            except (ValueError, KeyError):
+                pass  # fired already (the process is shutting down)
+            self._shutdown_trigger = None
         if self._beat is not None and self._beat.running:
             self._beat.stop()
         deadline = self._now() + 2 * BLOCK_MS / 1000
