@@ -22,7 +22,7 @@ from twisted.web import server
 from chatgate.auth.credentials import make_credentials
 from chatgate.auth.sasl import Authenticator
 from chatgate.auth.throttle import LoginThrottle
-from chatgate.cluster import open_cluster
+from chatgate.cluster import Cluster
 from chatgate.config import ConfigError, Settings, load
 from chatgate.features import register_all
 from chatgate.mirror import DirectoryMirror
@@ -287,6 +287,15 @@ class ChatService(service.MultiService):
         banner = "\n".join(["", "chatgate demo accounts (shown once):", *lines, ""])
         sys.__stdout__.write(banner + "\n")
         sys.__stdout__.flush()
+
+
+def open_cluster(settings: Settings, reactor: Any = None) -> Cluster:
+    """The bus ``[cluster] backend`` names, not started yet (:mod:`chatgate.cluster`)."""
+    if settings.cluster.backend == "redis":
+        from chatgate.cluster.redis_cluster import RedisCluster
+
+        return RedisCluster(settings, reactor)
+    return Cluster()
 
 
 def _warn_open_files(settings: Settings, key: str) -> None:

@@ -1,7 +1,7 @@
 """The bus between chatgate nodes (see ARCHITECTURE.md, "Cluster").
 
 A :class:`Cluster` is what the router tells about its own sessions and what
-forwards stanzas to sessions held by other nodes. :class:`LocalCluster` is
+forwards stanzas to sessions held by other nodes. :class:`Cluster` itself is
 one process alone (nothing to tell, nothing remote); the Redis one
 (:mod:`chatgate.cluster.redis_cluster`) shares sessions, presence and
 delivery between the nodes of one Redis server. The router plugs into it in
@@ -12,16 +12,35 @@ goes out, and what other nodes say comes in through the router's
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
+    from twisted.words.xish import domish
 
-    from chatgate.config import Settings
+    from chatgate.cluster.remote import RemoteSession
     from chatgate.session import Session
+
+
+class Peer(Protocol):
+    """What a cluster needs of its node's router (:class:`chatgate.router.Router`)."""
+
+    def local_resources(self, bare: str) -> Mapping[str, Session]: ...
+    def all_sessions(self) -> list[Session]: ...
+    def domain_sessions(self, domain: str) -> list[Session]: ...
+    def remote_session(self, full: str) -> RemoteSession | None: ...
+    def remote_sessions(self, domain: str) -> list[RemoteSession]: ...
+    def all_remote_sessions(self) -> list[RemoteSession]: ...
+    def remote_bound(self, remote: RemoteSession) -> None: ...
+    def remote_presence(self, remote: RemoteSession, stanza: domish.Element, priority: int) -> None: ...
+    def remote_gone(self, full: str, node: str) -> None: ...
+    def replaced(self, session: Session) -> None: ...
+    def relayed(self, full: str, text: str, sender_full: str | None) -> None: ...
+    def redeliver(self, stanza: domish.Element, local_only: bool = False) -> None: ...
+    def emit(self, event: str, *args: Any) -> bool: ...
 
 
 class NodeUnreachable(Exception):
@@ -35,7 +54,7 @@ class Cluster:
     #: whether other nodes exist (a BOSH sid then names its node)
     clustered = False
 
-    def attach(self, router: Any) -> None:
+    def attach(self, router: Peer) -> None:
         """The router this node delivers with (remote events go to it)."""
 
     def bound(self, session: Session, joined: bool) -> None:
@@ -69,14 +88,3 @@ class Cluster:
         """The service that runs the bus (connects, heartbeats, reads), if any."""
         return None
 
-
-LocalCluster = Cluster
-
-
-def open_cluster(settings: Settings, reactor: Any = None) -> Cluster:
-    """The bus ``[cluster] backend`` names, not started yet."""
-    if settings.cluster.backend == "redis":
-        from chatgate.cluster.redis_cluster import RedisCluster
-
-        return RedisCluster(settings, reactor)
-    return LocalCluster()

@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from chatgate import events
-from chatgate.cluster import Cluster, NodeUnreachable
+from chatgate.cluster import Cluster, NodeUnreachable, Peer
 from chatgate.cluster.remote import RemoteSession
 from chatgate.jid import jid_of
 from chatgate.session import SHARED_STATE, Session
@@ -66,7 +66,6 @@ from chatgate.xml import StreamError, parse_document, serialize
 
 if TYPE_CHECKING:
     from chatgate.config import Settings
-    from chatgate.router import Router
 
 log = Logger()
 
@@ -207,7 +206,7 @@ class RedisCluster(Cluster):
         self.forward_timeout = c.forward_timeout
         self.prefix = s.redis_prefix
         self._settings = settings
-        self.router: Router | None = None
+        self.router: Peer | None = None
         self._cmd: Any = None
         self._reader: Any = None
         self._stores: list[Any] = []
@@ -243,7 +242,7 @@ class RedisCluster(Cluster):
 
     # -- the Cluster interface
 
-    def attach(self, router: Any) -> None:
+    def attach(self, router: Peer) -> None:
         self.router = router
 
     def service(self) -> Service:
