@@ -86,6 +86,7 @@ from servers import (  # noqa: E402
     _unlimited,
     cpu_seconds,
     rss_kib,
+    terminate,
 )
 from servers import free_port as _free_port  # noqa: E402
 
@@ -222,13 +223,7 @@ class Redis:
         return stats
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
         self.process = None
 
     def tail(self, lines: int = 10) -> str:
@@ -367,13 +362,7 @@ class Node:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
         self.process = None
 
     def _log_text(self) -> str:
