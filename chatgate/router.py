@@ -361,6 +361,20 @@ class Router:
         """Public form of :meth:`_bounce`, for features."""
         self._bounce(stanza, sender, condition, text)
 
+    def bounce_to_origin(self, stanza: domish.Element, condition: str, text: str | None = None) -> None:
+        """Answer *stanza*, whose delivery failed after its sender's turn was over (an offline box
+        full, another node unreachable), with an error for the resource its 'from' names, if that
+        is still bound on any node; never an error for an error or a result (RFC 6120 §8.3.1)."""
+        if stanza.getAttribute("type") in ("error", "result"):
+            return
+        try:
+            origin = jid_of(stanza.getAttribute("from", ""))
+        except (InvalidFormat, RuntimeError):
+            return
+        sender = self.resources(origin.userhost()).get(origin.resource or "")
+        if sender is not None:
+            self._bounce(stanza, sender, condition, text)
+
     # -- delivery (RFC 6121 §8.5)
 
     def deliver_iq(self, stanza: domish.Element, sender: Session, to: JID) -> None:
@@ -523,11 +537,12 @@ class Router:
         if not domain:
             del self._remote_domains[remote.domain]
 
-    def relayed(self, full: str, text: str, sender_full: str | None) -> None:
+    def relayed(self, full: str, text: str) -> None:
         """A stanza (plain serialization) another node's router delivered to
         *full*, a session of this node: its node ran the delivery hooks already
-        (``delivery.relayed``), the per-target ones run here. A message whose
-        session is gone is delivered again (:meth:`redeliver`)."""
+        (``delivery.relayed``, with no sender: the filters that need one ran
+        there), the per-target ones run here. A message whose session is gone
+        is delivered again (:meth:`redeliver`)."""
         try:
             data = text.encode("utf-8")
             stanza = parse_document(data, len(data) + 1)
@@ -540,13 +555,9 @@ class Router:
             if stanza.name == "message":
                 self.redeliver(stanza, local_only=True)
             return
-        sender = None
-        if sender_full:
-            sender_bare, _, sender_resource = sender_full.partition("/")
-            sender = self.resources(sender_bare).get(sender_resource)
-        delivery = Delivery(stanza, sender, bare, [target], self._hold_parties, relayed=True)
+        delivery = Delivery(stanza, None, bare, [target], self._hold_parties, relayed=True)
         delivery.keep_text(text)
-        delivery.again = lambda: self.relayed(full, text, sender_full)
+        delivery.again = lambda: self.relayed(full, text)
         if stanza.name == "message":
             self._send(delivery)
             return

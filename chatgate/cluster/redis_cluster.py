@@ -61,7 +61,7 @@ from chatgate.cluster import Cluster, NodeUnreachable, Peer
 from chatgate.cluster.remote import RemoteSession
 from chatgate.jid import jid_of
 from chatgate.session import SHARED_STATE, Session
-from chatgate.stanza import error_reply, unavailable
+from chatgate.stanza import unavailable
 from chatgate.xml import StreamError, parse_document, serialize
 
 if TYPE_CHECKING:
@@ -276,9 +276,7 @@ class RedisCluster(Cluster):
         if node in self._dead_nodes:
             self._lost(data)  # its node is gone: deliver it again from here
             return
-        envelope = json.dumps({"k": "s", "t": full, "x": data.decode("utf-8")})
-        self._write(_Write("s", ("execute_command", "XADD", self._inbox(node), "*", "m", envelope), self._now(),
-                           data=data))
+        self._send(node, {"k": "s", "t": full, "x": data.decode("utf-8")}, data)
 
     def request(self, node: str, kind: str, payload: dict[str, Any], timeout: float) -> defer.Deferred[dict[str, Any]]:
         if node in self._dead_nodes or not self._running:
@@ -295,8 +293,7 @@ class RedisCluster(Cluster):
 
         d.addTimeout(timeout, self.reactor)
         d.addErrback(timed_out)
-        envelope = json.dumps({"k": "q", "i": request_id, "o": self.node_id, "w": kind, "p": payload})
-        self._write(_Write("x", ("execute_command", "XADD", self._inbox(node), "*", "m", envelope), self._now()))
+        self._send(node, {"k": "q", "i": request_id, "o": self.node_id, "w": kind, "p": payload})
         return d
 
     def answer(self, kind: str, handler: Callable[[dict[str, Any]], defer.Deferred[dict[str, Any]]]) -> None:
@@ -312,9 +309,7 @@ class RedisCluster(Cluster):
             if isinstance(payload, Failure):
                 log.failure("cluster: answering {kind} for {node}", payload, kind=event.get("w"), node=origin)
                 payload = {"error": "the node holding it failed to answer"}
-            envelope = json.dumps({"k": "a", "i": request_id, "p": payload})
-            self._write(_Write("x", ("execute_command", "XADD", self._inbox(origin), "*", "m", envelope),
-                               self._now()))
+            self._send(origin, {"k": "a", "i": request_id, "p": payload})
 
         if handler is None:
             reply({"error": f"no handler for {event.get('w')}"})
@@ -327,6 +322,12 @@ class RedisCluster(Cluster):
             asked[1].callback(event.get("p") or {})
 
     # -- keys and entries
+
+    def _send(self, node: str, event: dict[str, Any], data: bytes | None = None) -> None:
+        """Put *event* in *node*'s inbox; *data*: the stanza it carries, whose sender
+        hears of it if it cannot be handed over in time."""
+        command = ("execute_command", "XADD", self._inbox(node), "*", "m", json.dumps(event))
+        self._write(_Write("s" if data is not None else "x", command, self._now(), data=data))
 
     def _inbox(self, node: str) -> str:
         return f"{self.prefix}:cluster:inbox:{node}"
@@ -342,9 +343,13 @@ class RedisCluster(Cluster):
                            "x": serialize(presence) if presence is not None else "", "s": shared})
 
     def _event(self, session: Session, mode: str) -> None:
+        self._write(self._publishing(session, mode))
+
+    def _publishing(self, session: Session, mode: str) -> _Write:
+        """The write of *session*'s entry and its event (mode join, bind or change: see _PUBLISH)."""
         args = [self.node_id, session.full, self._entry(session), mode, self.prefix, session.domain]
-        self._write(_Write("e", ("eval", _PUBLISH, self._keys(session.domain, self.node_id), args), self._now(),
-                           then=lambda reply: self._published(session, mode, reply)))
+        return _Write("e", ("eval", _PUBLISH, self._keys(session.domain, self.node_id), args), self._now(),
+                      then=lambda reply: self._published(session, mode, reply))
 
     def _published(self, session: Session, mode: str, reply: list[Any]) -> None:
         if mode == "change" or self.router is None:
@@ -494,10 +499,7 @@ class RedisCluster(Cluster):
                 if mode == "join":
                     self._joining.setdefault(session.domain, [])
                 joined.add(session.domain)
-                args = [self.node_id, session.full, self._entry(session), mode, self.prefix, session.domain]
-                resync.append(_Write("e", ("eval", _PUBLISH, self._keys(session.domain, self.node_id), args),
-                                     self._now(),
-                                     then=lambda reply, s=session, m=mode: self._published(s, m, reply)))
+                resync.append(self._publishing(session, mode))
         self._outbox.extend(resync)
         if router is not None:
             for bare in {session.bare for session in router.all_sessions()}:
@@ -517,19 +519,9 @@ class RedisCluster(Cluster):
     def _refuse(self, data: bytes) -> None:
         """A stanza for another node cannot be handed over: its sender learns it (RFC 6120 §8.3.3.13)."""
         stanza = _parse(data)
-        if stanza is None or self.router is None or stanza.name == "presence":
-            return
-        if stanza.getAttribute("type") in ("error", "result"):
-            return
-        try:
-            origin = jid_of(stanza.getAttribute("from", ""))
-        except Exception:
-            return
-        sender = self.router.local_resources(origin.userhost()).get(origin.resource or "")
-        if sender is not None:
-            reply = error_reply(stanza, "recipient-unavailable",
-                                "The recipient's server node cannot be reached; the message was not delivered")
-            sender.send(reply)
+        if stanza is not None and self.router is not None and stanza.name != "presence":
+            self.router.bounce_to_origin(stanza, "recipient-unavailable",
+                                         "The recipient's server node cannot be reached; it was not delivered")
 
     def _lost(self, data: bytes) -> None:
         """A stanza for a session of a dead node: delivered again from here, to
@@ -573,9 +565,8 @@ class RedisCluster(Cluster):
                 self._write(_Write("x", ("execute_command", "XDEL", inbox, *ids), self._now()))
 
     def _receive(self, fields: list[Any]) -> None:
-        try:
-            event = json.loads(dict(zip(fields[::2], fields[1::2], strict=False))["m"])
-        except (KeyError, ValueError, TypeError):
+        event = _event_of(fields)
+        if event is None:
             log.error("cluster: an inbox entry that is not chatgate's; ignored")
             return
         try:
@@ -589,7 +580,7 @@ class RedisCluster(Cluster):
             return
         kind = event.get("k")
         if kind == "s":
-            router.relayed(event["t"], event["x"], None)
+            router.relayed(event["t"], event["x"])
             return
         if kind == "q":
             self._asked_by(event)
@@ -711,25 +702,24 @@ class RedisCluster(Cluster):
         if router is not None:
             for remote in [r for r in router.all_remote_sessions() if r.node == node]:
                 router.remote_gone(remote.full, node)
-        p = f"{self.prefix}:cluster"
-        args = [node, self.prefix, "0", str(int(self.silence * 1000))]
-
         def reaped(won: Any) -> None:
             if int(won or 0):
                 log.info("cluster: node {node} is gone; its sessions ended", node=node)
             self._claim(node)
 
-        self._write(_Write("x", ("eval", _REAP, [f"{p}:nodes", f"{p}:node-sessions:{node}"], args), self._now(),
-                           then=reaped))
+        self._write(_Write("x", ("eval", *self._reaping(node, force=False)), self._now(), then=reaped))
+
+    def _reaping(self, node: str, force: bool) -> tuple[str, list[str], list[str]]:
+        """The script, keys and arguments that reap *node* (see _REAP)."""
+        p = f"{self.prefix}:cluster"
+        return _REAP, [f"{p}:nodes", f"{p}:node-sessions:{node}"], [
+            node, self.prefix, "1" if force else "0", str(int(self.silence * 1000))]
 
     def _redeliver(self, entries: list[Any]) -> None:
         """Inbox entries a dead node (or this node's previous run) left: its stanzas delivered again."""
         for _entry_id, fields in entries:
-            try:
-                event = json.loads(dict(zip(fields[::2], fields[1::2], strict=False))["m"])
-            except (KeyError, ValueError, TypeError):
-                continue
-            if event.get("k") == "s":
+            event = _event_of(fields)
+            if event is not None and event.get("k") == "s":
                 self._lost(event["x"].encode("utf-8"))
 
     def _claim(self, node: str) -> None:
@@ -774,9 +764,7 @@ class RedisCluster(Cluster):
         """A previous run of this node (same node_id) is dead: its registry
         entries go and its inbox is delivered again, before this run reads
         the inbox (so nothing is handled twice)."""
-        p = f"{self.prefix}:cluster"
-        args = [self.node_id, self.prefix, "1", str(int(self.dead_after * 1000))]
-        if int(await self._cmd.eval(_REAP, [f"{p}:nodes", f"{p}:node-sessions:{self.node_id}"], args) or 0):
+        if int(await self._cmd.eval(*self._reaping(self.node_id, force=True)) or 0):
             log.info("cluster: this node's previous run left sessions behind; they ended")
         for _ in range(10_000):  # bounded: BATCH entries each
             entries = await self._cmd.eval(_CLAIM, [self._inbox(self.node_id)], [BATCH])
@@ -839,6 +827,15 @@ class _BusService(Service):
     def stopService(self) -> defer.Deferred[None]:
         Service.stopService(self)
         return defer.Deferred.fromCoroutine(self.cluster.stop())
+
+
+def _event_of(fields: list[Any]) -> dict[str, Any] | None:
+    """The event an inbox entry (field, value, ...) holds, None when it holds none of chatgate's."""
+    try:
+        event = json.loads(dict(zip(fields[::2], fields[1::2], strict=False))["m"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    return event if isinstance(event, dict) else None
 
 
 def _parse(data: bytes) -> domish.Element | None:

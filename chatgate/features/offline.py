@@ -22,16 +22,14 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
 
 from chatgate import events
 from chatgate.config import Settings
 from chatgate.delivery import Delivery
-from chatgate.jid import jid_of
 from chatgate.router import Router
 from chatgate.session import Session
-from chatgate.stanza import CHATSTATES_NS, CLIENT_NS, DELAY_NS, HINTS_NS, SID_NS, body_of, error_reply, stamp
+from chatgate.stanza import CHATSTATES_NS, CLIENT_NS, DELAY_NS, HINTS_NS, SID_NS, body_of, stamp
 from chatgate.storage import Stores
 from chatgate.storage.interfaces import ArchiveError, IOfflineStore, OfflineMessage
 from chatgate.xml import StreamError, parse_document
@@ -89,15 +87,8 @@ class OfflineMessages:
 
     def _refuse(self, delivery: Delivery, condition: str, text: str | None) -> None:
         """Bounce a message the store would not keep, to the resource that sent it if still there."""
-        stanza = delivery.stanza
         self.router.emit(events.MESSAGE_REFUSED, delivery)
-        try:
-            origin = jid_of(stanza.getAttribute("from", ""))
-        except (InvalidFormat, RuntimeError):
-            return
-        sender = self.router.resources(origin.userhost()).get(origin.resource or "")
-        if sender is not None and stanza.getAttribute("type") != "error":
-            sender.send(error_reply(stanza, condition, text))
+        self.router.bounce_to_origin(delivery.stanza, condition, text)
 
     def waiting(self, bare: str) -> None:
         """Another node kept a message for *bare*: deliver it if they are reachable here."""

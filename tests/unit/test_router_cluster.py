@@ -112,7 +112,7 @@ def test_a_relayed_message_reaches_its_session_without_being_archived_again(worl
     bob = online(router, "bob@example.com/desk")
     stanza = message("bob@example.com/desk", body="relayed")
     stanza["from"] = "alice@example.com/a"
-    router.relayed("bob@example.com/desk", serialize(stanza), None)
+    router.relayed("bob@example.com/desk", serialize(stanza))
     assert len(bob.messages) == 1 and "relayed" in bob.messages[0]
     assert "stanza-id" not in bob.messages[0]  # the sender's node archived it
 
@@ -122,12 +122,12 @@ def test_a_relayed_message_whose_session_ended_goes_to_another_resource_or_offli
     laptop = online(router, "bob@example.com/laptop")
     stanza = message("bob@example.com/desk", body="late")
     stanza["from"] = "alice@example.com/a"
-    router.relayed("bob@example.com/desk", serialize(stanza), None)
+    router.relayed("bob@example.com/desk", serialize(stanza))
     assert len(laptop.messages) == 1 and "late" in laptop.messages[0]
     router.unbind(laptop)
     kept = []
     router.listen("message-undeliverable", lambda delivery: kept.append((delivery.bare, delivery.relayed)))
-    router.relayed("bob@example.com/desk", serialize(stanza), None)
+    router.relayed("bob@example.com/desk", serialize(stanza))
     assert kept == [("bob@example.com", True)]
 
 
@@ -136,5 +136,5 @@ def test_a_carbon_for_a_session_that_ended_is_not_delivered_again(world):  # noq
     laptop = online(router, "bob@example.com/laptop")
     carbon = message("bob@example.com/desk", body="copy")
     carbon["from"] = "bob@example.com"
-    router.relayed("bob@example.com/desk", serialize(carbon), None)
+    router.relayed("bob@example.com/desk", serialize(carbon))
     assert laptop.messages == []
