@@ -260,7 +260,17 @@ class Router:
     # -- routing
 
     def route(self, stanza: domish.Element, sender: Session) -> None:
-        """Route one stanza a client sent (RFC 6120 §8.1, §10; RFC 6121 §8)."""
+        """Route one stanza a client sent (RFC 6120 §8.1, §10; RFC 6121 §8).
+
+        In a cluster, a stanza from the first session of its domain on this
+        node waits (milliseconds) until the node has read which sessions other
+        nodes hold there: before that, every user on another node would look
+        offline."""
+        settling = self.cluster.settling(sender.domain)
+        if settling is not None:
+            settling.addCallback(lambda _: None if sender.closed else self.route(stanza, sender))
+            settling.addErrback(self._failed, stanza, sender)
+            return
         stanza["from"] = sender.full
         kind = stanza.name
         if kind != "iq":

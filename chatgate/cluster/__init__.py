@@ -72,6 +72,11 @@ class Cluster:
         """A message for *bare* was kept offline here: a node where they have
         just become reachable (not mirrored here yet) delivers it."""
 
+    def settling(self, domain: str) -> Deferred[None] | None:
+        """While this node reads which sessions other nodes hold in *domain* (its
+        first session there just bound): fires once it knows; None when it knows."""
+        return None
+
     def forward(self, node: str, full: str, data: bytes) -> None:
         """Hand a stanza (plain serialization) to *full*'s session on *node*."""
         raise RuntimeError(f"no cluster: cannot forward to {full} on {node}")

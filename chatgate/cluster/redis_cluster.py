@@ -223,6 +223,8 @@ class RedisCluster(Cluster):
         self._undecided: dict[str, dict[str, Any]] = {}
         #: domain -> events that wait for the registry snapshot of a join under way
         self._joining: dict[str, list[dict[str, Any]]] = {}
+        #: domain -> what this node's stanzas of the domain wait for, while that snapshot is read
+        self._settling: dict[str, defer.Deferred[None]] = {}
         #: nodes alive at the last heartbeat, and those found dead since
         self._alive: set[str] = set()
         self._dead_nodes: set[str] = set()
@@ -251,7 +253,22 @@ class RedisCluster(Cluster):
     def bound(self, session: Session, joined: bool) -> None:
         if joined:
             self._joining.setdefault(session.domain, [])
+            if session.domain not in self._settling:
+                waiting = self._settling[session.domain] = defer.Deferred()
+                # bounded: with Redis unreachable the stanzas go on as they would without a cluster
+                self.reactor.callLater(self.forward_timeout, self._settled, session.domain, waiting)
         self._event(session, "join" if joined else "bind")
+
+    def settling(self, domain: str) -> defer.Deferred[None] | None:
+        return self._settling.get(domain)
+
+    def _settled(self, domain: str, only: defer.Deferred[None] | None = None) -> None:
+        """This node knows the other nodes' sessions of *domain* (or gave up waiting for *only*):
+        the stanzas that waited go on."""
+        waiting = self._settling.get(domain)
+        if waiting is not None and (only is None or only is waiting):
+            del self._settling[domain]
+            waiting.callback(None)
 
     def changed(self, session: Session) -> None:
         self._event(session, "change")
@@ -261,6 +278,7 @@ class RedisCluster(Cluster):
         self._undecided.pop(session.full, None)
         if left:
             self._joining.pop(session.domain, None)
+            self._settled(session.domain)
         keys = self._keys(session.domain, self.node_id)
         self._write(_Write("e", ("eval", _UNPUBLISH, keys[:3],
                                  [self.node_id, session.full, self.prefix, session.domain, "1" if left else "0"]),
@@ -365,6 +383,7 @@ class RedisCluster(Cluster):
                                                           domain=session.domain))
             else:
                 self._joining.pop(session.domain, None)
+                self._settled(session.domain)
         waiting_event = self._undecided.pop(session.full, None)
         if waiting_event is not None and held:
             self._handle(waiting_event)
@@ -389,6 +408,7 @@ class RedisCluster(Cluster):
                 slice_started = time.monotonic()
         for event in self._joining.pop(domain, None) or ():
             self._handle(event)
+        self._settled(domain)
         if not router.domain_sessions(domain):  # the domain's last user here left meanwhile
             for remote in router.remote_sessions(domain):
                 router.remote_gone(remote.full, remote.node)

@@ -30,6 +30,18 @@ from tests.integration.cluster import DEAD_AFTER, Cluster, RedisMonitor
 from tests.integration.conftest import PASSWORD
 from tests.integration.harness import Client, LoginFailed, Server, async_test, login, logout
 from tests.integration.test_aliases import ofrom
+from tests.integration.test_forgery import (
+    Watched,
+    assert_refused,
+    assert_unforged,
+    attack,
+    attacker,
+    check_hostile,
+    hostile_message,
+    namespace_attack,
+    prefix_attack,
+    presence_attack,
+)
 from tests.integration.test_history import (
     CARBONS,
     DELAY,
@@ -61,6 +73,7 @@ USERS = [
     *(f"{u}@mam.example" for u in ("alice", "bob")),
     *(f"{u}@conflict.example" for u in ("alice", "bob")),
     *(f"{u}@revoke.example" for u in ("pat", "quinn", "rory")),
+    *(f"{u}@forge.example" for u in ("alice", "bob", "carol")),
 ]
 
 
@@ -123,6 +136,50 @@ def drain(client: Client) -> list[slixmpp.Message]:
     while not client.messages.empty():
         got.append(client.messages.get_nowait())
     return got
+
+
+# -- hostile input crossing nodes
+
+
+@async_test(timeout=90)
+async def test_nothing_a_client_sends_on_one_node_is_forged_on_another(cluster):
+    """The forgery attacks of test_forgery.py, sent on node1 by alice, watched on node2
+    by bob (two resources, carbons), carol (a bystander) and alice's own other client:
+    the bus carries chatgate's serialization, and every node reads it back through the
+    restricted parser, so what they get is exactly what a single node would give."""
+    d = "forge.example"
+    node1, node2 = cluster.nodes
+    desk = await connect(node2, f"bob@{d}/desk", carbons=True)
+    phone = await connect(node2, f"bob@{d}/phone", carbons=True)
+    bystander = await connect(node2, f"carol@{d}/desk")
+    mirror = await connect(node2, f"alice@{d}/desk", carbons=True)
+    watched = [Watched(c) for c in (desk, phone, bystander, mirror)]
+    attackers, answers = set(), []
+    for payload in (namespace_attack(f"bob@{d}"), namespace_attack(f"bob@{d}/desk"), presence_attack(),
+                    prefix_attack(f"bob@{d}")):
+        raw, full = await attacker(node1, "alice", f"evil{len(attackers)}", d)
+        attackers.add(full)
+        answers.append(await attack(raw, payload))
+    raw, full = await attacker(node1, "alice", "hostile", d)
+    attackers.add(full)
+    raw.send(hostile_message(f"bob@{d}"))
+    got = {client: await until_quiet(client) for client in (desk, phone, mirror)}
+    raw.close()
+    allowed = attackers | {f"alice@{d}", f"bob@{d}", f"carol@{d}", f"bob@{d}/desk", f"bob@{d}/phone",
+                           f"carol@{d}/desk", f"alice@{d}/desk", None}
+    for record in watched:
+        assert_unforged(record.stanzas, allowed, d)
+    assert_refused(answers)
+    for client in (desk, phone):
+        assert len(got[client]) == 1, got[client]
+        check_hostile(got[client][0].xml, full)
+    assert len(got[mirror]) == 1, got[mirror]
+    check_hostile(inner(got[mirror][0], f"{{{CARBONS}}}sent", f"{{{FORWARD}}}forwarded", f"{{{CLIENT}}}message"),
+                  full)
+    assert await until_quiet(bystander, 0.2) == []
+    bystander.send_message(mto=f"bob@{d}", mbody="still here", mtype="chat")
+    await received(desk, "still here", f"carol@{d}/desk")
+    await logout(desk, phone, bystander, mirror)
 
 
 # -- presence

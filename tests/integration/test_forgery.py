@@ -102,19 +102,20 @@ def senders(stanzas: list[ET.Element], kind: str) -> set[str | None]:
     return {element.get("from") for stanza in stanzas for element in stanza.iter(f"{{{CLIENT}}}{kind}")}
 
 
-def assert_unforged(stanzas: list[ET.Element], allowed: set[str | None]) -> None:
+def assert_unforged(stanzas: list[ET.Element], allowed: set[str | None], domain: str = "example.com") -> None:
     """Messages only from *allowed*, presence only from the domain's users; no
     address element, no text of a forged stanza."""
     assert senders(stanzas, "message") <= allowed, senders(stanzas, "message") - allowed
     for sender in senders(stanzas, "presence"):
-        assert sender is None or sender.split("/")[0].endswith("@example.com"), sender
+        assert sender is None or sender.split("/")[0].endswith(f"@{domain}"), sender
     for stanza in stanzas:
         assert stanza.find(f".//{{{ADDRESS}}}address") is None, ET.tostring(stanza)
         assert "FORGED" not in "".join(stanza.itertext())
 
 
-async def attacker(server: Server, localpart: str, resource: str) -> tuple[RawClient, str]:
-    raw = await RawClient.connect(server.port)
+async def attacker(server: Server, localpart: str, resource: str,
+                   domain: str = "example.com") -> tuple[RawClient, str]:
+    raw = await RawClient.connect(server.port, domain)
     full = await raw.login(localpart, PASSWORD, resource)
     raw.received = b""
     return raw, full

@@ -181,3 +181,18 @@ async def test_redis_unreachable_same_node_chat_goes_on_and_a_cross_node_message
     finally:
         await stop_nodes(made)
         server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_from_a_domains_first_session_on_a_node_waits_to_know_the_other_nodes(nodes):
+    """The first session of a domain on a node sends at once: the node has not read
+    the other nodes' sessions yet, and the message waits for it rather than taking
+    the recipient for offline."""
+    (n1, n2), _ = nodes
+    bob = n2.online("bob@example.com/b")
+    await deferLater(reactor, 0.2, lambda: None)
+    alice = n1.online("alice@example.com/a")  # n1's first session of example.com
+    n1.send(alice, "bob@example.com", "right away")
+    await until(lambda: bob.bodies() == ["right away"], what="bob's message")
+    [got] = [x for x in bob.got if "right away" in x]
+    assert "urn:xmpp:delay" not in got  # delivered, not kept offline and replayed
