@@ -765,9 +765,6 @@ class RedisCluster(Cluster):
         self._stores = [cmd, reader]
         self._where = cmd.where
         self._cmd, self._reader = cmd._redis, reader._redis
-        for connection in (self._cmd, self._reader):
-            # txredisapi backs off up to 10 s between reconnections; the bus wants Redis back within a second
-            connection._factory.maxDelay = RETRY * 2
         self._running = True
         self._up = True
         self._up_since = self._now() - self.dead_after  # a start is no outage: the dead are dead

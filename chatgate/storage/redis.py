@@ -75,6 +75,8 @@ log = Logger()
 CONNECT_TIMEOUT = 5.0
 #: messages deleted per script run when expiring
 EXPIRE_CHUNK = 2000
+#: the longest wait, in seconds, between two attempts to reconnect to Redis (a restart, a failover)
+RECONNECT_MAX = 2.0
 #: seconds one sentinel has to say where the master is before the next one is asked
 SENTINEL_TIMEOUT = 2.0
 
@@ -291,6 +293,8 @@ class _RedisStore:
                 self.host, self.port, dbid=self.db, poolsize=self._poolsize, password=self._password,
                 ssl_context_factory=tls, connectTimeout=self.connect_timeout, convertNumbers=False,
             )
+            # txredisapi backs off up to 10 s between reconnections: Redis back is used within RECONNECT_MAX
+            self._redis._factory.maxDelay = RECONNECT_MAX
         # Ready when a PING is answered; failed at once when txredisapi gives
         # up (wrong password, bad database), else after the timeout.
         ready: Deferred[None] = Deferred()
@@ -459,7 +463,7 @@ class _MasterFactory(txredisapi.RedisFactory):
     protocol = _Master
     initialDelay = 0.1
     #: the longest wait between attempts: a failover's new master is found at most this long after its promotion
-    maxDelay = 2.0
+    maxDelay = RECONNECT_MAX
 
     #: where the connection being built goes (set by _Bound.buildProtocol just before)
     building_for: tuple[str, int] | None = None
