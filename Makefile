@@ -64,6 +64,8 @@ overrides = {
                 "redis_host": "127.0.0.1", "redis_port": redis_port},
     "archive": {"backend": "redis", "offline_backend": "redis"},
     "cluster": {"backend": "redis", "node_id": f"node{n}"},
+    # both nodes sign and accept the same upload slots; a secret of this one try only
+    "upload": {"secret": redis_port + "-" + "make-cluster-upload-secret-of-this-machine"},
 }
 for section, values in overrides.items():
     if not ini.has_section(section):

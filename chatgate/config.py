@@ -107,6 +107,8 @@ class HTTPSettings:
     port: int = 5280
     tls: bool = False
     bosh_path: str = "/http-bind"
+    #: where XMPP over WebSocket (RFC 7395) is served on this listener; empty: not served
+    websocket_path: str = "/xmpp-websocket"
     cors_origins: tuple[str, ...] = ()
     bosh_hold: int = 1
     bosh_requests: int = 2
@@ -117,6 +119,39 @@ class HTTPSettings:
     bosh_max_body_size: int = 262144
     #: reverse proxies whose X-Forwarded-For is believed (addresses and networks)
     trusted_proxies: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class StreamManagementSettings:
+    """XEP-0198 on c2s and WebSocket streams."""
+
+    #: seconds a session whose connection dropped waits to be resumed; 0: no resumption
+    resume_timeout: float = 300.0
+    #: the server asks the client for an ack after this many unacked stanzas
+    ack_every: int = 5
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """HTTP file upload (XEP-0363): slots, the files and their limits."""
+
+    enabled: bool = True
+    #: the folder files are kept in (relative to this file)
+    path: str = "var/uploads"
+    #: where slots point, up to the path that [http] upload_path serves; empty:
+    #: http(s)://<the user's domain>:<[http] port><upload_path>
+    base_url: str = ""
+    #: where uploads are served on the [http] listener
+    http_path: str = "/upload"
+    #: largest file, in bytes
+    max_file_size: int = 20 * 1024 * 1024
+    #: bytes one user may upload per day (a rolling 24 hours)
+    daily_quota: int = 200 * 1024 * 1024
+    #: seconds a slot's PUT URL stays valid
+    slot_lifetime: float = 300.0
+    #: HMAC key that signs slots and download URLs (every node of a cluster must
+    #: share it); empty: a key made at first start in the data folder (one node)
+    secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +209,8 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    sm: StreamManagementSettings = field(default_factory=StreamManagementSettings)
+    upload: UploadSettings = field(default_factory=UploadSettings)
     #: Directory relative paths in the file are resolved against.
     base_dir: str = "."
 
@@ -308,6 +345,17 @@ def _url_path(raw: str) -> str:
         raise ValueError("expected a path such as /http-bind (no empty segment, no trailing /)")
     if any(s in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._~-]+", s) for s in segments[1:]):
         raise ValueError("use letters, digits and . _ ~ - between the slashes")
+    return value
+
+
+def _optional_url_path(raw: str) -> str:
+    return _url_path(raw) if raw.strip() else ""
+
+
+def _base_url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if value and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+        raise ValueError("expected an http:// or https:// URL such as https://chat.example.com/upload")
     return value
 
 
@@ -450,6 +498,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "port": _port,
             "tls": _bool,
             "bosh_path": _url_path,
+            "websocket_path": _optional_url_path,
             "cors_origins": _origins,
             "bosh_hold": _positive_int,
             "bosh_requests": _positive_int,
@@ -464,6 +513,20 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
     "webmail": (WebmailSettings, {"token_secret": _secret, "token_lifetime": _seconds, "token_max_age": _seconds}),
     "admin": (AdminSettings, {"interfaces": _interfaces, "port": _port, "api_key": _secret}),
     "demo": (DemoSettings, {"create": _bool, "domain": _nonempty}),
+    "sm": (StreamManagementSettings, {"resume_timeout": _seconds_or_zero, "ack_every": _positive_int}),
+    "upload": (
+        UploadSettings,
+        {
+            "enabled": _bool,
+            "path": _nonempty,
+            "base_url": _base_url,
+            "http_path": _url_path,
+            "max_file_size": _positive_int,
+            "daily_quota": _positive_int,
+            "slot_lifetime": _seconds,
+            "secret": _secret,
+        },
+    ),
     "cluster": (
         ClusterSettings,
         {
@@ -535,6 +598,14 @@ def _check(settings: Settings) -> None:
     if c.backend == "redis" and "memory" in (settings.storage.backend, settings.archive.backend,
                                              settings.archive.offline_backend):
         raise ConfigError("[cluster] backend = redis: the nodes must share their stores (not memory)")
+    paths = [p for p in (h.bosh_path, h.websocket_path, settings.upload.http_path) if p]
+    if len(set(paths)) != len(paths):
+        raise ConfigError("[http] websocket_path: bosh_path, websocket_path and [upload] http_path must differ")
+    u = settings.upload
+    if u.daily_quota < u.max_file_size:
+        raise ConfigError("[upload] daily_quota: must be at least max_file_size")
+    if c.backend == "redis" and u.enabled and not u.secret:
+        raise ConfigError("[upload] secret: every node of a cluster must share it (set it, or enabled = false)")
     if settings.webmail.token_max_age < settings.webmail.token_lifetime:
         raise ConfigError("[webmail] token_max_age: must not be shorter than token_lifetime")
 

@@ -66,6 +66,8 @@ class Cluster:
             "storage": {"backend": directory, "path": str(self.store), "poll_interval": 0.1,
                         "redis_host": "127.0.0.1", "redis_port": self.redis.port, "redis_prefix": "cg"},
             "archive": {"backend": "redis", "offline_backend": "redis"},
+            # every node signs and checks the same upload slots (XEP-0363)
+            "upload": {"secret": "cluster-test-upload-secret-0123456789abcdef"},
         }
         if self.sentinel is not None:
             base["cluster"] = {"redis_sentinels": f"127.0.0.1:{self.sentinel.port}"}
