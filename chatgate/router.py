@@ -600,6 +600,25 @@ class Router:
         elif not self.emit(events.MESSAGE_UNDELIVERABLE, delivery):
             log.warn("a message for {bare} from another node could not be kept offline", bare=bare)
 
+    def unacknowledged(self, session: Session, messages: list[domish.Element]) -> None:
+        """Messages *session*'s client was sent and never acknowledged
+        (XEP-0198) when the session ended: to offline storage, for the user's
+        next login; archived already, never again. Copies the server made for
+        the user's own clients (carbons, MAM results: from the user's bare
+        JID) are not kept; MAM has them."""
+        for stanza in messages:
+            if stanza.getAttribute("type", "normal") not in ("chat", "normal"):
+                continue
+            try:
+                origin = jid_of(stanza.getAttribute("from", ""))
+            except InvalidFormat:
+                continue
+            if origin.userhost() == session.bare or not origin.user:
+                continue
+            delivery = Delivery(stanza, None, session.bare, [], self._hold_parties, relayed=True)
+            if not self.emit(events.MESSAGE_UNDELIVERABLE, delivery):
+                log.warn("a message {jid} did not acknowledge could not be kept offline", jid=session.full)
+
     def _hold_parties(self, delivery: Delivery, written: defer.Deferred[Any]) -> None:
         """Write-ahead (see :meth:`Delivery.wait_for`): every session of both
         parties keeps what it is sent from now on until *written* fires, so

@@ -33,6 +33,7 @@ from chatgate.storage.interfaces import ArchiveError, DirectoryError, DuplicateD
 from chatgate.tls import ReloadableContext, ensure_certificate
 from chatgate.transports.bosh import BOSHResource, ConnectionManager
 from chatgate.transports.c2s import C2SFactory
+from chatgate.transports.sm import Resumption
 from chatgate.web.admin_api import AdminAPI
 from chatgate.web.history import HistoryAPI
 from chatgate.web.pane import ChatPane
@@ -123,6 +124,8 @@ class ChatService(service.MultiService):
         #: address -> its connections not authenticated yet, c2s and BOSH alike
         self._preauth: dict[str, int] = {}
         self.bosh = ConnectionManager(self.router, self.authenticator, settings, reactor, self._preauth)
+        #: sessions stream management (XEP-0198) may resume, on c2s and WebSocket
+        self.resumption = Resumption(self.router, settings, self.cluster.node_id, reactor)
         Stage("stores", self._open_stores, self._close_stores).setServiceParent(self)
         Stage("directory", self._load_directory).setServiceParent(self)
         feed = TimerService(settings.storage.poll_interval, self.directory.poll)
@@ -204,9 +207,9 @@ class ChatService(service.MultiService):
         x = self.settings.xmpp
         preauth = self._preauth
         plain = C2SFactory(self.router, self.authenticator, self.settings, self.tls_context,
-                           clock=self.reactor, preauth=preauth)
+                           clock=self.reactor, preauth=preauth, resumption=self.resumption)
         direct = C2SFactory(self.router, self.authenticator, self.settings, self.tls_context,
-                            direct_tls=True, clock=self.reactor, preauth=preauth)
+                            direct_tls=True, clock=self.reactor, preauth=preauth, resumption=self.resumption)
         for interface in x.interfaces:
             for port in (x.port, *x.extra_ports):
                 self.ports.append(self.reactor.listenTCP(port, plain, backlog=1024, interface=interface))

@@ -2,7 +2,9 @@
 
 A transport (c2s, BOSH) authenticates and binds, then hands the router a
 Session. From there on the router and the features use only what is here:
-``jid``, ``send``, ``close``, ``presence``, ``priority``, ``hold``.
+``jid``, ``send``, ``close``, ``presence``, ``priority``, ``hold``. With
+stream management (XEP-0198) a session may outlive its connection for a
+while (``detached``) and move to a new one (``move_to``).
 Transports subclass it and implement :meth:`serialize` (the stanza as it goes
 on their wire), :meth:`_write` (bytes out) and :meth:`_end`. ``send``
 serializes at once, so the router may change an element after sending it.
@@ -48,6 +50,9 @@ class Session:
 
     #: name of the transport, for logs only ("c2s", "bosh")
     transport_name = "?"
+    #: stream management (XEP-0198, chatgate.transports.sm), once the client enabled it:
+    #: every stanza written goes through it (counted, kept until acknowledged)
+    sm: Any = None
 
     def __init__(self, jid: JID, peer: str = "") -> None:
         self.jid = jid
@@ -72,8 +77,8 @@ class Session:
         #: holds not yet released, oldest first: [released?] (made at the first hold: an
         #: empty deque is 600 bytes, and most sessions of a large domain never hold)
         self._holds: deque[list[bool]] = _NO_HOLDS
-        #: (the hold it waits for, the serialized stanza), while holds are pending
-        self._held: deque[tuple[list[bool], bytes]] = _NO_HOLDS
+        #: (the hold it waits for, the serialized stanza, the element if a message), while holds are pending
+        self._held: deque[tuple[list[bool], bytes, domish.Element | None]] = _NO_HOLDS
 
     @property
     def available(self) -> bool:
@@ -86,16 +91,26 @@ class Session:
         if self.closed:
             return
         data = None if text is None else self.from_text(text)
-        self.send_serialized(self.serialize(element) if data is None else data)
+        if data is None:
+            data = self.serialize(element)
+        message = element if element.name == "message" else None
+        if self._holds:
+            self._held.append((self._holds[-1], data, message))
+        elif self.sm is None:
+            self._write(data)
+        else:
+            self.sm.write(data, message)
 
     def send_serialized(self, data: bytes) -> None:
-        """Deliver one stanza already serialized by :meth:`serialize`."""
+        """Deliver one stanza (not a message) already serialized by :meth:`serialize`."""
         if self.closed:
             return
         if self._holds:
-            self._held.append((self._holds[-1], data))
-        else:
+            self._held.append((self._holds[-1], data, None))
+        elif self.sm is None:
             self._write(data)
+        else:
+            self.sm.write(data, None)
 
     def hold(self, until: Deferred[Any]) -> None:
         """Keep what is sent from now on until *until* has fired (either way)."""
@@ -115,15 +130,43 @@ class Session:
         while self._holds and self._holds[0][0]:
             done = self._holds.popleft()
             while self._held and self._held[0][0] is done:
-                data = self._held.popleft()[1]
-                if not self.closed:
+                _, data, message = self._held.popleft()
+                if self.closed:
+                    continue
+                if self.sm is None:
                     self._write(data)
+                else:
+                    self.sm.write(data, message)
+
+    def held_messages(self) -> list[domish.Element]:
+        """The messages sent to this session and still held (write-ahead)."""
+        return [message for _, _, message in self._held if message is not None]
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """End the session, with a stream error *condition* if given (RFC 6120 §4.9)."""
-        if not self.closed:
-            self.closed = True
-            self._end(condition, text)
+        if self.closed:
+            return
+        sm = self.sm
+        if sm is not None:
+            # stream management (XEP-0198 §5): a connection that timed out may be resumed
+            if sm.detached:
+                if condition != "connection-timeout":
+                    sm.end()
+                return
+            if condition == "connection-timeout" and sm.resumable:
+                self._end(condition, text)  # the connection goes; the session waits for its client
+                return
+        self.closed = True
+        self._end(condition, text)
+
+    @property
+    def detached(self) -> bool:
+        """True while the session has no connection and waits to be resumed (XEP-0198)."""
+        return self.sm is not None and self.sm.detached
+
+    def move_to(self, transport: Any) -> None:
+        """Write from now on to *transport*'s connection (stream management resumed the session there)."""
+        raise NotImplementedError
 
     def serialize(self, element: domish.Element) -> bytes:
         """*element* as this transport puts a first-level stanza on its wire."""

@@ -57,7 +57,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> IService:
 
     def sweep() -> None:
         for session in router.idle_sessions(router.clock.seconds() - interval):
-            if "ping" not in session.state:
+            if "ping" not in session.state and not session.detached:  # a detached one waits to be resumed
                 ping(session)
 
     sweeping = TimerService(min(interval, timeout) / 2, sweep)

@@ -585,14 +585,14 @@ class BOSHConnection(StreamTransport):
             return
         self._schedule_flush()
 
-    def fail(self, condition: str, text: str | None = None) -> None:
+    def fail(self, condition: str, text: str | None = None, application: domish.Element | None = None) -> None:
         """End the session with a stream error, carried by remote-stream-error
         (XEP-0206 §7); kept for the next request if none is open."""
         if self.ended:
             return
         if condition not in _ORDINARY:
             log.info("stream error {condition} for {peer} (bosh)", condition=condition, peer=self.peer)
-        self._end("remote-stream-error", stream_error(condition, text), reason=condition)
+        self._end("remote-stream-error", stream_error(condition, text, application), reason=condition)
 
     def close(self) -> None:
         """End the session without an error."""

@@ -34,6 +34,7 @@ from chatgate.router import Router
 from chatgate.session import QUALIFIED_MESSAGE, Session, is_qualified_message
 from chatgate.stanza import CLIENT_NS
 from chatgate.transports.ratelimit import TokenBucket
+from chatgate.transports.sm import Resumption
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, StreamParser, escape_attribute
 from chatgate.xml import serialize as serialize_xml
@@ -75,6 +76,10 @@ class C2SSession(Session):
     def _write(self, data: bytes) -> None:
         self.connection.write(data)
 
+    def move_to(self, transport: Any) -> None:
+        self.connection = transport
+        self.peer = transport.peer
+
     def _end(self, condition: str | None, text: str | None) -> None:
         self.connection.fail(condition, text) if condition else self.connection.close()
 
@@ -90,10 +95,11 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         self.settings: Settings = factory.settings
         self.secure = factory.direct_tls
         self.can_starttls = not factory.direct_tls
-        self.stream = XMPPStream(factory.router, factory.authenticator, factory.settings, self)
+        self.stream = XMPPStream(factory.router, factory.authenticator, factory.settings, self, factory.resumption)
         self.parser: StreamParser | None = None
         self._header_sent = False
         self._closing = False
+        self._lost = False  # closed because the client stopped answering: its session may be resumed
         self._auth_timer: Any = None
         self._abort_timer: Any = None
         self._preauth = False  # counted among its address's unauthenticated connections
@@ -154,7 +160,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         if self.parser is not None:
             self.parser.close()
             self.parser = None
-        self.stream.ended()
+        self.stream.ended(lost=True)
 
     # -- parser callbacks
 
@@ -238,13 +244,14 @@ class C2SConnection(protocol.Protocol, StreamTransport):
     def send(self, element: domish.Element) -> None:
         self.write(serialize(element))
 
-    def fail(self, condition: str, text: str | None = None) -> None:
+    def fail(self, condition: str, text: str | None = None, application: domish.Element | None = None) -> None:
         """Send a stream error and close (RFC 6120 §4.9.1.1)."""
         if self._closing:
             return
         if not self._header_sent:
             self._send_header()
-        self.transport.write(serialize(stream_error(condition, text)))
+        self._lost = condition == "connection-timeout"
+        self.transport.write(serialize(stream_error(condition, text, application)))
         if condition != "system-shutdown":
             log.info("stream error {condition} for {peer}", condition=condition, peer=self.peer)
         self.close()
@@ -261,7 +268,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         # TLS shuts down only once no producer is registered.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
-        self.stream.ended()
+        self.stream.ended(lost=self._lost)
         # A peer that never reads would keep a half-closed connection forever.
         self._abort_timer = self.factory.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
@@ -339,7 +346,7 @@ class C2SFactory(protocol.ServerFactory):
 
     def __init__(self, router: Router, authenticator: Authenticator, settings: Settings,
                  tls_context: Any, direct_tls: bool = False, clock: Any = None,
-                 preauth: dict[str, int] | None = None) -> None:
+                 preauth: dict[str, int] | None = None, resumption: Resumption | None = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.router = router
@@ -350,6 +357,8 @@ class C2SFactory(protocol.ServerFactory):
         self.clock = clock
         #: address -> its connections not authenticated yet; shared by every port
         self.preauth: dict[str, int] = preauth if preauth is not None else {}
+        #: stream management (XEP-0198), shared by every port and transport that offers it
+        self.resumption = resumption
 
     def buildProtocol(self, addr: Any) -> C2SConnection:
         return C2SConnection(self)

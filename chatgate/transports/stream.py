@@ -4,7 +4,10 @@ RFC 6120 §4.3 (stream features), §5 (STARTTLS), §6 (SASL), §7 (resource
 binding) and RFC 3921 §3 (the empty session request old clients send). c2s
 feeds this class the first-level elements of its TCP stream, BOSH those of its
 HTTP bodies (XEP-0206); each supplies a :class:`StreamTransport`. After binding
-every stanza goes to the router, which never learns the transport.
+every stanza goes to the router, which never learns the transport. A
+transport given a :class:`~chatgate.transports.sm.Resumption` offers stream
+management (XEP-0198, :mod:`chatgate.transports.sm`): after SASL a client
+may resume a session instead of binding a new one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS, error_reply, first_child, iq_result
+from chatgate.transports import sm
 from chatgate.xml import Element
 
 STREAMS_NS = "http://etherx.jabber.org/streams"
@@ -38,12 +42,16 @@ STREAM_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
 log = Logger()
 
 
-def stream_error(condition: str, text: str | None = None) -> domish.Element:
-    """A <stream:error/> with its RFC 6120 §4.9.3 *condition* and optional text (§4.9.2)."""
+def stream_error(condition: str, text: str | None = None,
+                 application: domish.Element | None = None) -> domish.Element:
+    """A <stream:error/> with its RFC 6120 §4.9.3 *condition*, optional text (§4.9.2)
+    and application-specific condition (§4.9.4)."""
     error = Element((STREAMS_NS, "error"))
     error.addElement((STREAM_ERRORS_NS, condition))
     if text:
         error.addElement((STREAM_ERRORS_NS, "text"), content=text)
+    if application is not None:
+        error.addChild(application)
     return error
 
 
@@ -65,6 +73,8 @@ def features_element(state: tuple[object, ...]) -> domish.Element:
         features.addElement((SESSION_NS, "session")).addElement("optional")
         for offered in state[1]:
             features.addElement(offered)
+        if state[2]:
+            features.addElement((sm.NS, "sm"))
     return features
 
 
@@ -98,8 +108,9 @@ class StreamTransport:
     def send(self, element: domish.Element) -> None:
         raise NotImplementedError
 
-    def fail(self, condition: str, text: str | None = None) -> None:
-        """Send a stream error (RFC 6120 §4.9) and close."""
+    def fail(self, condition: str, text: str | None = None, application: domish.Element | None = None) -> None:
+        """Send a stream error (RFC 6120 §4.9), with an application-specific
+        condition if given (§4.9.4), and close."""
         raise NotImplementedError
 
     def start_tls(self) -> None:
@@ -117,8 +128,10 @@ class XMPPStream:
     """One client's stream through negotiation into a bound Session."""
 
     def __init__(self, router: Router, authenticator: Authenticator, settings: Settings,
-                 transport: StreamTransport) -> None:
+                 transport: StreamTransport, resumption: sm.Resumption | None = None) -> None:
         self.router = router
+        #: stream management (XEP-0198) is offered when given
+        self.resumption = resumption
         self.authenticator = authenticator
         self.settings = settings
         self.transport = transport
@@ -150,7 +163,9 @@ class XMPPStream:
                 self.transport.secure, self.settings.xmpp.allow_plain_without_tls
             ))
             return ("sasl", starttls, tls_needed, mechanisms)
-        return ("bind", tuple(self.router.stream_features)) if self.session is None else ("bound",)
+        if self.session is None:
+            return ("bind", tuple(self.router.stream_features), self.resumption is not None)
+        return ("bound",)
 
     def features(self) -> domish.Element:
         """The <stream:features/> for the current stage (RFC 6120 §4.3.2), made
@@ -169,6 +184,11 @@ class XMPPStream:
             self.transport.fail("policy-violation", "Wait for the answer to your last request")
         elif self.localpart is not None and element.uri == CLIENT_NS and element.name == "iq":
             self._bind(element)
+        elif self.localpart is not None and element.uri == sm.NS:
+            if element.name == "resume" and self.resumption is not None:
+                self._resume(element)
+            else:  # enabling comes after binding (XEP-0198 §3)
+                self.transport.send(sm.failed("unexpected-request"))
         elif element.uri in (TLS_NS, SASL_NS, CLIENT_NS):
             self.transport.fail("not-authorized")
         else:
@@ -314,16 +334,58 @@ class XMPPStream:
         result.addElement((BIND_NS, "bind")).addElement("jid", content=jid.full())
         self.transport.send(result)
 
+    # -- stream management (XEP-0198 §5)
+
+    def _resume(self, request: domish.Element) -> None:
+        assert self.resumption is not None and self.localpart is not None
+        h = sm.parse_h(request)
+        bare = prepared_jid(self.localpart, self.domain, "").userhost()
+        found = None if h is None else self.resumption.find(request.getAttribute("previd", ""), bare)
+        if found is None or found.session.transport_name != self.transport.name:
+            log.info("{bare} could not resume a session from {peer} ({transport})", bare=bare,
+                     peer=self.transport.peer, transport=self.transport.name)
+            self.transport.send(sm.failed("item-not-found"))
+            return
+        assert h is not None
+        if (h - found.acked) % sm.MODULO > len(found.queue):
+            self.transport.fail("undefined-condition", None, sm.too_high(h, found.sent))
+            return
+        found.attach(self)
+        found.acknowledge(h)
+        session = self.session = found.session
+        session.signed_in_at = self.signed_in_at
+        session.last_active = self.router.clock.seconds()
+        log.info("resumed {jid} from {peer} ({transport})", jid=session.full, peer=self.transport.peer,
+                 transport=self.transport.name)
+        resumed = Element((sm.NS, "resumed"))
+        resumed["previd"], resumed["h"] = found.id, str(found.handled)
+        self.transport.send(resumed)
+        found.resend()
+
+    def _manage(self, element: domish.Element, session: Session) -> None:
+        """A stream management nonza once bound (XEP-0198 §3, §4)."""
+        if session.sm is not None:
+            session.sm.received(element)
+        elif element.name == "enable" and self.resumption is not None:
+            self.transport.send(self.resumption.enable(session, self, element))
+        else:
+            condition = "feature-not-implemented" if self.resumption is None else "unexpected-request"
+            self.transport.send(sm.failed(condition))
+
     def _bound(self, element: domish.Element) -> None:
         session = self.session
         if element.uri != CLIENT_NS or element.name not in ("message", "presence", "iq"):
-            if not self.router.nonza(element, session):
+            if element.uri == sm.NS:
+                self._manage(element, session)
+            elif not self.router.nonza(element, session):
                 self.transport.fail("unsupported-stanza-type")
             return
+        if session.sm is not None:
+            session.sm.handled = (session.sm.handled + 1) % sm.MODULO
         if element.name == "iq" and element.getAttribute("type") == "set":
             payload = first_child(element)
             if payload is not None and payload.uri == SESSION_NS:
-                self.transport.send(iq_result(element))
+                session.send(iq_result(element))
                 return
             if payload is not None and payload.uri == BIND_NS:
                 element["from"] = session.full
@@ -331,11 +393,26 @@ class XMPPStream:
                 return
         self.router.route(element, session)
 
-    def ended(self) -> None:
+    def ended(self, lost: bool = False) -> None:
         """The stream is over, cleanly or not: the session leaves the router now,
-        without waiting for the transport to finish closing. Idempotent."""
+        without waiting for the transport to finish closing. Idempotent.
+
+        *lost*: the connection dropped, or stopped answering, without either
+        side closing the stream. A session with resumable stream management
+        then stays, waiting for its client (XEP-0198 §5)."""
         session, self.session = self.session, None
-        if session is not None:
-            log.info("logout {jid} ({transport})", jid=session.full, transport=self.transport.name)
-            session.closed = True
-            self.router.unbind(session)
+        if session is None:
+            return
+        manager = session.sm
+        if manager is not None and lost and manager.resumable and not session.closed:
+            log.info("connection of {jid} lost ({transport}); it may resume within {timeout:.0f} s",
+                     jid=session.full, transport=self.transport.name, timeout=manager.registry.timeout)
+            manager.detach()
+            return
+        log.info("logout {jid} ({transport})", jid=session.full, transport=self.transport.name)
+        session.closed = True
+        if manager is not None:
+            manager.forget()
+        self.router.unbind(session)
+        if manager is not None:
+            manager.keep_unacknowledged()

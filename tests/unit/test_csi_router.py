@@ -26,7 +26,7 @@ def status(show: str) -> domish.Element:
 def test_csi_is_offered_once_authenticated_and_in_disco(world):
     router, _ = world
     assert (NS, "csi") in router.stream_features and NS in router.server_features
-    state = ("bind", tuple(router.stream_features))
+    state = ("bind", tuple(router.stream_features), False)
     assert features_element(state).toXml().count(f"<csi xmlns='{NS}'/>") == 1
 
 
