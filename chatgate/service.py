@@ -125,7 +125,7 @@ class ChatService(service.MultiService):
         self._preauth: dict[str, int] = {}
         self.bosh = ConnectionManager(self.router, self.authenticator, settings, reactor, self._preauth)
         #: sessions stream management (XEP-0198) may resume, on c2s and WebSocket
-        self.resumption = Resumption(self.router, settings, self.cluster.node_id, reactor)
+        self.resumption = Resumption(self.router, settings, self.cluster, reactor)
         Stage("stores", self._open_stores, self._close_stores).setServiceParent(self)
         Stage("directory", self._load_directory).setServiceParent(self)
         feed = TimerService(settings.storage.poll_interval, self.directory.poll)

@@ -53,6 +53,9 @@ class Session:
     #: stream management (XEP-0198, chatgate.transports.sm), once the client enabled it:
     #: every stanza written goes through it (counted, kept until acknowledged)
     sm: Any = None
+    #: set while the session moves to another node (XEP-0198 resumption there):
+    #: when it ends here, nobody is told, since it lives on
+    moved = False
 
     def __init__(self, jid: JID, peer: str = "") -> None:
         self.jid = jid
@@ -150,7 +153,9 @@ class Session:
         if sm is not None:
             # stream management (XEP-0198 §5): a connection that timed out may be resumed
             if sm.detached:
-                if condition != "connection-timeout":
+                if sm.moving:
+                    sm.moved_away()
+                elif condition != "connection-timeout":
                     sm.end()
                 return
             if condition == "connection-timeout" and sm.resumable:

@@ -70,6 +70,19 @@ class Presence:
         elif ptype not in _SUBSCRIPTION and ptype != "probe":
             raise StanzaError("bad-request", f"unknown presence type {ptype}")
 
+    def _forget(self, session: Session) -> None:
+        domain = self._available.get(session.domain)
+        if domain is not None:
+            domain.pop(session, None)
+            if not domain:
+                del self._available[session.domain]
+
+    def arrived(self, session: Session) -> None:
+        """A session bound with its presence already (resumed here from another
+        node, whose users were told it is available): known, nothing broadcast."""
+        if session.presence is not None:
+            self._available.setdefault(session.domain, {})[session] = Addressed(session.presence)
+
     def available(self, domain: str) -> list[Session]:
         return list(self._available.get(domain, ()))
 
@@ -88,17 +101,16 @@ class Presence:
 
     def leave(self, sender: Session, stanza: domish.Element | None = None) -> None:
         """The resource goes unavailable: tell the domain and its directed-presence peers."""
+        if sender.moved:  # it lives on, on another node (XEP-0198 resumption there): nobody is told
+            self._forget(sender)
+            return
         if not sender.available and not sender.directed:
             return
         stanza = stanza if stanza is not None else unavailable(sender.full)
         stanza["from"] = sender.full
         was_available = sender.available
         sender.presence = None
-        domain = self._available.get(sender.domain)
-        if domain is not None:
-            domain.pop(sender, None)
-            if not domain:
-                del self._available[sender.domain]
+        self._forget(sender)
         addressed = Addressed(stanza)
         recipients = self.available(sender.domain) if was_available else []
         told = {session.full for session in recipients}
@@ -168,4 +180,5 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.handle("presence/full", presence.directed)
     router.handle("presence/host", lambda stanza, sender, to: None)  # nothing to tell the server
     router.listen(events.SESSION_ENDED, presence.leave)
+    router.listen(events.SESSION_BOUND, presence.arrived)
     router.listen(events.REMOTE_PRESENCE, presence.remote)

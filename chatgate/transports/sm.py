@@ -32,6 +32,20 @@ stops), the messages among them go to offline storage
 are not archived again; copies the server made for the user (carbons, MAM
 results) are not kept, MAM has them.
 
+On any node (§5 with a cluster): a resumption id names the node that
+enabled it (``<random>.<node>``), which keeps, for its ids, which node
+holds each session now. A node asked to resume a session it does not hold
+asks that home node, which hands the session over (or has its holder do it):
+the holder detaches it, answers with its state (presence, priority, shared
+state, counters, the unacknowledged queue), and keeps it bound, marked
+``moving``, until the new node's bind of the same full JID replaces it; then
+it ends there without telling anyone (``Session.moved``: its contacts never
+see it go) and what reached it meanwhile is delivered again, to the new node.
+The new node binds a session with that state and presence, and the other
+nodes' mirrors switch to it. A home node that is gone makes the id unknown:
+the client binds a new session, and the old one's messages go offline when
+it times out.
+
 The queue is bounded by ``[limits] max_output_buffer`` bytes: a detached
 session whose queue outgrows it ends at once; an attached client that has
 not acknowledged that much by its next ``<a/>`` has its stream closed
@@ -41,18 +55,23 @@ that, as the client reads.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from chatgate.cluster import Cluster, NodeUnreachable
 from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import STANZAS_NS
-from chatgate.xml import Element
+from chatgate.xml import Element, StreamError, parse_document, serialize
 
 if TYPE_CHECKING:
     from chatgate.transports.stream import StreamTransport, XMPPStream
@@ -119,6 +138,9 @@ class StreamManagement:
         self._asked = 0  # self.sent when the server last sent <r/>
         self._ask: Any = None  # the pending <r/>
         self._expiry: Any = None
+        #: handed over to another node, which has not bound it yet
+        self.moving = False
+        self._handed = 0  # len(self.queue) when handed over: what came after is delivered again
 
     @property
     def detached(self) -> bool:
@@ -235,6 +257,65 @@ class StreamManagement:
         self.registry.router.unbind(self.session)
         self.keep_unacknowledged()
 
+    # -- moving to another node
+
+    def hand_over(self) -> dict[str, Any]:
+        """Another node resumes this session: it stops here (still bound,
+        ``moving``, until that node's bind replaces it) and its state goes there."""
+        session = self.session
+        old = self.stream
+        if old is not None:
+            old.session = None
+            assert self.transport is not None
+            self.transport.fail("conflict", "The session was resumed on another connection")
+        self.stream = self.transport = None
+        self.moving = session.moved = True
+        self.forget()
+        self._handed = len(self.queue)
+        # the new node's bind normally replaces it within milliseconds
+        self._expiry = self.registry.clock.callLater(self.registry.handover_timeout, self._not_taken)
+        state = {}
+        for key, value in session.state.items():
+            try:
+                state[key] = json.loads(json.dumps(value))
+            except (TypeError, ValueError):
+                continue  # per-connection state (client state indication's queue) stays behind
+        return {
+            "full": session.full,
+            "transport": session.transport_name,
+            "presence": serialize(session.presence) if session.presence is not None else "",
+            "priority": session.priority,
+            "directed": sorted(session.directed),
+            "state": state,
+            "handled": self.handled, "sent": self.sent, "acked": self.acked,
+            "queue": [[data.decode("utf-8"), serialize(message) if message is not None else ""]
+                      for data, message in self.queue],
+        }
+
+    def _not_taken(self) -> None:
+        """The node the session was handed to never bound it: it ends here, as if not resumed."""
+        self._expiry = None
+        if self.moving and not self.session.closed:
+            log.warn("{jid} was handed to another node, which did not take it; the session ends",
+                     jid=self.session.full)
+            self.moving = self.session.moved = False
+            self.end()
+
+    def moved_away(self) -> None:
+        """The node this session was handed to bound it: it ends here quietly;
+        what reached it after the hand-over goes there."""
+        self.forget()
+        self.moving = False
+        session = self.session
+        session.closed = True
+        late = [m for _, m in list(self.queue)[self._handed:] if m is not None] + session.held_messages()
+        self.queue.clear()
+        self.queued_bytes = 0
+        router = self.registry.router
+        for message in late:
+            # after the new session is mirrored here (the same turn of the cluster's events)
+            self.registry.clock.callLater(0, router.redeliver, message)
+
     def forget(self) -> None:
         """No resumption from now on (the session is ending)."""
         self.registry.forget(self)
@@ -253,20 +334,33 @@ class StreamManagement:
             self.registry.router.unacknowledged(self.session, messages)
 
 
+def _home(previd: str) -> str:
+    """The node that made a resumption id."""
+    return previd.rpartition(".")[2]
+
+
 class Resumption:
     """The sessions of this node that stream management may resume, by id;
     one for every transport that offers XEP-0198."""
 
-    def __init__(self, router: Router, settings: Settings, node: str, clock: Any = None) -> None:
+    def __init__(self, router: Router, settings: Settings, cluster: Cluster, clock: Any = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.router = router
         self.clock = clock
-        self.node = node
+        self.cluster = cluster
+        self.node = cluster.node_id
         self.timeout = settings.sm.resume_timeout
         self.ack_every = settings.sm.ack_every
         self.max_queue = settings.limits.max_output_buffer
+        self.max_stanza = settings.limits.max_stanza_size + 4096
+        #: how long a request to another node, and a hand-over, may take
+        self.handover_timeout = settings.cluster.forward_timeout
         self._sessions: dict[str, StreamManagement] = {}
+        #: for the ids this node made whose sessions moved to another node: that node
+        self._moved: dict[str, str] = {}
+        cluster.answer("sm-resume", self._asked_to_resume)
+        cluster.answer("sm-ended", self._ended_elsewhere)
 
     def enable(self, session: Session, stream: XMPPStream, request: domish.Element) -> domish.Element:
         """Stream management for *session* (§3): the ``<enabled/>`` to send."""
@@ -288,6 +382,98 @@ class Resumption:
     def forget(self, sm: StreamManagement) -> None:
         if self._sessions.get(sm.id) is sm:
             del self._sessions[sm.id]
+            home = _home(sm.id)
+            if home != self.node and not sm.moving and self.cluster.clustered:
+                # the node that made the id stops sending resumptions of it here
+                d = self.cluster.request(home, "sm-ended", {"id": sm.id, "node": self.node},
+                                         self.handover_timeout)
+                d.addErrback(lambda _: None)
+
+    # -- across nodes
+
+    def elsewhere(self, previd: str) -> str | None:
+        """The node to ask for *previd*'s session when this node does not hold it, if any."""
+        if not self.cluster.clustered:
+            return None
+        home = _home(previd)
+        holder = self._moved.get(previd) if home == self.node else home
+        return holder if holder and holder != self.node else None
+
+    def fetch(self, previd: str, bare: str, transport: str) -> defer.Deferred[dict[str, Any] | None]:
+        """The state of *previd*'s session, handed over by the node holding it; None if none does."""
+        node = self.elsewhere(previd)
+        if node is None:
+            return defer.succeed(None)
+        payload = {"id": previd, "bare": bare, "transport": transport, "to": self.node}
+        d = self.cluster.request(node, "sm-resume", payload, self.handover_timeout)
+
+        def answered(answer: dict[str, Any]) -> dict[str, Any] | None:
+            state = answer.get("state")
+            if state is not None and _home(previd) == self.node:
+                self._moved.pop(previd, None)  # back home
+            return state
+
+        def unreachable(failure: Failure) -> None:
+            failure.trap(NodeUnreachable)
+            log.info("cannot resume {id}: {why}", id=previd, why=failure.getErrorMessage())
+            return None
+
+        return d.addCallbacks(answered, unreachable)
+
+    def adopt(self, stream: XMPPStream, state: dict[str, Any], previd: str) -> StreamManagement:
+        """Bind here, on *stream*'s connection, the session another node handed over."""
+        session = stream.transport.make_session(JID(state["full"]))
+        if state.get("presence"):
+            session.presence = self._parse(state["presence"])
+        session.priority = int(state.get("priority", 0))
+        session.directed = set(state.get("directed") or ())
+        session.state.update(state.get("state") or {})
+        sm = StreamManagement(session, stream, self, resumable=True)
+        sm.id = previd
+        sm.handled, sm.sent, sm.acked = int(state["handled"]), int(state["sent"]), int(state["acked"])
+        for text, message in state.get("queue") or ():
+            data = text.encode("utf-8")
+            sm.queue.append((data, self._parse(message) if message else None))
+            sm.queued_bytes += len(data)
+        session.sm = sm
+        self._sessions[previd] = sm
+        self.router.bind(session)
+        return sm
+
+    def _parse(self, text: str) -> domish.Element | None:
+        try:
+            return parse_document(text.encode("utf-8"), self.max_stanza)
+        except StreamError:
+            return None
+
+    def _asked_to_resume(self, payload: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """Another node's client resumes a session this node holds, or whose id it made (§5)."""
+        previd, to = str(payload.get("id", "")), str(payload.get("to", ""))
+        sm = self.find(previd, str(payload.get("bare", "")))
+        if sm is not None:
+            if sm.session.transport_name != payload.get("transport"):
+                return defer.succeed({"error": "item-not-found"})
+            if _home(previd) == self.node:
+                self._moved[previd] = to
+            log.info("{jid} is resumed on node {node}", jid=sm.session.full, node=to)
+            return defer.succeed({"state": sm.hand_over()})
+        holder = self._moved.get(previd) if _home(previd) == self.node else None
+        if holder is None or holder == to:
+            return defer.succeed({"error": "item-not-found"})
+        d = self.cluster.request(holder, "sm-resume", payload, self.handover_timeout)
+
+        def answered(answer: dict[str, Any]) -> dict[str, Any]:
+            if "state" in answer:
+                self._moved[previd] = to
+            return answer
+
+        return d.addCallbacks(answered, lambda _: {"error": "item-not-found"})
+
+    def _ended_elsewhere(self, payload: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        previd = str(payload.get("id", ""))
+        if self._moved.get(previd) == payload.get("node"):
+            del self._moved[previd]
+        return defer.succeed({})
 
     def __len__(self) -> int:
         return len(self._sessions)

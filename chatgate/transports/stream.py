@@ -143,6 +143,7 @@ class XMPPStream:
         self._exchange: Exchange | None = None
         self._failures = 0
         self._busy = False  # a SASL step or a bind is waiting on the store
+        self._over = False  # ended() was called
 
     # -- negotiation
 
@@ -339,20 +340,51 @@ class XMPPStream:
     def _resume(self, request: domish.Element) -> None:
         assert self.resumption is not None and self.localpart is not None
         h = sm.parse_h(request)
+        previd = request.getAttribute("previd", "")
         bare = prepared_jid(self.localpart, self.domain, "").userhost()
-        found = None if h is None else self.resumption.find(request.getAttribute("previd", ""), bare)
-        if found is None or found.session.transport_name != self.transport.name:
-            log.info("{bare} could not resume a session from {peer} ({transport})", bare=bare,
-                     peer=self.transport.peer, transport=self.transport.name)
-            self.transport.send(sm.failed("item-not-found"))
+        found = None if h is None else self.resumption.find(previd, bare)
+        if found is not None and found.session.transport_name == self.transport.name:
+            self._resumed(found, h)
             return
-        assert h is not None
-        if (h - found.acked) % sm.MODULO > len(found.queue):
-            self.transport.fail("undefined-condition", None, sm.too_high(h, found.sent))
+        if found is None and h is not None and self.resumption.elsewhere(previd):
+            self._busy = True  # another node hands it over
+            d = self.resumption.fetch(previd, bare, self.transport.name)
+            d.addCallback(self._fetched, previd, h, bare)
+            d.addErrback(self._not_fetched, bare)
             return
-        found.attach(self)
-        found.acknowledge(h)
+        self._not_resumed(bare)
+
+    def _fetched(self, state: dict | None, previd: str, h: int, bare: str) -> None:
+        self._busy = False
+        if state is None or state.get("transport") != self.transport.name:
+            self._not_resumed(bare)
+            return
+        if self._over:
+            return  # the stream ended meanwhile: the session's node ends it when the hand-over times out
+        found = self.resumption.adopt(self, state, previd)
+        self.session = found.session
+        self._resumed(found, h)
+
+    def _not_fetched(self, failure: Failure, bare: str) -> None:
+        self._busy = False
+        log.failure("resuming a session of {bare} held by another node", failure, bare=bare)
+        self._not_resumed(bare)
+
+    def _not_resumed(self, bare: str) -> None:
+        log.info("{bare} could not resume a session from {peer} ({transport})", bare=bare,
+                 peer=self.transport.peer, transport=self.transport.name)
+        self.transport.send(sm.failed("item-not-found"))
+
+    def _resumed(self, found: sm.StreamManagement, h: int) -> None:
+        """Go on with *found*'s session on this stream: §5's <resumed/>, then what the client has not acknowledged."""
+        if found.stream is not self:
+            if (h - found.acked) % sm.MODULO > len(found.queue):
+                self.transport.fail("undefined-condition", None, sm.too_high(h, found.sent))
+                return
+            found.attach(self)
         session = self.session = found.session
+        if not found.acknowledge(h):
+            return
         session.signed_in_at = self.signed_in_at
         session.last_active = self.router.clock.seconds()
         log.info("resumed {jid} from {peer} ({transport})", jid=session.full, peer=self.transport.peer,
@@ -400,6 +432,7 @@ class XMPPStream:
         *lost*: the connection dropped, or stopped answering, without either
         side closing the stream. A session with resumable stream management
         then stays, waiting for its client (XEP-0198 §5)."""
+        self._over = True
         session, self.session = self.session, None
         if session is None:
             return
