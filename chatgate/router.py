@@ -609,11 +609,12 @@ class Router:
         for stanza in messages:
             if stanza.getAttribute("type", "normal") not in ("chat", "normal"):
                 continue
+            sender = stanza.getAttribute("from")
             try:
-                origin = jid_of(stanza.getAttribute("from", ""))
+                origin = jid_of(sender) if sender else None
             except InvalidFormat:
                 continue
-            if origin.userhost() == session.bare or not origin.user:
+            if origin is None or origin.userhost() == session.bare or not origin.user:
                 continue
             delivery = Delivery(stanza, None, session.bare, [], self._hold_parties, relayed=True)
             if not self.emit(events.MESSAGE_UNDELIVERABLE, delivery):

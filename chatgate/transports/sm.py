@@ -47,10 +47,10 @@ the client binds a new session, and the old one's messages go offline when
 it times out.
 
 The queue is bounded by ``[limits] max_output_buffer`` bytes: a detached
-session whose queue outgrows it ends at once; an attached client that has
-not acknowledged that much by its next ``<a/>`` has its stream closed
-(``policy-violation``). A login's burst of presence is acknowledged before
-that, as the client reads.
+session whose queue outgrows it ends at once; an attached client still over
+it ``[xmpp] ping_timeout`` seconds later has its stream closed
+(``policy-violation``): a login's burst of presence in a large domain goes
+over for a moment, and is acknowledged as the client reads it.
 """
 
 from __future__ import annotations
@@ -119,7 +119,11 @@ class StreamManagement:
     """The XEP-0198 state of one session: counters, the unacknowledged queue,
     and which connection (transport and stream) it is on, if any."""
 
-    def __init__(self, session: Session, stream: XMPPStream, registry: Resumption, resumable: bool) -> None:
+    __slots__ = ("session", "registry", "stream", "transport", "resumable", "id", "timeout", "handled", "sent",
+                 "acked", "queue", "queued_bytes", "_asked", "_ask", "_expiry", "_overflow", "moving", "_handed")
+
+    def __init__(self, session: Session, stream: XMPPStream, registry: Resumption, resumable: bool,
+                 timeout: float = 0.0) -> None:
         self.session = session
         self.registry = registry
         self.stream: XMPPStream | None = stream
@@ -127,6 +131,8 @@ class StreamManagement:
         self.resumable = resumable
         #: the resumption id (§5), the node's name after the dot
         self.id = f"{secrets.token_urlsafe(18)}.{registry.node}" if resumable else ""
+        #: seconds a detached session waits to be resumed
+        self.timeout = timeout or registry.timeout
         #: stanzas received from the client and handled (the h we report)
         self.handled = 0
         #: stanzas written to the client, and the last h it acknowledged
@@ -138,6 +144,7 @@ class StreamManagement:
         self._asked = 0  # self.sent when the server last sent <r/>
         self._ask: Any = None  # the pending <r/>
         self._expiry: Any = None
+        self._overflow: Any = None  # the check of a client that does not acknowledge enough
         #: handed over to another node, which has not bound it yet
         self.moving = False
         self._handed = 0  # len(self.queue) when handed over: what came after is delivered again
@@ -161,10 +168,18 @@ class StreamManagement:
                 self.end()
             return
         self.session._write(data)
+        if self.queued_bytes > self.registry.max_queue and self._overflow is None:
+            # a burst (a login's presence in a large domain) is acknowledged as the client reads it
+            self._overflow = self.registry.clock.callLater(self.registry.ack_grace, self._check_overflow)
         if self._ask is None:
             unasked = (self.sent - self._asked) % MODULO
             delay = 0 if unasked >= self.registry.ack_every else ACK_DELAY
             self._ask = self.registry.clock.callLater(delay, self._request_ack)
+
+    def _check_overflow(self) -> None:
+        self._overflow = None
+        if self.queued_bytes > self.registry.max_queue:
+            self._fail("policy-violation", "Too many stanzas not acknowledged")
 
     def _request_ack(self) -> None:
         self._ask = None
@@ -183,8 +198,8 @@ class StreamManagement:
             h = parse_h(element)
             if h is None:
                 self._fail("bad-format", "The h of <a/> must be an unsigned 32-bit integer")
-            elif self.acknowledge(h) and self.queued_bytes > self.registry.max_queue:
-                self._fail("policy-violation", "Too many stanzas not acknowledged")
+            else:
+                self.acknowledge(h)
         elif element.name in ("enable", "resume"):
             assert self.transport is not None
             self.transport.send(failed("unexpected-request"))
@@ -213,13 +228,11 @@ class StreamManagement:
     def detach(self) -> None:
         """The connection is gone, the session waits (§5)."""
         self.stream = self.transport = None
-        if self._ask is not None:
-            self._ask.cancel()
-            self._ask = None
+        self._cancel_timers()
         if self.queued_bytes > self.registry.max_queue:
             self.end()
             return
-        self._expiry = self.registry.clock.callLater(self.registry.timeout, self._expired)
+        self._expiry = self.registry.clock.callLater(self.timeout, self._expired)
 
     def _expired(self) -> None:
         self._expiry = None
@@ -287,7 +300,7 @@ class StreamManagement:
             "priority": session.priority,
             "directed": sorted(session.directed),
             "state": state,
-            "handled": self.handled, "sent": self.sent, "acked": self.acked,
+            "handled": self.handled, "sent": self.sent, "acked": self.acked, "timeout": self.timeout,
             "queue": [[data.decode("utf-8"), serialize(message) if message is not None else ""]
                       for data, message in self.queue],
         }
@@ -319,10 +332,13 @@ class StreamManagement:
     def forget(self) -> None:
         """No resumption from now on (the session is ending)."""
         self.registry.forget(self)
-        for timer in (self._ask, self._expiry):
+        self._cancel_timers()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._ask, self._expiry, self._overflow):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._ask = self._expiry = None
+        self._ask = self._expiry = self._overflow = None
 
     def keep_unacknowledged(self) -> None:
         """Messages the client was sent and never acknowledged, including those
@@ -353,6 +369,8 @@ class Resumption:
         self.timeout = settings.sm.resume_timeout
         self.ack_every = settings.sm.ack_every
         self.max_queue = settings.limits.max_output_buffer
+        #: seconds a client may stay over max_queue before its stream is closed
+        self.ack_grace = settings.xmpp.ping_timeout
         self.max_stanza = settings.limits.max_stanza_size + 4096
         #: how long a request to another node, and a hand-over, may take
         self.handover_timeout = settings.cluster.forward_timeout
@@ -366,11 +384,15 @@ class Resumption:
         """Stream management for *session* (§3): the ``<enabled/>`` to send."""
         wanted = request.getAttribute("resume", "false") in ("true", "1")
         resumable = wanted and self.timeout > 0
-        sm = session.sm = StreamManagement(session, stream, self, resumable)
+        timeout = self.timeout
+        asked = request.getAttribute("max", "")
+        if asked.isdigit() and 0 < int(asked) < timeout:
+            timeout = float(asked)  # the client's preferred maximum (§3)
+        sm = session.sm = StreamManagement(session, stream, self, resumable, timeout)
         if not resumable:
             return _element("enabled")
         self._sessions[sm.id] = sm
-        return _element("enabled", id=sm.id, resume="true", max=str(int(self.timeout)))
+        return _element("enabled", id=sm.id, resume="true", max=str(int(timeout)))
 
     def find(self, previd: str, bare: str) -> StreamManagement | None:
         """The session *previd* names, if it is *bare*'s and can still be resumed."""
@@ -428,7 +450,7 @@ class Resumption:
         session.priority = int(state.get("priority", 0))
         session.directed = set(state.get("directed") or ())
         session.state.update(state.get("state") or {})
-        sm = StreamManagement(session, stream, self, resumable=True)
+        sm = StreamManagement(session, stream, self, resumable=True, timeout=float(state.get("timeout", 0)))
         sm.id = previd
         sm.handled, sm.sent, sm.acked = int(state["handled"]), int(state["sent"]), int(state["acked"])
         for text, message in state.get("queue") or ():

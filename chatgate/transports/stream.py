@@ -439,7 +439,7 @@ class XMPPStream:
         manager = session.sm
         if manager is not None and lost and manager.resumable and not session.closed:
             log.info("connection of {jid} lost ({transport}); it may resume within {timeout:.0f} s",
-                     jid=session.full, transport=self.transport.name, timeout=manager.registry.timeout)
+                     jid=session.full, transport=self.transport.name, timeout=manager.timeout)
             manager.detach()
             return
         log.info("logout {jid} ({transport})", jid=session.full, transport=self.transport.name)
