@@ -600,13 +600,17 @@ class Router:
         elif not self.emit(events.MESSAGE_UNDELIVERABLE, delivery):
             log.warn("a message for {bare} from another node could not be kept offline", bare=bare)
 
-    def unacknowledged(self, session: Session, messages: list[domish.Element]) -> None:
+    def unacknowledged(self, session: Session, stanzas: list[domish.Element]) -> None:
         """Messages *session*'s client was sent and never acknowledged
         (XEP-0198) when the session ended: to offline storage, for the user's
         next login; archived already, never again. Copies the server made for
         the user's own clients (carbons, MAM results: from the user's bare
-        JID) are not kept; MAM has them."""
-        for stanza in messages:
+        JID) are not kept; MAM has them. An IQ request gets its sender
+        ``service-unavailable`` (RFC 6120 §8.5.3.2.1: the resource is gone)."""
+        for stanza in stanzas:
+            if stanza.name == "iq":
+                self.bounce_to_origin(stanza, "service-unavailable")
+                continue
             if stanza.getAttribute("type", "normal") not in ("chat", "normal"):
                 continue
             sender = stanza.getAttribute("from")

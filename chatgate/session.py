@@ -80,7 +80,8 @@ class Session:
         #: holds not yet released, oldest first: [released?] (made at the first hold: an
         #: empty deque is 600 bytes, and most sessions of a large domain never hold)
         self._holds: deque[list[bool]] = _NO_HOLDS
-        #: (the hold it waits for, the serialized stanza, the element if a message), while holds are pending
+        #: (the hold it waits for, the serialized stanza, the element if a message or an IQ request),
+        #: while holds are pending
         self._held: deque[tuple[list[bool], bytes, domish.Element | None]] = _NO_HOLDS
 
     @property
@@ -96,7 +97,9 @@ class Session:
         data = None if text is None else self.from_text(text)
         if data is None:
             data = self.serialize(element)
-        message = element if element.name == "message" else None
+        # what stream management gives back if the client never acknowledges it: messages, requests
+        message = element if element.name == "message" or (element.name == "iq" and element.getAttribute(
+            "type") in ("get", "set")) else None
         if self._holds:
             self._held.append((self._holds[-1], data, message))
         elif self.sm is None:
@@ -142,7 +145,7 @@ class Session:
                     self.sm.write(data, message)
 
     def held_messages(self) -> list[domish.Element]:
-        """The messages sent to this session and still held (write-ahead)."""
+        """The messages and IQ requests sent to this session and still held (write-ahead)."""
         return [message for _, _, message in self._held if message is not None]
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:

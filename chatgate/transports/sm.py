@@ -27,7 +27,8 @@ is the tail of that sequence; both counters wrap at 2**32.
 Nothing is lost: when a session ends with stanzas the client never
 acknowledged (the resume timeout passed, the client closed its stream
 without acking, the queue outgrew ``[limits] max_output_buffer``, the service
-stops), the messages among them go to offline storage
+stops), the IQ requests among them are answered with ``service-unavailable``
+and the messages go to offline storage
 (:meth:`~chatgate.router.Router.unacknowledged`): archived once already, they
 are not archived again; copies the server made for the user (carbons, MAM
 results) are not kept, MAM has them.
@@ -138,7 +139,7 @@ class StreamManagement:
         #: stanzas written to the client, and the last h it acknowledged
         self.sent = 0
         self.acked = 0
-        #: (serialized stanza, the message element or None) written and not acknowledged, oldest first
+        #: (serialized stanza, the element if a message or IQ request) written and not acknowledged, oldest first
         self.queue: deque[tuple[bytes, domish.Element | None]] = deque()
         self.queued_bytes = 0
         self._asked = 0  # self.sent when the server last sent <r/>
@@ -325,9 +326,11 @@ class StreamManagement:
         self.queue.clear()
         self.queued_bytes = 0
         router = self.registry.router
-        for message in late:
-            # after the new session is mirrored here (the same turn of the cluster's events)
-            self.registry.clock.callLater(0, router.redeliver, message)
+        for stanza in late:
+            if stanza.name == "iq":  # a request in the moment of the move: its sender may ask again
+                router.bounce_to_origin(stanza, "service-unavailable")
+            else:  # after the new session is mirrored here (the same turn of the cluster's events)
+                self.registry.clock.callLater(0, router.redeliver, stanza)
 
     def forget(self) -> None:
         """No resumption from now on (the session is ending)."""
@@ -341,8 +344,8 @@ class StreamManagement:
         self._ask = self._expiry = self._overflow = None
 
     def keep_unacknowledged(self) -> None:
-        """Messages the client was sent and never acknowledged, including those
-        still held for the archive, to offline storage."""
+        """Messages (and IQ requests) the client was sent and never acknowledged,
+        including those still held for the archive, to offline storage (answered)."""
         messages = [m for _, m in self.queue if m is not None] + self.session.held_messages()
         self.queue.clear()
         self.queued_bytes = 0

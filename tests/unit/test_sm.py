@@ -11,6 +11,7 @@ from twisted.words.xish import domish
 from chatgate import events
 from chatgate.cluster import Cluster
 from chatgate.config import Settings
+from chatgate.stanza import CLIENT_NS
 from chatgate.transports import sm
 from chatgate.transports.stream import StreamTransport, XMPPStream
 from chatgate.xml import Element
@@ -123,3 +124,17 @@ def test_an_attached_client_over_the_limit_has_ping_timeout_to_acknowledge(manag
         router.deliver_message(message("alice@example.com/phone", body="y" * 100 + str(n)), None, alice.jid)
     clock.advance(Settings().xmpp.ping_timeout + 1)
     assert transport.failed == [("policy-violation", None)]
+
+
+def test_an_iq_request_never_acknowledged_gets_its_sender_an_error(managed):
+    router, clock, alice, _, stream, _ = managed
+    bob = online(router, "bob@example.com/desk")
+    iq = Element((CLIENT_NS, "iq"))
+    iq["type"], iq["id"], iq["to"] = "get", "v1", "alice@example.com/phone"
+    iq.addElement(("jabber:iq:version", "query"))
+    stream.ended(lost=True)
+    router.route(iq, bob)
+    assert not [x for x in bob.got if "type='error'" in x or 'type="error"' in x]
+    clock.advance(alice.sm.timeout + 1)
+    errors = [x for x in bob.got if "v1" in x and "service-unavailable" in x]
+    assert len(errors) == 1
