@@ -98,25 +98,21 @@ class Session:
         if data is None:
             data = self.serialize(element)
         # what stream management gives back if the client never acknowledges it: messages, requests
-        message = element if element.name == "message" or (element.name == "iq" and element.getAttribute(
-            "type") in ("get", "set")) else None
-        if self._holds:
-            self._held.append((self._holds[-1], data, message))
-        elif self.sm is None:
-            self._write(data)
-        else:
-            self.sm.write(data, message)
+        self.send_serialized(data, element if element.name == "message" or (
+            element.name == "iq" and element.getAttribute("type") in ("get", "set")) else None)
 
-    def send_serialized(self, data: bytes) -> None:
-        """Deliver one stanza (not a message) already serialized by :meth:`serialize`."""
+    def send_serialized(self, data: bytes, element: domish.Element | None = None) -> None:
+        """Deliver one stanza already serialized by :meth:`serialize`; *element*: the
+        stanza itself if a message or an IQ request (what stream management gives back
+        when the client never acknowledges it)."""
         if self.closed:
             return
         if self._holds:
-            self._held.append((self._holds[-1], data, None))
+            self._held.append((self._holds[-1], data, element))
         elif self.sm is None:
             self._write(data)
         else:
-            self.sm.write(data, None)
+            self.sm.write(data, element)
 
     def hold(self, until: Deferred[Any]) -> None:
         """Keep what is sent from now on until *until* has fired (either way)."""

@@ -124,16 +124,22 @@ async def wait_bodies(client: Client, expected: list[str], timeout: float = 10, 
     assert (client.bodies if ordered else sorted(client.bodies)) == (expected if ordered else sorted(expected))
 
 
+async def phone_and_contact(server: Server, phone_jid: str, contact_jid: str) -> tuple[Network, Client, Client]:
+    """A phone (stream management, through a relay) and a contact who sees it available."""
+    network = await Network(server.port).start()
+    phone = await phone_login(server, network, phone_jid)
+    contact = await login(server, contact_jid, PASSWORD)
+    await contact.wait_presence(lambda p: str(p["from"]) == phone_jid)
+    return network, phone, contact
+
+
 def unavailable_from(client: Client, full: str) -> list:
     return [p for p in client.presences if str(p["from"]) == full and p["type"] == "unavailable"]
 
 
 @async_test(90)
 async def test_network_switch_resumes_losing_and_repeating_nothing(server):
-    network = await Network(server.port).start()
-    phone = await phone_login(server, network, "alice@example.com/phone")
-    bob = await login(server, "bob@example.com/desk", PASSWORD)
-    await bob.wait_presence(lambda p: str(p["from"]) == "alice@example.com/phone")
+    network, phone, bob = await phone_and_contact(server, "alice@example.com/phone", "bob@example.com/desk")
     for n in (1, 2, 3):
         bob.send_message(mto="alice@example.com/phone", mbody=f"before {n}", mtype="chat")
     await wait_bodies(phone, ["before 1", "before 2", "before 3"])
@@ -166,10 +172,7 @@ async def test_network_switch_resumes_losing_and_repeating_nothing(server):
 
 @async_test(90)
 async def test_not_resumed_in_time_unacknowledged_messages_go_offline_once(server):
-    network = await Network(server.port).start()
-    phone = await phone_login(server, network, "carol@example.com/phone")
-    bob = await login(server, "bob@example.com/desk2", PASSWORD)
-    await bob.wait_presence(lambda p: str(p["from"]) == "carol@example.com/phone")
+    network, phone, bob = await phone_and_contact(server, "carol@example.com/phone", "bob@example.com/desk2")
     network.swallow()
     for n in (1, 2):
         bob.send_message(mto="carol@example.com", mbody=f"unread {n}", mtype="chat")
@@ -210,10 +213,7 @@ async def test_not_resumed_in_time_unacknowledged_messages_go_offline_once(serve
 
 @async_test(60)
 async def test_a_clean_close_ends_the_session_at_once(server):
-    network = await Network(server.port).start()
-    phone = await phone_login(server, network, "alice@example.com/leaving")
-    bob = await login(server, "bob@example.com/watch", PASSWORD)
-    await bob.wait_presence(lambda p: str(p["from"]) == "alice@example.com/leaving")
+    network, phone, bob = await phone_and_contact(server, "alice@example.com/leaving", "bob@example.com/watch")
     phone.disconnect()
     await bob.wait_presence(lambda p: str(p["from"]) == "alice@example.com/leaving" and p["type"] == "unavailable",
                             timeout=3)
