@@ -73,6 +73,9 @@ FEATURES = re.compile(rb"</stream:features>|<stream:features\s*/>")
 SASL = re.compile(rb"<(challenge|success|failure)\b[^>]*?(?:/>|>(.*?)</\1>)", re.S)
 BOUND = re.compile(rb"<jid>([^<]+)</jid>")
 IQ_RESULT = re.compile(rb"<iq\b[^>]*\bid=['\"]carbons['\"][^>]*>")
+SM_ENABLED = re.compile(rb"<enabled\b[^>]*/>")
+#: the server's ack request as chatgate writes it (XEP-0198 §4)
+SM_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
 MARK = re.compile(rb"bench (-?\d+) (\d+) ")
 ERROR = re.compile(rb"<message\b[^>]*\btype=['\"]error['\"]")
 PING = re.compile(rb"<iq\b([^>]*)>\s*<ping xmlns=['\"]urn:xmpp:ping['\"]\s*/>\s*</iq>")
@@ -198,6 +201,9 @@ class C2S(asyncio.Protocol):
         self.waiting: tuple[re.Pattern[bytes], asyncio.Future[re.Match[bytes]]] | None = None
         self.chatting = False
         self.lost = False
+        #: stream management (XEP-0198) enabled: messages received so far (the h acknowledged)
+        self.managed = False
+        self.handled = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -242,6 +248,13 @@ class C2S(asyncio.Protocol):
             del buf[:end]
             if self.recorder is not None:
                 self.recorder.seen(chunk)
+            if self.managed:
+                self.handled += chunk.count(b"</message>")
+        if self.managed and SM_REQUEST in buf:
+            # every message received so far is handled: the server sent at least as many
+            answers = buf.count(SM_REQUEST)
+            self.transport.write(b"<a xmlns='urn:xmpp:sm:3' h='%d'/>" % self.handled * answers)  # type: ignore
+            buf[:] = buf.replace(SM_REQUEST, b"")
         if b"urn:xmpp:ping" in buf:
             for match in list(PING.finditer(buf))[::-1]:
                 attrs = dict(ATTR.findall(match.group(1)))
@@ -399,6 +412,13 @@ async def server_idle_rate(pid: int, seconds: float = 2.0) -> float:
 # -- S2: chat throughput
 
 
+async def enable_sm(client: C2S) -> None:
+    """Stream management with resumption, as a phone client asks for it (XEP-0198)."""
+    client.write(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    await client.expect(SM_ENABLED)
+    client.managed = True
+
+
 async def enable_carbons(client: C2S) -> None:
     client.write(b"<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
     await client.expect(IQ_RESULT)
@@ -476,6 +496,8 @@ async def s2(args: argparse.Namespace) -> dict[str, Any]:
         async with semaphore:
             client = await c2s_login(args, n, "s2", recorder)
             await enable_carbons(client)
+            if args.sm:
+                await enable_sm(client)
             return client
 
     clients = await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(2 * args.pairs))), args.timeout)
@@ -1034,6 +1056,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="S4: no larger round if it would take longer than this (seconds; from the "
                              "round before, the time growing as the square of the size)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up logging in after this")
+    parser.add_argument("--sm", action="store_true",
+                        help="S2: every session enables stream management (XEP-0198) and acknowledges")
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",")] if isinstance(args.rates, str) else args.rates
     args.users = min(args.users, 20000)
