@@ -34,6 +34,7 @@ from chatgate.tls import ReloadableContext, ensure_certificate
 from chatgate.transports.bosh import BOSHResource, ConnectionManager
 from chatgate.transports.c2s import C2SFactory
 from chatgate.transports.sm import Resumption
+from chatgate.transports.websocket import WebSocketEndpoint, WebSocketFactory
 from chatgate.web.admin_api import AdminAPI
 from chatgate.web.history import HistoryAPI
 from chatgate.web.pane import ChatPane
@@ -225,7 +226,9 @@ class ChatService(service.MultiService):
         history = HistoryAPI(self.authenticator, self.domains, self.archive, self.settings.archive.conversation_gap,
                              h.trusted_proxies)
         pane = ChatPane(self.settings, self.directory, history.authenticate)  # /chat/, /api/sites/<host>/chat
-        site = make_site(h, bosh=BOSHResource(self.bosh), pane=pane)
+        websocket = WebSocketEndpoint(WebSocketFactory(self.router, self.authenticator, self.settings, self.reactor,
+                                                       self._preauth, self.resumption))
+        site = make_site(h, bosh=BOSHResource(self.bosh), pane=pane, websocket=websocket)
         history.mount(site.resource, h.cors_origins)  # the webmail's conversations, at /history/
         for interface in h.interfaces:
             if h.tls:
@@ -233,8 +236,9 @@ class ChatService(service.MultiService):
                                                          interface=interface))
             else:
                 self.ports.append(self.reactor.listenTCP(h.port, site, backlog=1024, interface=interface))
-            log.info("{scheme} (BOSH at {path}) on {interface} port {port}", scheme="HTTPS" if h.tls else "HTTP",
-                     path=h.bosh_path, interface=interface, port=h.port)
+            log.info("{scheme} (BOSH at {path}{websocket}) on {interface} port {port}",
+                     scheme="HTTPS" if h.tls else "HTTP", path=h.bosh_path, interface=interface, port=h.port,
+                     websocket=f", WebSocket at {h.websocket_path}" if h.websocket_path else "")
         self._listen_admin()
 
     def _listen_admin(self) -> None:

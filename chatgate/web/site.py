@@ -151,11 +151,15 @@ class Mountable(Protocol):
     def mount(self, root: Folder) -> None: ...
 
 
-def make_site(http: HTTPSettings, bosh: resource.Resource, pane: Mountable | None = None) -> Site:
-    """The site of ``[http]``: *bosh* (XEP-0124/0206) at ``bosh_path``; the
-    webmail chat pane (:mod:`chatgate.web.pane`: ``/chat/``, ``/api/sites/…/chat``)."""
+def make_site(http: HTTPSettings, bosh: resource.Resource, pane: Mountable | None = None,
+              websocket: resource.Resource | None = None) -> Site:
+    """The site of ``[http]``: *bosh* (XEP-0124/0206) at ``bosh_path``;
+    *websocket* (RFC 7395) at ``websocket_path`` when set; the webmail chat
+    pane (:mod:`chatgate.web.pane`: ``/chat/``, ``/api/sites/…/chat``)."""
     root = Folder()
     root.mount(http.bosh_path, Endpoint(bosh, http.cors_origins))
+    if websocket is not None and http.websocket_path:
+        root.mount(http.websocket_path, websocket)
     if pane is not None:
         pane.mount(root)
     return Site(root, max_body_size=http.bosh_max_body_size)
