@@ -21,19 +21,18 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from twisted.internet import interfaces, protocol
+from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
-from zope.interface import implementer
 
 from chatgate.auth.sasl import Authenticator
 from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import QUALIFIED_MESSAGE, Session, is_qualified_message
 from chatgate.stanza import CLIENT_NS
-from chatgate.transports.ratelimit import TokenBucket
+from chatgate.transports.ratelimit import Backlog, TokenBucket
 from chatgate.transports.sm import Resumption
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, StreamParser, escape_attribute
@@ -84,7 +83,6 @@ class C2SSession(Session):
         self.connection.fail(condition, text) if condition else self.connection.close()
 
 
-@implementer(interfaces.IPushProducer)
 class C2SConnection(protocol.Protocol, StreamTransport):
     """One TCP connection from a client."""
 
@@ -103,8 +101,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         self._auth_timer: Any = None
         self._abort_timer: Any = None
         self._preauth = False  # counted among its address's unauthenticated connections
-        self._backlog: int | None = None  # bytes written since the transport's buffer filled
-        self._burst = False  # in the reactor turn the buffer filled: not counted
+        self._backlog = Backlog(self.settings.limits.max_output_buffer, factory.clock)
         self._reading_paused = False
         self._inbox = bytearray()  # received, not parsed yet (only while slowed down)
         limits = self.settings.limits
@@ -117,7 +114,7 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         address = self.transport.getPeer()
         self.address = getattr(address, "host", "?")
         self.peer = f"{self.address}:{getattr(address, 'port', '?')}"
-        self.transport.registerProducer(self, True)
+        self.transport.registerProducer(self._backlog, True)
         self._new_parser(authenticated=False)
         self._auth_timer = self.factory.clock.callLater(
             self.settings.xmpp.auth_timeout, self.fail, "connection-timeout", "Not authenticated in time"
@@ -214,30 +211,11 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         """Write to the client, closing the stream if it stopped reading."""
         if self._closing:
             return
-        if self._backlog is not None and not self._burst:
-            self._backlog += len(data)
-            if self._backlog > self.settings.limits.max_output_buffer:
-                self.fail("policy-violation", "Too much data waiting; the client does not read")
-                self.transport.abortConnection()  # it would not read the rest either
-                return
+        if self._backlog.over(len(data)):
+            self.fail("policy-violation", "Too much data waiting; the client does not read")
+            self.transport.abortConnection()  # it would not read the rest either
+            return
         self.transport.write(data)
-
-    # IPushProducer: Twisted calls these about its own write buffer.
-
-    def pauseProducing(self) -> None:
-        if self._backlog is None:
-            self._backlog = 0
-            self._burst = True
-            self.factory.clock.callLater(0, self._burst_over)
-
-    def _burst_over(self) -> None:
-        self._burst = False
-
-    def resumeProducing(self) -> None:
-        self._backlog = None
-
-    def stopProducing(self) -> None:
-        self._backlog = None
 
     # -- StreamTransport
 

@@ -1,9 +1,53 @@
-"""Token buckets: how transports slow a sender down instead of dropping its data."""
+"""Token buckets: how transports slow a sender down instead of dropping its data;
+and :class:`Backlog`, how they notice a client that stops reading."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any
+
+from twisted.internet import interfaces
+from zope.interface import implementer
+
+
+@implementer(interfaces.IPushProducer)
+class Backlog:
+    """What was written to a connection since its transport's buffer filled
+    (RFC 6120 §13.12): registered as the transport's producer, Twisted says
+    when the buffer is full and when it drained. What is written in the
+    reactor turn the buffer filled is one burst and not counted (nothing was
+    sent yet: a login in a large domain gets its roster and everyone's
+    presence at once); past *limit* bytes more, the client does not read."""
+
+    __slots__ = ("limit", "clock", "_size", "_burst")
+
+    def __init__(self, limit: int, clock: Any) -> None:
+        self.limit = limit
+        self.clock = clock
+        self._size: int | None = None
+        self._burst = False
+
+    def over(self, written: int) -> bool:
+        """Count *written* bytes; True once more than the limit waits."""
+        if self._size is None or self._burst:
+            return False
+        self._size += written
+        return self._size > self.limit
+
+    def pauseProducing(self) -> None:
+        if self._size is None:
+            self._size = 0
+            self._burst = True
+            self.clock.callLater(0, self._burst_over)
+
+    def _burst_over(self) -> None:
+        self._burst = False
+
+    def resumeProducing(self) -> None:
+        self._size = None
+
+    def stopProducing(self) -> None:
+        self._size = None
 
 
 class TokenBucket:

@@ -46,19 +46,17 @@ from urllib.parse import urlsplit
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet import interfaces
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
-from zope.interface import implementer
 
 from chatgate.auth.sasl import Authenticator
 from chatgate.config import Settings
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.transports.bosh import Peer, peer_of
-from chatgate.transports.ratelimit import TokenBucket
+from chatgate.transports.ratelimit import Backlog, TokenBucket
 from chatgate.transports.sm import Resumption
 from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
 from chatgate.xml import StreamError, StreamParser, escape_attribute
@@ -123,7 +121,6 @@ class WebSocketSession(Session):
         self.peer = transport.peer
 
 
-@implementer(interfaces.IPushProducer)
 class WebSocketConnection(StreamTransport):
     """One client's XMPP stream over one WebSocket (its autobahn protocol is
     :class:`XMPPWebSocketProtocol`, which hands over messages and events)."""
@@ -148,8 +145,7 @@ class WebSocketConnection(StreamTransport):
         self._closing = False
         self._lost = False
         self._preauth = False
-        self._backlog: int | None = None
-        self._burst = False
+        self._backlog = Backlog(self.settings.limits.max_output_buffer, self.clock)
         self._auth_timer: Any = None
         self._abort_timer: Any = None
 
@@ -157,7 +153,10 @@ class WebSocketConnection(StreamTransport):
 
     def opened(self) -> None:
         """The WebSocket is open (after the handshake)."""
-        self.protocol.transport.registerProducer(self, True)
+        transport = self.protocol.transport
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()  # the HTTP channel's, which handed this connection over
+        transport.registerProducer(self._backlog, True)
         self._auth_timer = self.clock.callLater(self.settings.xmpp.auth_timeout, self.fail,
                                                 "connection-timeout", "Not authenticated in time")
         preauth = self.factory.preauth
@@ -272,33 +271,14 @@ class WebSocketConnection(StreamTransport):
         """Send one element as a message, closing the stream if the client stopped reading."""
         if self._closing:
             return
-        if self._backlog is not None and not self._burst:
-            self._backlog += len(data)
-            if self._backlog > self.settings.limits.max_output_buffer:
-                self.fail("policy-violation", "Too much data waiting; the client does not read")
-                self.protocol.transport.abortConnection()
-                return
+        if self._backlog.over(len(data)):
+            self.fail("policy-violation", "Too much data waiting; the client does not read")
+            self.protocol.transport.abortConnection()
+            return
         self._message(data)
 
     def _message(self, data: bytes) -> None:
         self.protocol.sendMessage(data, isBinary=False)
-
-    # IPushProducer: Twisted calls these about the TCP connection's write buffer
-
-    def pauseProducing(self) -> None:
-        if self._backlog is None:
-            self._backlog = 0
-            self._burst = True
-            self.clock.callLater(0, self._burst_over)
-
-    def _burst_over(self) -> None:
-        self._burst = False
-
-    def resumeProducing(self) -> None:
-        self._backlog = None
-
-    def stopProducing(self) -> None:
-        self._backlog = None
 
     # -- StreamTransport
 

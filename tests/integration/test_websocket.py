@@ -27,7 +27,9 @@ SM = "urn:xmpp:sm:3"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = Server(tmp_path_factory.mktemp("chatgate"), limits={"max_stanza_size": 16384},
+    # bob may send as fast as he likes here (the flood test); the rest of [limits] as shipped
+    fast = {"read_rate": 10**8, "read_burst": 10**8, "stanza_rate": 10**5, "stanza_burst": 10**5}
+    srv = Server(tmp_path_factory.mktemp("chatgate"), limits={"max_stanza_size": 16384, **fast},
                  sm={"resume_timeout": 10})
     provision(srv)
     srv.start()
@@ -278,3 +280,32 @@ async def test_websocket_path_empty_is_not_served(tmp_path):
         assert refused.value.response.status_code == 404
     finally:
         off.stop()
+
+
+@async_test(60)
+async def test_a_client_that_stops_reading_is_cut_off_and_others_go_on(server):
+    bob = await login(server, "bob@example.com/flood", PASSWORD)
+    errors_before = server.log_text().count("stream error policy-violation")
+    cut_off = "logout alice@example.com/stuck (websocket)"
+    web = await WSClient.connect(server, max_queue=1)
+    await web.login("alice", "stuck")
+    web.socket.transport.pause_reading()  # the tab hangs: nothing is read any more
+    # 15 kB messages until the server gives up on alice: past the socket buffers and then
+    # [limits] max_output_buffer (1 MiB); at most 1,000 (15 MB) and 30 s
+    deadline = asyncio.get_running_loop().time() + 30
+    for n in range(1000):
+        bob.send_message(mto="alice@example.com/stuck", mbody=f"{n} " + "y" * 15000, mtype="chat")
+        if n % 50 == 49:
+            await asyncio.sleep(0.2)
+            if cut_off in server.log_text():
+                break
+        assert asyncio.get_running_loop().time() < deadline, "the stuck client was never cut off"
+    assert cut_off in server.log_text()
+    assert server.log_text().count("stream error policy-violation") == errors_before + 1
+    carol = await WSClient.connect(server)
+    await carol.login("carol", "fine2")
+    await carol.send(chat("bob@example.com/flood", "bob is still served"))
+    while (await bob.next_message())["body"] != "bob is still served":
+        pass
+    await carol.close()
+    await logout(bob)
