@@ -386,7 +386,11 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.connection = WebSocketConnection(self.factory, self, self.client)
         self.peer = self.connection.peer
-        self.connection.opened()
+        try:
+            self.connection.opened()
+        except Exception:  # autobahn would keep it to itself
+            log.failure("opening a WebSocket stream for {peer}", peer=self.peer)
+            self.dropConnection(abort=True)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.connection is not None:
