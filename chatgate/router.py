@@ -93,6 +93,9 @@ class Router:
         #: what disco#info announces for the server and for accounts (XEP-0030)
         self.server_features: set[str] = set()
         self.account_features: set[str] = set()
+        #: the server's identities beside server/im (category, type, name), and XEP-0128 forms
+        self.server_identities: list[tuple[str, str, str]] = []
+        self.server_forms: list[domish.Element] = []
         #: (namespace, name) of the empty features a stream offers once
         #: authenticated, beside binding (RFC 6120 §4.3.2; XEP-0352's <csi/>)
         self.stream_features: list[tuple[str, str]] = []

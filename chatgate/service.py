@@ -19,6 +19,7 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.web import server
 
+from chatgate.auth import slots
 from chatgate.auth.credentials import make_credentials
 from chatgate.auth.sasl import Authenticator
 from chatgate.auth.throttle import LoginThrottle
@@ -28,7 +29,7 @@ from chatgate.features import register_all
 from chatgate.mirror import DirectoryMirror
 from chatgate.private_files import warn_if_open
 from chatgate.router import Router
-from chatgate.storage import Stores, open_archive, open_directory, open_offline
+from chatgate.storage import Stores, open_archive, open_directory, open_files, open_offline
 from chatgate.storage.interfaces import ArchiveError, DirectoryError, DuplicateDomain, User
 from chatgate.tls import ReloadableContext, ensure_certificate
 from chatgate.transports.bosh import BOSHResource, ConnectionManager
@@ -39,6 +40,7 @@ from chatgate.web.admin_api import AdminAPI
 from chatgate.web.history import HistoryAPI
 from chatgate.web.pane import ChatPane
 from chatgate.web.site import make_site
+from chatgate.web.upload import UploadResource
 
 log = Logger()
 
@@ -70,14 +72,15 @@ class ChatService(service.MultiService):
     (a Deferred its ``startService`` returns is waited for), and stop in the
     reverse order, each once the one after it has stopped (likewise):
 
-    1. ``stores``: opens the directory, archive and offline stores; on stop
+    1. ``stores``: opens the directory, archive, offline and upload stores; on stop
        closes them, the archive committing every write still queued first.
     2. ``directory``: the demo domain when asked, the directory mirror loaded,
        the login secrets read.
     3. ``directory-feed``: a TimerService reading the directory's change feed
        every ``[storage] poll_interval`` (changes by other processes).
     4. the features' services, in ``FEATURES`` order (``ping``: idle clients;
-       ``retention``: history older than ``[archive] retention_days``).
+       ``retention``: history older than ``[archive] retention_days``;
+       ``upload-expiry``: uploaded files as old).
     5. ``cluster`` (``[cluster] backend = redis`` only): the bus between nodes
        (heartbeats, this node's inbox); on stop, after the sessions below have
        ended and other nodes were told, the node leaves the cluster.
@@ -111,7 +114,8 @@ class ChatService(service.MultiService):
         self.directory = open_directory(settings)
         self.archive = open_archive(settings)
         self.offline = open_offline(settings)
-        self.stores = Stores(directory=self.directory, archive=self.archive, offline=self.offline)
+        self.files = open_files(settings)
+        self.stores = Stores(directory=self.directory, archive=self.archive, offline=self.offline, files=self.files)
         self.domains = DirectoryMirror(self.directory)
         self.router = Router(self.domains, clock=reactor)
         self.cluster = open_cluster(settings, reactor)
@@ -174,6 +178,8 @@ class ChatService(service.MultiService):
         yield self.directory.start()
         yield self.archive.start()
         yield self.offline.start()
+        if self.files is not None:
+            yield self.files.start()
 
     @defer.inlineCallbacks
     def _close_stores(self):
@@ -228,7 +234,12 @@ class ChatService(service.MultiService):
         pane = ChatPane(self.settings, self.directory, history.authenticate)  # /chat/, /api/sites/<host>/chat
         websocket = WebSocketEndpoint(WebSocketFactory(self.router, self.authenticator, self.settings, self.reactor,
                                                        self._preauth, self.resumption))
-        site = make_site(h, bosh=BOSHResource(self.bosh), pane=pane, websocket=websocket)
+        upload = None
+        if self.files is not None:
+            u = self.settings.upload
+            files = UploadResource(self.settings, self.files, slots.upload_key(self.settings), self.reactor)
+            upload = (u.http_path, u.max_file_size, files)
+        site = make_site(h, bosh=BOSHResource(self.bosh), pane=pane, websocket=websocket, upload=upload)
         history.mount(site.resource, h.cors_origins)  # the webmail's conversations, at /history/
         for interface in h.interfaces:
             if h.tls:

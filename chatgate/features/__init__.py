@@ -29,7 +29,7 @@ from chatgate.storage import Stores
 #: roster pushes its removal, and revocation ends a removed user's sessions
 #: (unavailable) before it too
 FEATURES = ("messages", "presence", "aliases", "revocation", "roster", "domain_switch", "disco", "ping", "version",
-            "vcard", "archive", "carbons", "offline", "mam", "blocking", "csi")
+            "vcard", "archive", "carbons", "offline", "mam", "blocking", "csi", "upload")
 
 
 def register_all(router: Router, settings: Settings, stores: Stores) -> list[IService]:

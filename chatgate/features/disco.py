@@ -38,8 +38,15 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
             identity["category"], identity["type"] = category, kind
             if category == "server":
                 identity["name"] = "chatgate"
+                # what features add (an upload service, XEP-0363 §2), with their forms (XEP-0128)
+                for more, more_kind, name in router.server_identities:
+                    added = query.addElement("identity")
+                    added["category"], added["type"], added["name"] = more, more_kind, name
             for var in sorted(features):
                 query.addElement("feature")["var"] = var
+            if category == "server":
+                for form in router.server_forms:
+                    query.addChild(form)
             sender.send(reply)
 
         return handler

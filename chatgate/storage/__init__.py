@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chatgate.private_files import make_private_folder
-from chatgate.storage.interfaces import DirectoryError, IArchive, IDirectory, IOfflineStore
+from chatgate.storage.interfaces import DirectoryError, IArchive, IDirectory, IFileStore, IOfflineStore
 from chatgate.storage.memory_archive import MemoryArchive, MemoryOfflineStore
 
 if TYPE_CHECKING:
@@ -30,6 +30,17 @@ class Stores:
     directory: IDirectory
     archive: IArchive = field(default_factory=MemoryArchive)
     offline: IOfflineStore = field(default_factory=MemoryOfflineStore)
+    #: uploaded files (XEP-0363); None when [upload] is off
+    files: IFileStore | None = None
+
+
+def open_files(settings: Settings) -> IFileStore | None:
+    """The store of uploaded files (XEP-0363), ``[upload] path``; None when uploads are off."""
+    if not settings.upload.enabled:
+        return None
+    from chatgate.storage.files import FolderFileStore
+
+    return FolderFileStore(settings.path(settings.upload.path))
 
 
 def open_directory(settings: Settings) -> IDirectory:

@@ -441,3 +441,28 @@ class IOfflineStore(Interface):
 
     def count(owner: str) -> Deferred[int]:
         """How many messages wait for *owner*."""
+
+
+class IFileStore(Interface):
+    """Files users shared (XEP-0363), with what the daily quota needs
+    (``chatgate.storage.files.StoredFile`` describes one)."""
+
+    def start() -> Deferred[None]:
+        """Open the store."""
+
+    def stop() -> Deferred[None]:
+        """Close it."""
+
+    def put(domain: str, file_id: str, source: object, meta: object) -> Deferred[bool]:
+        """Keep the bytes of the file object *source* as *domain*/*file_id*, whole
+        or not at all; False when that id is taken."""
+
+    def get(domain: str, file_id: str) -> Deferred[tuple[object, str] | None]:
+        """The file's description and the path of its bytes, or None."""
+
+    def usage(domain: str, localpart: str, now: float) -> Deferred[tuple[int, float | None]]:
+        """Bytes the user uploaded in the 24 hours before *now*, and when the
+        oldest of those uploads stops counting (None: none)."""
+
+    def expire(before: float, batch: int) -> Deferred[int]:
+        """Remove up to *batch* files stored before *before*; how many went."""

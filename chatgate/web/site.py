@@ -44,7 +44,13 @@ class Request(server.Request):
         self._parsePOSTFormSubmission = False
 
     def _limit(self) -> int:
-        return self.channel.site.max_body_size
+        site = self.channel.site
+        # the request line is parsed (the channel has its path) before the body comes
+        path = getattr(self.channel, "_path", b"") or b""
+        for prefix, limit in site.body_limits:
+            if path.startswith(prefix):
+                return limit
+        return site.max_body_size
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self._limit():
@@ -140,6 +146,8 @@ class Site(server.Site):
     def __init__(self, root: resource.Resource, max_body_size: int) -> None:
         super().__init__(root)
         self.max_body_size = max_body_size
+        #: (path prefix, its own limit): uploads are larger than any BOSH body
+        self.body_limits: list[tuple[bytes, int]] = []
 
     def log(self, request: server.Request) -> None:
         """No access log (see the module's docstring)."""
@@ -152,14 +160,21 @@ class Mountable(Protocol):
 
 
 def make_site(http: HTTPSettings, bosh: resource.Resource, pane: Mountable | None = None,
-              websocket: resource.Resource | None = None) -> Site:
+              websocket: resource.Resource | None = None,
+              upload: tuple[str, int, resource.Resource] | None = None) -> Site:
     """The site of ``[http]``: *bosh* (XEP-0124/0206) at ``bosh_path``;
     *websocket* (RFC 7395) at ``websocket_path`` when set; the webmail chat
-    pane (:mod:`chatgate.web.pane`: ``/chat/``, ``/api/sites/…/chat``)."""
+    pane (:mod:`chatgate.web.pane`: ``/chat/``, ``/api/sites/…/chat``); *upload*
+    (its path, its largest body, the resource: XEP-0363's PUT and GET)."""
     root = Folder()
     root.mount(http.bosh_path, Endpoint(bosh, http.cors_origins))
     if websocket is not None and http.websocket_path:
         root.mount(http.websocket_path, websocket)
     if pane is not None:
         pane.mount(root)
-    return Site(root, max_body_size=http.bosh_max_body_size)
+    site = Site(root, max_body_size=http.bosh_max_body_size)
+    if upload is not None:
+        path, largest, files = upload
+        root.mount(path, files)
+        site.body_limits.append(((path + "/").encode(), largest))
+    return site

@@ -49,6 +49,8 @@ class Server:
             "tls": {"certificate": "tls/cert.pem", "key": "tls/key.pem"},
             "demo": {"create": "false"},
             "http": {"interfaces": "127.0.0.1", "port": self.http_port},
+            # slots (XEP-0363) name this listener, not the domain (example.com is not resolvable here)
+            "upload": {"base_url": f"http://127.0.0.1:{self.http_port}/upload"},
         }
         for name, values in sections.items():
             settings.setdefault(name, {}).update(values)

@@ -12,7 +12,14 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.words.protocols.jabber.jid import JID
 
-from chatgate.config import ArchiveSettings, DemoSettings, Settings, StorageSettings, XMPPSettings
+from chatgate.config import (
+    ArchiveSettings,
+    DemoSettings,
+    Settings,
+    StorageSettings,
+    UploadSettings,
+    XMPPSettings,
+)
 from chatgate.service import ChatService
 from chatgate.session import Session
 from chatgate.storage.interfaces import User
@@ -55,6 +62,7 @@ def make(reactor: MemoryReactorClock) -> ChatService:
         storage=StorageSettings(backend="memory", poll_interval=0.5),
         archive=ArchiveSettings(backend="memory", offline_backend="memory", retention_days=30),
         demo=DemoSettings(create=False),
+        upload=UploadSettings(enabled=False),  # its folder store works in threads, not on this clock
     )
     chat = ChatService(settings, tls_context=None, reactor=reactor, process_wide=False)
     chat.directory.add_domain("example.com")
