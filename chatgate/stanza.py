@@ -23,8 +23,9 @@ from twisted.words.xish import domish
 from chatgate.xml import CLIENT_NS, Element
 
 __all__ = [
-    "ADDRESS_NS", "CHATSTATES_NS", "CLIENT_NS", "DELAY_NS", "FORWARD_NS", "HINTS_NS", "SID_NS", "STANZAS_NS",
-    "StanzaError", "body_of", "error_reply", "first_child", "iq_result", "parse_stamp", "stamp",
+    "ADDRESS_NS", "CHATSTATES_NS", "CLIENT_NS", "CORRECT_NS", "DELAY_NS", "FORWARD_NS", "HINTS_NS", "MARKERS_NS",
+    "RECEIPTS_NS", "SID_NS", "STANZAS_NS", "StanzaError", "acknowledgement", "body_of", "error_reply", "first_child",
+    "iq_result", "parse_stamp", "stamp",
 ]
 
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -40,6 +41,15 @@ FORWARD_NS = "urn:xmpp:forward:0"
 HINTS_NS = "urn:xmpp:hints"
 #: XEP-0085 chat states
 CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
+#: XEP-0184 message delivery receipts
+RECEIPTS_NS = "urn:xmpp:receipts"
+#: XEP-0333 chat markers
+MARKERS_NS = "urn:xmpp:chat-markers:0"
+#: XEP-0308 last message correction
+CORRECT_NS = "urn:xmpp:message-correct:0"
+
+#: XEP-0333 §4 markers, and what each says of the message it names
+_MARKERS = {"received": "delivered", "displayed": "read", "acknowledged": "read"}
 
 # RFC 6120 §8.3.3: the error type each condition goes with.
 _ERROR_TYPES = {
@@ -120,6 +130,18 @@ def first_child(stanza: domish.Element) -> domish.Element | None:
     """The first child element (an IQ's payload), or None."""
     for child in stanza.elements():
         return child
+    return None
+
+
+def acknowledgement(stanza: domish.Element) -> tuple[str, str] | None:
+    """("delivered" | "read", id of the message it is about) for a XEP-0184
+    ``<received id/>`` receipt (§4) or a XEP-0333 marker (§4: received,
+    displayed, acknowledged), None for anything else."""
+    for child in stanza.elements():
+        if child.uri == RECEIPTS_NS and child.name == "received" and child.getAttribute("id"):
+            return "delivered", child["id"]
+        if child.uri == MARKERS_NS and child.name in _MARKERS and child.getAttribute("id"):
+            return _MARKERS[child.name], child["id"]
     return None
 
 

@@ -52,7 +52,7 @@ from chatgate.delivery import Delivery
 from chatgate.jid import jid_of
 from chatgate.router import Router
 from chatgate.session import Session
-from chatgate.stanza import SID_NS, body_of
+from chatgate.stanza import HINTS_NS, SID_NS, acknowledgement, body_of
 from chatgate.storage import Stores
 from chatgate.storage.archive import ArchiveIds
 from chatgate.storage.interfaces import ArchivedMessage, ArchiveError, IArchive
@@ -69,8 +69,18 @@ RETRY_BATCH = 500
 log = Logger()
 
 def archivable(stanza: domish.Element) -> bool:
-    """XEP-0313 §5.1.1: chat or normal, with a body."""
-    return stanza.getAttribute("type", "normal") in ("chat", "normal") and body_of(stanza) is not None
+    """XEP-0313 §5.1.1: chat or normal, with a body — or, so that any client
+    rebuilds the same view from MAM, a XEP-0184 receipt or XEP-0333 marker
+    (archived with an empty body: that is how every backend and the history
+    tell them from messages). A XEP-0308 correction has a body and keeps its
+    ``<replace id/>`` in the stored XML. XEP-0334 §4.4/§4.5: a message with
+    ``<no-store/>`` or ``<no-permanent-store/>`` is not archived."""
+    if stanza.getAttribute("type", "normal") not in ("chat", "normal"):
+        return False
+    if any(child.uri == HINTS_NS and child.name in ("no-store", "no-permanent-store")
+           for child in stanza.elements()):
+        return False
+    return body_of(stanza) is not None or acknowledgement(stanza) is not None
 
 
 def _strip_ids(stanza: domish.Element, owners: set[str]) -> None:
@@ -80,7 +90,7 @@ def _strip_ids(stanza: domish.Element, owners: set[str]) -> None:
             stanza.children.remove(child)
 
 
-#: how every archivable message's serialization ends (it has a <body/>, so it is never empty)
+#: how every archivable message's serialization ends (it has a <body/>, a receipt or a marker: never empty)
 _CLOSE = "</message>"
 
 

@@ -27,7 +27,7 @@ from chatgate.config import Settings
 from chatgate.delivery import Delivery
 from chatgate.router import Router
 from chatgate.session import Session
-from chatgate.stanza import CLIENT_NS, FORWARD_NS, HINTS_NS, StanzaError, body_of, iq_result
+from chatgate.stanza import CLIENT_NS, FORWARD_NS, HINTS_NS, StanzaError, acknowledgement, body_of, iq_result
 from chatgate.storage import Stores
 from chatgate.xml import Element
 
@@ -39,9 +39,13 @@ def enabled(session: Session) -> bool:
 
 
 def eligible(stanza: domish.Element) -> bool:
-    """§6 and XEP-0334 §4.3 (no-copy): whether copies of *stanza* go out."""
+    """§6 and XEP-0334 §4.3 (no-copy): whether copies of *stanza* go out. §6
+    also copies a ``normal`` message without a body that carries IM payloads:
+    XEP-0184 receipts and XEP-0333 markers (so the sender's other resources
+    know the message was read)."""
     mtype = stanza.getAttribute("type", "normal")
-    if mtype not in ("chat", "normal") or (mtype == "normal" and body_of(stanza) is None):
+    if mtype not in ("chat", "normal") or (
+            mtype == "normal" and body_of(stanza) is None and acknowledgement(stanza) is None):
         return False
     return next(stanza.elements(HINTS_NS, "no-copy"), None) is None
 

@@ -171,6 +171,13 @@ def paginate(result_set: Sequence[ArchivedMessage], query: ArchiveQuery) -> Arch
     return ArchivePage(page, count, begin if page else None, complete)
 
 
+def is_message(message: ArchivedMessage) -> bool:
+    """A message someone wrote, not a XEP-0184 receipt or XEP-0333 marker:
+    those are archived with an empty body (their XML says what they are), so
+    conversations never count, preview or split on them."""
+    return message.body != ""
+
+
 def preview(body: str) -> str:
     """The start of a body on one line."""
     text = " ".join(body.split())
@@ -197,6 +204,8 @@ async def conversations(
     while len(found) < limit:
         page = await query(owner, ArchiveQuery(contact=contact, before=cursor, max=SCAN_PAGE))
         for message in reversed(page.messages):
+            if not is_message(message):
+                continue
             if current and current[-1].at - message.at > gap:
                 found.append(_summary(current[::-1]))
                 current = []
@@ -235,16 +244,18 @@ async def conversation_page(
     if cursor.contact != first.contact or cursor.id < first.id:
         raise BadCursor(f"{cursor_id}: no message of this conversation")
     if after is not None:
-        run = [cursor]
+        run, last = [cursor], cursor.at
         for message in await between(owner, first.contact, after=cursor.id, limit=limit + 1):
-            if message.at - run[-1].at > gap:
-                break
+            if is_message(message):
+                if message.at - last > gap:
+                    break
+                last = message.at
             run.append(message)
         return ConversationPage(first.contact, first.at, run[1:limit + 1], True, len(run) > limit + 1)
     found = await between(owner, first.contact, after=first.id, before=cursor.id, limit=limit + 1, newest=True)
     if len(found) <= limit and cursor.id > first.id:
         found.insert(0, first)
-    if any(b.at - a.at > gap for a, b in pairwise([*found, cursor])):
+    if any(b.at - a.at > gap for a, b in pairwise([m for m in found if is_message(m)] + [cursor])):
         raise BadCursor(f"{cursor_id}: no message of this conversation")
     return ConversationPage(first.contact, first.at, found[-limit:], len(found) > limit, True)
 
@@ -255,16 +266,19 @@ async def _newest_page(
     """The conversation's last *limit* messages and its size: walk it from *first* to the first silence
     longer than *gap*, keeping only the last page in memory."""
     page: deque[ArchivedMessage] = deque([first], maxlen=limit)
-    count = 1
+    count, last, read = 1, first.at, 1  # messages (receipts not counted), the last one's time, entries read
     while True:
         step = await between(owner, first.contact, after=page[-1].id, limit=WALK_STEP)
         for message in step:
-            if message.at - page[-1].at > gap:
-                return ConversationPage(first.contact, first.at, list(page), count > len(page), False, count)
+            if is_message(message):
+                if message.at - last > gap:
+                    return ConversationPage(first.contact, first.at, list(page), read > len(page), False, count)
+                last = message.at
+                count += 1
             page.append(message)
-            count += 1
+            read += 1
         if len(step) < WALK_STEP:
-            return ConversationPage(first.contact, first.at, list(page), count > len(page), False, count)
+            return ConversationPage(first.contact, first.at, list(page), read > len(page), False, count)
 
 
 class ConversationsMixin:

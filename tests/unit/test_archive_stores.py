@@ -338,6 +338,37 @@ async def test_conversations_split_at_silences_newest_first(archive):
         await archive.conversation(ALICE, "0000000000000f-0123456789", gap=1800)
 
 
+def receipt(maker: Conversation, owner: str, contact: str, at: float, of: str, marker: str = "") -> ArchivedMessage:
+    """A XEP-0184 receipt (or a XEP-0333 marker) as the archive feature keeps it: empty body, its XML."""
+    child = (f"<{marker} xmlns='urn:xmpp:chat-markers:0' id='{of}'/>" if marker
+             else f"<received xmlns='urn:xmpp:receipts' id='{of}'/>")
+    archive_id, at = maker.ids.make(at)
+    stanza = f"<message xmlns='jabber:client'>{child}</message>"
+    return ArchivedMessage(owner, archive_id, contact, "", False, at, "", stanza)
+
+
+@pytest_twisted.ensureDeferred
+async def test_receipts_and_markers_are_kept_but_never_counted_as_messages(archive):
+    """Every backend keeps a receipt's empty body and XML, MAM sees it in order; conversations
+    neither count, preview, split on nor start with one."""
+    maker = Conversation()
+    early = receipt(maker, ALICE, BOB, T0 - 5000, "x")  # long before: starts no conversation
+    first = maker.message(ALICE, BOB, T0, "hello", outgoing=True)
+    late = receipt(maker, ALICE, BOB, T0 + 30, first.id)
+    # read after the gap: splits nothing, and stays with the conversation it is about
+    read = receipt(maker, ALICE, BOB, T0 + 3000, first.id, "displayed")
+    second = maker.message(ALICE, BOB, T0 + 3100, "again", outgoing=True)
+    await archive.append([early, first, late, read, second])
+    whole = await archive.query(ALICE, ArchiveQuery())
+    assert [(m.body, m.stanza) for m in whole.messages] == [(m.body, m.stanza) for m in (early, first, late, read,
+                                                                                          second)]
+    found = await archive.conversations(ALICE, BOB, gap=1800)
+    assert [(c.id, c.count, c.preview) for c in found] == [(second.id, 1, "again"), (first.id, 1, "hello")]
+    page = await archive.conversation(ALICE, first.id, gap=1800)
+    assert page.count == 1 and [m.id for m in page.messages] == [first.id, late.id, read.id]
+    assert (await archive.conversations(ALICE, BOB, gap=10_000))[0].count == 2
+
+
 @pytest_twisted.ensureDeferred
 async def test_long_conversations_span_scan_pages(archive):
     messages = await fill(archive, 450, step=10)
