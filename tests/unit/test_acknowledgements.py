@@ -11,10 +11,12 @@ from chatgate.features.carbons import eligible
 from chatgate.features.csi import NS as CSI
 from chatgate.stanza import acknowledgement
 from chatgate.xml import parse_document
-from tests.unit.test_archive_features import CARBONS, World, child, world  # noqa: F401 (fixture)
+from tests.unit import test_archive_features
+from tests.unit.test_archive_features import CARBONS, World, child
 
 RECEIPT = "<received xmlns='urn:xmpp:receipts' id='m1'/>"
 DISPLAYED = "<displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/>"
+world = test_archive_features.world  # the same router and memory stores
 CORRECTION = "<replace xmlns='urn:xmpp:message-correct:0' id='m1'/>"
 
 
