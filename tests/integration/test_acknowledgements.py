@@ -1,0 +1,126 @@
+"""Receipts (XEP-0184), chat markers (XEP-0333) and corrections (XEP-0308)
+between two real slixmpp clients over c2s: routed to the full JID with a
+carbon to the other resources, returned by MAM after the fact, and shown by
+the history JSON as delivered/read state and corrected text; a forged
+correction changes nobody's view of a message its sender did not send."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import provision
+from tests.integration.harness import Client, Server, async_test, logout
+from tests.integration.test_history import connect, forwarded, http_get, mam, new_users
+
+RECEIPTS = "urn:xmpp:receipts"
+MARKERS = "urn:xmpp:chat-markers:0"
+CORRECT = "urn:xmpp:message-correct:0"
+CARBONS = "urn:xmpp:carbons:2"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("acknowledgements"))
+    provision(srv)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def events(client: Client, *names: str) -> asyncio.Queue:
+    """A queue of the stanzas of slixmpp's events *names* (receipts and markers have no body,
+    so slixmpp never tells them as messages)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for name in names:
+        client.add_event_handler(name, lambda stanza, name=name: queue.put_nowait((name, stanza)))
+    return queue
+
+
+async def plugins(client: Client) -> None:
+    for plugin in ("xep_0184", "xep_0333", "xep_0308"):
+        client.register_plugin(plugin)
+    client.plugin["xep_0184"].auto_ack = False  # the tests say when a receipt goes
+
+
+@async_test(timeout=90)
+async def test_receipts_markers_corrections_routed_archived_and_shown(server):
+    alice, bob = await new_users(server, "alice", "bob")
+    desk = await connect(server, f"{alice}/desk")
+    phone = await connect(server, f"{bob}/phone", carbons=True)
+    laptop = await connect(server, f"{bob}/laptop", carbons=True)
+    for client in (desk, phone, laptop):
+        await plugins(client)
+    at_desk = events(desk, "receipt_received", "marker_displayed", "message_correction")
+    carbons = events(laptop, "carbon_sent")
+
+    message = desk.make_message(mto=bob, mbody="see you at 9", mtype="chat")
+    message["id"] = "m-1"
+    message["request_receipt"] = True
+    message.xml.append(ET.Element(f"{{{MARKERS}}}markable"))
+    message.send()
+    got = await phone.next_message()
+    assert got["body"] == "see you at 9" and got["id"] == "m-1"
+    await laptop.next_message()  # bob's laptop has it too (bare JID: every available resource)
+
+    # bob's phone answers as slixmpp does: to alice's full JID, a receipt then a displayed marker
+    phone.plugin["xep_0184"].ack(got)
+    name, receipt = await asyncio.wait_for(at_desk.get(), 10)
+    assert name == "receipt_received" and receipt["receipt"] == "m-1" and receipt["from"] == f"{bob}/phone"
+    phone.plugin["xep_0333"].send_marker(got["from"], "m-1", "displayed", mtype="chat")
+    name, marker = await asyncio.wait_for(at_desk.get(), 10)
+    assert name == "marker_displayed" and marker["displayed"]["id"] == "m-1"
+    # bob's laptop learns from carbons that the phone acknowledged and read it
+    copies = [await asyncio.wait_for(carbons.get(), 10) for _ in range(2)]
+    inside = [c[1].xml.find(f"{{{CARBONS}}}sent/{{urn:xmpp:forward:0}}forwarded/{{jabber:client}}message")
+              for c in copies]
+    assert inside[0].find(f"{{{RECEIPTS}}}received").get("id") == "m-1"
+    assert inside[1].find(f"{{{MARKERS}}}displayed").get("id") == "m-1"
+
+    # alice corrects her message; bob's phone is told it replaces m-1
+    correction = desk.plugin["xep_0308"].build_correction("m-1", bob, mbody="see you at 10")
+    correction["id"] = "m-2"
+    correction.send()
+    fixed = await phone.next_message()
+    assert fixed["body"] == "see you at 10" and fixed["replace"]["id"] == "m-1"
+    await laptop.next_message()
+
+    # bob forges a correction of alice's message: nobody's view of m-1 may change
+    forged = phone.plugin["xep_0308"].build_correction("m-1", alice, mbody="cancelled!")
+    forged.send()
+    await desk.next_message()
+
+    # MAM, after the fact: every client rebuilds the same view from the same entries, in order
+    for client, peer in ((desk, bob), (laptop, alice)):
+        page = await mam(client, peer)
+        kinds = []
+        for result in page.results:
+            stanza = forwarded(result)
+            if stanza.find(f"{{{RECEIPTS}}}received") is not None:
+                kinds.append("receipt")
+            elif stanza.find(f"{{{MARKERS}}}displayed") is not None:
+                kinds.append("displayed")
+            else:
+                replace = stanza.find(f"{{{CORRECT}}}replace")
+                kinds.append(stanza.findtext("{jabber:client}body") + (" (replaces m-1)" if replace is not None
+                                                                       else ""))
+        assert kinds == ["see you at 9", "receipt", "displayed", "see you at 10 (replaces m-1)",
+                         "cancelled! (replaces m-1)"]
+
+    # the webmail: one message each way, alice's read and edited; bob's forgery is his own message
+    for owner, peer in ((alice, bob), (bob, alice)):
+        status, conversations, _ = await asyncio.to_thread(http_get, server, f"/history/conversations?with={peer}",
+                                                           owner)
+        assert status == 200
+        [conversation] = conversations["conversations"]
+        assert (conversation["count"], conversation["preview"]) == (3, "see you at 9")
+        _, page, _ = await asyncio.to_thread(http_get, server, f"/history/conversation?id={conversation['id']}",
+                                             owner)
+        shown = [(m["from"], m["body"], m["edited"], m.get("state")) for m in page["messages"]]
+        mine = owner == alice
+        assert shown == [(alice, "see you at 10", True, "read" if mine else None),
+                         (bob, "cancelled!", False, None if mine else "sent")]
+    await logout(desk, phone, laptop)
