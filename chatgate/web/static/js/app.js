@@ -291,6 +291,7 @@ function start(config, credentials) {
     client.addEventListener("presence", (e) => model.presence(e.detail));
     client.addEventListener("chatstate", (e) => chats.chatState(e.detail));
     client.addEventListener("message-error", (e) => chats.failed(e.detail));
+    client.addEventListener("acknowledgement", (e) => chats.receive(e.detail.message));
     client.addEventListener("message", (e) => {
         const message = e.detail.message;
         const isNew = chats.receive(message);

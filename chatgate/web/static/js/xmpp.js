@@ -34,6 +34,9 @@ export const NS = {
     ping: "urn:xmpp:ping",
     discoInfo: "http://jabber.org/protocol/disco#info",
     stanzas: "urn:ietf:params:xml:ns:xmpp-stanzas",
+    receipts: "urn:xmpp:receipts",
+    markers: "urn:xmpp:chat-markers:0",
+    correct: "urn:xmpp:message-correct:0",
 };
 
 const CHAT_STATES = ["active", "composing", "paused", "inactive", "gone"];
@@ -434,6 +437,15 @@ export class ChatClient extends EventTarget {
             return;
         }
         if (flags.live && message.archiveId) this._advance(message.archiveId);
+        // XEP-0184 §5.4: a receipt for a live message that asks, to the full JID it came from (never for carbons
+        // or history: the resource that got it answers)
+        if (flags.live && !flags.carbon && !message.outgoing && message.body !== null && message.receiptRequested
+            && message.id && type !== "groupchat") {
+            this.connection.send($msg({ to: message.from, id: randomId(16) })
+                .c("received", { xmlns: NS.receipts, id: message.id }).up()
+                .c("store", { xmlns: "urn:xmpp:hints" }));
+        }
+        if (message.ack) this.emit("acknowledgement", { message });
         if (message.state && !message.outgoing) {
             this.emit("chatstate", { contact: message.contact, sender: message.sender, state: message.state });
         }
@@ -450,12 +462,35 @@ export class ChatClient extends EventTarget {
         this.connection.send(
             $msg({ to, type: "chat", id }).c("body").t(body).up()
                 .c("active", { xmlns: NS.chatstates }).up()
+                .c("request", { xmlns: NS.receipts }).up() // XEP-0184 §5.1
+                .c("markable", { xmlns: NS.markers }).up() // XEP-0333 §3
                 .c("origin-id", { xmlns: NS.sid, id }),
         );
         return {
             id, key: `m:${this.me}:${id}`, archiveId: null, contact: bare(to), sender: this.me, outgoing: true,
-            body, at: new Date(), delayed: false, carbon: null, live: true,
+            body, at: new Date(), delayed: false, carbon: null, live: true, status: "sent",
         };
+    }
+
+    /** XEP-0308 §4: a correction of our message *id* to *to*; returns its new id. */
+    correct(to, id, body) {
+        const newId = randomId(16);
+        this.connection.send(
+            $msg({ to, type: "chat", id: newId }).c("body").t(body).up()
+                .c("replace", { xmlns: NS.correct, id }).up()
+                .c("request", { xmlns: NS.receipts }).up()
+                .c("markable", { xmlns: NS.markers }).up()
+                .c("origin-id", { xmlns: NS.sid, id: newId }),
+        );
+        return newId;
+    }
+
+    /** XEP-0333 §4: the user has seen message *id* of *to* (the full JID it came from). */
+    displayed(to, id) {
+        if (this.state !== "online") return;
+        this.connection.send($msg({ to, type: "chat", id: randomId(16) })
+            .c("displayed", { xmlns: NS.markers, id }).up()
+            .c("store", { xmlns: "urn:xmpp:hints" }));
     }
 
     /** XEP-0085: tell *to* we are composing, paused, active, inactive or gone. */
@@ -513,7 +548,7 @@ export class ChatClient extends EventTarget {
         const message = parseMessage(inner, this.me, {
             mam: true, stamp, archiveId: result.getAttribute("id"), aliases: this.aliases,
         });
-        if (message.body !== null) collected.push(message);
+        if (message.body !== null || message.ack) collected.push(message);
     }
 
     /** The last messages with *jid* (for a chat window being opened), oldest first. */
@@ -608,8 +643,25 @@ export function parseMessage(el, me, {
     const state = Array.from(el.children).find((c) => c.namespaceURI === NS.chatstates && CHAT_STATES.includes(c.localName));
     const id = el.getAttribute("id");
     const body = child(el, "body");
+    // XEP-0184 receipts and XEP-0333 markers: what they say of the message they name
+    let ack = null;
+    for (const c of el.children) {
+        const named = c.getAttribute("id");
+        if (!named) continue;
+        if (c.namespaceURI === NS.receipts && c.localName === "received") ack = { id: named, status: "delivered" };
+        else if (c.namespaceURI === NS.markers && c.localName === "received") ack = { id: named, status: "delivered" };
+        else if (c.namespaceURI === NS.markers && ["displayed", "acknowledged"].includes(c.localName)) {
+            ack = { id: named, status: "read" };
+        }
+    }
+    const replace = child(el, "replace", NS.correct);
     return {
         id,
+        from,
+        ack: body ? null : ack,
+        replaces: body && replace ? replace.getAttribute("id") : null,
+        receiptRequested: Boolean(child(el, "request", NS.receipts)),
+        markable: Boolean(child(el, "markable", NS.markers)),
         key: id ? `m:${bare(from)}:${id}` : null,
         archiveId: ownId,
         contact,

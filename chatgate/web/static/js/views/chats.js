@@ -132,7 +132,7 @@ export class Chats extends EventTarget {
         const typing = h("div", { class: "typing-line", "aria-hidden": "true" });
         const composer = h("textarea", {
             class: "composer-input", rows: "1", placeholder: `Message ${contact.name}`,
-            "aria-label": `Message to ${contact.name}`, "data-jid": jid,
+            "aria-label": `Message to ${contact.name}`, "data-label": `Message to ${contact.name}`, "data-jid": jid,
         });
         const send = h("button", { class: "icon-button send", type: "button", "aria-label": "Send", onclick: () => this.submit(jid) },
             icon("send"));
@@ -154,6 +154,12 @@ export class Chats extends EventTarget {
             if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
                 e.preventDefault();
                 this.submit(jid);
+            } else if (e.key === "ArrowUp" && !composer.value && this.editLast(jid)) {
+                e.preventDefault();
+            } else if (e.key === "Escape" && this.views.get(jid)?.editing) {
+                e.preventDefault();
+                this.stopEditing(this.views.get(jid));
+                composer.value = "";
             } else if (e.key === "Escape") {
                 e.preventDefault();
                 document.getElementById("contact-list").querySelector(".contact[tabindex='0']")?.focus();
@@ -243,7 +249,7 @@ export class Chats extends EventTarget {
         try {
             const messages = await this.client.recent(jid, 30);
             chat.historyLoaded = true;
-            for (const message of messages) chat.add(message);
+            for (const message of messages) this.apply(chat, message);
             this.render(jid);
         } catch {
             // the chat still works; its history is in the conversations list
@@ -258,7 +264,11 @@ export class Chats extends EventTarget {
      */
     receive(message) {
         const chat = this.model.chat(message.contact);
-        if (chat.add(message) < 0) return false;
+        if (message.ack || message.replaces) {
+            if (this.apply(chat, message)) this.render(message.contact);
+            if (!message.replaces || chat.messages.includes(message)) return false;
+        } else if (chat.add(message) < 0) return false;
+        if (!message.outgoing) this.markDisplayedSoon(message.contact);
         if (!message.outgoing && chat.typing === message.sender) {
             chat.typing = null;
         }
@@ -273,6 +283,48 @@ export class Chats extends EventTarget {
         if (contact) this.model.emit("contact", { contact, changed: false }); // its unread count, typing
         this.emit("changed");
         return incoming;
+    }
+
+    /**
+     * A receipt or marker (XEP-0184, XEP-0333) sets the state of the outgoing
+     * message it names; a correction (XEP-0308) replaces the text of the
+     * message it names, only when it comes from that message's sender (a
+     * forged one is shown as a message of its own). True when something changed.
+     */
+    apply(chat, message) {
+        if (message.ack) {
+            if (message.outgoing) return false; // our other device's receipt: nothing to show on their message
+            const rank = { sent: 0, delivered: 1, read: 2 };
+            const target = chat.messages.find((m) => m.outgoing && (m.id === message.ack.id || m.ids?.includes(message.ack.id)));
+            if (!target || rank[message.ack.status] <= rank[target.status || "sent"]) return false;
+            target.status = message.ack.status;
+            return true;
+        }
+        if (message.replaces) {
+            const original = chat.messages.find((m) => m.sender === message.sender && m.outgoing === message.outgoing
+                && (m.id === message.replaces || m.ids?.includes(message.replaces)));
+            if (original) {
+                if (message.key && chat.keys.has(message.key)) return false;
+                if (message.key) chat.keys.add(message.key);
+                if (message.archiveId) chat.keys.add(`a:${message.archiveId}`);
+                original.body = message.body;
+                original.edited = true;
+                original.ids = [...(original.ids || []), message.id];
+                if (original.outgoing) original.status = "sent";
+                return true;
+            }
+        }
+        return chat.add(message) >= 0;
+    }
+
+    /** XEP-0333: a displayed marker for the newest markable incoming message, once the user sees the chat. */
+    markDisplayedSoon(jid) {
+        if (!this.seen(jid)) return;
+        const chat = this.model.chat(jid);
+        const last = [...chat.messages].reverse().find((m) => !m.outgoing);
+        if (!last || !last.markable || !last.id || last.displayedSent || !last.live) return;
+        last.displayedSent = true;
+        this.client.displayed(last.from, last.id);
     }
 
     failed({ contact, id, text }) {
@@ -304,6 +356,7 @@ export class Chats extends EventTarget {
     markRead() {
         const jid = this.active;
         if (!jid || !this.seen(jid)) return;
+        this.markDisplayedSoon(jid);
         const chat = this.model.chat(jid);
         if (!chat.unread) return;
         chat.unread = 0;
@@ -354,8 +407,18 @@ export class Chats extends EventTarget {
             h("div", { class: "bubble" },
                 h("span", { class: "visually-hidden" }, `${who}: `),
                 h("span", { class: "msg-body" }, linkify(m.body)),
-                h("span", { class: "msg-meta" }, m.carbon === "sent" ? h("span", { class: "msg-device", title: "Sent from another of your devices" }, "other device · ") : null, time)),
+                h("span", { class: "msg-meta" }, m.carbon === "sent" ? h("span", { class: "msg-device", title: "Sent from another of your devices" }, "other device · ") : null,
+                    m.edited ? h("span", { class: "msg-edited" }, "edited · ") : null, time,
+                    m.outgoing && !m.carbon ? this.ticks(m.status || "sent") : null)),
             m.failed ? h("div", { class: "msg-error", role: "alert" }, `Not delivered: ${m.failed}`) : null);
+    }
+
+    /** Sent ✓, delivered ✓✓, read ✓✓ (coloured): the words are there for everyone, not the colour alone. */
+    ticks(status) {
+        const words = { sent: "Sent", delivered: "Delivered", read: "Read" }[status];
+        return h("span", { class: `msg-ticks ${status}`, "data-status": status, title: words },
+            h("span", { "aria-hidden": "true" }, status === "sent" ? " ✓" : " ✓✓"),
+            h("span", { class: "visually-hidden" }, ` ${words}`));
     }
 
     scrollDown(view, force) {
@@ -370,6 +433,26 @@ export class Chats extends EventTarget {
         textarea.style.height = `${Math.min(textarea.scrollHeight, 160)}px`;
     }
 
+    /** Up arrow in an empty composer: correct the last message we sent here (XEP-0308). */
+    editLast(jid) {
+        const view = this.views.get(jid);
+        const chat = this.model.chat(jid);
+        const last = [...chat.messages].reverse().find((m) => m.outgoing);
+        if (!last || !last.id || last.carbon) return false;
+        view.editing = last;
+        view.composer.value = last.body;
+        view.composer.classList.add("editing");
+        view.composer.setAttribute("aria-label", "Correct your last message");
+        this.autosize(view.composer);
+        return true;
+    }
+
+    stopEditing(view) {
+        view.editing = null;
+        view.composer.classList.remove("editing");
+        view.composer.setAttribute("aria-label", view.composer.dataset.label);
+    }
+
     submit(jid) {
         const view = this.views.get(jid);
         const body = view.composer.value.trim();
@@ -377,6 +460,22 @@ export class Chats extends EventTarget {
         const chat = this.model.chat(jid);
         clearTimeout(chat.pauseTimer);
         chat.composing = false;
+        if (view.editing) {
+            const original = view.editing;
+            this.stopEditing(view);
+            if (body !== original.body) {
+                const id = this.client.correct(jid, original.id, body);
+                original.body = body;
+                original.edited = true;
+                original.status = "sent";
+                original.ids = [...(original.ids || []), id];
+                chat.keys.add(`m:${this.model.me}:${id}`); // its carbon or MAM copy is this edit
+            }
+            view.composer.value = "";
+            this.autosize(view.composer);
+            this.render(jid);
+            return;
+        }
         const message = this.client.send(jid, body);
         chat.add(message);
         view.composer.value = "";
