@@ -12,9 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import provision
+from tests.integration import test_conversation_pages
+from tests.integration.conftest import PASSWORD, provision
 from tests.integration.harness import Client, Server, async_test, logout
 from tests.integration.test_history import connect, forwarded, http_get, mam, new_users
+from tests.integration.test_pane import WAIT, browser_context
+
+browser = test_conversation_pages.browser  # skips (fails on CI) without Chromium
 
 RECEIPTS = "urn:xmpp:receipts"
 MARKERS = "urn:xmpp:chat-markers:0"
@@ -124,3 +128,40 @@ async def test_receipts_markers_corrections_routed_archived_and_shown(server):
         assert shown == [(alice, "see you at 10", True, "read" if mine else None),
                          (bob, "cancelled!", False, None if mine else "sent")]
     await logout(desk, phone, laptop)
+
+
+@async_test(timeout=120)
+async def test_the_conversation_page_shows_read_and_edited(server, browser):
+    alice, bob = await new_users(server, "alice", "bob")
+    desk, phone = await connect(server, f"{alice}/desk"), await connect(server, f"{bob}/phone")
+    for client in (desk, phone):
+        await plugins(client)
+    message = desk.make_message(mto=bob, mbody="draft", mtype="chat")
+    message["id"] = "c-1"
+    message.send()
+    got = await phone.next_message()
+    phone.plugin["xep_0333"].send_marker(got["from"], "c-1", "displayed", mtype="chat")
+    desk.plugin["xep_0308"].build_correction("c-1", bob, mbody="final").send()
+    await phone.next_message()
+    phone.send_message(mto=alice, mbody="ok", mtype="chat")
+    await desk.next_message()
+    _, listing, _ = await asyncio.to_thread(http_get, server, f"/history/conversations?with={bob}", alice)
+    conversation_id = listing["conversations"][0]["id"]
+    async with browser_context() as context:
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(f"http://127.0.0.1:{server.http_port}/chat/conversation.html?id={conversation_id}")
+        await page.wait_for_selector("#signin-form", state="visible", timeout=WAIT)
+        await page.fill("#signin-jid", alice)
+        await page.fill("#signin-password", PASSWORD)
+        await page.click("#signin-submit")
+        await page.wait_for_selector("#transcript .msg", timeout=WAIT)
+        texts = await page.evaluate(
+            "Array.from(document.querySelectorAll('#transcript .msg-body'), e => e.textContent)")
+        assert texts == ["final", "ok"]  # no receipt or marker shown as a message, the corrected text
+        meta = await page.inner_text("#transcript .msg.out .msg-meta")
+        assert "edited" in meta and "Read" in meta
+        assert await page.get_attribute("#transcript .msg.out .msg-ticks", "data-status") == "read"
+        assert not errors, errors
+    await logout(desk, phone)

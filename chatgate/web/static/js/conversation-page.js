@@ -17,6 +17,14 @@ const GROUP_GAP = 5 * 60000;
 /** messages a request (the history API's cap) */
 const PAGE = 100;
 
+/** The history API's state of an outgoing message (XEP-0184/0333) as ticks, with the word for everyone. */
+function ticks(state) {
+    const words = { sent: "Sent", delivered: "Delivered", read: "Read" }[state] || state;
+    return h("span", { class: `msg-ticks ${state}`, "data-status": state, title: words },
+        h("span", { "aria-hidden": "true" }, state === "sent" ? " ✓" : " ✓✓"),
+        h("span", { class: "visually-hidden" }, ` ${words}`));
+}
+
 async function loadConfig() {
     try {
         const answer = await fetch("config.json", { cache: "no-store", credentials: "omit" });
@@ -153,7 +161,9 @@ class Transcript extends EventTarget {
                 h("div", { class: "bubble" },
                     h("span", { class: "visually-hidden" }, `${sender}: `),
                     h("span", { class: "msg-body" }, linkify(m.body)),
-                    h("span", { class: "msg-meta" }, h("time", { datetime: m.at.toISOString() }, timeOf(m.at))))));
+                    h("span", { class: "msg-meta" }, m.edited ? h("span", { class: "msg-edited" }, "edited · ") : null,
+                        h("time", { datetime: m.at.toISOString() }, timeOf(m.at)),
+                        m.outgoing && m.state ? ticks(m.state) : null))));
             previous = m;
         });
     }
