@@ -600,7 +600,7 @@ export class ChatClient extends EventTarget {
             after = answer.last;
         }
         for (const message of missed) this.emit("message", { message });
-        this.emit("caught-up", { count: missed.length });
+        this.emit("caught-up", { count: missed.filter((m) => m.body !== null && !m.replaces).length }); // receipts are no messages
     }
 }
 
