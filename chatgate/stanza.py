@@ -48,7 +48,7 @@ MARKERS_NS = "urn:xmpp:chat-markers:0"
 #: XEP-0308 last message correction
 CORRECT_NS = "urn:xmpp:message-correct:0"
 
-#: XEP-0333 §4 markers, and what each says of the message it names
+#: XEP-0333 markers, and what each says of the message it names
 _MARKERS = {"received": "delivered", "displayed": "read", "acknowledged": "read"}
 
 # RFC 6120 §8.3.3: the error type each condition goes with.
@@ -135,8 +135,8 @@ def first_child(stanza: domish.Element) -> domish.Element | None:
 
 def acknowledgement(stanza: domish.Element) -> tuple[str, str] | None:
     """("delivered" | "read", id of the message it is about) for a XEP-0184
-    ``<received id/>`` receipt (§4) or a XEP-0333 marker (§4: received,
-    displayed, acknowledged), None for anything else."""
+    ``<received id/>`` receipt or a XEP-0333 marker (received, displayed,
+    acknowledged), None for anything else."""
     for child in stanza.elements():
         if child.uri == RECEIPTS_NS and child.name == "received" and child.getAttribute("id"):
             return "delivered", child["id"]

@@ -73,8 +73,8 @@ def archivable(stanza: domish.Element) -> bool:
     rebuilds the same view from MAM, a XEP-0184 receipt or XEP-0333 marker
     (archived with an empty body: that is how every backend and the history
     tell them from messages). A XEP-0308 correction has a body and keeps its
-    ``<replace id/>`` in the stored XML. XEP-0334 §4.4/§4.5: a message with
-    ``<no-store/>`` or ``<no-permanent-store/>`` is not archived."""
+    ``<replace id/>`` in the stored XML. XEP-0334 §4.1/§4.2: a message with
+    ``<no-permanent-store/>`` or ``<no-store/>`` is not archived."""
     if stanza.getAttribute("type", "normal") not in ("chat", "normal"):
         return False
     if any(child.uri == HINTS_NS and child.name in ("no-store", "no-permanent-store")

@@ -26,12 +26,12 @@ user's own archive only:
      "from": "bob@…", "outgoing": false, "body": "…", "edited": false}], "earlier": true,
      "later": false, "count": 240}
 
-  Receipts (XEP-0184 §4) and chat markers (XEP-0333 §4) are archived as
+  Receipts (XEP-0184) and chat markers (XEP-0333) are archived as
   entries with an empty body; they are never listed or counted as messages
   but folded onto the message they name (by its ``id`` attribute): an
   outgoing message has ``"state"``: ``sent``, ``delivered`` (a receipt or a
   ``received`` marker) or ``read`` (``displayed``/``acknowledged``). A
-  correction (XEP-0308 §4: ``<replace id/>``) from the original message's
+  correction (XEP-0308: ``<replace id/>``) from the original message's
   sender gives that message its latest text and ``"edited": true``, and is
   not listed itself; a correction naming a message its sender did not send
   changes nothing and is listed as the message it is.

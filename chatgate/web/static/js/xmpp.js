@@ -437,7 +437,7 @@ export class ChatClient extends EventTarget {
             return;
         }
         if (flags.live && message.archiveId) this._advance(message.archiveId);
-        // XEP-0184 §5.4: a receipt for a live message that asks, to the full JID it came from (never for carbons
+        // XEP-0184: a receipt for a live message that asks, to the full JID it came from (never for carbons
         // or history: the resource that got it answers)
         if (flags.live && !flags.carbon && !message.outgoing && message.body !== null && message.receiptRequested
             && message.id && type !== "groupchat") {
@@ -462,8 +462,8 @@ export class ChatClient extends EventTarget {
         this.connection.send(
             $msg({ to, type: "chat", id }).c("body").t(body).up()
                 .c("active", { xmlns: NS.chatstates }).up()
-                .c("request", { xmlns: NS.receipts }).up() // XEP-0184 §5.1
-                .c("markable", { xmlns: NS.markers }).up() // XEP-0333 §3
+                .c("request", { xmlns: NS.receipts }).up() // XEP-0184
+                .c("markable", { xmlns: NS.markers }).up() // XEP-0333
                 .c("origin-id", { xmlns: NS.sid, id }),
         );
         return {
@@ -472,7 +472,7 @@ export class ChatClient extends EventTarget {
         };
     }
 
-    /** XEP-0308 §4: a correction of our message *id* to *to*; returns its new id. */
+    /** XEP-0308: a correction of our message *id* to *to*; returns its new id. */
     correct(to, id, body) {
         const newId = randomId(16);
         this.connection.send(
@@ -485,7 +485,7 @@ export class ChatClient extends EventTarget {
         return newId;
     }
 
-    /** XEP-0333 §4: the user has seen message *id* of *to* (the full JID it came from). */
+    /** XEP-0333: the user has seen message *id* of *to* (the full JID it came from). */
     displayed(to, id) {
         if (this.state !== "online") return;
         this.connection.send($msg({ to, type: "chat", id: randomId(16) })
