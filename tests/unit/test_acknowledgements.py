@@ -90,3 +90,14 @@ def test_no_store_hints_keep_it_out_of_the_archive(world: World):
         world.send(bob, "alice@example.com", body="secret", extra=f"<{hint} xmlns='urn:xmpp:hints'/>")
         world.send(bob, "alice@example.com", body=None, extra=f"{RECEIPT}<{hint} xmlns='urn:xmpp:hints'/>")
     assert world.history("alice@example.com") == [] and world.history("bob@example.com") == []
+
+
+def test_blocking_drops_receipts_and_markers_too(world: World):
+    alice = world.online("alice@example.com/desk")
+    bob = world.online("bob@example.com/phone")
+    reply = world.iq(alice, "set", "<block xmlns='urn:xmpp:blocking'><item jid='bob@example.com'/></block>")
+    assert reply["type"] == "result"
+    alice.got.clear()
+    world.send(bob, "alice@example.com/desk", body=None, mtype="normal", extra=RECEIPT)
+    world.send(bob, "alice@example.com/desk", body=None, mtype="chat", extra=DISPLAYED)
+    assert alice.take("message") == [] and world.history("alice@example.com") == []
