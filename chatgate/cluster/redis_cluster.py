@@ -42,6 +42,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import socket
 import time
 from collections import deque
@@ -241,6 +242,12 @@ class RedisCluster(Cluster):
         self._asked: dict[str, tuple[str, defer.Deferred[dict[str, Any]]]] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], defer.Deferred[dict[str, Any]]]] = {}
         self._request_ids = itertools.count(1)
+        #: stanzas this run forwards are numbered (this run's name, a counter), so that a
+        #: receiver drops a second copy: the outbox writes again what was on the wire when
+        #: Redis went (a failover may have kept the first); sender run -> highest number seen
+        self._run = secrets.token_hex(6)
+        self._stanza_numbers = itertools.count(1)
+        self._seen: dict[str, int] = {}
 
     # -- the Cluster interface
 
@@ -294,7 +301,8 @@ class RedisCluster(Cluster):
         if node in self._dead_nodes:
             self._lost(data)  # its node is gone: deliver it again from here
             return
-        self._send(node, {"k": "s", "t": full, "x": data.decode("utf-8")}, data)
+        self._send(node, {"k": "s", "t": full, "x": data.decode("utf-8"), "r": self._run,
+                          "n": next(self._stanza_numbers)}, data)
 
     def request(self, node: str, kind: str, payload: dict[str, Any], timeout: float) -> defer.Deferred[dict[str, Any]]:
         if node in self._dead_nodes or not self._running:
@@ -600,6 +608,11 @@ class RedisCluster(Cluster):
             return
         kind = event.get("k")
         if kind == "s":
+            run, number = event.get("r"), event.get("n")
+            if run is not None and isinstance(number, int):
+                if self._seen.get(run, 0) >= number:
+                    return  # written twice by its sender across a Redis outage: delivered already
+                self._seen[run] = number
             router.relayed(event["t"], event["x"])
             return
         if kind == "q":
