@@ -309,6 +309,8 @@ def sasl_answer(match: re.Match[bytes], expected: str, user: str) -> bytes:
 async def c2s_login(args: argparse.Namespace, n: int, resource_: str,
                     recorder: Recorder | None = None, protocol: Callable[[], C2S] | None = None) -> C2S:
     """Connect, SCRAM-SHA-1, restart, bind: a session ready to chat."""
+    if getattr(args, "websocket", False):
+        return await websocket_login(args, n, resource_, recorder)
     loop = asyncio.get_running_loop()
     user = f"u{n}"
     _, client = await asyncio.wait_for(loop.create_connection(
@@ -326,6 +328,119 @@ async def c2s_login(args: argparse.Namespace, n: int, resource_: str,
         client.write(header)
         await client.expect(FEATURES)
         client.write(f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                     f"<resource>{resource_}</resource></bind></iq>".encode())
+        await client.expect(BOUND)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+# -- WebSocket (RFC 7395): the same C2S protocol object, its bytes framed
+
+
+FRAMING_NS = "urn:ietf:params:xml:ns:xmpp-framing"
+UPGRADED = re.compile(rb"\AHTTP/1\.1 101 [^\r]*\r\n(?:[^\r]+\r\n)*\r\n")
+
+
+class Framed:
+    """The transport of a WebSocket session: every write one masked text frame
+    (RFC 6455 §5.2; the mask key is zero, so the payload goes unchanged)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        # load.py writes c2s stanzas, whose namespace the stream header gave; here each carries its own
+        if not data.startswith(b"<open") and b"xmlns=" not in data[:data.find(b">")]:
+            space = data.find(b" ")
+            data = data[:space] + b" xmlns='jabber:client'" + data[space:]
+        size = len(data)
+        if size < 126:
+            head = bytes((0x81, 0x80 | size))
+        elif size < 65536:
+            head = bytes((0x81, 0x80 | 126)) + size.to_bytes(2, "big")
+        else:
+            head = bytes((0x81, 0x80 | 127)) + size.to_bytes(8, "big")
+        self.transport.write(head + b"\0\0\0\0" + data)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class WebSocketC2S(C2S):
+    """A C2S session over WebSocket: after the HTTP upgrade, the server's
+    frames (unmasked) are unwrapped into ``buf`` and the scanning is c2s's."""
+
+    def __init__(self, recorder: Recorder | None = None) -> None:
+        super().__init__(recorder)
+        self.raw = bytearray()
+        self.upgraded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.socket = transport
+        self.transport = transport  # type: ignore[assignment]  # the upgrade request goes unframed
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            self.raw += data
+            payloads = []
+            raw = self.raw
+            while len(raw) >= 2:
+                size, start = raw[1] & 0x7F, 2
+                if size == 126:
+                    size, start = int.from_bytes(raw[2:4], "big"), 4
+                elif size == 127:
+                    size, start = int.from_bytes(raw[2:10], "big"), 10
+                if len(raw) < start + size:
+                    break
+                if raw[0] & 0x0F in (0x1, 0x0):
+                    payloads.append(bytes(raw[start:start + size]))
+                del raw[:start + size]
+            if not payloads:
+                return
+            data = b"".join(payloads)
+        super().data_received(data)
+
+    def upgrade(self) -> None:
+        self.upgraded = True
+        self.transport = Framed(self.socket)  # type: ignore[assignment]
+        rest = bytes(self.buf)
+        self.buf.clear()
+        if rest:
+            self.data_received(rest)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(f"<close xmlns='{FRAMING_NS}'/>".encode())
+            self.transport.close()
+
+
+async def websocket_login(args: argparse.Namespace, n: int, resource_: str,
+                          recorder: Recorder | None = None) -> C2S:
+    """Upgrade, <open/>, SCRAM-SHA-1, <open/> again, bind: a WebSocket session ready to chat."""
+    loop = asyncio.get_running_loop()
+    user = f"u{n}"
+    _, client = await asyncio.wait_for(loop.create_connection(
+        lambda: WebSocketC2S(recorder), args.host, args.http_port, local_addr=(SOURCES[n % len(SOURCES)], 0)), 30)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        client.write(f"GET {args.websocket_path} HTTP/1.1\r\nHost: {args.host}:{args.http_port}\r\n"
+                     f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n".encode())
+        await client.expect(UPGRADED)
+        client.upgrade()
+        opening = f"<open xmlns='{FRAMING_NS}' to='{args.domain}' version='1.0'/>".encode()
+        client.write(opening)
+        await client.expect(FEATURES)
+        scram = Scram(user, args.password)
+        client.write(f"<auth xmlns='{SASL_NS}' mechanism='SCRAM-SHA-1'>{scram.first()}</auth>".encode())
+        challenge = sasl_answer(await client.expect(SASL), "challenge", user)
+        client.write(f"<response xmlns='{SASL_NS}'>{scram.final(challenge)}</response>".encode())
+        scram.check(sasl_answer(await client.expect(SASL), "success", user))
+        client.write(opening)
+        await client.expect(FEATURES)
+        client.write(f"<iq type='set' id='bind' xmlns='jabber:client'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
                      f"<resource>{resource_}</resource></bind></iq>".encode())
         await client.expect(BOUND)
     except BaseException:
@@ -1058,6 +1173,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=600.0, help="give up logging in after this")
     parser.add_argument("--sm", action="store_true",
                         help="S2: every session enables stream management (XEP-0198) and acknowledges")
+    parser.add_argument("--websocket", action="store_true",
+                        help="S1, S2: sessions over WebSocket (RFC 7395) at --http-port instead of c2s")
+    parser.add_argument("--websocket-path", default="/xmpp-websocket")
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",")] if isinstance(args.rates, str) else args.rates
     args.users = min(args.users, 20000)
