@@ -11,7 +11,8 @@ API (one origin for all three, so the pane needs no CORS):
   in by ``make pane``, never committed). No directory listings; the pages get
   a Content-Security-Policy that allows this origin only.
 - ``GET /chat/config.json``: what the pages need to know (BOSH path, whether
-  login tokens are on, their lifetime).
+  login tokens are on, their lifetime, where uploads are: ``[upload]
+  http_path`` and ``base_url``, or null when uploads are off).
 - ``POST /chat/token``: a fresh login token (``{"token", "expires"}``) for the
   user whose HTTP Basic credentials (address and password, or a login token
   still valid) the request carries, checked exactly as the history API checks
@@ -158,6 +159,9 @@ class PaneConfig(resource.Resource):
             "history": "/history",
             "tokens": bool(settings.webmail.token_secret),
             "token_lifetime": settings.webmail.token_lifetime,
+            # where the pane's attachments go and which URLs are this server's files (XEP-0363)
+            "upload": {"path": settings.upload.http_path, "base": settings.upload.base_url}
+            if settings.upload.enabled else None,
         }).encode()
 
     def render_GET(self, request: server.Request) -> bytes:

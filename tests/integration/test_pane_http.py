@@ -81,7 +81,8 @@ def test_the_pane_is_served_with_a_strict_policy(server):
 def test_the_pane_config(server):
     status, headers, body = fetch(server, "/chat/config.json")
     assert status == 200
-    assert as_json(body) == {"bosh": "/http-bind", "history": "/history", "tokens": True, "token_lifetime": 300.0}
+    assert as_json(body) == {"bosh": "/http-bind", "history": "/history", "tokens": True, "token_lifetime": 300.0,
+                             "upload": {"path": "/upload", "base": f"http://127.0.0.1:{server.http_port}/upload"}}
     assert "no-store" in headers["cache-control"]
 
 

@@ -3,6 +3,7 @@
 // status menu, wired to one ChatClient. No framework: each view is a small
 // class over the DOM, the model tells them what changed.
 
+import { configure as configureUploads, summaryOf } from "./attachments.js";
 import { AuthError, Credentials, explain, signInWithPassword, takeHandover } from "./auth.js";
 import { h, icon } from "./dom.js";
 import { HistoryAPI } from "./history-api.js";
@@ -89,6 +90,7 @@ function start(config, credentials) {
     loading.hidden = false;
     credentials.scheduleRenewal();
     credentials.serve();
+    configureUploads(config.upload); // before the first chat window: its attach button
 
     const model = new Model(credentials.jid);
     const client = new ChatClient(credentials, config.bosh, { wait: 30 });
@@ -301,9 +303,9 @@ function start(config, credentials) {
         const from = model.nameOf(message.sender);
         const title = contact?.alias ? `${from} in ${contact.name}` : from;
         if (message.live && !message.delayed) {
-            notifications.message({ chatJid: message.contact, title, body: message.body });
+            notifications.message({ chatJid: message.contact, title, body: summaryOf(message) });
         }
-        if (!chats.seen(message.contact)) announce(`New message from ${title}: ${message.body}`);
+        if (!chats.seen(message.contact)) announce(`New message from ${title}: ${summaryOf(message)}`);
     });
     client.addEventListener("caught-up", (e) => {
         const count = e.detail.count;

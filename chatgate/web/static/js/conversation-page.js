@@ -9,6 +9,7 @@
 // Print loads them all first. The credentials are kept until the whole
 // conversation is here, then dropped.
 
+import { attachmentOf, attachmentView, configure as configureUploads } from "./attachments.js";
 import { AuthError, askPane, explain, signInWithPassword } from "./auth.js";
 import { avatar, clear, duration, h, linkify, longDayOf, plural, sameDay, friendlyDay, timeOf } from "./dom.js";
 import { HistoryAPI } from "./history-api.js";
@@ -23,6 +24,14 @@ function ticks(state) {
     return h("span", { class: `msg-ticks ${state}`, "data-status": state, title: words },
         h("span", { "aria-hidden": "true" }, state === "sent" ? " ✓" : " ✓✓"),
         h("span", { class: "visually-hidden" }, ` ${words}`));
+}
+
+/** A message's text, or the file it is (an upload URL of this server): an image or a download link. */
+function body(text) {
+    const attachment = attachmentOf(text);
+    return attachment
+        ? h("span", { class: "msg-body msg-attachment", "data-url": attachment.url }, attachmentView(attachment))
+        : h("span", { class: "msg-body" }, linkify(text));
 }
 
 async function loadConfig() {
@@ -160,7 +169,7 @@ class Transcript extends EventTarget {
                 starts ? h("div", { class: "msg-sender" }, sender) : null,
                 h("div", { class: "bubble" },
                     h("span", { class: "visually-hidden" }, `${sender}: `),
-                    h("span", { class: "msg-body" }, linkify(m.body)),
+                    body(m.body),
                     h("span", { class: "msg-meta" }, m.edited ? h("span", { class: "msg-edited" }, "edited · ") : null,
                         h("time", { datetime: m.at.toISOString() }, timeOf(m.at)),
                         m.outgoing && m.state ? ticks(m.state) : null))));
@@ -196,6 +205,7 @@ function signIn(config, id) {
 async function main() {
     const id = new URLSearchParams(location.search).get("id");
     const config = await loadConfig();
+    configureUploads(config.upload);
     if (!id) {
         fail("No conversation was named in the address.");
         return;

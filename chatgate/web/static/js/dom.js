@@ -55,6 +55,7 @@ const ICONS = {
     history: "M3 12a9 9 0 1 0 3-6.7L3 8M3 3v5h5M12 7v5l3 3",
     print: "M7 9V3h10v6M7 17H4v-7h16v7h-3M7 14h10v7H7z",
     power: "M12 3v9M6.3 6.3a8 8 0 1 0 11.4 0",
+    attach: "M20 11.5l-8.2 8.2a5 5 0 0 1-7.1-7.1l8.5-8.5a3.3 3.3 0 0 1 4.7 4.7l-8.5 8.5a1.7 1.7 0 0 1-2.4-2.4l7.8-7.8",
 };
 
 export function icon(name, label = null) {

@@ -37,6 +37,8 @@ export const NS = {
     receipts: "urn:xmpp:receipts",
     markers: "urn:xmpp:chat-markers:0",
     correct: "urn:xmpp:message-correct:0",
+    upload: "urn:xmpp:http:upload:0",
+    oob: "jabber:x:oob",
 };
 
 const CHAT_STATES = ["active", "composing", "paused", "inactive", "gone"];
@@ -456,20 +458,40 @@ export class ChatClient extends EventTarget {
         if (!this.anchor || archiveId > this.anchor) this.anchor = archiveId; // archive ids sort by time
     }
 
-    /** Send a chat message; returns what the pane shows for it. */
-    send(to, body) {
+    /** Send a chat message (with an *oob* URL: a file, XEP-0066); returns what the pane shows for it. */
+    send(to, body, { oob = null } = {}) {
         const id = randomId(16);
+        const stanza = $msg({ to, type: "chat", id }).c("body").t(body).up();
+        if (oob) stanza.c("x", { xmlns: NS.oob }).c("url").t(oob).up().up();
         this.connection.send(
-            $msg({ to, type: "chat", id }).c("body").t(body).up()
-                .c("active", { xmlns: NS.chatstates }).up()
+            stanza.c("active", { xmlns: NS.chatstates }).up()
                 .c("request", { xmlns: NS.receipts }).up() // XEP-0184
                 .c("markable", { xmlns: NS.markers }).up() // XEP-0333
                 .c("origin-id", { xmlns: NS.sid, id }),
         );
         return {
             id, key: `m:${this.me}:${id}`, archiveId: null, contact: bare(to), sender: this.me, outgoing: true,
-            body, at: new Date(), delayed: false, carbon: null, live: true, status: "sent",
+            body, oob, at: new Date(), delayed: false, carbon: null, live: true, status: "sent",
         };
+    }
+
+    /**
+     * XEP-0363 §3: an upload slot from our own domain. Resolves {put, get,
+     * headers} (only the §5 headers a client may pass on); rejects as iq() does.
+     */
+    async uploadSlot(filename, size, contentType) {
+        const result = await this.iq($iq({ type: "get", to: this.credentials.domain })
+            .c("request", { xmlns: NS.upload, filename, size: String(size), "content-type": contentType }));
+        const slot = child(result, "slot", NS.upload);
+        const put = child(slot, "put");
+        const headers = {};
+        for (const header of put ? put.children : []) {
+            const name = header.getAttribute("name") || "";
+            if (header.localName === "header" && ["authorization", "cookie", "expires"].includes(name.toLowerCase())) {
+                headers[name] = header.textContent.replace(/[\r\n]/g, "");
+            }
+        }
+        return { put: put?.getAttribute("url"), get: child(slot, "get")?.getAttribute("url"), headers };
     }
 
     /** XEP-0308: a correction of our message *id* to *to*; returns its new id. */
@@ -655,6 +677,7 @@ export function parseMessage(el, me, {
         }
     }
     const replace = child(el, "replace", NS.correct);
+    const oob = text(child(child(el, "x", NS.oob), "url"));
     return {
         id,
         from,
@@ -674,6 +697,7 @@ export function parseMessage(el, me, {
         live,
         mam,
         state: state ? state.localName : null,
+        oob: oob ? oob.trim() : null,
     };
 }
 

@@ -1,7 +1,9 @@
 // Chat windows: one tab per open chat (role=tablist, ←/→ between them), each
 // with its messages, typing notifications (XEP-0085) both ways, unread
-// counts and a composer (Enter sends, Shift+Enter starts a new line).
+// counts and a composer (Enter sends, Shift+Enter starts a new line; files
+// by the attach button or dropped on the window, see attachments.js).
 
+import { AttachmentError, attachmentOf, attachmentView, upload, uploadsEnabled } from "../attachments.js";
 import { append, avatar, clear, friendlyDay, h, icon, linkify, sameDay, timeOf } from "../dom.js";
 import { STATUS } from "../model.js";
 import { cssId } from "./nav.js";
@@ -137,6 +139,20 @@ export class Chats extends EventTarget {
         const send = h("button", { class: "icon-button send", type: "button", "aria-label": "Send", onclick: () => this.submit(jid) },
             icon("send"));
         const offlineNote = h("div", { class: "composer-offline", hidden: true });
+        // attachments (XEP-0363): the button opens the file picker; files dropped on the window go the same way
+        const fileInput = h("input", {
+            type: "file", multiple: true, class: "attach-input", hidden: true, tabindex: "-1", "aria-hidden": "true",
+            onchange: () => {
+                const files = Array.from(fileInput.files);
+                fileInput.value = "";
+                this.attach(jid, files);
+            },
+        });
+        const attach = h("button", {
+            class: "icon-button attach", type: "button", "aria-label": "Send a file", title: "Send a file",
+            "data-action": "attach", hidden: !uploadsEnabled(), onclick: () => fileInput.click(),
+        }, icon("attach"));
+        const uploadNote = h("div", { class: "composer-upload", hidden: true });
         const title = h("div", { class: "chat-title" });
         const panel = h("section", {
             role: "tabpanel", id: `panel-${id}`, class: "chat-panel", "aria-labelledby": `tab-${id}`, hidden: true,
@@ -149,7 +165,22 @@ export class Chats extends EventTarget {
                 "data-action": "close-chat", onclick: () => this.close(jid) }, icon("close"))),
         log, typing,
         h("form", { class: "composer", onsubmit: (e) => { e.preventDefault(); this.submit(jid); } },
-            offlineNote, composer, send));
+            offlineNote, uploadNote, fileInput, attach, composer, send));
+        panel.addEventListener("dragover", (e) => {
+            if (!uploadsEnabled() || !Array.from(e.dataTransfer?.types || []).includes("Files")) return;
+            e.preventDefault();
+            e.dataTransfer.dropEffect = this.connected ? "copy" : "none";
+            panel.classList.add("dropping");
+        });
+        panel.addEventListener("dragleave", (e) => {
+            if (!panel.contains(e.relatedTarget)) panel.classList.remove("dropping");
+        });
+        panel.addEventListener("drop", (e) => {
+            panel.classList.remove("dropping");
+            if (!uploadsEnabled() || !e.dataTransfer?.files?.length) return;
+            e.preventDefault();
+            this.attach(jid, Array.from(e.dataTransfer.files));
+        });
         composer.addEventListener("keydown", (e) => {
             if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
                 e.preventDefault();
@@ -172,7 +203,7 @@ export class Chats extends EventTarget {
         composer.addEventListener("focus", () => this.markRead());
         this.tabs.append(tab);
         this.panels.append(panel);
-        const view = { jid, tab, panel, log, typing, composer, send, offlineNote, title, rendered: 0 };
+        const view = { jid, tab, panel, log, typing, composer, send, attach, uploadNote, offlineNote, title, rendered: 0 };
         this.views.set(jid, view);
         this.header(jid);
         this.composerState(view);
@@ -228,6 +259,7 @@ export class Chats extends EventTarget {
     composerState(view) {
         const blocked = !this.connected;
         view.send.disabled = blocked;
+        view.attach.disabled = blocked || Boolean(view.uploading);
         view.composer.setAttribute("aria-disabled", String(blocked));
         view.offlineNote.hidden = !blocked;
         clear(view.offlineNote);
@@ -406,11 +438,19 @@ export class Chats extends EventTarget {
             showSender ? h("div", { class: "msg-sender" }, who) : null,
             h("div", { class: "bubble" },
                 h("span", { class: "visually-hidden" }, `${who}: `),
-                h("span", { class: "msg-body" }, linkify(m.body)),
+                this.body(m),
                 h("span", { class: "msg-meta" }, m.carbon === "sent" ? h("span", { class: "msg-device", title: "Sent from another of your devices" }, "other device · ") : null,
                     m.edited ? h("span", { class: "msg-edited" }, "edited · ") : null, time,
                     m.outgoing && !m.carbon ? this.ticks(m.status || "sent") : null)),
             m.failed ? h("div", { class: "msg-error", role: "alert" }, `Not delivered: ${m.failed}`) : null);
+    }
+
+    /** A message's text, or the file it is (an upload URL of this server, or a URL it carries as OOB). */
+    body(m) {
+        const attachment = attachmentOf(m.body, m.oob);
+        return attachment
+            ? h("span", { class: "msg-body msg-attachment", "data-url": attachment.url }, attachmentView(attachment))
+            : h("span", { class: "msg-body" }, linkify(m.body));
     }
 
     /** Sent ✓, delivered ✓✓, read ✓✓ (coloured): the words are there for everyone, not the colour alone. */
@@ -483,6 +523,65 @@ export class Chats extends EventTarget {
         this.render(jid);
         this.scrollDown(view, true);
         this.emit("sent", { jid });
+    }
+
+    /**
+     * Send *files* to *jid*, one after the other: each is uploaded (XEP-0363),
+     * then its message goes out; while it uploads the composer says so, and a
+     * refusal is shown there: no message is sent for a file that did not arrive.
+     */
+    async attach(jid, files) {
+        const view = this.views.get(jid);
+        if (!view || !files.length) return;
+        if (view.uploading) {
+            this.uploadNote(view, "error", "Wait until the file being sent has arrived.");
+            return;
+        }
+        view.uploading = true;
+        this.composerState(view);
+        const errors = [];
+        try {
+            for (const file of files) {
+                if (!this.connected) {
+                    errors.push(`"${file.name}" was not sent: you are not connected.`);
+                    continue;
+                }
+                this.uploadNote(view, "sending", `Sending “${file.name}”…`);
+                try {
+                    const url = await upload(this.client, file);
+                    if (!this.connected) throw new AttachmentError(`"${file.name}" was not sent: the connection was lost.`);
+                    const message = this.client.send(jid, url, { oob: url });
+                    this.model.chat(jid).add(message);
+                    this.render(jid);
+                    this.scrollDown(view, true);
+                    this.emit("sent", { jid });
+                } catch (error) {
+                    errors.push(error instanceof AttachmentError ? error.message : `"${file.name}" could not be sent.`);
+                }
+            }
+        } finally {
+            view.uploading = false;
+            this.composerState(view);
+        }
+        if (errors.length) this.uploadNote(view, "error", errors.join(" "));
+        else this.uploadNote(view, null);
+    }
+
+    /** The composer's line about a file: "sending" (a status), "error" (an alert with a close button), or none. */
+    uploadNote(view, kind, text = "") {
+        const note = view.uploadNote;
+        clear(note);
+        note.hidden = !kind;
+        note.className = `composer-upload${kind ? ` ${kind}` : ""}`;
+        note.removeAttribute("role");
+        if (kind === "sending") {
+            note.setAttribute("role", "status");
+            note.append(h("span", { class: "upload-spinner", "aria-hidden": "true" }), text);
+        } else if (kind === "error") {
+            note.setAttribute("role", "alert");
+            note.append(h("span", { class: "upload-error-text" }, text),
+                h("button", { class: "link-button", type: "button", onclick: () => this.uploadNote(view, null) }, "Dismiss"));
+        }
     }
 
     typed(jid) {
