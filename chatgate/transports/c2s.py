@@ -34,7 +34,13 @@ from chatgate.session import QUALIFIED_MESSAGE, Session, is_qualified_message
 from chatgate.stanza import CLIENT_NS
 from chatgate.transports.ratelimit import Backlog, TokenBucket
 from chatgate.transports.sm import Resumption
-from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
+from chatgate.transports.stream import (
+    STREAMS_NS,
+    ConnectionSession,
+    StreamTransport,
+    XMPPStream,
+    stream_error,
+)
 from chatgate.xml import StreamError, StreamParser, escape_attribute
 from chatgate.xml import serialize as serialize_xml
 
@@ -56,12 +62,8 @@ def serialize(element: domish.Element) -> bytes:
     return serialize_xml(element, CLIENT_NS, _PREFIXES).encode("utf-8")
 
 
-class C2SSession(Session):
+class C2SSession(ConnectionSession):
     transport_name = "c2s"
-
-    def __init__(self, jid: JID, connection: C2SConnection) -> None:
-        super().__init__(jid, connection.peer)
-        self.connection = connection
 
     def serialize(self, element: domish.Element) -> bytes:
         return serialize(element)
@@ -71,16 +73,6 @@ class C2SSession(Session):
         if not is_qualified_message(text):
             return None
         return ("<message" + text[len(QUALIFIED_MESSAGE):]).encode("utf-8")
-
-    def _write(self, data: bytes) -> None:
-        self.connection.write(data)
-
-    def move_to(self, transport: Any) -> None:
-        self.connection = transport
-        self.peer = transport.peer
-
-    def _end(self, condition: str | None, text: str | None) -> None:
-        self.connection.fail(condition, text) if condition else self.connection.close()
 
 
 class C2SConnection(protocol.Protocol, StreamTransport):

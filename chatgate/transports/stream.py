@@ -124,6 +124,25 @@ class StreamTransport:
         raise NotImplementedError
 
 
+class ConnectionSession(Session):
+    """A session written to one connection of a stream transport (c2s, WebSocket),
+    which stream management may move to another (XEP-0198 resumption)."""
+
+    def __init__(self, jid: JID, connection: StreamTransport) -> None:
+        super().__init__(jid, connection.peer)
+        self.connection = connection
+
+    def _write(self, data: bytes) -> None:
+        self.connection.write(data)  # type: ignore[attr-defined]
+
+    def _end(self, condition: str | None, text: str | None) -> None:
+        self.connection.fail(condition, text) if condition else self.connection.close()  # type: ignore
+
+    def move_to(self, transport: StreamTransport) -> None:
+        self.connection = transport
+        self.peer = transport.peer
+
+
 class XMPPStream:
     """One client's stream through negotiation into a bound Session."""
 

@@ -58,7 +58,13 @@ from chatgate.session import Session
 from chatgate.transports.bosh import Peer, peer_of
 from chatgate.transports.ratelimit import Backlog, TokenBucket
 from chatgate.transports.sm import Resumption
-from chatgate.transports.stream import STREAMS_NS, StreamTransport, XMPPStream, stream_error
+from chatgate.transports.stream import (
+    STREAMS_NS,
+    ConnectionSession,
+    StreamTransport,
+    XMPPStream,
+    stream_error,
+)
 from chatgate.xml import StreamError, StreamParser, escape_attribute
 from chatgate.xml import serialize as serialize_xml
 
@@ -97,28 +103,14 @@ def parse_message(payload: bytes, max_size: int, max_depth: int) -> domish.Eleme
     return found[0]
 
 
-class WebSocketSession(Session):
+class WebSocketSession(ConnectionSession):
     transport_name = "websocket"
-
-    def __init__(self, jid: JID, connection: WebSocketConnection) -> None:
-        super().__init__(jid, connection.peer)
-        self.connection = connection
 
     def serialize(self, element: domish.Element) -> bytes:
         return serialize(element)
 
     def from_text(self, text: str) -> bytes | None:
         return text.encode("utf-8")  # the plain serialization is a document already
-
-    def _write(self, data: bytes) -> None:
-        self.connection.write(data)
-
-    def _end(self, condition: str | None, text: str | None) -> None:
-        self.connection.fail(condition, text) if condition else self.connection.close()
-
-    def move_to(self, transport: Any) -> None:
-        self.connection = transport
-        self.peer = transport.peer
 
 
 class WebSocketConnection(StreamTransport):
