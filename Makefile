@@ -23,8 +23,9 @@ PIP := $(BIN)/pip --disable-pip-version-check
 # apt-get by `make test-deps` when the command is missing (e.g. redis-server:redis-server).
 TEST_SYSTEM_PACKAGES := chromium:chromium npm:npm redis-server:redis-server
 
-# The browser tests' JavaScript (Strophe.js, an independent BOSH client),
-# installed from tests/browser/package-lock.json into its git-ignored node_modules.
+# The browser tests' JavaScript (independent clients: Strophe.js over BOSH,
+# Converse.js over WebSocket), installed from tests/browser/package-lock.json
+# into its git-ignored node_modules; a change to the lock file installs again.
 BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
 
 # The webmail chat pane's JavaScript dependency (Strophe.js, npm), installed from

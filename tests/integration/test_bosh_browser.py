@@ -15,6 +15,8 @@ import http.server
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -31,26 +33,28 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _missing() -> str | None:
+def require(script: Path, name: str) -> None:
+    """Skip (fail with CI set) unless Chromium, playwright and *script*, the
+    client *name* from tests/browser's node_modules, are installed."""
+    reason = None
     if not os.path.exists(CHROMIUM):
-        return f"{CHROMIUM} is not installed (make test-deps)"
-    if not STROPHE.exists():
-        return "Strophe.js is not installed (make browser-deps)"
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[test]')"
-    return None
-
-
-@pytest.fixture(scope="module")
-def pages() -> Iterator[str]:
-    """tests/browser served on its own port: an origin other than chatgate's."""
-    reason = _missing()
+        reason = f"{CHROMIUM} is not installed (make test-deps)"
+    elif not script.exists():
+        reason = f"{name} is not installed (make browser-deps)"
+    else:
+        try:
+            import playwright  # noqa: F401
+        except ImportError:
+            reason = "playwright is not installed (pip install -e '.[test]')"
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@contextmanager
+def served_pages() -> Iterator[str]:
+    """tests/browser served on its own port: an origin other than chatgate's."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
@@ -59,9 +63,18 @@ def pages() -> Iterator[str]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(PAGES)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def pages() -> Iterator[str]:
+    require(STROPHE, "Strophe.js")
+    with served_pages() as origin:
+        yield origin
 
 
 @pytest.fixture(scope="module")
