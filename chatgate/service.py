@@ -238,7 +238,7 @@ class ChatService(service.MultiService):
         if self.files is not None:
             u = self.settings.upload
             files = UploadResource(self.settings, self.files, slots.upload_key(self.settings), self.reactor)
-            upload = (u.http_path, u.max_file_size, files)
+            upload = (u.http_path, files.body_limit, files)
         site = make_site(h, bosh=BOSHResource(self.bosh), pane=pane, websocket=websocket, upload=upload)
         history.mount(site.resource, h.cors_origins)  # the webmail's conversations, at /history/
         for interface in h.interfaces:

@@ -1,21 +1,26 @@
-"""HTTP File Upload (XEP-0363): slots for files users share.
+"""HTTP File Upload (XEP-0363, version 1.2.0): slots for files users share.
 
-Implements §2 discovery (the user's own domain is the upload service:
-identity ``store/file`` and the ``urn:xmpp:http:upload:0`` feature, with the
-§2 form giving ``max-file-size``), §3 the slot request (``<request filename
-size content-type/>`` answered with the PUT and GET URLs), and §4's errors:
-a file over ``[upload] max_file_size`` gets ``not-acceptable`` with
-``<file-too-large><max-file-size/></file-too-large>``, a user over
-``[upload] daily_quota`` in the last 24 hours ``resource-constraint`` with
-``<retry stamp/>`` (when room comes back), a request without a usable file
-name or size ``bad-request``. Domains are sealed as for everything else: the
+Implements §3 Discovering Support (the user's own domain is the upload
+service: identity ``store/file`` and the ``urn:xmpp:http:upload:0`` feature in
+its disco#info, with the XEP-0128 form giving ``max-file-size``: slixmpp's
+``find_upload_service`` looks for that identity and feature, Conversations for
+the feature on the server's own entry and the form's field), §4 Requesting a
+slot (``<request filename size content-type/>`` answered with the PUT and GET
+URLs, no ``<header/>`` needed: the PUT URL carries its signature), and §5
+Error conditions: a file over ``[upload] max_file_size`` gets
+``not-acceptable`` with ``<file-too-large><max-file-size/></file-too-large>``,
+a user over ``[upload] daily_quota`` in the last 24 hours
+``resource-constraint`` with ``<retry stamp/>`` (when room comes back), a
+request without a usable file name or size ``bad-request``. §7's short PUT
+validity is ``[upload] slot_lifetime``; §8's long random paths are the 128
+random bits of every file id. Domains are sealed as for everything else: the
 router never lets a user ask another hosted domain.
 
 Slots are signed URLs (:mod:`chatgate.auth.slots`): nothing is kept per
 slot, any node of a cluster takes the PUT and serves the GET
-(:mod:`chatgate.web.upload`). Files older than ``[archive] retention_days``
-(if set) are removed with the history, a batch at a time (the ``upload-expiry``
-service).
+(:mod:`chatgate.web.upload`, §6 Upload). Files older than ``[archive]
+retention_days`` (if set) are removed with the history, a batch at a time
+(the ``upload-expiry`` service).
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ class Upload:
         return f"{'https' if h.tls else 'http'}://{domain}:{h.port}{self.settings.upload.http_path}"
 
     def request(self, stanza: domish.Element, sender: Session, to: JID) -> Deferred[None] | None:
-        """§3: a slot, or the §4 error."""
+        """§4: a slot, or the §5 error."""
         request = stanza.firstChildElement()
         filename = clean_name(request.getAttribute("filename", ""))
         size_text = request.getAttribute("size", "")
@@ -136,7 +141,7 @@ class Upload:
 
 
 def form(max_size: int) -> domish.Element:
-    """The §2 service form (XEP-0128): the largest file."""
+    """The §3 service form (XEP-0128): the largest file."""
     x = Element((DATA_NS, "x"))
     x["type"] = "result"
     hidden = x.addElement("field")

@@ -15,7 +15,7 @@ every few seconds).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.web import resource, server
@@ -31,11 +31,17 @@ _NO_CACHE = {
 }
 
 
+#: the body limit of a request decided from the request and its raw path
+BodyLimit = Callable[[server.Request, bytes], int]
+
+
 class Request(server.Request):
     """A request whose body is dropped, not stored, once it is longer than the
     site's ``max_body_size``; ``oversized`` then tells the resource."""
 
     oversized = False
+    #: the most body bytes kept, decided once the headers are in
+    body_limit = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,15 +51,16 @@ class Request(server.Request):
 
     def _limit(self) -> int:
         site = self.channel.site
-        # the request line is parsed (the channel has its path) before the body comes
+        # the request line and headers are parsed (the channel has the path) before the body comes
         path = getattr(self.channel, "_path", b"") or b""
         for prefix, limit in site.body_limits:
             if path.startswith(prefix):
-                return limit
+                return limit if isinstance(limit, int) else limit(self, path)
         return site.max_body_size
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self._limit():
+        self.body_limit = self._limit()
+        if length is not None and length > self.body_limit:
             self.oversized = True
             self.content = io.BytesIO()
         else:
@@ -62,7 +69,7 @@ class Request(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self.oversized:
             return
-        if self.content.tell() + len(data) > self._limit():
+        if self.content.tell() + len(data) > self.body_limit:
             self.oversized = True
             self.content.close()
             self.content = io.BytesIO()
@@ -146,8 +153,10 @@ class Site(server.Site):
     def __init__(self, root: resource.Resource, max_body_size: int) -> None:
         super().__init__(root)
         self.max_body_size = max_body_size
-        #: (path prefix, its own limit): uploads are larger than any BOSH body
-        self.body_limits: list[tuple[bytes, int]] = []
+        #: (path prefix, its own limit): uploads are larger than any BOSH body. A
+        #: limit may be a function of the request and its raw path (with the
+        #: query), called once its headers are in and before any of its body.
+        self.body_limits: list[tuple[bytes, int | BodyLimit]] = []
 
     def log(self, request: server.Request) -> None:
         """No access log (see the module's docstring)."""
@@ -161,11 +170,12 @@ class Mountable(Protocol):
 
 def make_site(http: HTTPSettings, bosh: resource.Resource, pane: Mountable | None = None,
               websocket: resource.Resource | None = None,
-              upload: tuple[str, int, resource.Resource] | None = None) -> Site:
+              upload: tuple[str, int | BodyLimit, resource.Resource] | None = None) -> Site:
     """The site of ``[http]``: *bosh* (XEP-0124/0206) at ``bosh_path``;
     *websocket* (RFC 7395) at ``websocket_path`` when set; the webmail chat
     pane (:mod:`chatgate.web.pane`: ``/chat/``, ``/api/sites/…/chat``); *upload*
-    (its path, its largest body, the resource: XEP-0363's PUT and GET)."""
+    (its path, its largest body or the function deciding it per request, the
+    resource: XEP-0363's PUT and GET)."""
     root = Folder()
     root.mount(http.bosh_path, Endpoint(bosh, http.cors_origins))
     if websocket is not None and http.websocket_path:

@@ -1,29 +1,35 @@
-"""Where uploaded files go and come from: ``[upload] http_path`` (XEP-0363 §5).
+"""Where uploaded files go and come from: ``[upload] http_path`` (XEP-0363
+§6 Upload, and §8's long random paths).
 
 ``PUT <http_path>/<domain>/<file id>/<name>?<slot>``: the slot's signature
-(:mod:`chatgate.auth.slots`) and expiry are checked, and the request must
-carry exactly the slot's ``Content-Length`` and ``Content-Type``; the
-user's daily quota is checked again (several slots asked at once). A body
-longer than ``[upload] max_file_size`` is not even read (the site stops
-buffering it). 201 once stored; a slot used twice: 409; a bad or expired
-signature: 403; a wrong length: 413 or 400; a wrong type: 415.
+(:mod:`chatgate.auth.slots`) and expiry are checked as soon as the request's
+headers are in (:meth:`UploadResource.body_limit`, called by the site), so a
+body is kept only up to a valid slot's size and not at all without one; the
+request must carry exactly the slot's ``Content-Length`` (§6 MUST) and
+``Content-Type`` (§6 SHOULD; none given counts as
+``application/octet-stream``); the user's daily quota is checked again
+(several slots asked at once). 201 once stored; a slot used twice: 409; no
+slot, a bad signature or an expired slot: 403; a body longer than the slot:
+413; shorter: 400; another type: 415; over the daily quota: 413.
 
 ``GET``/``HEAD <http_path>/<domain>/<file id>/<name>``: the bytes, served so
 that a browser never takes an upload for a page of this origin: images of a
 few safe types (PNG, JPEG, GIF, WebP) inline with their own type, everything
 else (HTML, SVG, scripts...) as ``application/octet-stream`` and
-``attachment``; ``X-Content-Type-Options: nosniff`` and a
-``Content-Security-Policy`` that lets nothing run. There is no listing: a
-file id holds 128 random bits.
+``attachment`` (RFC 6266 ``filename*``); ``X-Content-Type-Options: nosniff``
+and a ``Content-Security-Policy`` that lets nothing run. There is no
+listing: a file id holds 128 random bits, and the URL is the capability
+(third-party clients fetch without credentials).
 
-CORS: the pages of ``[http] cors_origins`` may PUT and GET from the browser.
+CORS: the pages of ``[http] cors_origins`` may PUT and GET from the browser
+(the preflight answered here).
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -40,6 +46,17 @@ SAFE_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 log = Logger()
 
 
+def _where(segments: list[bytes]) -> tuple[str, str, str] | None:
+    """(domain, file id, file name) of a path below ``http_path``, or None."""
+    try:
+        parts = [unquote(p.decode("ascii"), errors="strict") for p in segments]
+    except UnicodeDecodeError:
+        return None
+    if len(parts) != 3 or not slots.FILE_ID.fullmatch(parts[1]) or "/" in parts[0]:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
 class UploadResource(resource.Resource):
     isLeaf = True
     allowedMethods = (b"GET", b"HEAD", b"PUT", b"OPTIONS")
@@ -53,15 +70,35 @@ class UploadResource(resource.Resource):
         self.key = key
         self.clock = clock
         self.origins = frozenset(o.encode("ascii").lower() for o in settings.http.cors_origins)
+        self.prefix = (settings.upload.http_path.rstrip("/") + "/").encode()
 
     # -- helpers
 
-    def _where(self, request: server.Request) -> tuple[str, str, str] | None:
-        """(domain, file id, file name) of the request's path, or None."""
-        parts = [unquote(p.decode("ascii", "replace")) for p in request.postpath]
-        if len(parts) != 3 or not slots.FILE_ID.fullmatch(parts[1]) or "/" in parts[0]:
+    def _where(self, raw: bytes) -> tuple[str, str, str] | None:
+        """(domain, file id, file name) of a raw URL (path and query), or None.
+        From the raw path, not Twisted's ``postpath``: that is unquoted to
+        bytes already, and a name is percent-encoded UTF-8."""
+        path = raw.partition(b"?")[0]
+        return _where(path[len(self.prefix):].split(b"/")) if path.startswith(self.prefix) else None
+
+    def _slot(self, raw: bytes) -> slots.Slot | None:
+        """The slot a raw PUT URL (path and query) names, if its signature holds."""
+        where = self._where(raw)
+        query = raw.partition(b"?")[2]
+        if where is None:
             return None
-        return parts[0], parts[1], parts[2]
+        fields = {k: v[0] for k, v in parse_qs(query.decode("ascii", "replace")).items()}
+        return slots.verify(self.key, *where, fields)
+
+    def body_limit(self, request: server.Request, raw: bytes) -> int:
+        """The body a request may bring, decided by the site once its headers
+        are in and before any of its body: a PUT's slot size, and nothing
+        without a valid, unexpired slot, so nobody makes a node buffer bytes it
+        will refuse. The expiry is checked at this moment: an upload begun in
+        time is not refused for taking long."""
+        request.upload_began = now = self.clock.seconds()
+        slot = self._slot(raw)
+        return 0 if slot is None or slot.expires < now else slot.size
 
     def _cors(self, request: server.Request) -> None:
         origin = request.getHeader(b"origin")
@@ -90,24 +127,27 @@ class UploadResource(resource.Resource):
 
     def render_PUT(self, request: server.Request) -> bytes | int:
         self._cors(request)
-        where = self._where(request)
-        query = {k.decode(): v[0].decode("utf-8", "replace") for k, v in request.args.items()}
-        slot = None if where is None else slots.verify(self.key, *where, query)
+        slot = self._slot(request.uri)
         if slot is None:
+            log.info("upload refused: no valid slot in the URL")
             return self._answer(request, 403, "No such upload slot")
-        if slot.expires < self.clock.seconds():
+        jid = f"{slot.localpart}@{slot.domain}"
+        if slot.expires < getattr(request, "upload_began", self.clock.seconds()):
+            log.info("upload by {jid} refused: slot expired", jid=jid)
             return self._answer(request, 403, "This upload slot has expired; ask for another")
         if getattr(request, "oversized", False) or slot.size > self.settings.upload.max_file_size:
-            return self._answer(request, 413, "Larger than the slot")
+            log.info("upload by {jid} refused: larger than its slot", jid=jid)
+            return self._answer(request, 413, f"The slot is for {slot.size} bytes")
         length = request.getHeader(b"content-length")
-        if length is None or not length.isdigit() or int(length) != slot.size:
+        request.content.seek(0, os.SEEK_END)
+        if length is None or not length.isdigit() or int(length) != slot.size \
+                or request.content.tell() != slot.size:
+            log.info("upload by {jid} refused: not the slot's size", jid=jid)
             return self._answer(request, 400, f"The slot is for exactly {slot.size} bytes")
         content_type = (request.getHeader(b"content-type") or b"application/octet-stream").decode("latin-1")
         if content_type.split(";")[0].strip().lower() != slot.content_type.split(";")[0]:
+            log.info("upload by {jid} refused: not the slot's content type", jid=jid)
             return self._answer(request, 415, f"The slot is for {slot.content_type}")
-        request.content.seek(0, os.SEEK_END)
-        if request.content.tell() != slot.size:
-            return self._answer(request, 400, f"The slot is for exactly {slot.size} bytes")
         defer.ensureDeferred(self._store(request, slot))
         return server.NOT_DONE_YET
 
@@ -138,7 +178,7 @@ class UploadResource(resource.Resource):
 
     def render_GET(self, request: server.Request) -> bytes | int:
         self._cors(request)
-        where = self._where(request)
+        where = self._where(request.uri)
         if where is None:
             return self._answer(request, 404, "No such file")
         d = self.files.get(where[0], where[1])
@@ -166,7 +206,10 @@ class UploadResource(resource.Resource):
         file = static.File(path, defaultType="application/octet-stream")
         file.type = request.responseHeaders.getRawHeaders(b"content-type")[0].decode()
         file.encoding = None
-        file.render(request)
+        body = file.render(request)
+        if body is not server.NOT_DONE_YET:  # HEAD, a 304 to If-Modified-Since: headers only
+            request.write(body)
+            request.finish()
 
     def _not_served(self, failure: Any, request: server.Request) -> None:
         log.failure("serving an upload", failure)

@@ -21,11 +21,14 @@ from tests.integration.harness import Server, async_test, login, logout
 NS = "urn:xmpp:http:upload:0"
 MAX = 100_000
 QUOTA = 250_000
+#: a webmail origin allowed to call the listener from the browser
+PANE = "https://mail.example.com"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = Server(tmp_path_factory.mktemp("chatgate"), upload={"max_file_size": MAX, "daily_quota": QUOTA})
+    srv = Server(tmp_path_factory.mktemp("chatgate"), upload={"max_file_size": MAX, "daily_quota": QUOTA},
+                 http={"cors_origins": PANE})
     provision(srv)
     srv.start()
     yield srv
@@ -139,6 +142,7 @@ async def test_every_wrong_put_is_refused_and_stores_nothing(server):
         (tamper(put, sig="0" * 64), data, plain, 403),  # a forged signature
         (tamper(put, e="1"), data, plain, 403),  # expiry moved
         (put, data[:500], plain, 400),  # shorter than the slot
+        (put, data + b"x", plain, 413),  # longer than the slot (not kept: the slot's size is the limit)
         (put, data, {"Content-Type": "text/html"}, 415),  # another type
         (put, b"x" * (MAX + 10), plain, 413),  # past the largest file
     ]
@@ -150,3 +154,48 @@ async def test_every_wrong_put_is_refused_and_stores_nothing(server):
     assert (await asyncio.to_thread(http, "PUT", put, data, plain))[0] == 409  # once only
     assert (await asyncio.to_thread(http, "GET", get))[2] == data
     await logout(carol)
+
+
+@async_test(60)
+async def test_head_names_and_the_pane_preflight(server):
+    alice = await uploader(server, "alice@example.com/names")
+    data = b"%PDF-1.4 minutes"
+    put, get = await slot(alice, "Protokoll März.pdf", len(data), "application/pdf")
+    assert "Protokoll%20M%C3%A4rz.pdf" in get
+    # the pane's PUT from its webmail origin: the preflight first, as a browser sends it
+    status, headers, _ = await asyncio.to_thread(http, "OPTIONS", put, None, {
+        "Origin": PANE, "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type"})
+    assert status == 204 and headers["access-control-allow-origin"] == PANE
+    assert "PUT" in headers["access-control-allow-methods"]
+    assert "content-type" in headers["access-control-allow-headers"].lower()
+    status, headers, _ = await asyncio.to_thread(http, "PUT", put, data,
+                                                 {"Content-Type": "application/pdf", "Origin": PANE})
+    assert status == 201 and headers["access-control-allow-origin"] == PANE
+    status, headers, _ = await asyncio.to_thread(http, "OPTIONS", put, None, {
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "PUT"})
+    assert "access-control-allow-origin" not in headers
+    status, headers, body = await asyncio.to_thread(http, "HEAD", get)
+    assert (status, body, headers["content-length"]) == (200, b"", str(len(data)))
+    # RFC 6266: an ASCII stand-in and the exact name as UTF-8
+    assert headers["content-disposition"] == (
+        "attachment; filename=\"Protokoll M_rz.pdf\"; filename*=UTF-8''Protokoll%20M%C3%A4rz.pdf")
+    assert headers["content-security-policy"] == "default-src 'none'; sandbox"
+    assert "max-age" in headers["cache-control"]
+    await logout(alice)
+
+
+@async_test(60)
+async def test_a_slot_used_after_its_lifetime_is_refused(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("short-slots"), upload={"slot_lifetime": 1})
+    provision(srv)
+    srv.start()
+    try:
+        alice = await uploader(srv, "alice@example.com/late")
+        put, get = await slot(alice, "late.txt", 4, "text/plain")
+        await asyncio.sleep(2.1)
+        status, _, body = await asyncio.to_thread(http, "PUT", put, b"late", {"Content-Type": "text/plain"})
+        assert status == 403 and b"expired" in body
+        assert (await asyncio.to_thread(http, "GET", get))[0] == 404
+        await logout(alice)
+    finally:
+        srv.stop()

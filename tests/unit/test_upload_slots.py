@@ -90,3 +90,62 @@ def test_expiry_removes_old_files_in_batches(store):
     assert store._expire(now + 10, 3) == 2
     assert not os.listdir(os.path.join(store.path, "files", "example.com"))
 
+
+
+# -- the PUT's checks before and after its body (chatgate.web.upload)
+
+
+def a_resource(clock):
+    from chatgate.config import Settings
+    from chatgate.web.upload import UploadResource
+    return UploadResource(Settings(), FolderFileStore("/nonexistent"), KEY, clock)
+
+
+def put_request(slot: slots.Slot, body: bytes, content_type: str = "text/plain"):
+    from twisted.web.test.requesthelper import DummyRequest
+    request = DummyRequest([])
+    request.method = b"PUT"
+    request.uri = f"/upload/{slot.path}?{slots.put_query(KEY, slot)}".encode()
+    request.content = io.BytesIO(body)
+    request.requestHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+    request.requestHeaders.setRawHeaders(b"content-type", [content_type.encode()])
+    return request
+
+
+def test_the_body_limit_is_the_slot_size_and_nothing_without_a_valid_slot():
+    from twisted.internet.task import Clock
+    clock = Clock()
+    clock.advance(1000)
+    upload = a_resource(clock)
+    slot = a_slot(expires=1060)
+    raw = put_request(slot, b"").uri
+    assert upload.body_limit(put_request(slot, b""), raw) == slot.size
+    assert upload.body_limit(put_request(slot, b""), raw.replace(b"s=10", b"s=99")) == 0  # tampered
+    assert upload.body_limit(put_request(slot, b""), raw[:raw.index(b"?")]) == 0  # no slot
+    assert upload.body_limit(put_request(slot, b""), b"/elsewhere/" + raw[len(b"/upload/"):]) == 0
+    clock.advance(61)
+    assert upload.body_limit(put_request(slot, b""), raw) == 0  # expired before the upload began
+
+
+def test_a_slot_is_checked_for_expiry_when_the_upload_begins():
+    from twisted.internet.task import Clock
+    clock = Clock()
+    clock.advance(1000)
+    upload = a_resource(clock)
+    slot = a_slot(expires=1060)
+    began_in_time = put_request(slot, b"x" * 10, content_type="text/html")
+    upload.body_limit(began_in_time, began_in_time.uri)
+    clock.advance(120)  # the body took two minutes: the slot expired meanwhile
+    # past the expiry check (refused for its type, the next check), not for the time
+    assert upload.render_PUT(began_in_time) and began_in_time.responseCode == 415
+    late = put_request(slot, b"x" * 10)
+    upload.body_limit(late, late.uri)
+    assert b"expired" in upload.render_PUT(late) and late.responseCode == 403
+    # in time, but longer than the slot: the site kept none of it
+    fresh = a_slot(expires=2000)
+    longer = put_request(fresh, b"")
+    longer.requestHeaders.setRawHeaders(b"content-length", [b"11"])
+    longer.oversized = True
+    assert upload.body_limit(longer, longer.uri) == 10
+    upload.render_PUT(longer)
+    assert longer.responseCode == 413
