@@ -138,8 +138,8 @@ class UploadSettings:
     enabled: bool = True
     #: the folder files are kept in (relative to this file)
     path: str = "var/uploads"
-    #: where slots point, up to the path that [http] upload_path serves; empty:
-    #: http(s)://<the user's domain>:<[http] port><upload_path>
+    #: where slots point, up to the path that http_path serves; empty:
+    #: http(s)://<the user's domain>:<[http] port><http_path>
     base_url: str = ""
     #: where uploads are served on the [http] listener
     http_path: str = "/upload"
