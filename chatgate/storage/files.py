@@ -11,9 +11,11 @@ runs in Twisted's thread pool, never on the reactor thread.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -23,7 +25,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from chatgate.private_files import make_private_folder, new_file
+from chatgate.private_files import ensure_private_file, make_private_folder, new_file
 from chatgate.storage.interfaces import IFileStore
 
 #: seconds of uploads the quota counts
@@ -133,11 +135,17 @@ class FolderFileStore:
     def _count(self, domain: str, owner: str, size: int, at: float) -> None:
         path = self._usage_file(domain, owner)
         make_private_folder(os.path.dirname(path))
-        kept = [f"{a} {s}" for a, s in self._ledger(domain, owner, at)]  # older lines drop out here
-        staging = f"{path}.{os.getpid()}.{time.monotonic_ns()}"
-        with os.fdopen(new_file(staging), "w") as out:
-            out.write("\n".join([*kept, f"{at} {size}"]) + "\n")
-        os.replace(staging, path)
+        ensure_private_file(path + ".lock")
+        # one writer at a time, whatever thread, process or node sharing the folder
+        # (flock works across NFS clients on Linux): two uploads ending together
+        # would otherwise each rewrite the ledger without the other's line
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            kept = [f"{a} {s}" for a, s in self._ledger(domain, owner, at)]  # older lines drop out here
+            staging = f"{path}.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
+            with os.fdopen(new_file(staging), "w") as out:
+                out.write("\n".join([*kept, f"{at} {size}"]) + "\n")
+            os.replace(staging, path)
 
     # -- expiry
 

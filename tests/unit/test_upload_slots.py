@@ -149,3 +149,13 @@ def test_a_slot_is_checked_for_expiry_when_the_upload_begins():
     assert upload.body_limit(longer, longer.uri) == 10
     upload.render_PUT(longer)
     assert longer.responseCode == 413
+
+
+def test_uploads_ending_together_all_count(store):
+    from concurrent.futures import ThreadPoolExecutor
+    os.makedirs(store.path, 0o700)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: store._count("example.com", "eve", 1, 5000.0 + n), range(64)))
+    assert store._usage("example.com", "eve", 5100.0)[0] == 64
+    lock = os.path.join(store.path, "usage", "example.com", "eve.lock")
+    assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
