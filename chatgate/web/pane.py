@@ -10,9 +10,12 @@ API (one origin for all three, so the pane needs no CORS):
   UI's ES modules and ``vendor/strophe.esm.js`` (Strophe.js from npm, copied
   in by ``make pane``, never committed). No directory listings; the pages get
   a Content-Security-Policy that allows this origin only.
-- ``GET /chat/config.json``: what the pages need to know (BOSH path, whether
-  login tokens are on, their lifetime, where uploads are: ``[upload]
-  http_path`` and ``base_url``, or null when uploads are off).
+- ``GET /chat/config.json``: what the pages need to know (BOSH path; the
+  WebSocket path, ``[http] websocket_path``, or null when it is off: the pane
+  makes it ws:// or wss:// on its own page's origin, tries it first and falls
+  back to BOSH when it cannot be opened; whether login tokens are on, their
+  lifetime, where uploads are: ``[upload] http_path`` and ``base_url``, or
+  null when uploads are off).
 - ``POST /chat/token``: a fresh login token (``{"token", "expires"}``) for the
   user whose HTTP Basic credentials (address and password, or a login token
   still valid) the request carries, checked exactly as the history API checks
@@ -156,6 +159,8 @@ class PaneConfig(resource.Resource):
         super().__init__()
         self.body = json.dumps({
             "bosh": settings.http.bosh_path,
+            # XMPP over WebSocket (RFC 7395) on this origin, preferred to BOSH when it opens
+            "websocket": settings.http.websocket_path or None,
             "history": "/history",
             "tokens": bool(settings.webmail.token_secret),
             "token_lifetime": settings.webmail.token_lifetime,

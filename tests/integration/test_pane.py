@@ -3,13 +3,14 @@ driven by playwright, against a running chatgate, with slixmpp users on the
 other side.
 
 Covered: sign-in with a webmail token and with the password form (the
-password stored nowhere); contacts and aliases with live status; vCard
+password stored nowhere); the transport: XMPP over WebSocket first, BOSH
+when the WebSocket is refused or silent, remembered for the page load; contacts and aliases with live status; vCard
 details; chat both ways with typing notifications; carbons from the user's
 desktop client; an alias message; the status menu as a slixmpp observer sees
 it (Offline leaves the desktop resource alone); conversations and the
 conversation page; a notification while the page is hidden; reconnecting
-after the server ended the BOSH session, with nothing lost and nothing
-shown twice; the loader's link per the sites answer; phone and tablet
+after the session was lost (over WebSocket and over BOSH), with nothing
+lost and nothing shown twice; the loader's link per the sites answer; phone and tablet
 widths and the keyboard. Screenshots of each state go to test-artifacts/.
 
 ``make test`` installs what this needs (chromium via apt-get, Strophe.js via
@@ -23,6 +24,7 @@ import asyncio
 import http.server
 import json
 import os
+import re
 import struct
 import threading
 import xml.etree.ElementTree as ET
@@ -202,10 +204,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, webmail: Webmail) -> Iterat
 
 
 class Pane:
-    def __init__(self, server: Server, page: Any, errors: list[str]) -> None:
+    def __init__(self, server: Server, page: Any, errors: list[str], console: list[str] | None = None) -> None:
         self.server = server
         self.page = page
         self.errors = errors
+        #: the page's console, "type: text" per line
+        self.console = console if console is not None else []
 
     @property
     def url(self) -> str:
@@ -231,6 +235,14 @@ class Pane:
 
     async def resource(self) -> str:
         return await self.page.evaluate("chatgate.client.connection.jid")
+
+    async def transport(self) -> str:
+        """What the pane's session uses: "websocket" or "bosh"."""
+        return await self.page.evaluate("chatgate.client.transport")
+
+    @property
+    def websocket_url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.http_port}/xmpp-websocket"
 
     async def wait_status(self, jid: str, status: str) -> None:
         await self.wait("([jid, s]) => document.querySelector(`.contact[data-jid='${jid}'] .dot`)"
@@ -324,7 +336,7 @@ async def pane(server: Server, name: str, **options: Any) -> AsyncIterator[Pane]
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         # what the pane's own Content-Security-Policy refuses is a bug of the pane
         page.on("console", lambda m: "Content Security Policy" in m.text and errors.append(m.text))
-        view = Pane(server, page, errors)
+        view = Pane(server, page, errors, console)
         try:
             yield view
         except BaseException:
@@ -335,6 +347,55 @@ async def pane(server: Server, name: str, **options: Any) -> AsyncIterator[Pane]
             print("server log:", server.log_text()[-3000:])
             raise
         assert not errors, errors
+
+
+class Network:
+    """The page's way to chatgate's web listener, under the test's control
+    (playwright's routing, installed before the pane opens a WebSocket).
+
+    WebSockets go through to chatgate (*websocket* "pass"), or are blocked:
+    "refuse" closes each at once, before it opens (a proxy or firewall that
+    refuses the upgrade), "silent" accepts each and never answers (a proxy
+    that swallows it). :meth:`cut` drops the open WebSockets and fails every
+    BOSH request and new WebSocket, as a lost network does, until
+    :meth:`restore`. ``attempts`` counts the WebSockets the page opened."""
+
+    def __init__(self, page: Any, websocket: str = "pass") -> None:
+        assert websocket in ("pass", "refuse", "silent")
+        self.page = page
+        self.websocket = websocket
+        self.down = False
+        self.attempts = 0
+        self._through: list[tuple[Any, Any]] = []  # (the page's side, chatgate's side)
+
+    async def install(self) -> Network:
+        await self.page.route_web_socket("**/xmpp-websocket", self._socket)
+        return self
+
+    async def _socket(self, route: Any) -> None:
+        self.attempts += 1
+        if self.down or self.websocket == "refuse":
+            await route.close(code=1011, reason="refused")
+        elif self.websocket == "pass":
+            self._through.append((route, route.connect_to_server()))
+        # silent: left open, nothing ever comes
+
+    async def cut(self) -> None:
+        self.down = True
+        await self.page.route("**/http-bind", lambda route: route.abort())
+        through, self._through = self._through, []
+        for page_side, server_side in through:
+            await server_side.close()
+            await page_side.close()
+
+    async def restore(self) -> None:
+        self.down = False
+        await self.page.unroute("**/http-bind")
+
+
+def logins(server: Server, jid: str) -> list[str]:
+    """The transport of each sign-in of *jid* in the server's log, in order: websocket, bosh, c2s."""
+    return re.findall(rf"login {re.escape(jid)} via \S+ from \S+ \((\w+)\)", server.log_text())
 
 
 def since(client: Client) -> int:
@@ -608,12 +669,16 @@ async def test_sign_in_links_that_no_longer_work(server):
         await view.wait("document.querySelector('#signin-error').textContent.includes('turned off for your domain')")
 
 
+@pytest.mark.parametrize("transport", ["websocket", "bosh"])
 @async_test(timeout=120)
-async def test_signing_out_and_closing_the_window_end_the_session_at_once(server):
+async def test_signing_out_and_closing_the_window_end_the_session_at_once(server, transport):
     bob = await user(server, "bob@example.com/desk")
-    async with pane(server, "closing") as view:
+    async with pane(server, f"closing-{transport}") as view:
+        # BOSH: the WebSocket refused, so the pane falls back (and closing the window is sendBeacon's)
+        await Network(view.page, "pass" if transport == "websocket" else "refuse").install()
         start = since(bob)
         await view.sign_in_with_token("alice@example.com")
+        assert await view.transport() == transport
         resource = await view.resource()
         await wait_presence(bob, start, lambda p: str(p["from"]) == resource and p["type"] == "available")
         start = since(bob)
@@ -830,24 +895,31 @@ async def test_notifications_while_hidden(server):
     await logout(bob, carol)
 
 
+@pytest.mark.parametrize("transport", ["websocket", "bosh"])
 @async_test(timeout=180)
-async def test_reconnects_after_the_session_dies_without_gap_or_duplicates(server):
+async def test_reconnects_after_the_session_dies_without_gap_or_duplicates(server, transport):
     bob = await user(server, "bob@example.com/desk")
-    async with pane(server, "reconnect") as view:
+    async with pane(server, f"reconnect-{transport}") as view:
         page = view.page
+        # BOSH: the WebSocket refused from the start, so the pane falls back to BOSH, and stays there
+        network = await Network(page, "pass" if transport == "websocket" else "refuse").install()
         start = since(bob)
         await view.sign_in_with_token("alice@example.com")
+        assert await view.transport() == transport
+        # the module's archive keeps the other transport's run: its texts told apart
+        said = f"{{}} ({transport})".format
         await view.open_chat("bob@example.com")
-        bob.send_message(mto="alice@example.com", mbody="before the drop", mtype="chat")
-        await view.wait_body("bob@example.com", "before the drop")
-        await view.send("me too, before")
-        assert (await next_body(bob))["body"] == "me too, before"
+        bob.send_message(mto="alice@example.com", mbody=said("before the drop"), mtype="chat")
+        await view.wait_body("bob@example.com", said("before the drop"))
+        await view.send(said("me too, before"))
+        assert (await next_body(bob))["body"] == said("me too, before")
 
         async def drop_and_return(messages: list[str], phase: str) -> None:
             resource = await view.resource()
             mark = since(bob)
-            await page.route("**/http-bind", lambda route: route.abort())
-            # the server ends the session it no longer hears from: bob sees the pane's resource go
+            await network.cut()
+            # the server ends the session it no longer hears from (BOSH) or whose connection
+            # dropped (WebSocket): bob sees the pane's resource go
             await wait_presence(bob, mark, lambda p: str(p["from"]) == resource and p["type"] == "unavailable",
                                 timeout=40)
             for text in messages:
@@ -855,33 +927,147 @@ async def test_reconnects_after_the_session_dies_without_gap_or_duplicates(serve
                 await asyncio.sleep(0.05)
             await view.wait("chatgate.client.state === 'reconnecting'")
             await view.wait("document.querySelector('#banner').textContent.includes('Reconnecting')")
-            await view.shot(f"reconnecting-{phase}")
-            await page.unroute("**/http-bind")
-            # by itself, within the backoff
+            await view.shot(f"reconnecting-{phase}-{transport}")
+            await network.restore()
+            # by itself, within the backoff, on the same transport
             await view.wait("chatgate.client.state === 'online'", timeout=45000)
             assert await view.resource() != resource
+            assert await view.transport() == transport
             for text in messages:
                 await view.wait_body("bob@example.com", text)
 
         # 1. nobody else of alice's online: bob's messages wait offline, and MAM has them too
-        await drop_and_return(["while away 1", "while away 2", "while away 3"], "offline-store")
+        await drop_and_return([said(f"while away {n}") for n in (1, 2, 3)], "offline-store")
         # 2. alice's desktop is online: they went there, the pane fetches them from the archive
         alice_desk = await user(server, "alice@example.com/desk")
-        await drop_and_return(["desk saw 1", "desk saw 2"], "archive")
+        await drop_and_return([said("desk saw 1"), said("desk saw 2")], "archive")
         await page.wait_for_timeout(1500)  # anything arriving twice would be here by now
         bodies = await view.bodies("bob@example.com")
-        expected = ["before the drop", "me too, before", "while away 1", "while away 2", "while away 3",
-                    "desk saw 1", "desk saw 2"]
+        expected = [said(text) for text in ("before the drop", "me too, before", "while away 1", "while away 2",
+                                            "while away 3", "desk saw 1", "desk saw 2")]
         assert [b for b in bodies if b in expected] == expected, bodies
-        await view.shot("reconnected")
+        await view.shot(f"reconnected-{transport}")
         # the pane works after it: both ways
-        await view.send("back again")
-        assert (await next_body(bob))["body"] == "back again"
-        bob.send_message(mto="alice@example.com", mbody="welcome back", mtype="chat")
-        await view.wait_body("bob@example.com", "welcome back")
+        await view.send(said("back again"))
+        assert (await next_body(bob))["body"] == said("back again")
+        bob.send_message(mto="alice@example.com", mbody=said("welcome back"), mtype="chat")
+        if transport == "bosh":
+            # the refused WebSocket was tried once in this page load, not on every reconnection
+            assert network.attempts == 1
+        await view.wait_body("bob@example.com", said("welcome back"))
         await logout(alice_desk)
     await logout(bob)
     assert start >= 0
+
+
+@async_test(timeout=120)
+async def test_the_pane_prefers_the_websocket(server):
+    """config.json names the WebSocket: the pane signs in over it (one
+    WebSocket to this origin, the server logs a WebSocket login), chats, and
+    closes the stream cleanly (RFC 7395 §3.6) when going offline on purpose and
+    when the page goes away."""
+    bob = await user(server, "bob@example.com/desk")
+    alice_desk = await user(server, "alice@example.com/desk")
+    async with pane(server, "websocket") as view:
+        page = view.page
+        sockets: list[str] = []
+        sent: list[str] = []  # what the pane wrote on its WebSockets
+        page.on("websocket", lambda ws: (sockets.append(ws.url), ws.on("framesent", lambda frame: sent.append(frame))))
+        before = len(logins(server, "alice@example.com"))
+        start = since(bob)
+        await view.sign_in_with_token("alice@example.com")
+        assert await view.transport() == "websocket"
+        assert logins(server, "alice@example.com")[before:] == ["websocket"]
+        assert sockets == [view.websocket_url]
+        resource = await view.resource()
+        await wait_presence(bob, start, lambda p: str(p["from"]) == resource and p["type"] == "available")
+
+        await view.open_chat("bob@example.com")
+        await view.send("over the WebSocket")
+        message = await next_body(bob)
+        assert (message["body"], str(message["from"])) == ("over the WebSocket", resource)
+        bob.send_message(mto="alice@example.com", mbody="and back over it", mtype="chat")
+        await view.wait_body("bob@example.com", "and back over it", outgoing=False)
+
+        # offline on purpose: unavailable presence and <close/>; alice's desktop stays
+        start, desk_start = since(bob), since(alice_desk)
+        await view.choose_status("offline")
+        await wait_presence(bob, start, lambda p: str(p["from"]) == resource and p["type"] == "unavailable",
+                            timeout=3)
+        assert any("unavailable" in frame and "<presence" in frame for frame in sent), sent[-3:]
+        assert "<close xmlns=\"urn:ietf:params:xml:ns:xmpp-framing\"/>" in sent[-1], sent[-3:]
+        assert not [p for p in alice_desk.presences[desk_start:] if str(p["from"]) == "alice@example.com/desk"]
+        await page.keyboard.press("Escape")
+
+        # back: a WebSocket again
+        start = since(bob)
+        await view.choose_status("available")
+        await view.online()
+        assert await view.transport() == "websocket" and len(sockets) == 2
+        resource = await view.resource()
+        await wait_presence(bob, start, lambda p: str(p["from"]) == resource and p["type"] == "available")
+
+        # the page is hidden to go away (or into the browser's page cache): the stream is closed
+        # cleanly at once; shown again from the cache, the pane signs in again
+        sent.clear()
+        start = since(bob)
+        await page.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide', { persisted: true }))")
+        await wait_presence(bob, start, lambda p: str(p["from"]) == resource and p["type"] == "unavailable",
+                            timeout=3)
+        assert any("unavailable" in frame and "<presence" in frame for frame in sent), sent
+        assert sent[-1].startswith("<close "), sent
+        await page.evaluate("window.dispatchEvent(new PageTransitionEvent('pageshow', { persisted: true }))")
+        await view.online()
+        assert await view.transport() == "websocket" and len(sockets) == 3
+        resource = await view.resource()
+
+        # really leaving: bob sees the pane go at once
+        start = since(bob)
+        await page.goto("about:blank")
+        await wait_presence(bob, start, lambda p: str(p["from"]) == resource and p["type"] == "unavailable",
+                            timeout=3)
+    await logout(bob, alice_desk)
+
+
+@pytest.mark.parametrize("blocked", ["refuse", "silent"])
+@async_test(timeout=120)
+async def test_the_pane_falls_back_to_bosh_when_the_websocket_is_blocked(server, blocked):
+    """A WebSocket refused at once, or accepted and never answered (the pane
+    waits 10 s for it): the pane signs in over BOSH by itself, with nothing
+    on screen but a console line, chats, and does not try the WebSocket again
+    in this page load."""
+    bob = await user(server, "bob@example.com/desk")
+    async with pane(server, f"websocket-{blocked}") as view:
+        page = view.page
+        network = await Network(page, blocked).install()
+        before = len(logins(server, "alice@example.com"))
+        start = since(bob)
+        await view.sign_in_with_token("alice@example.com")
+        assert await view.transport() == "bosh"
+        assert logins(server, "alice@example.com")[before:] == ["bosh"]
+        assert network.attempts == 1
+        assert [line for line in view.console if f"no WebSocket at {view.websocket_url}" in line], view.console
+        assert await page.locator("#banner.warn").count() == 0  # no "Connection lost" for the user
+        resource = await view.resource()
+        await wait_presence(bob, start, lambda p: str(p["from"]) == resource and p["type"] == "available")
+
+        await view.open_chat("bob@example.com")
+        await view.send("over BOSH")
+        message = await next_body(bob)
+        assert (message["body"], str(message["from"])) == ("over BOSH", resource)
+        bob.send_message(mto="alice@example.com", mbody="and back over BOSH", mtype="chat")
+        await view.wait_body("bob@example.com", "and back over BOSH", outgoing=False)
+
+        # a new session of the same page load goes straight to BOSH
+        await view.choose_status("offline")
+        await view.wait("chatgate.client.state === 'offline'")
+        await page.keyboard.press("Escape")
+        await view.choose_status("available")
+        await view.online()
+        assert await view.transport() == "bosh"
+        assert network.attempts == 1
+        assert logins(server, "alice@example.com")[before:] == ["bosh", "bosh"]
+    await logout(bob)
 
 
 @async_test(timeout=120)

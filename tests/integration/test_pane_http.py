@@ -81,9 +81,21 @@ def test_the_pane_is_served_with_a_strict_policy(server):
 def test_the_pane_config(server):
     status, headers, body = fetch(server, "/chat/config.json")
     assert status == 200
-    assert as_json(body) == {"bosh": "/http-bind", "history": "/history", "tokens": True, "token_lifetime": 300.0,
+    assert as_json(body) == {"bosh": "/http-bind", "websocket": "/xmpp-websocket", "history": "/history",
+                             "tokens": True, "token_lifetime": 300.0,
                              "upload": {"path": "/upload", "base": f"http://127.0.0.1:{server.http_port}/upload"}}
     assert "no-store" in headers["cache-control"]
+
+
+def test_the_pane_config_without_websocket(tmp_path):
+    """[http] websocket_path empty: config.json says so, and the pane goes to BOSH without trying."""
+    srv = Server(tmp_path, http={"websocket_path": ""})
+    srv.start()
+    try:
+        config = as_json(fetch(srv, "/chat/config.json")[2])
+        assert (config["bosh"], config["websocket"]) == ("/http-bind", None)
+    finally:
+        srv.stop()
 
 
 def test_token_renewal(server):

@@ -93,7 +93,7 @@ function start(config, credentials) {
     configureUploads(config.upload); // before the first chat window: its attach button
 
     const model = new Model(credentials.jid);
-    const client = new ChatClient(credentials, config.bosh, { wait: 30 });
+    const client = new ChatClient(credentials, config.bosh, { wait: 30, websocket: config.websocket });
     const history = new HistoryAPI(credentials, config.history || "/history");
     const announcer = h("div", { class: "visually-hidden", "aria-live": "polite", id: "announcer" });
     document.body.append(announcer);

@@ -1,7 +1,13 @@
-// The pane's XMPP client: Strophe.js over BOSH (XEP-0124/0206) to /http-bind,
-// with what a chat pane needs on top:
+// The pane's XMPP client: Strophe.js over XMPP over WebSocket (RFC 7395) when
+// the server offers it (config.json's "websocket" path, on this page's origin:
+// ws:// for http, wss:// for https), else over BOSH (XEP-0124/0206) to
+// /http-bind, with what a chat pane needs on top:
 //
-// - one BOSH session at a time, under a fresh random resource ("webmail-…");
+// - one session at a time, under a fresh random resource ("webmail-…");
+// - WebSocket first; a WebSocket that cannot be opened (refused, blocked by a
+//   proxy, silent) falls back to BOSH in the same attempt, with one console
+//   line and nothing on screen; once BOSH worked where the WebSocket never
+//   opened, this page load uses BOSH only (see `transports`);
 // - roster (RFC 6121) with pushes, presence, chat messages with XEP-0085 chat
 //   states, carbons (XEP-0280) enabled so messages of the user's other
 //   clients show up too, vCards (XEP-0054), MAM (XEP-0313);
@@ -9,7 +15,7 @@
 //   the network dropped, the computer slept) it signs in again with backoff,
 //   then asks the archive for everything after the last archive id it saw
 //   (RSM "after"), so nothing is missed; the pane drops what it already shows;
-// - "offline" on purpose (the status menu) ends this BOSH session only: the
+// - "offline" on purpose (the status menu) ends this session only: the
 //   user's other clients keep their own presence.
 //
 // Events (CustomEvent, details in each dispatch): state, roster, roster-item,
@@ -45,6 +51,25 @@ const CHAT_STATES = ["active", "composing", "paused", "inactive", "gone"];
 /** seconds between reconnect attempts, then the last one over and over */
 const BACKOFF = [1, 2, 4, 8, 15, 30];
 const IQ_TIMEOUT = 20000;
+/** ms a WebSocket has to bring the server's <open/> before BOSH is tried instead */
+const WEBSOCKET_OPEN_TIMEOUT = 10000;
+/** ms between pings on an idle WebSocket: a dead connection shows no other way (BOSH's requests time out) */
+const WEBSOCKET_PING_INTERVAL = 45000;
+
+/**
+ * What this page load learned about the WebSocket: "untried", "works" (the
+ * server's <open/> came through it once) or "blocked" (it never opened, and
+ * BOSH then worked): reconnections do not try a blocked WebSocket again.
+ */
+export const transports = { websocket: "untried" };
+
+/** The WebSocket URL of *path* on this page's origin: ws:// for an http page, wss:// for https. */
+export function websocketURL(path, page = window.location.href) {
+    const url = new URL(path, page);
+    if (url.protocol === "http:") url.protocol = "ws:";
+    else if (url.protocol === "https:") url.protocol = "wss:";
+    return url.href;
+}
 
 export const bare = (jid) => (jid ? Strophe.getBareJidFromJid(jid).toLowerCase() : jid);
 export const resourceOf = (jid) => Strophe.getResourceFromJid(jid);
@@ -70,15 +95,19 @@ export function errorCondition(stanza) {
 
 export class ChatClient extends EventTarget {
     /**
-     * credentials: auth.js Credentials; service: the BOSH URL.
+     * credentials: auth.js Credentials; service: the BOSH URL; websocket: the
+     * WebSocket path or URL (config.json), null for BOSH only.
      */
-    constructor(credentials, service, { wait = 30 } = {}) {
+    constructor(credentials, service, { wait = 30, websocket = null } = {}) {
         super();
         this.credentials = credentials;
         this.me = credentials.jid;
         this.service = service;
+        this.websocket = websocket ? websocketURL(websocket) : null;
         this.wait = wait;
         this.connection = null;
+        /** "websocket" or "bosh": what the current (or last) session uses */
+        this.transport = null;
         this.generation = 0;
         /** connecting | online | reconnecting | offline | signed-out */
         this.state = "offline";
@@ -108,10 +137,27 @@ export class ChatClient extends EventTarget {
         window.addEventListener("pageshow", this._onPageShow);
     }
 
-    /** The page goes away: a last BOSH request (XEP-0124 §13) that outlives it, via sendBeacon. */
+    /**
+     * The page goes away. Over WebSocket the stream closes cleanly (RFC 7395
+     * §3.6: unavailable presence, <close/>, then the socket's close), all
+     * written before the page is gone; over BOSH a last request (XEP-0124 §13)
+     * that outlives the page, via sendBeacon.
+     */
     _leaving() {
         const connection = this.connection;
-        if (this.state !== "online" || !connection?._proto?.sid || !navigator.sendBeacon) return;
+        if (this.state !== "online" || !connection) return;
+        if (this.transport === "websocket") {
+            this.generation++; // the ending session's callbacks are ignored from now on
+            try {
+                connection.disconnect("leaving"); // queued stanzas, the presence and <close/>, sent at once
+            } catch {
+                // the socket is gone already
+            }
+            this._abandon(); // closes the socket now: Strophe's own close comes on a timer the page may not see
+            this.state = "reconnecting"; // a page restored from the cache reconnects
+            return;
+        }
+        if (!connection._proto?.sid || !navigator.sendBeacon) return;
         // stanzas Strophe has queued but not sent yet go first
         const queued = (connection._data || []).filter((e) => e && e.nodeType === 1).map((e) => Strophe.serialize(e)).join("");
         const body = `<body xmlns='http://jabber.org/protocol/httpbind' rid='${connection._proto.rid}' `
@@ -141,7 +187,7 @@ export class ChatClient extends EventTarget {
         this._connect();
     }
 
-    /** Offline on purpose: this BOSH session ends, the user's other clients are untouched. */
+    /** Offline on purpose: this session ends, the user's other clients are untouched. */
     goOffline() {
         this.wanted = false;
         clearTimeout(this.retryTimer);
@@ -149,6 +195,8 @@ export class ChatClient extends EventTarget {
         const connection = this.connection;
         this.generation++; // callbacks of the ending session are ignored from now on
         this.connection = null;
+        clearTimeout(this.openTimer);
+        clearInterval(this.pingTimer);
         if (connection) {
             try {
                 connection.disconnect("offline");
@@ -184,21 +232,63 @@ export class ChatClient extends EventTarget {
         this.setState("connecting");
         if (this.everConnected) await this.credentials.fresh();
         if (generation !== this.generation) return;
+        this._open(generation, this.websocket && transports.websocket !== "blocked" ? "websocket" : "bosh");
+    }
+
+    /**
+     * One sign-in over *transport*. A WebSocket that brings nothing (refused,
+     * closed, or silent for WEBSOCKET_OPEN_TIMEOUT) hands over to BOSH at once,
+     * as part of the same attempt: the pane stays "connecting".
+     */
+    _open(generation, transport, { fallback = false } = {}) {
+        const S = Strophe.Status;
+        const websocket = transport === "websocket";
         const token = this.credentials.kind === "token";
         const mechanisms = token ? [Strophe.SASLPlain] : [Strophe.SASLSHA256, Strophe.SASLSHA1, Strophe.SASLPlain];
-        const connection = new Strophe.Connection(this.service, { mechanisms });
-        connection.maxRetries = 2;
+        const connection = new Strophe.Connection(websocket ? this.websocket : this.service, { mechanisms });
         this.connection = connection;
+        this.transport = transport;
         this.httpErrors = 0;
-        connection.xmlInput = () => { this.httpErrors = 0; };
-        for (const status of [0, 500, 502, 503, 504]) {
-            connection.addProtocolErrorHandler("HTTP", status, () => this._httpError(generation));
+        let heard = false; // anything from the server on this connection
+        connection.xmlInput = () => {
+            this.httpErrors = 0;
+            if (!heard && websocket) transports.websocket = "works";
+            heard = true;
+        };
+        const noWebSocket = (why) => {
+            if (websocket && !heard && generation === this.generation) this._noWebSocket(why);
+        };
+        if (!websocket) {
+            connection.maxRetries = 2;
+            for (const status of [0, 500, 502, 503, 504]) {
+                connection.addProtocolErrorHandler("HTTP", status, () => this._httpError(generation));
+            }
         }
         const resource = `webmail-${randomId(6)}`;
         connection.connect(`${this.me}/${resource}`, this.credentials.secret(), (status, condition, element) => {
             if (generation !== this.generation) return;
+            if (websocket && !heard && (status === S.CONNFAIL || status === S.DISCONNECTED)) {
+                noWebSocket(condition || "failed");
+                return;
+            }
+            // BOSH worked where the WebSocket never opened in this page load: BOSH from now on
+            if (status === S.CONNECTED && fallback && transports.websocket !== "works") transports.websocket = "blocked";
             this._status(status, condition, element);
         }, this.wait, 1);
+        if (websocket) {
+            // Strophe notices only a socket that fails with 1006; one closed otherwise, or
+            // accepted and silent (a proxy), would leave it connecting for good
+            connection._proto.socket?.addEventListener("close", (event) => noWebSocket(`closed (${event.code})`));
+            this.openTimer = setTimeout(() => noWebSocket("no answer"), WEBSOCKET_OPEN_TIMEOUT);
+        }
+    }
+
+    /** The WebSocket could not be opened: BOSH now, in the same attempt. */
+    _noWebSocket(why) {
+        console.info(`chat: no WebSocket at ${this.websocket} (${why}); using BOSH`);
+        const generation = ++this.generation; // the WebSocket's late callbacks are ignored
+        this._abandon();
+        this._open(generation, "bosh", { fallback: true });
     }
 
     /** Network trouble: Strophe retries once at once; a second failure in a row means the session is lost. */
@@ -211,8 +301,11 @@ export class ChatClient extends EventTarget {
     _abandon() {
         const old = this.connection;
         this.connection = null;
+        clearTimeout(this.openTimer);
+        clearInterval(this.pingTimer);
         if (!old) return;
         try {
+            old._proto._closeSocket?.(); // a WebSocket: closed, its handlers first taken off
             old._proto._abortAllRequests?.();
             old.reset();
             clearTimeout(old._idleTimeout);
@@ -298,6 +391,7 @@ export class ChatClient extends EventTarget {
             this.aliases = new Set(items.filter((i) => i.alias).map((i) => i.jid));
             this.emit("roster", { items });
             c.send(this._presenceStanza());
+            this._keepAlive(generation);
             const first = !this.everConnected;
             this.everConnected = true;
             this.attempt = 0;
@@ -315,6 +409,18 @@ export class ChatClient extends EventTarget {
                 this._lost("setup failed");
             }
         }
+    }
+
+    /** Over WebSocket, a ping (XEP-0199) to the server now and then: no answer in time means the connection is dead. */
+    _keepAlive(generation) {
+        clearInterval(this.pingTimer);
+        if (this.transport !== "websocket") return;
+        this.pingTimer = setInterval(() => {
+            if (generation !== this.generation || this.state !== "online") return;
+            this.iq($iq({ type: "get", to: this.credentials.domain }).c("ping", { xmlns: NS.ping })).catch((error) => {
+                if (generation === this.generation && !error.stanza) this._lost("network"); // no answer at all
+            });
+        }, WEBSOCKET_PING_INTERVAL);
     }
 
     _presenceStanza() {
