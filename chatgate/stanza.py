@@ -24,8 +24,8 @@ from chatgate.xml import CLIENT_NS, Element
 
 __all__ = [
     "ADDRESS_NS", "CHATSTATES_NS", "CLIENT_NS", "CORRECT_NS", "DELAY_NS", "FORWARD_NS", "HINTS_NS", "MARKERS_NS",
-    "RECEIPTS_NS", "SID_NS", "STANZAS_NS", "StanzaError", "acknowledgement", "body_of", "error_reply", "first_child",
-    "iq_result", "parse_stamp", "stamp",
+    "RECEIPTS_NS", "SID_NS", "STANZAS_NS", "StanzaError", "acknowledgement", "body_of", "chat_state_only",
+    "error_reply", "first_child", "iq_result", "parse_stamp", "stamp",
 ]
 
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -143,6 +143,19 @@ def acknowledgement(stanza: domish.Element) -> tuple[str, str] | None:
         if child.uri == MARKERS_NS and child.name in _MARKERS and child.getAttribute("id"):
             return _MARKERS[child.name], child["id"]
     return None
+
+
+def chat_state_only(stanza: domish.Element) -> bool:
+    """A message without a body carrying nothing but XEP-0085 chat states (and
+    XEP-0334 hints, XEP-0359 ids, a thread): nothing a user reads. A receipt, a
+    marker or any other payload beside a chat state makes it more than that."""
+    if body_of(stanza) is not None:
+        return False
+    for child in stanza.elements():
+        if child.uri not in (CHATSTATES_NS, HINTS_NS, SID_NS) and not (child.uri == CLIENT_NS
+                                                                         and child.name == "thread"):
+            return False
+    return True
 
 
 def body_of(stanza: domish.Element) -> str | None:

@@ -10,14 +10,19 @@ other hooks left) holds back for it what it can learn later (§5 leaves the
 choice to the server):
 
 - presence: only the latest stanza per sender full JID is kept;
-- messages carrying only XEP-0085 chat states (no body): only the latest per
-  sender is kept (a carbon of one counts as one, by the message it copies).
+- messages carrying only XEP-0085 chat states (no body, and nothing but
+  hints, ids and a thread beside them: ``stanza.chat_state_only``): only the
+  latest per sender is kept (a carbon of one counts as one, by the message it
+  copies).
 
-Anything else for it (a message with a body, a receipt, an error) goes at
-once, and what is held goes first, in one write, so the order of what the
-client sees is kept. ``<active/>`` sends everything held in one write. What
-is held per session is bounded: at most one presence and one chat state per
-sender, so never more than twice the senders of its domain. What the server
+Anything else for it goes at once, what is held going first in one write so
+the order of what the client sees is kept: a message with a body, an error,
+and a XEP-0184 receipt or XEP-0333 marker even when a client sends it with a
+chat state in the same message (held as a chat state, the sender's next one
+would replace it and the marker would be lost). ``<active/>`` sends
+everything held in one write. What is held per session is bounded: at most
+one presence and one chat state per sender, so never more than twice the
+senders of its domain. What the server
 sends a session directly (IQs, roster pushes, offline messages) is not held.
 """
 
@@ -32,7 +37,7 @@ from chatgate.config import Settings
 from chatgate.delivery import Delivery
 from chatgate.router import Router
 from chatgate.session import Addressed, Session
-from chatgate.stanza import CHATSTATES_NS, body_of
+from chatgate.stanza import CHATSTATES_NS, chat_state_only
 from chatgate.storage import Stores
 
 NS = "urn:xmpp:csi:0"
@@ -40,9 +45,8 @@ NS = "urn:xmpp:csi:0"
 STATE = "csi"
 
 
-def chat_state_only(stanza: domish.Element) -> bool:
-    """A message with XEP-0085 chat states and no body: nothing the user reads."""
-    return body_of(stanza) is None and any(child.uri == CHATSTATES_NS for child in stanza.elements())
+def _only_chat_states(stanza: domish.Element) -> bool:
+    return chat_state_only(stanza) and any(child.uri == CHATSTATES_NS for child in stanza.elements())
 
 
 def held(session: Session) -> dict[tuple[str, str], bytes] | None:
@@ -107,7 +111,7 @@ def message(delivery: Delivery) -> None:
     else:  # no target is inactive: the common case, as cheap as it can be
         return
     original = delivery.copy_of.stanza if delivery.copy_of is not None else delivery.stanza
-    if not chat_state_only(original):
+    if not _only_chat_states(original):
         for target in targets:
             flush(target)
         return

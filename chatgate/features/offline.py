@@ -22,14 +22,13 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.words.xish import domish
 
 from chatgate import events
 from chatgate.config import Settings
 from chatgate.delivery import Delivery
 from chatgate.router import Router
 from chatgate.session import Session
-from chatgate.stanza import CHATSTATES_NS, CLIENT_NS, DELAY_NS, HINTS_NS, SID_NS, body_of, stamp
+from chatgate.stanza import DELAY_NS, HINTS_NS, chat_state_only, stamp
 from chatgate.storage import Stores
 from chatgate.storage.interfaces import ArchiveError, IOfflineStore, OfflineMessage
 from chatgate.xml import StreamError, parse_document
@@ -40,17 +39,6 @@ READ_ATTEMPTS = 5
 READ_RETRY = 1.0
 
 log = Logger()
-
-
-def chat_state_only(stanza: domish.Element) -> bool:
-    """XEP-0160 §3: a message with nothing but XEP-0085 content is not stored."""
-    if body_of(stanza) is not None:
-        return False
-    for child in stanza.elements():
-        if child.uri not in (CHATSTATES_NS, HINTS_NS, SID_NS) and not (child.uri == CLIENT_NS
-                                                                         and child.name == "thread"):
-            return False
-    return True
 
 
 class OfflineMessages:

@@ -62,6 +62,23 @@ def test_csi_holds_chat_states_but_not_receipts_or_markers(world: World):
     assert len(alice.take("message")) == 2
 
 
+def test_csi_never_lets_a_chat_state_replace_a_marker_sent_with_one(world: World):
+    """Some clients put a chat state in the message that carries their marker:
+    held as a chat state, the sender's next chat state would replace it."""
+    alice = world.online("alice@example.com/desk")
+    bob = world.online("bob@example.com/phone")
+    assert world.router.nonza(domish.Element((CSI, "inactive")), alice)
+    alice.got.clear()
+    active = "<active xmlns='http://jabber.org/protocol/chatstates'/>"
+    world.send(bob, "alice@example.com/desk", body=None, extra=DISPLAYED + active)
+    world.send(bob, "alice@example.com/desk", body=None, extra=RECEIPT + active)
+    world.send(bob, "alice@example.com/desk", body=None, extra="<composing xmlns='http://jabber.org/protocol/chatstates'/>")
+    assert [acknowledgement(m) for m in alice.take("message")] == [("read", "m1"), ("delivered", "m1")]
+    assert world.router.nonza(domish.Element((CSI, "active")), alice)
+    [typing] = alice.take("message")  # the chat state alone was held, and comes now
+    assert acknowledgement(typing) is None
+
+
 def test_receipts_wait_offline(world: World):
     bob = world.online("bob@example.com/phone")
     world.send(bob, "alice@example.com", body=None, mtype="chat", extra=DISPLAYED)
