@@ -23,20 +23,37 @@ than a gap) is paged too: :func:`conversation_page` reads it through
 archive ids for cursors, so appends never move a page. Only its newest page
 has to find where the conversation ends: it walks forward from the first
 message :data:`WALK_STEP` messages a read, keeping no more than the page.
+
+Receipts, markers and corrections are archived entries too, and one rule
+here says what they are to a conversation, for every backend and for the
+history the webmail shows (``web/history.py``):
+
+- a XEP-0184 receipt or XEP-0333 marker has an empty body (:func:`is_message`
+  is false): never counted, previewed, split on or started with; :func:`fold`
+  turns it into the state of the message it names;
+- a XEP-0308 correction is a message whose ``<replace id/>`` names an earlier
+  message of the same sender (:func:`replaced_id`): :func:`fold` gives that
+  message its latest text, so the correction is not counted and the preview
+  shows the latest text. One naming a message its sender did not send (a
+  forgery, or an original too far back) stays a message of its own.
 """
 
 from __future__ import annotations
 
 import bisect
+import html
 import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.words.xish import domish
 
+from chatgate.stanza import CORRECT_NS, acknowledgement
 from chatgate.storage.interfaces import (
     ArchivedMessage,
     ArchivePage,
@@ -46,6 +63,7 @@ from chatgate.storage.interfaces import (
     ConversationPage,
     UnknownMessage,
 )
+from chatgate.xml import StreamError, parse_document
 
 #: characters of a conversation's preview
 PREVIEW_LENGTH = 100
@@ -178,6 +196,83 @@ def is_message(message: ArchivedMessage) -> bool:
     return message.body != ""
 
 
+# Stored XML is chatgate's serializer's: '<' is escaped in text and attribute values, and ' and > in
+# attribute values, so these are only ever found as the markup they look like.
+_REPLACE = f"<replace xmlns='{CORRECT_NS}'"
+_MESSAGE_ID = re.compile(r"<message\b[^>]*?\sid='([^']*)'")
+
+
+def client_id(message: ArchivedMessage) -> str | None:
+    """The ``id`` the sending client gave the stored message (what receipts,
+    markers and corrections name), read from its opening tag without parsing."""
+    match = _MESSAGE_ID.match(message.stanza)
+    return html.unescape(match.group(1)) if match else None
+
+
+def stanza_of(message: ArchivedMessage) -> domish.Element | None:
+    """The stored stanza parsed back, None if it cannot be."""
+    data = message.stanza.encode("utf-8")
+    try:
+        return parse_document(data, len(data) + 1)
+    except StreamError:
+        return None
+
+
+def replaced_id(message: ArchivedMessage) -> str | None:
+    """For a XEP-0308 correction, the id its ``<replace/>`` names; None for
+    anything else (parsed only when its text has a <replace/>)."""
+    if _REPLACE not in message.stanza:
+        return None
+    stanza = stanza_of(message)
+    replace = next(stanza.elements(CORRECT_NS, "replace"), None) if stanza is not None else None
+    return (replace.getAttribute("id") or None) if replace is not None else None
+
+
+_STATES = {"sent": 0, "delivered": 1, "read": 2}
+
+
+@dataclass
+class Shown:
+    """One message as history shows it: its latest text and what became of it."""
+
+    message: ArchivedMessage
+    body: str
+    edited: bool = False
+    #: for an outgoing message: sent, delivered (a receipt or a received marker) or read
+    state: str = "sent"
+
+
+def fold(entries: Sequence[ArchivedMessage]) -> list[Shown]:
+    """The messages of *entries* (oldest first) with the receipts, markers and
+    corrections among them applied, each only by the party that may: a receipt
+    or marker (XEP-0184 §5, XEP-0333 §4) by the message's recipient, a
+    correction (XEP-0308 §4, §5) by its sender. A correction of a correction
+    corrects the original, and a receipt of a correction is one of the original."""
+    shown: list[Shown] = []
+    #: (sent by the owner?, the client's message id) -> the message it is, or corrects
+    by_id: dict[tuple[bool, str], Shown] = {}
+    for entry in entries:
+        if not is_message(entry):
+            stanza = stanza_of(entry)
+            ack = acknowledgement(stanza) if stanza is not None else None
+            target = by_id.get((not entry.outgoing, ack[1])) if ack else None
+            if ack and target is not None and _STATES[ack[0]] > _STATES[target.state]:
+                target.state = ack[0]
+            continue
+        own, replaces = client_id(entry), replaced_id(entry)
+        original = by_id.get((entry.outgoing, replaces)) if replaces else None
+        if original is not None:
+            original.body, original.edited = entry.body, True
+            if own:
+                by_id[(entry.outgoing, own)] = original
+            continue
+        view = Shown(entry, entry.body)
+        shown.append(view)
+        if own:
+            by_id[(entry.outgoing, own)] = view
+    return shown
+
+
 def preview(body: str) -> str:
     """The start of a body on one line."""
     text = " ".join(body.split())
@@ -185,9 +280,13 @@ def preview(body: str) -> str:
 
 
 def _summary(messages: list[ArchivedMessage]) -> Conversation:
-    """A conversation from its messages, oldest first."""
+    """A conversation from its messages, oldest first: corrections folded onto
+    what they correct (searched for only when there is one)."""
     first, last = messages[0], messages[-1]
-    return Conversation(first.id, first.contact, first.at, last.at, len(messages), preview(first.body))
+    if not any(_REPLACE in m.stanza for m in messages):
+        return Conversation(first.id, first.contact, first.at, last.at, len(messages), preview(first.body))
+    shown = fold(messages)
+    return Conversation(first.id, first.contact, first.at, last.at, len(shown), preview(shown[0].body))
 
 
 QueryFunction = Callable[[str, ArchiveQuery], "Deferred[ArchivePage]"]
@@ -266,7 +365,10 @@ async def _newest_page(
     """The conversation's last *limit* messages and its size: walk it from *first* to the first silence
     longer than *gap*, keeping only the last page in memory."""
     page: deque[ArchivedMessage] = deque([first], maxlen=limit)
-    count, last, read = 1, first.at, 1  # messages (receipts not counted), the last one's time, entries read
+    # messages as fold() shows them (no receipt, no correction of a message of this conversation),
+    # the last one's time, entries read
+    count, last, read = 1, first.at, 1
+    ids = {(first.outgoing, client_id(first))}  # what a correction may name: as fold() keys them
     while True:
         step = await between(owner, first.contact, after=page[-1].id, limit=WALK_STEP)
         for message in step:
@@ -274,7 +376,10 @@ async def _newest_page(
                 if message.at - last > gap:
                     return ConversationPage(first.contact, first.at, list(page), read > len(page), False, count)
                 last = message.at
-                count += 1
+                replaces = replaced_id(message)
+                if replaces is None or (message.outgoing, replaces) not in ids:
+                    count += 1
+                ids.add((message.outgoing, client_id(message)))
             page.append(message)
             read += 1
         if len(step) < WALK_STEP:

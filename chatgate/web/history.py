@@ -16,15 +16,17 @@ user's own archive only:
      "count": 12, "preview": "the first line…"}], "more": true}
 
 - ``conversation?id=<conversation id>[&before=<message id>|&after=<message id>][&limit=<1..100>]``:
-  one page of a conversation, oldest first: its newest ``limit`` messages,
-  or those just before (after) the message named — ask again with ``before``
-  = the first message's id for earlier ones, ``after`` = the last's for later
-  ones (XEP-0059 style: archive ids for cursors, so appends never move a
-  page); ``count`` (the conversation's size) only on the newest page::
+  one page of a conversation, oldest first: its newest ``limit`` entries,
+  or those just before (after) the entry named — ask again with ``before``
+  = ``first`` for earlier ones, ``after`` = ``last`` for later ones (XEP-0059
+  style: archive ids for cursors, so appends never move a page; the ids of
+  the page's first and last entries, which may be receipts or corrections
+  not listed, so a page may list fewer than ``limit`` messages, even none);
+  ``count`` (the conversation's messages) only on the newest page::
 
     {"id": "…", "with": "bob@…", "start": "…", "messages": [{"id": "…", "at": "…",
      "from": "bob@…", "outgoing": false, "body": "…", "edited": false}], "earlier": true,
-     "later": false, "count": 240}
+     "later": false, "first": "…", "last": "…", "count": 240}
 
   Receipts (XEP-0184) and chat markers (XEP-0333) are archived as
   entries with an empty body; they are never listed or counted as messages
@@ -33,8 +35,12 @@ user's own archive only:
   ``received`` marker) or ``read`` (``displayed``/``acknowledged``). A
   correction (XEP-0308: ``<replace id/>``) from the original message's
   sender gives that message its latest text and ``"edited": true``, and is
-  not listed itself; a correction naming a message its sender did not send
-  changes nothing and is listed as the message it is.
+  not listed itself (on a page of its own, it is read with up to
+  :data:`MAX_LIMIT` entries before the page and after it, so that what a
+  page's first and last messages became is known); a correction naming a
+  message its sender did not send changes nothing and is listed as the
+  message it is. The rule is ``storage/archive.fold``: the conversations'
+  counts and previews follow it too.
 
   A cursor that is no message of the conversation, or a limit out of range,
   is 400.
@@ -55,24 +61,21 @@ import binascii
 import json
 from base64 import b64decode
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
-from twisted.words.xish import domish
 
 from chatgate.auth.sasl import Authenticator, SASLFailure
 from chatgate.config import Network
 from chatgate.mirror import DirectoryMirror
-from chatgate.stanza import CORRECT_NS, acknowledgement, stamp
-from chatgate.storage.archive import is_message, time_of
-from chatgate.storage.interfaces import ArchivedMessage, BadCursor, IArchive, UnknownMessage
+from chatgate.stanza import stamp
+from chatgate.storage.archive import Shown, fold, time_of
+from chatgate.storage.interfaces import BadCursor, IArchive, UnknownMessage
 from chatgate.transports.bosh import Peer, peer_of
 from chatgate.web.site import Endpoint, Folder
-from chatgate.xml import StreamError, parse_document
 
 #: where the endpoints are mounted on the web listener
 PATH = "/history"
@@ -197,6 +200,11 @@ class HistoryAPI:
             raise HTTPError(400, f"{name}: {value} is no message of this conversation") from None
         contact = page.contact
         entries = list(page.messages)
+        if page.earlier and entries:
+            # a correction on this page of a message on the one before is shown there, not here
+            preceding = await self.archive.conversation(owner, conversation_id, self.gap, entries[0].id, None,
+                                                        MAX_LIMIT)
+            entries[:0] = preceding.messages
         if page.later and entries:
             # receipts and corrections of this page's last messages come after it
             following = await self.archive.conversation(owner, conversation_id, self.gap, None, entries[-1].id,
@@ -210,63 +218,21 @@ class HistoryAPI:
             "messages": [{"id": v.message.id, "at": stamp(v.message.at),
                           "from": owner if v.message.outgoing else contact, "outgoing": v.message.outgoing,
                           "body": v.body, "edited": v.edited, **({"state": v.state} if v.message.outgoing else {})}
-                         for v in fold(entries) if v.message.id in shown],
+                         for v in _shown(fold(entries), shown)],
             "earlier": page.earlier,
             "later": page.later,
+            # the cursors: the page's first and last entries, which may be receipts or corrections not listed
+            "first": page.messages[0].id if page.messages else None,
+            "last": page.messages[-1].id if page.messages else None,
         }
         if page.count is not None:
             answer["count"] = page.count
         return answer
 
 
-_STATES = {"sent": 0, "delivered": 1, "read": 2}
-
-
-@dataclass
-class Shown:
-    """One message as history shows it: its latest text and what became of it."""
-
-    message: ArchivedMessage
-    body: str
-    edited: bool = False
-    state: str = "sent"
-
-
-def _stanza(message: ArchivedMessage) -> domish.Element | None:
-    try:
-        return parse_document(message.stanza.encode("utf-8"), len(message.stanza.encode("utf-8")) + 1)
-    except StreamError:
-        return None
-
-
-def fold(entries: Sequence[ArchivedMessage]) -> list[Shown]:
-    """The messages of *entries* (oldest first) with the receipts, markers and
-    corrections among them applied, each only by the party that may: a receipt
-    or marker by the message's recipient, a correction by its sender."""
-    shown: list[Shown] = []
-    #: (sent by the owner?, the client's message id) -> the message it is, or corrects
-    by_id: dict[tuple[bool, str], Shown] = {}
-    for entry in entries:
-        stanza = _stanza(entry)
-        if not is_message(entry):
-            ack = acknowledgement(stanza) if stanza is not None else None
-            target = by_id.get((not entry.outgoing, ack[1])) if ack else None
-            if ack and target is not None and _STATES[ack[0]] > _STATES[target.state]:
-                target.state = ack[0]
-            continue
-        client_id = stanza.getAttribute("id") if stanza is not None else None
-        replace = next(stanza.elements(CORRECT_NS, "replace"), None) if stanza is not None else None
-        original = by_id.get((entry.outgoing, replace.getAttribute("id", ""))) if replace is not None else None
-        if original is not None:
-            original.body, original.edited = entry.body, True
-            if client_id:
-                by_id[(entry.outgoing, client_id)] = original  # a chained correction or a receipt of this one
-            continue
-        view = Shown(entry, entry.body)
-        shown.append(view)
-        if client_id:
-            by_id[(entry.outgoing, client_id)] = view
-    return shown
+def _shown(views: list[Shown], ids: set[str]) -> list[Shown]:
+    """The views of the page's own messages (:func:`fold` folded those around it in too)."""
+    return [v for v in views if v.message.id in ids]
 
 
 def _arg(args: dict[bytes, list[bytes]], name: str, required: bool = False) -> str:

@@ -120,13 +120,25 @@ async def test_receipts_markers_corrections_routed_archived_and_shown(server):
                                                            owner)
         assert status == 200
         [conversation] = conversations["conversations"]
-        assert (conversation["count"], conversation["preview"]) == (3, "see you at 9")
-        _, page, _ = await asyncio.to_thread(http_get, server, f"/history/conversation?id={conversation['id']}",
-                                             owner)
+        # two messages: the correction is none of its own, the preview has the latest text
+        assert (conversation["count"], conversation["preview"]) == (2, "see you at 10")
+        path = f"/history/conversation?id={conversation['id']}"
+        _, page, _ = await asyncio.to_thread(http_get, server, path, owner)
         shown = [(m["from"], m["body"], m["edited"], m.get("state")) for m in page["messages"]]
         mine = owner == alice
         assert shown == [(alice, "see you at 10", True, "read" if mine else None),
                          (bob, "cancelled!", False, None if mine else "sent")]
+        assert page["count"] == 2
+        # pages of two entries, newest first, by their "first" cursors: the correction is on the newest
+        # page, the message it corrects three entries before (receipt and marker between, a page listing
+        # none): every message once, with its latest text
+        pages, cursor = [], ""
+        while cursor is not None:
+            _, got, _ = await asyncio.to_thread(http_get, server, path + f"&limit=2&before={cursor}" if cursor
+                                                else path + "&limit=2", owner)
+            pages.insert(0, [(m["body"], m["edited"]) for m in got["messages"]])
+            cursor = got["first"] if got["earlier"] else None
+        assert pages == [[("see you at 10", True)], [], [("cancelled!", False)]]
     await logout(desk, phone, laptop)
 
 

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 
 from chatgate.config import ArchiveSettings, Settings, StorageSettings
 from chatgate.storage import open_archive, open_offline
-from chatgate.storage.archive import ArchiveIds
+from chatgate.storage.archive import ArchiveIds, client_id, fold, replaced_id
 from chatgate.storage.interfaces import (
     ArchiveContact,
     ArchivedMessage,
@@ -29,6 +29,7 @@ from chatgate.storage.interfaces import (
 from chatgate.storage.memory_archive import MemoryArchive, MemoryOfflineStore
 from chatgate.storage.redis import RedisArchive, RedisOfflineStore
 from chatgate.storage.sqlite_archive import SQLiteArchive, SQLiteOfflineStore
+from chatgate.xml import Element, serialize
 from tests.redis_server import RedisServer
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
@@ -369,6 +370,37 @@ async def test_receipts_and_markers_are_kept_but_never_counted_as_messages(archi
     assert (await archive.conversations(ALICE, BOB, gap=10_000))[0].count == 2
 
 
+def said(maker: Conversation, at: float, body: str, own_id: str, outgoing: bool, replaces: str = "") -> ArchivedMessage:
+    """A message of alice's archive with the id its client gave it, a XEP-0308 correction if *replaces*."""
+    archive_id, at = maker.ids.make(at)
+    replace = f"<replace xmlns='urn:xmpp:message-correct:0' id='{replaces}'/>" if replaces else ""
+    stanza = f"<message xmlns='jabber:client' id='{own_id}' type='chat'><body>{body}</body>{replace}</message>"
+    return ArchivedMessage(ALICE, archive_id, BOB, "", outgoing, at, body, stanza)
+
+
+@pytest_twisted.ensureDeferred
+async def test_corrections_are_counted_and_previewed_as_the_message_they_correct(archive):
+    """Every backend: a correction from the original's sender is no message of its own (count) and gives
+    the preview its latest text; one naming a message its sender did not send is a message."""
+    maker = Conversation()
+    entries = [
+        said(maker, T0, "lunch at 12?", "a1", outgoing=True),
+        said(maker, T0 + 10, "lunch at 1?", "a2", outgoing=True, replaces="a1"),
+        said(maker, T0 + 20, "lunch at 2?", "a3", outgoing=True, replaces="a2"),  # a correction of the correction
+        receipt(maker, ALICE, BOB, T0 + 25, "a3"),
+        said(maker, T0 + 30, "no lunch", "b1", outgoing=False, replaces="a1"),  # bob's forgery: his own message
+        said(maker, T0 + 40, "ok", "b2", outgoing=False),
+    ]
+    await archive.append(entries)
+    [found] = await archive.conversations(ALICE, BOB, gap=1800)
+    assert (found.count, found.preview) == (3, "lunch at 2?")
+    page = await archive.conversation(ALICE, found.id, gap=1800)
+    assert page.count == 3 and len(page.messages) == len(entries)  # the page has every entry; fold() shows 3
+    shown = [(v.body, v.edited, v.state) for v in fold(page.messages)]
+    assert shown == [("lunch at 2?", True, "delivered"), ("no lunch", False, "sent"), ("ok", False, "sent")]
+    assert client_id(entries[0]) == "a1" and replaced_id(entries[2]) == "a2" and replaced_id(entries[0]) is None
+
+
 @pytest_twisted.ensureDeferred
 async def test_long_conversations_span_scan_pages(archive):
     messages = await fill(archive, 450, step=10)
@@ -706,3 +738,14 @@ async def test_redis_over_tls_checks_the_certificate(tmp_path):
             await untrusted.start()
     finally:
         server.stop()
+
+
+def test_client_id_reads_the_serializers_escaped_opening_tag():
+    """client_id reads the id without parsing: any attribute value, as chatgate's serializer writes it."""
+    stanza = Element(("jabber:client", "message"))
+    stanza["to"], stanza["id"] = "bob@example.com/a id='x'>", "it's <1> & \"2\""
+    stanza.addElement("body", content="id='body'")
+    xml = serialize(stanza)
+    message = ArchivedMessage(ALICE, "00000000000001-0123456789", BOB, "", True, T0, "x", xml)
+    assert client_id(message) == "it's <1> & \"2\""
+    assert client_id(ArchivedMessage(ALICE, message.id, BOB, "", True, T0, "x", "<message/>")) is None

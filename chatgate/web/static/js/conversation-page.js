@@ -66,7 +66,7 @@ async function show(credentials, config, id) {
     }
     const contactName = names.get(newest.with) || newest.with;
     const first = new Date(newest.start);
-    const last = new Date(newest.messages[newest.messages.length - 1].at);
+    const last = newest.messages.length ? new Date(newest.messages[newest.messages.length - 1].at) : first; // a page may list none
     document.title = `${contactName}, ${longDayOf(first)} — Chat`;
     document.getElementById("transcript-title").textContent = `Conversation with ${contactName}`;
     const times = timeOf(first) === timeOf(last) ? timeOf(first) : `${timeOf(first)}–${timeOf(last)}`;
@@ -111,6 +111,8 @@ class Transcript extends EventTarget {
         const fresh = page.messages.filter((m) => !known.has(m.id)).map((m) => ({ ...m, at: new Date(m.at) }));
         this.messages = [...fresh, ...this.messages];
         this.earlier = page.earlier;
+        // the page's first entry (maybe a receipt or a correction, not listed): where the earlier page ends
+        this.cursor = page.first || this.messages[0]?.id;
         const fromBottom = document.documentElement.scrollHeight - window.scrollY;
         this.draw();
         window.scrollTo(0, document.documentElement.scrollHeight - fromBottom);
@@ -123,7 +125,7 @@ class Transcript extends EventTarget {
         if (!this.loading) {
             this.button.disabled = true;
             this.button.textContent = "Loading earlier messages…";
-            this.loading = this.api.conversation(this.id, { before: this.messages[0].id, limit: PAGE })
+            this.loading = this.api.conversation(this.id, { before: this.cursor, limit: PAGE })
                 .then((page) => {
                     this.loading = null;
                     this.add(page);
