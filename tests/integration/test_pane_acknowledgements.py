@@ -3,7 +3,8 @@ side: ticks go sent → delivered → read as slixmpp answers with a receipt and
 displayed marker, with words beside the ticks; the pane answers slixmpp's
 message with a receipt and, the chat being seen, a displayed marker; Up arrow
 in the empty composer corrects the last message (XEP-0308 at slixmpp); a
-correction from slixmpp shows its text and "edited"."""
+correction from slixmpp shows its text and "edited", a forged one (naming
+the pane's message) shows as slixmpp's own message and changes nothing."""
 
 from __future__ import annotations
 
@@ -82,6 +83,11 @@ async def test_ticks_receipts_markers_and_corrections_with_slixmpp(server):
         assert "edited" in await page.inner_text(".chat-panel:not([hidden]) .msg.in .msg-meta")
         assert await view.bodies("bob@example.com") == ["Lunch at one?", "Sure, see you there"]
         await view.shot("edited")
+
+        # bob forges a correction of alice's message: it is his own message, hers keeps its text
+        bob.plugin["xep_0308"].build_correction(got["id"], "alice@example.com", mbody="Cancelled!").send()
+        await view.wait_body("bob@example.com", "Cancelled!", outgoing=False)
+        assert await view.bodies("bob@example.com") == ["Lunch at one?", "Sure, see you there", "Cancelled!"]
     await logout(bob)
 
 
