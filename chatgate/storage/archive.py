@@ -53,7 +53,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.words.xish import domish
 
-from chatgate.stanza import CORRECT_NS, acknowledgement
+from chatgate.stanza import CORRECT_NS, MARKERS_NS, acknowledgement
 from chatgate.storage.interfaces import (
     ArchivedMessage,
     ArchivePage,
@@ -245,19 +245,28 @@ class Shown:
 def fold(entries: Sequence[ArchivedMessage]) -> list[Shown]:
     """The messages of *entries* (oldest first) with the receipts, markers and
     corrections among them applied, each only by the party that may: a receipt
-    or marker (XEP-0184 §5, XEP-0333 §4) by the message's recipient, a
-    correction (XEP-0308 §4, §5) by its sender. A correction of a correction
-    corrects the original, and a receipt of a correction is one of the original."""
+    (XEP-0184 §7) or marker (XEP-0333 §6) by the message's recipient, a
+    correction (XEP-0308 §4) by its sender. A receipt is about the message it
+    names; a marker about every message up to and including it (§6). A
+    correction of a correction corrects the original, and a receipt of a
+    correction is one of the original."""
     shown: list[Shown] = []
     #: (sent by the owner?, the client's message id) -> the message it is, or corrects
     by_id: dict[tuple[bool, str], Shown] = {}
+    #: a state -> the place in *shown* of the last of the owner's messages the contact's markers gave it
+    marked: dict[str, int] = {}
+    place: dict[int, int] = {}  # id(a view) -> its place in *shown*
     for entry in entries:
         if not is_message(entry):
             stanza = stanza_of(entry)
             ack = acknowledgement(stanza) if stanza is not None else None
             target = by_id.get((not entry.outgoing, ack[1])) if ack else None
-            if ack and target is not None and _STATES[ack[0]] > _STATES[target.state]:
+            if ack is None or target is None:
+                continue
+            if _STATES[ack[0]] > _STATES[target.state]:
                 target.state = ack[0]
+            if target.message.outgoing and next(stanza.elements(MARKERS_NS), None) is not None:
+                marked[ack[0]] = max(marked.get(ack[0], -1), place[id(target)])
             continue
         own, replaces = client_id(entry), replaced_id(entry)
         original = by_id.get((entry.outgoing, replaces)) if replaces else None
@@ -267,9 +276,14 @@ def fold(entries: Sequence[ArchivedMessage]) -> list[Shown]:
                 by_id[(entry.outgoing, own)] = original
             continue
         view = Shown(entry, entry.body)
+        place[id(view)] = len(shown)
         shown.append(view)
         if own:
             by_id[(entry.outgoing, own)] = view
+    for state, last in marked.items():
+        for view in shown[: last + 1]:
+            if view.message.outgoing and _STATES[state] > _STATES[view.state]:
+                view.state = state
     return shown
 
 

@@ -4,7 +4,8 @@ displayed marker, with words beside the ticks; the pane answers slixmpp's
 message with a receipt and, the chat being seen, a displayed marker; Up arrow
 in the empty composer corrects the last message (XEP-0308 at slixmpp); a
 correction from slixmpp shows its text and "edited", a forged one (naming
-the pane's message) shows as slixmpp's own message and changes nothing."""
+the pane's message) shows as slixmpp's own message and changes nothing; a
+marker reads every message up to the one it names."""
 
 from __future__ import annotations
 
@@ -88,6 +89,16 @@ async def test_ticks_receipts_markers_and_corrections_with_slixmpp(server):
         bob.plugin["xep_0308"].build_correction(got["id"], "alice@example.com", mbody="Cancelled!").send()
         await view.wait_body("bob@example.com", "Cancelled!", outgoing=False)
         assert await view.bodies("bob@example.com") == ["Lunch at one?", "Sure, see you there", "Cancelled!"]
+
+        # XEP-0333 §6: bob's displayed marker for the pane's second message reads the first one too
+        await view.send("One more thing")
+        await view.send("And another")
+        await next_message(bob)
+        last = await next_message(bob)
+        assert last["body"] == "And another"
+        bob.plugin["xep_0333"].send_marker(last["from"], last["id"], "displayed", mtype="chat")
+        await view.wait(f"{status_of('And another')} === 'read'")
+        assert await page.evaluate(status_of("One more thing")) == "read"
     await logout(bob)
 
 

@@ -749,3 +749,20 @@ def test_client_id_reads_the_serializers_escaped_opening_tag():
     message = ArchivedMessage(ALICE, "00000000000001-0123456789", BOB, "", True, T0, "x", xml)
     assert client_id(message) == "it's <1> & \"2\""
     assert client_id(ArchivedMessage(ALICE, message.id, BOB, "", True, T0, "x", "<message/>")) is None
+
+
+def test_a_marker_marks_every_message_up_to_it_a_receipt_only_its_own():
+    """XEP-0333 §6: a displayed marker for alice's second message reads her first one too;
+    a receipt (XEP-0184) is about its message alone; bob's own messages get no state."""
+    maker = Conversation()
+    entries = [
+        said(maker, T0, "one", "a1", outgoing=True),
+        said(maker, T0 + 1, "hi", "b1", outgoing=False),
+        said(maker, T0 + 2, "two", "a2", outgoing=True),
+        said(maker, T0 + 3, "three", "a3", outgoing=True),
+        receipt(maker, ALICE, BOB, T0 + 4, "a3"),
+        receipt(maker, ALICE, BOB, T0 + 5, "a2", "displayed"),
+        said(maker, T0 + 6, "four", "a4", outgoing=True),
+    ]
+    assert [(v.body, v.state) for v in fold(entries)] == [
+        ("one", "read"), ("hi", "sent"), ("two", "read"), ("three", "delivered"), ("four", "sent")]

@@ -777,9 +777,10 @@ export function parseMessage(el, me, {
         const named = c.getAttribute("id");
         if (!named) continue;
         if (c.namespaceURI === NS.receipts && c.localName === "received") ack = { id: named, status: "delivered" };
-        else if (c.namespaceURI === NS.markers && c.localName === "received") ack = { id: named, status: "delivered" };
+        // XEP-0333 §6: a marker marks every message up to and including the one it names
+        else if (c.namespaceURI === NS.markers && c.localName === "received") ack = { id: named, status: "delivered", upTo: true };
         else if (c.namespaceURI === NS.markers && ["displayed", "acknowledged"].includes(c.localName)) {
-            ack = { id: named, status: "read" };
+            ack = { id: named, status: "read", upTo: true };
         }
     }
     const replace = child(el, "replace", NS.correct);

@@ -318,19 +318,29 @@ export class Chats extends EventTarget {
     }
 
     /**
-     * A receipt or marker (XEP-0184, XEP-0333) sets the state of the outgoing
-     * message it names; a correction (XEP-0308) replaces the text of the
-     * message it names, only when it comes from that message's sender (a
-     * forged one is shown as a message of its own). True when something changed.
+     * A receipt (XEP-0184) sets the state of the outgoing message it names, a
+     * marker (XEP-0333) that of every outgoing message up to it; a correction
+     * (XEP-0308) replaces the text of the message it names, only when it comes
+     * from that message's sender (a forged one is shown as a message of its
+     * own). True when something changed.
      */
     apply(chat, message) {
         if (message.ack) {
             if (message.outgoing) return false; // our other device's receipt: nothing to show on their message
             const rank = { sent: 0, delivered: 1, read: 2 };
-            const target = chat.messages.find((m) => m.outgoing && (m.id === message.ack.id || m.ids?.includes(message.ack.id)));
-            if (!target || rank[message.ack.status] <= rank[target.status || "sent"]) return false;
-            target.status = message.ack.status;
-            return true;
+            const status = message.ack.status;
+            const at = chat.messages.findIndex((m) => m.outgoing && (m.id === message.ack.id || m.ids?.includes(message.ack.id)));
+            if (at < 0) return false;
+            // a receipt is about one message; a marker (XEP-0333 §6) about every one up to it
+            const marked = message.ack.upTo ? chat.messages.slice(0, at + 1).filter((m) => m.outgoing) : [chat.messages[at]];
+            let changed = false;
+            for (const m of marked) {
+                if (rank[status] > rank[m.status || "sent"]) {
+                    m.status = status;
+                    changed = true;
+                }
+            }
+            return changed;
         }
         if (message.replaces) {
             const original = chat.messages.find((m) => m.sender === message.sender && m.outgoing === message.outgoing
