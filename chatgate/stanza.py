@@ -135,8 +135,8 @@ def first_child(stanza: domish.Element) -> domish.Element | None:
 
 def acknowledgement(stanza: domish.Element) -> tuple[str, str] | None:
     """("delivered" | "read", id of the message it is about) for a XEP-0184
-    ``<received id/>`` receipt or a XEP-0333 marker (received, displayed,
-    acknowledged), None for anything else."""
+    ``<received id/>`` receipt (§7) or a XEP-0333 marker (§6: received,
+    displayed, acknowledged), None for anything else."""
     for child in stanza.elements():
         if child.uri == RECEIPTS_NS and child.name == "received" and child.getAttribute("id"):
             return "delivered", child["id"]
