@@ -249,12 +249,11 @@ def fold(entries: Sequence[ArchivedMessage]) -> list[Shown]:
     correction (XEP-0308 §4) by its sender. A receipt is about the message it
     names; a marker about every message up to and including it (§6). A
     correction of a correction corrects the original, and a receipt of a
-    correction is one of the original."""
+    correction is one of the original; a correction takes the original back
+    to ``sent`` (its new text is yet to be delivered and read), as the pane does."""
     shown: list[Shown] = []
     #: (sent by the owner?, the client's message id) -> the message it is, or corrects
     by_id: dict[tuple[bool, str], Shown] = {}
-    #: a state -> the place in *shown* of the last of the owner's messages the contact's markers gave it
-    marked: dict[str, int] = {}
     place: dict[int, int] = {}  # id(a view) -> its place in *shown*
     for entry in entries:
         if not is_message(entry):
@@ -263,15 +262,16 @@ def fold(entries: Sequence[ArchivedMessage]) -> list[Shown]:
             target = by_id.get((not entry.outgoing, ack[1])) if ack else None
             if ack is None or target is None:
                 continue
-            if _STATES[ack[0]] > _STATES[target.state]:
-                target.state = ack[0]
-            if target.message.outgoing and next(stanza.elements(MARKERS_NS), None) is not None:
-                marked[ack[0]] = max(marked.get(ack[0], -1), place[id(target)])
+            marker = target.message.outgoing and next(stanza.elements(MARKERS_NS), None) is not None
+            for view in shown[: place[id(target)] + 1] if marker else [target]:
+                if view.message.outgoing == target.message.outgoing and _STATES[ack[0]] > _STATES[view.state]:
+                    view.state = ack[0]
             continue
         own, replaces = client_id(entry), replaced_id(entry)
         original = by_id.get((entry.outgoing, replaces)) if replaces else None
         if original is not None:
-            original.body, original.edited = entry.body, True
+            # the new text has been neither delivered nor read yet: what acknowledges it comes after
+            original.body, original.edited, original.state = entry.body, True, "sent"
             if own:
                 by_id[(entry.outgoing, own)] = original
             continue
@@ -280,10 +280,6 @@ def fold(entries: Sequence[ArchivedMessage]) -> list[Shown]:
         shown.append(view)
         if own:
             by_id[(entry.outgoing, own)] = view
-    for state, last in marked.items():
-        for view in shown[: last + 1]:
-            if view.message.outgoing and _STATES[state] > _STATES[view.state]:
-                view.state = state
     return shown
 
 

@@ -91,6 +91,9 @@ async def test_receipts_markers_corrections_routed_archived_and_shown(server):
     fixed = await phone.next_message()
     assert fixed["body"] == "see you at 10" and fixed["replace"]["id"] == "m-1"
     await laptop.next_message()
+    phone.plugin["xep_0184"].ack(fixed)  # the new text is delivered (not read yet)
+    name, receipt = await asyncio.wait_for(at_desk.get(), 10)
+    assert name == "receipt_received" and receipt["receipt"] == "m-2"
 
     # bob forges a correction of alice's message: nobody's view of m-1 may change
     forged = phone.plugin["xep_0308"].build_correction("m-1", alice, mbody="cancelled!")
@@ -111,10 +114,11 @@ async def test_receipts_markers_corrections_routed_archived_and_shown(server):
                 replace = stanza.find(f"{{{CORRECT}}}replace")
                 kinds.append(stanza.findtext("{jabber:client}body") + (" (replaces m-1)" if replace is not None
                                                                        else ""))
-        assert kinds == ["see you at 9", "receipt", "displayed", "see you at 10 (replaces m-1)",
+        assert kinds == ["see you at 9", "receipt", "displayed", "see you at 10 (replaces m-1)", "receipt",
                          "cancelled! (replaces m-1)"]
 
-    # the webmail: one message each way, alice's read and edited; bob's forgery is his own message
+    # the webmail: one message each way, alice's edited and its new text delivered (the old one was read);
+    # bob's forgery is his own message
     for owner, peer in ((alice, bob), (bob, alice)):
         status, conversations, _ = await asyncio.to_thread(http_get, server, f"/history/conversations?with={peer}",
                                                            owner)
@@ -126,12 +130,12 @@ async def test_receipts_markers_corrections_routed_archived_and_shown(server):
         _, page, _ = await asyncio.to_thread(http_get, server, path, owner)
         shown = [(m["from"], m["body"], m["edited"], m.get("state")) for m in page["messages"]]
         mine = owner == alice
-        assert shown == [(alice, "see you at 10", True, "read" if mine else None),
+        assert shown == [(alice, "see you at 10", True, "delivered" if mine else None),
                          (bob, "cancelled!", False, None if mine else "sent")]
         assert page["count"] == 2
-        # pages of two entries, newest first, by their "first" cursors: the correction is on the newest
-        # page, the message it corrects three entries before (receipt and marker between, a page listing
-        # none): every message once, with its latest text
+        # pages of two entries, newest first, by their "first" cursors: the correction is on the page
+        # before the newest, the message it corrects three entries before it (receipt and marker between,
+        # a page listing none): every message once, with its latest text
         pages, cursor = [], ""
         while cursor is not None:
             _, got, _ = await asyncio.to_thread(http_get, server, path + f"&limit=2&before={cursor}" if cursor
@@ -151,10 +155,12 @@ async def test_the_conversation_page_shows_read_and_edited(server, browser):
     message = desk.make_message(mto=bob, mbody="draft", mtype="chat")
     message["id"] = "c-1"
     message.send()
-    got = await phone.next_message()
-    phone.plugin["xep_0333"].send_marker(got["from"], "c-1", "displayed", mtype="chat")
-    desk.plugin["xep_0308"].build_correction("c-1", bob, mbody="final").send()
     await phone.next_message()
+    correction = desk.plugin["xep_0308"].build_correction("c-1", bob, mbody="final")
+    correction["id"] = "c-2"
+    correction.send()
+    got = await phone.next_message()
+    phone.plugin["xep_0333"].send_marker(got["from"], "c-2", "displayed", mtype="chat")  # the new text read
     phone.send_message(mto=alice, mbody="ok", mtype="chat")
     await desk.next_message()
     _, listing, _ = await asyncio.to_thread(http_get, server, f"/history/conversations?with={bob}", alice)

@@ -79,8 +79,14 @@ async def test_ticks_receipts_markers_and_corrections_with_slixmpp(server):
         assert answers["marker_displayed"]["displayed"]["id"] == "bob-1"
 
         # bob corrects it: the pane shows the new text, "edited"
-        bob.plugin["xep_0308"].build_correction("bob-1", "alice@example.com", mbody="Sure, see you there").send()
+        correction = bob.plugin["xep_0308"].build_correction("bob-1", "alice@example.com",
+                                                             mbody="Sure, see you there")
+        correction["id"] = "bob-2"
+        correction.send()
         await view.wait_body("bob@example.com", "Sure, see you there", outgoing=False)
+        # its new text is seen: the pane marks the correction, the stanza bob's client knows it by, displayed
+        name, answer = await asyncio.wait_for(told.get(), 10)
+        assert name == "marker_displayed" and answer["displayed"]["id"] == "bob-2"
         assert "edited" in await page.inner_text(".chat-panel:not([hidden]) .msg.in .msg-meta")
         assert await view.bodies("bob@example.com") == ["Lunch at one?", "Sure, see you there"]
         await view.shot("edited")

@@ -753,7 +753,7 @@ def test_client_id_reads_the_serializers_escaped_opening_tag():
 
 def test_a_marker_marks_every_message_up_to_it_a_receipt_only_its_own():
     """XEP-0333 §6: a displayed marker for alice's second message reads her first one too;
-    a receipt (XEP-0184) is about its message alone; bob's own messages get no state."""
+    a receipt (XEP-0184) is about its message alone; a correction starts its message again."""
     maker = Conversation()
     entries = [
         said(maker, T0, "one", "a1", outgoing=True),
@@ -766,3 +766,8 @@ def test_a_marker_marks_every_message_up_to_it_a_receipt_only_its_own():
     ]
     assert [(v.body, v.state) for v in fold(entries)] == [
         ("one", "read"), ("hi", "sent"), ("two", "read"), ("three", "delivered"), ("four", "sent")]
+    # a correction takes its message back to sent: what acknowledged the old text did not see the new one
+    entries.append(said(maker, T0 + 7, "2!", "a5", outgoing=True, replaces="a2"))
+    assert [(v.body, v.state) for v in fold(entries)][:3] == [("one", "read"), ("hi", "sent"), ("2!", "sent")]
+    entries.append(receipt(maker, ALICE, BOB, T0 + 8, "a4", "displayed"))  # read up to "four", "2!" too
+    assert {v.state for v in fold(entries) if v.message.outgoing} == {"read"}

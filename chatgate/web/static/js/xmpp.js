@@ -679,10 +679,22 @@ export class ChatClient extends EventTarget {
         if (message.body !== null || message.ack) collected.push(message);
     }
 
-    /** The last messages with *jid* (for a chat window being opened), oldest first. */
-    async recent(jid, max = 30) {
-        const page = await this.mam({ form: { with: jid }, rsm: { before: "", max } });
-        return page.messages;
+    /**
+     * The last *count* messages with *jid* (for a chat window being opened), oldest first, with the
+     * receipts, markers and corrections among them: the archive keeps those too, so it is read back
+     * page by page until *count* messages are in (*pages* pages at most).
+     */
+    async recent(jid, count = 30, pages = 4) {
+        let collected = [];
+        let before = "";
+        for (let i = 0; i < pages; i++) {
+            const page = await this.mam({ form: { with: jid }, rsm: { before, max: count } });
+            collected = [...page.messages, ...collected];
+            const messages = collected.filter((m) => m.body !== null && !m.replaces).length;
+            if (page.complete || !page.first || messages >= count) break;
+            before = page.first;
+        }
+        return collected;
     }
 
     /** First session: where the archive ends now; later sessions catch up from there. */

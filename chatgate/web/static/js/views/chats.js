@@ -297,7 +297,10 @@ export class Chats extends EventTarget {
     receive(message) {
         const chat = this.model.chat(message.contact);
         if (message.ack || message.replaces) {
-            if (this.apply(chat, message)) this.render(message.contact);
+            if (this.apply(chat, message)) {
+                this.render(message.contact);
+                if (message.replaces && !message.outgoing) this.markDisplayedSoon(message.contact); // its new text is seen
+            }
             if (!message.replaces || chat.messages.includes(message)) return false;
         } else if (chat.add(message) < 0) return false;
         if (!message.outgoing) this.markDisplayedSoon(message.contact);
@@ -352,7 +355,9 @@ export class Chats extends EventTarget {
                 original.body = message.body;
                 original.edited = true;
                 original.ids = [...(original.ids || []), message.id];
+                // the new text has been neither delivered nor read yet (storage/archive.fold says the same)
                 if (original.outgoing) original.status = "sent";
+                else if (message.live) Object.assign(original, { from: message.from, live: true, displayedSent: false });
                 return true;
             }
         }
@@ -366,7 +371,7 @@ export class Chats extends EventTarget {
         const last = [...chat.messages].reverse().find((m) => !m.outgoing);
         if (!last || !last.markable || !last.id || last.displayedSent || !last.live) return;
         last.displayedSent = true;
-        this.client.displayed(last.from, last.id);
+        this.client.displayed(last.from, last.ids?.at(-1) || last.id); // a corrected message: its latest stanza
     }
 
     failed({ contact, id, text }) {
