@@ -155,6 +155,21 @@ class UploadSettings:
 
 
 @dataclass(frozen=True)
+class MUCSettings:
+    """Team rooms (XEP-0045) at <subdomain>.<domain>, following the directory."""
+
+    enabled: bool = True
+    #: the rooms of example.com are at <subdomain>.example.com
+    subdomain: str = "conference"
+    #: the room every user of the domain belongs to; empty: none
+    domain_room: str = "everyone"
+    #: a room per mail alias, its members the alias's
+    alias_rooms: bool = True
+    #: messages a newcomer is shown on entering (most), kept in memory per room
+    history: int = 20
+
+
+@dataclass(frozen=True)
 class WebmailSettings:
     #: HMAC key shared with the webmail for login tokens; empty: tokens are off
     token_secret: str = ""
@@ -211,6 +226,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     sm: StreamManagementSettings = field(default_factory=StreamManagementSettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
+    muc: MUCSettings = field(default_factory=MUCSettings)
     #: Directory relative paths in the file are resolved against.
     base_dir: str = "."
 
@@ -412,6 +428,20 @@ def _host_ports(raw: str) -> tuple[tuple[str, int], ...]:
     return values
 
 
+def _label(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value):
+        raise ValueError("expected one DNS label such as conference")
+    return value
+
+
+def _room_name(raw: str) -> str:
+    value = raw.strip().lower()
+    if value and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", value):
+        raise ValueError("a room's name: letters, digits, '.', '_' and '-', at most 64 (empty: no such room)")
+    return value
+
+
 def _word(raw: str) -> str:
     value = raw.strip()
     if not re.fullmatch(r"\S+", value):
@@ -525,6 +555,16 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "daily_quota": _positive_int,
             "slot_lifetime": _seconds,
             "secret": _secret,
+        },
+    ),
+    "muc": (
+        MUCSettings,
+        {
+            "enabled": _bool,
+            "subdomain": _label,
+            "domain_room": _room_name,
+            "alias_rooms": _bool,
+            "history": _whole,
         },
     ),
     "cluster": (

@@ -10,7 +10,10 @@ number of features. IQ get/set keys name the payload
 (``iq-get/host/urn:xmpp:ping:ping``); message and presence keys name the
 addressing only (``message/bare``, ``presence/broadcast``). The addressing is
 ``host``, ``bare``, ``full``, ``broadcast`` (presence without 'to'), or
-``alias`` for a mail alias of the domain, bare or with a resource. Features register
+``alias`` for a mail alias of the domain, bare or with a resource; a
+service of the sender's domain at its own host (:attr:`Router.subdomains`:
+team rooms at ``conference.<domain>``) has ``<name>-host``, ``<name>-bare``
+and ``<name>-full`` (``muc-bare`` for a room, ``muc-full`` for an occupant). Features register
 handlers for keys with :meth:`Router.handle` and follow events with
 :meth:`Router.listen`; the router itself knows no feature.
 
@@ -100,6 +103,11 @@ class Router:
         #: authenticated, beside binding (RFC 6120 §4.3.2; XEP-0352's <csi/>)
         self.stream_features: list[tuple[str, str]] = []
         self._nonzas: dict[tuple[str, str], NonzaHandler] = {}
+        #: a service every hosted domain has at <label>.<domain> -> its name in dispatch keys
+        #: (``conference`` -> ``muc``: ``message/muc-bare``, ``presence/muc-full``, ``iq-get/muc-host/…``)
+        self.subdomains: dict[str, str] = {}
+        #: may this session read this bare JID's archive? (beside its own: a room's occupants and members)
+        self.archive_readers: list[Callable[[Session, str], bool]] = []
         #: id of a server-originated IQ -> (full JID asked, its Deferred)
         self._pending: dict[str, tuple[str, defer.Deferred[domish.Element]]] = {}
         self._ids = itertools.count(1)
@@ -111,6 +119,11 @@ class Router:
         if key in self._handlers:
             raise ValueError(f"two handlers for {key}")
         self._handlers[key] = handler
+
+    def may_read_archive(self, session: Session, owner: str) -> bool:
+        """Whether *session*'s user may read the archive of the bare JID *owner*:
+        their own, or one a feature opens to them (:attr:`archive_readers`)."""
+        return owner == session.bare or any(reader(session, owner) for reader in self.archive_readers)
 
     def handle_nonza(self, uri: str, name: str, handler: NonzaHandler) -> None:
         """Make *handler* the one for the first-level element {*uri*}*name* a
@@ -288,12 +301,20 @@ class Router:
             except InvalidFormat:
                 self._bounce(stanza, sender, "jid-malformed")
                 return
+        service = None
         if to is not None and to.host != sender.domain:
-            # Hosted domains are sealed from each other and from the world.
-            self._bounce(stanza, sender, "service-unavailable")
-            return
+            # Hosted domains are sealed from each other and from the world; a
+            # service of the sender's own domain (rooms at conference.<domain>) is its own
+            label, _, parent = to.host.partition(".")
+            service = self.subdomains.get(label) if parent == sender.domain else None
+            if service is None:
+                self._bounce(stanza, sender, "service-unavailable")
+                return
 
-        if to is None:
+        if service is not None:
+            # the service's host, one of its entities (a room), or an entity's resource (an occupant)
+            addr = f"{service}-{'host' if to.user is None else 'full' if to.resource else 'bare'}"
+        elif to is None:
             if kind == "presence":
                 addr = "broadcast"
             else:

@@ -27,9 +27,10 @@ from chatgate.storage import Stores
 #: order of the delivery hooks is their priority, chatgate/events.py) and of the
 #: directory mirror's changes: aliases tells a removed alias unavailable before
 #: roster pushes its removal, and revocation ends a removed user's sessions
-#: (unavailable) before it too
+#: (unavailable) before it too; muc names its subdomain before mam registers MAM for
+#: the archives of every subdomain's entities (a room's)
 FEATURES = ("messages", "presence", "aliases", "revocation", "roster", "domain_switch", "disco", "ping", "version",
-            "vcard", "archive", "carbons", "offline", "mam", "blocking", "csi", "upload")
+            "vcard", "archive", "carbons", "offline", "muc", "mam", "blocking", "csi", "upload")
 
 
 def register_all(router: Router, settings: Settings, stores: Stores) -> list[IService]:

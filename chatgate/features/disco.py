@@ -54,7 +54,14 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     def items(stanza: domish.Element, sender: Session, to: JID) -> None:
         sender.send(answer(stanza, ITEMS)[0])
 
+    def server_items(stanza: domish.Element, sender: Session, to: JID) -> None:
+        """The domain's services at their own hosts (rooms at conference.<domain>), §4."""
+        reply, query = answer(stanza, ITEMS)
+        for label in sorted(router.subdomains):
+            query.addElement("item")["jid"] = f"{label}.{to.host}"
+        sender.send(reply)
+
     router.handle(f"iq-get/host/{INFO}:query", info("server", "im", router.server_features))
     router.handle(f"iq-get/bare/{INFO}:query", info("account", "registered", router.account_features))
-    router.handle(f"iq-get/host/{ITEMS}:query", items)
+    router.handle(f"iq-get/host/{ITEMS}:query", server_items)
     router.handle(f"iq-get/bare/{ITEMS}:query", items)

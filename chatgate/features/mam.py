@@ -1,7 +1,9 @@
 """Message Archive Management (XEP-0313, ``urn:xmpp:mam:2``) over the user's archive.
 
-A user queries their own archive, at their bare JID (§3.3.1); anyone else's
-is <forbidden/>. Filters come in a XEP-0004 data form (§4.1): ``with`` (bare
+A user queries their own archive, at their bare JID (§3.3.1), and a room's
+at the room's JID (§5.1.2: a service such as ``features/muc.py`` says who may,
+through ``Router.archive_readers``); anyone else's is <forbidden/>.
+Filters come in a XEP-0004 data form (§4.1): ``with`` (bare
 JID: every resource; full JID: that resource), ``start``/``end`` (XEP-0082,
 inclusive), and the extended ``before-id``/``after-id``/``ids`` (§4.1.3, with
 ``<flip-page/>`` and ``<metadata/>``, hence ``urn:xmpp:mam:2#extended``).
@@ -188,11 +190,10 @@ class ArchiveQueries:
         #: the largest archived stanza read back: a stanza within the limit plus what the server added
         self.max_size = max_size
 
-    @staticmethod
-    def _own(sender: Session, to: JID) -> str:
+    def _own(self, sender: Session, to: JID) -> str:
         owner = to.userhost()
-        if owner != sender.bare:
-            raise StanzaError("forbidden", "only your own archive can be queried")
+        if not self.router.may_read_archive(sender, owner):
+            raise StanzaError("forbidden", "only your own archive, or a room's you are a member of, can be queried")
         return owner
 
     async def query(self, stanza: domish.Element, sender: Session, to: JID) -> None:
@@ -276,8 +277,11 @@ def _deferred(handler: Callable[[domish.Element, Session, JID], Coroutine[Any, A
 def register(router: Router, settings: Settings, stores: Stores) -> None:
     mam = ArchiveQueries(router, stores.archive, settings.limits.max_stanza_size + 4096)
     router.account_features.update((NS, EXTENDED))
-    router.handle(f"iq-set/bare/{NS}:query", _deferred(mam.query))
-    router.handle(f"iq-get/bare/{NS}:query", mam.fields)
-    router.handle(f"iq-get/bare/{NS}:metadata", _deferred(mam.metadata))
+    # a user's own archive, and the archives of the entities of the domain's services (a room's,
+    # XEP-0313 §5.1.2), which the service opens to whom it chooses (Router.archive_readers)
+    for addressing in ("bare", *(f"{name}-bare" for name in router.subdomains.values())):
+        router.handle(f"iq-set/{addressing}/{NS}:query", _deferred(mam.query))
+        router.handle(f"iq-get/{addressing}/{NS}:query", mam.fields)
+        router.handle(f"iq-get/{addressing}/{NS}:metadata", _deferred(mam.metadata))
     router.handle(f"iq-get/bare/{NS}:prefs", mam.prefs)
     router.handle(f"iq-set/bare/{NS}:prefs", mam.prefs)

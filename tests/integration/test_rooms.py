@@ -1,0 +1,228 @@
+"""Team rooms (XEP-0045) seen from real slixmpp clients: the domain room and a
+mail alias's room, messages and history, membership following the
+directory, and the seal between domains (what another domain's user and a
+non-member receive)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from slixmpp.exceptions import IqError, PresenceError
+
+from tests.integration.conftest import PASSWORD
+from tests.integration.harness import Client, Server, async_test, login, logout
+from tests.integration.test_history import mam
+
+MUC_USER = "http://jabber.org/protocol/muc#user"
+SID = "urn:xmpp:sid:0"
+DELAY = "urn:xmpp:delay"
+CLIENT = "jabber:client"
+EVERYONE = "everyone@conference.example.com"
+TEAM = "team@conference.example.com"
+USERS = ("alice", "bob", "carol", "dan")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("rooms"))
+    for domain in ("example.com", "other.org"):
+        srv.admin("domain", "add", domain)
+    for jid in [f"{name}@example.com" for name in USERS] + ["mallory@other.org"]:
+        srv.admin("user", "add", jid, "--password-stdin", stdin=PASSWORD + "\n")
+    srv.admin("alias", "add", "team@example.com", "alice@example.com", "bob@example.com", "--name", "The Team")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class Member:
+    """A slixmpp client with the MUC plugin, its groupchat messages and room presences in queues."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        client.register_plugin("xep_0045")
+        self.muc = client.plugin["xep_0045"]
+        self.said: asyncio.Queue = asyncio.Queue()
+        self.seen: asyncio.Queue = asyncio.Queue()
+        self.errors: asyncio.Queue = asyncio.Queue()
+        self.subjects: asyncio.Queue = asyncio.Queue()
+        client.add_event_handler("groupchat_subject", self.subjects.put_nowait)
+        # live messages only: the history shown on entering comes back from join_muc_wait
+        client.add_event_handler("groupchat_message",
+                                 lambda m: None if m.xml.find(f"{{{DELAY}}}delay") is not None
+                                 else self.said.put_nowait(m))
+        client.add_event_handler("groupchat_presence", self.seen.put_nowait)
+        client.add_event_handler("message_error", self.errors.put_nowait)
+
+    async def next_said(self, timeout: float = 10):
+        return await asyncio.wait_for(self.said.get(), timeout)
+
+    async def presence_of(self, occupant: str, kind: str = "available", timeout: float = 10):
+        """The next presence of room/nick *occupant* of type *kind*."""
+        while True:
+            presence = await asyncio.wait_for(self.seen.get(), timeout)
+            if presence["from"] == occupant and presence["type"] == kind:
+                return presence
+
+    async def quiet(self, seconds: float = 0.5) -> list:
+        """What groupchat messages arrive within *seconds* (for what must not)."""
+        await asyncio.sleep(seconds)
+        got = []
+        while not self.said.empty():
+            got.append(self.said.get_nowait())
+        return got
+
+
+async def member(server: Server, jid: str) -> Member:
+    return Member(await login(server, jid, PASSWORD))
+
+
+def others(occupants: list, nick: str) -> list:
+    """The occupants' presences a join brought, without one's own (slixmpp lists it too)."""
+    return [p for p in occupants if p["from"].resource != nick]
+
+
+def codes(presence) -> set[str]:
+    x = presence.xml.find(f"{{{MUC_USER}}}x")
+    return {s.get("code") for s in x.findall(f"{{{MUC_USER}}}status")} if x is not None else set()
+
+
+@async_test(timeout=90)
+async def test_domain_room_chat_history_subject_and_mam(server):
+    alice = await member(server, "alice@example.com/desk")
+    bob = await member(server, "bob@example.com/phone")
+    own, subject, occupants, history = await alice.muc.join_muc_wait(EVERYONE, "Alice", timeout=10)
+    assert {"110", "100", "170"} <= codes(own)
+    assert others(occupants, "Alice") == [] and history == [] and not subject["subject"]
+    own, _, occupants, _ = await bob.muc.join_muc_wait(EVERYONE, "Bob", timeout=10)
+    occupants = others(occupants, "Bob")
+    assert [str(p["from"]) for p in occupants] == [f"{EVERYONE}/Alice"]
+    # non-anonymous: the real JID is in the item
+    assert occupants[0].xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("jid") == "alice@example.com/desk"
+    await alice.presence_of(f"{EVERYONE}/Bob")
+
+    alice.client.send_message(mto=EVERYONE, mbody="Good morning, team", mtype="groupchat")
+    for reader in (bob, alice):  # alice gets her own message back (§7.4)
+        got = await reader.next_said()
+        assert str(got["from"]) == f"{EVERYONE}/Alice" and got["body"] == "Good morning, team"
+        sid = got.xml.find(f"{{{SID}}}stanza-id")
+        assert sid is not None and sid.get("by") == EVERYONE
+    bob.muc.set_subject(EVERYONE, "Quarterly planning")
+    for reader in (alice, bob):
+        while (got := await asyncio.wait_for(reader.subjects.get(), 10))["subject"] != "Quarterly planning":
+            pass  # the empty subject of entering
+        assert got["from"] == f"{EVERYONE}/Bob"
+
+    # carol comes later: history with its delay, then the subject
+    carol = await member(server, "carol@example.com/laptop")
+    _, subject, occupants, history = await carol.muc.join_muc_wait(EVERYONE, "Carol", maxstanzas=5, timeout=10)
+    assert sorted(str(p["from"].resource) for p in others(occupants, "Carol")) == ["Alice", "Bob"]
+    assert [(m["from"].resource, m["body"]) for m in history] == [("Alice", "Good morning, team")]
+    assert history[0].xml.find(f"{{{DELAY}}}delay").get("from") == EVERYONE
+    assert subject["subject"] == "Quarterly planning" and subject["from"].resource == "Bob"
+
+    # the room's archive by MAM, for a member (XEP-0313 §5.1.2)
+    page = await mam(carol.client, to=EVERYONE)
+    bodies = [r.xml.find(".//{jabber:client}message").findtext(f"{{{CLIENT}}}body") for r in page.results]
+    assert bodies[0] == "Good morning, team"
+    assert page.results[0].xml.find(".//{jabber:client}message").get("from") == f"{EVERYONE}/Alice"
+
+    # a nickname in use by someone else: conflict; the same user's second resource shares it
+    with pytest.raises(PresenceError) as refused:
+        await carol.muc.join_muc_wait(EVERYONE, "Alice", timeout=10)
+    assert refused.value.condition == "conflict"
+    laptop = await member(server, "alice@example.com/laptop")
+    await laptop.muc.join_muc_wait(EVERYONE, "Alice", timeout=10)
+    # leaving by disconnecting: the others see bob go
+    await logout(bob.client)
+    gone = await alice.presence_of(f"{EVERYONE}/Bob", "unavailable")
+    assert gone.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("role") == "none"
+    # one of alice's two resources leaves: nobody sees Alice go
+    laptop.muc.leave_muc(EVERYONE, "Alice")
+    assert await laptop.presence_of(f"{EVERYONE}/Alice", "unavailable")
+    carol.client.send_message(mto=EVERYONE, mbody="still here?", mtype="groupchat")
+    assert (await alice.next_said())["body"] == "still here?"
+    assert await laptop.quiet() == []
+    await logout(alice.client, carol.client, laptop.client)
+
+
+@async_test(timeout=90)
+async def test_alias_room_follows_the_directory(server):
+    alice = await member(server, "alice@example.com/desk")
+    bob = await member(server, "bob@example.com/desk")
+    dan = await member(server, "dan@example.com/desk")
+    items = await alice.client.plugin["xep_0030"].get_items(jid="conference.example.com", timeout=10)
+    assert {(i[0], i[2]) for i in items["disco_items"]["items"]} == {
+        (EVERYONE, "Everyone at example.com"), (TEAM, "The Team")}
+    server_items = await alice.client.plugin["xep_0030"].get_items(jid="example.com", timeout=10)
+    assert "conference.example.com" in {i[0] for i in server_items["disco_items"]["items"]}
+    info = await alice.client.plugin["xep_0030"].get_info(jid=TEAM, timeout=10)
+    assert "muc_membersonly" in info["disco_info"]["features"]
+
+    await alice.muc.join_muc_wait(TEAM, "alice", timeout=10)
+    await bob.muc.join_muc_wait(TEAM, "bob", timeout=10)
+    # dan is not on the alias: refused, and nothing of the room reaches him
+    with pytest.raises(PresenceError) as refused:
+        await dan.muc.join_muc_wait(TEAM, "dan", timeout=10)
+    assert refused.value.condition == "registration-required"
+    with pytest.raises(IqError) as forbidden:
+        await mam(dan.client, to=TEAM)
+    assert forbidden.value.condition == "forbidden"
+    dan.client.send_message(mto=TEAM, mbody="let me in", mtype="groupchat")
+    error = await asyncio.wait_for(dan.errors.get(), 10)
+    assert error["error"]["condition"] == "registration-required"
+    alice.client.send_message(mto=TEAM, mbody="team only", mtype="groupchat")
+    assert (await bob.next_said())["body"] == "team only"
+    assert await dan.quiet() == []
+
+    # the admin adds dan to the alias: he may enter at once
+    await asyncio.to_thread(server.admin, "alias", "add", "team@example.com", "dan@example.com")
+    await asyncio.sleep(0.8)  # the service follows the store's change feed
+    _, _, _, history = await dan.muc.join_muc_wait(TEAM, "dan", timeout=10)
+    assert [m["body"] for m in history] == ["team only"]
+    # bob is taken off the alias: he leaves the room with status 321, the others see it
+    await asyncio.to_thread(server.admin, "alias", "remove", "team@example.com", "bob@example.com")
+    out = await bob.presence_of(f"{TEAM}/bob", "unavailable")
+    assert {"321", "110"} <= codes(out)
+    assert "321" in codes(await alice.presence_of(f"{TEAM}/bob", "unavailable"))
+    alice.client.send_message(mto=TEAM, mbody="after bob", mtype="groupchat")
+    assert (await dan.next_said())["body"] == "after bob"
+    assert await bob.quiet() == []
+    # the alias is removed: the room is destroyed for everyone in it
+    await asyncio.to_thread(server.admin, "alias", "remove", "team@example.com")
+    destroyed = await alice.presence_of(f"{TEAM}/alice", "unavailable")
+    assert destroyed.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}destroy") is not None
+    await logout(alice.client, bob.client, dan.client)
+
+
+@async_test(timeout=60)
+async def test_another_domains_user_reaches_no_room(server):
+    alice = await member(server, "alice@example.com/seal")
+    mallory = await member(server, "mallory@other.org/x")
+    await alice.muc.join_muc_wait(EVERYONE, "alice-seal", timeout=10)
+    # mallory cannot enter example.com's rooms, ask their service, or write to them
+    mallory.muc.make_join_stanza(EVERYONE, "mallory").send()
+    refused = await mallory.client.wait_presence(lambda p: p["from"] == f"{EVERYONE}/mallory")
+    assert refused["type"] == "error" and refused["error"]["condition"] == "service-unavailable"
+    with pytest.raises(IqError) as unknown:
+        await mallory.client.plugin["xep_0030"].get_items(jid="conference.example.com", timeout=10)
+    assert unknown.value.condition == "service-unavailable"
+    mallory.client.send_message(mto=EVERYONE, mbody="forged hello", mtype="groupchat")
+    mallory.client.send_message(mto=f"{EVERYONE}/alice-seal", mbody="psst", mtype="chat")
+    # her own domain's room is hers alone
+    _, _, occupants, history = await mallory.muc.join_muc_wait("everyone@conference.other.org", "mallory",
+                                                               timeout=10)
+    assert others(occupants, "mallory") == [] and history == []
+    # a user of the domain who has not entered the room cannot write to it
+    carol = await member(server, "carol@example.com/outside")
+    carol.client.send_message(mto=EVERYONE, mbody="not entered", mtype="groupchat")
+    error = await asyncio.wait_for(carol.errors.get(), 10)
+    assert error["error"]["condition"] == "not-acceptable"
+    assert await alice.quiet(1.0) == []
+    received = []
+    while not alice.client.messages.empty():
+        received.append(alice.client.messages.get_nowait()["body"])
+    assert not {"forged hello", "psst", "not entered"} & set(received), received
+    await logout(alice.client, mallory.client, carol.client)
