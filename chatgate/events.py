@@ -44,6 +44,9 @@ Other events:
   available before): a session of another node of the cluster changed its
   presence (or is gone: an unavailable stanza); its node told its own users,
   this node's listeners tell this node's.
+- :data:`REMOTE_STATE` (remote session): a session of another node changed
+  only the state features share (:data:`chatgate.session.SHARED_STATE`:
+  carbons, the rooms it is in), not its presence.
 """
 
 from __future__ import annotations
@@ -60,12 +63,13 @@ SESSION_AVAILABLE = "session-available"
 PRESENCE_CHANGED = "presence-changed"
 REMOTE_PRESENCE = "remote-presence"
 OFFLINE_WAITING = "offline-waiting"
+REMOTE_STATE = "remote-state"
 
 #: every event there is: listening to another name is an error, not silence
 EVENTS = frozenset({
     MESSAGE_DELIVERING, MESSAGE_UNDELIVERABLE, MESSAGE_REFUSED, MESSAGE_SENT, PRESENCE_DELIVERING, IQ_DELIVERING,
     SESSION_BOUND, SESSION_ENDED, SESSION_AVAILABLE, PRESENCE_CHANGED, REMOTE_PRESENCE,
-    OFFLINE_WAITING,
+    OFFLINE_WAITING, REMOTE_STATE,
 })
 
 # -- priorities, highest first

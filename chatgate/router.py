@@ -544,6 +544,11 @@ class Router:
         if was_available or remote.available:
             self.emit(events.REMOTE_PRESENCE, remote, stanza, was_available)
 
+    def remote_state(self, remote: RemoteSession) -> None:
+        """A session of another node changed its shared state (``Session.state``'s
+        :data:`~chatgate.session.SHARED_STATE` keys) and nothing else."""
+        self.emit(events.REMOTE_STATE, remote)
+
     def remote_gone(self, full: str, node: str) -> None:
         """A session of *node* ended, or *node* died: forget it, and tell who saw it available."""
         remote = self.remote_session(full)

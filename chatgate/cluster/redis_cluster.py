@@ -241,6 +241,8 @@ class RedisCluster(Cluster):
         #: request id -> (the node asked, the Deferred of its answer)
         self._asked: dict[str, tuple[str, defer.Deferred[dict[str, Any]]]] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], defer.Deferred[dict[str, Any]]]] = {}
+        #: kind -> the handler of what other nodes tell (Cluster.tell)
+        self._told: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._request_ids = itertools.count(1)
         #: stanzas this run forwards are numbered (this run's name, a counter), so that a
         #: receiver drops a second copy: the outbox writes again what was on the wire when
@@ -321,6 +323,16 @@ class RedisCluster(Cluster):
         d.addErrback(timed_out)
         self._send(node, {"k": "q", "i": request_id, "o": self.node_id, "w": kind, "p": payload})
         return d
+
+    def tell(self, domain: str, kind: str, payload: dict[str, Any]) -> None:
+        event = json.dumps({"k": "f", "w": kind, "p": payload})
+        self._write(_Write("e", ("eval", _NOTIFY, [self._keys(domain, self.node_id)[1]],
+                                 [self.node_id, self.prefix, event]), self._now()))
+
+    def hear(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        if kind in self._told:
+            raise ValueError(f"two handlers for cluster news of {kind}")
+        self._told[kind] = handler
 
     def answer(self, kind: str, handler: Callable[[dict[str, Any]], defer.Deferred[dict[str, Any]]]) -> None:
         if kind in self._handlers:
@@ -624,6 +636,11 @@ class RedisCluster(Cluster):
         if kind == "o":
             router.emit(events.OFFLINE_WAITING, event.get("j", ""))
             return
+        if kind == "f":
+            told = self._told.get(event.get("w", ""))
+            if told is not None:
+                told(event.get("p") or {})
+            return
         full = event.get("j", "")
         domain = full.partition("@")[2].partition("/")[0]
         waiting = self._joining.get(domain)
@@ -672,9 +689,17 @@ class RedisCluster(Cluster):
         self._update(remote, entry)
 
     def _update(self, remote: RemoteSession, entry: dict[str, Any]) -> None:
-        remote.state = dict(entry.get("s") or {})
+        state = dict(entry.get("s") or {})
+        state_changed = state != remote.state
+        remote.state = state
         priority = int(entry.get("p", 0))
         text = entry.get("x") or ""
+        assert self.router is not None
+        if text and text == remote.presence_text and priority == remote.priority:
+            if state_changed:  # the same presence: only what features share changed (rooms entered)
+                self.router.remote_state(remote)
+            return
+        remote.presence_text = text
         if text:
             stanza = _parse(text.encode("utf-8"))
             if stanza is None:
@@ -683,8 +708,9 @@ class RedisCluster(Cluster):
             stanza = unavailable(remote.full)
         else:
             remote.priority = priority
+            if state_changed:
+                self.router.remote_state(remote)
             return
-        assert self.router is not None
         self.router.remote_presence(remote, stanza, priority)
 
     # -- heartbeats and the dead

@@ -45,6 +45,9 @@ class RemoteSession(Session):
         self._forwarder = forwarder
         #: its current presence ready to be addressed to anyone (None while unavailable)
         self.addressed: Addressed | None = None
+        #: that presence as the bus carried it ("" while unavailable): a change of shared
+        #: state alone is told as such, not as a new presence for everyone
+        self.presence_text = ""
 
     def set_presence(self, presence: domish.Element | None, priority: int) -> None:
         self.presence = presence

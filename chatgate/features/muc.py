@@ -39,9 +39,20 @@ first entered, for joining; the subject is found among its last
 **Large rooms**: a message is serialized once per transport and each copy
 only gets its ``to`` spliced in (:class:`~chatgate.session.Addressed`).
 
+**In a cluster** a room is no process's: every node knows every occupant.
+Which rooms a session is in (room -> nickname) is part of its shared state
+(``Session.state``, :data:`~chatgate.session.SHARED_STATE`), mirrored by
+the cluster with its presence; each node tells its own occupants when
+another node's session enters, leaves or changes presence (``remote-state``,
+``remote-presence``), and when a node dies its sessions go from every
+mirror, so the others see its occupants leave and stay in. A message is
+archived by the sender's node (the archive is shared), which then tells
+each other node of the domain once (``Cluster.tell``); each node fans it out
+to its own occupants. An occupant on another node is shown with its
+presence to the server, not what it sent the room alone.
+
 Not yet: ad-hoc rooms and invitations, room configuration and
-administration (§10), bookmarks, and rooms shared by the nodes of a cluster
-(a room lives in the process its occupants are connected to).
+administration (§10), bookmarks.
 """
 
 from __future__ import annotations
@@ -99,10 +110,16 @@ class Occupant:
 
     nick: str
     bare: str
-    #: full JID -> the session in the room under this nickname
+    #: full JID -> this node's session in the room under this nickname
     sessions: dict[str, Session] = field(default_factory=dict)
+    #: full JID -> another node's session in the room under it (from the cluster's mirror)
+    remote: dict[str, Session] = field(default_factory=dict)
     #: the presence last sent to the room (its show, status, caps: what others see)
     presence: domish.Element | None = None
+
+    def jid(self) -> str:
+        """A full JID it is in the room with (non-anonymous rooms show it, §7.2.4)."""
+        return next(iter(self.sessions), None) or next(iter(self.remote), self.bare)
 
 
 @dataclass(eq=False)
@@ -126,8 +143,15 @@ class Room:
     last_write: defer.Deferred[Any] | None = None
 
     def sessions(self) -> Iterator[Session]:
+        """This node's sessions in the room."""
         for occupant in self.occupants.values():
             yield from occupant.sessions.values()
+
+    def forget_history(self) -> None:
+        """Nobody here is in the room: what other nodes say of it stops reaching this node,
+        so history is read again from the archive at the next entry."""
+        self.recent.clear()
+        self.loaded = None
 
 
 class Rooms:
@@ -146,6 +170,8 @@ class Rooms:
         self.ids = ArchiveIds()
         #: room JID -> the room, once somebody used it
         self.rooms: dict[str, Room] = {}
+        #: another node's session -> the rooms it is in and its nickname there, as last mirrored
+        self._remote_in: dict[str, dict[str, str]] = {}
 
     # -- which rooms there are, and who belongs
 
@@ -304,7 +330,7 @@ class Rooms:
         occupant.sessions[sender.full] = sender
         room.by_full[sender.full] = occupant
         room.occupants[nick] = occupant
-        sender.state.setdefault(SERVICE, set()).add(room.jid)  # type: ignore[union-attr]
+        self._share(sender, room.jid, nick)
         # §7.2.3: everyone else's presence first, then the newcomer's own, to everyone
         current = [(None, Addressed(self._presence_of(room, other))) for other in room.occupants.values()
                    if other is not occupant]
@@ -379,21 +405,23 @@ class Rooms:
         next(own.elements(USER_NS, "x")).addElement("status")["code"] = "110"
         self.router.deliver_presence(Addressed(own), None, list(occupant.sessions.values()))
 
-    def leave(self, room: Room, session: Session, *codes: int, destroy: domish.Element | None = None) -> None:
+    def leave(self, room: Room, session: Session, *codes: int, destroy: domish.Element | None = None,
+              ending: bool = False) -> None:
         """§7.14: *session* leaves; the others see the occupant go once its last session has."""
         occupant = room.by_full.pop(session.full, None)
         if occupant is None:
             return
         occupant.sessions.pop(session.full, None)
-        joined = session.state.get(SERVICE)
-        if isinstance(joined, set):
-            joined.discard(room.jid)
+        if not ending:
+            self._share(session, room.jid, None)
         gone = self._presence_of(room, occupant, *codes, kind="unavailable")
         if destroy is not None:
             next(gone.elements(USER_NS, "x")).addChild(destroy)
-        if not occupant.sessions:
+        if not occupant.sessions and not occupant.remote:
             del room.occupants[occupant.nick]
             self.router.deliver_presence(Addressed(gone), None, list(room.sessions()))
+        if not any(room.sessions()):
+            room.forget_history()
         own = copy_element(gone)
         next(own.elements(USER_NS, "x")).addElement("status")["code"] = "110"
         if not session.closed:
@@ -413,7 +441,7 @@ class Rooms:
         item = x.addElement("item")
         item["affiliation"] = "member" if self.is_member(room, occupant.bare) else "none"
         item["role"] = "none" if kind == "unavailable" else "participant"
-        item["jid"] = next(iter(occupant.sessions), occupant.bare)  # non-anonymous (§7.2.4)
+        item["jid"] = occupant.jid()  # non-anonymous (§7.2.4)
         if new_nick is not None:
             item["nick"] = new_nick
         for code in codes:
@@ -425,15 +453,95 @@ class Rooms:
         session.send(stanza)
 
     def session_gone(self, session: Session) -> None:
-        for jid in list(session.state.get(SERVICE, ()) or ()):  # type: ignore[union-attr]
+        for jid in list(_joined(session)):
             room = self.rooms.get(jid)
             if room is not None:
-                self.leave(room, session)
+                self.leave(room, session, ending=True)
 
     def presence_changed(self, session: Session, was_available: bool) -> None:
         """RFC 6121 §4.6.3: unavailable to the server is unavailable to the rooms too."""
         if was_available and not session.available:
-            self.session_gone(session)
+            for jid in list(_joined(session)):
+                room = self.rooms.get(jid)
+                if room is not None:
+                    self.leave(room, session)
+
+    def _share(self, session: Session, room: str, nick: str | None) -> None:
+        """Which rooms *session* is in, under which nickname, as other nodes mirror it
+        (``Session.state``, a :data:`~chatgate.session.SHARED_STATE` key)."""
+        joined = dict(_joined(session))
+        if nick is None:
+            joined.pop(room, None)
+        else:
+            joined[room] = nick
+        session.state[SERVICE] = joined
+        self.router.session_changed(session)
+
+    # -- the cluster: occupants on other nodes, messages they send
+
+    def remote_presence(self, remote: Session, stanza: domish.Element, was_available: bool) -> None:
+        self._mirror(remote, presence_changed=True)
+
+    def remote_state(self, remote: Session) -> None:
+        self._mirror(remote, presence_changed=False)
+
+    def _mirror(self, remote: Session, presence_changed: bool) -> None:
+        """Another node's session entered, left or changed in rooms (its shared state and
+        presence, mirrored by the cluster): this node tells its own occupants. A node that
+        died tells nobody: its sessions go, and every node sees them leave here."""
+        gone = self.router.resources(remote.bare).get(remote.jid.resource or "") is not remote
+        now = {} if gone or not remote.available else dict(_joined(remote))
+        before = self._remote_in.pop(remote.full, {})
+        if now:
+            self._remote_in[remote.full] = now
+        for jid, nick in before.items():
+            if now.get(jid) != nick:
+                room = self.rooms.get(jid)
+                if room is not None:
+                    self._remote_left(room, remote, nick)
+        for jid, nick in now.items():
+            if before.get(jid) == nick and not presence_changed:
+                continue
+            room = self.room(jid_of_room(jid))
+            if room is not None and room.domain == remote.domain:
+                self._remote_entered(room, remote, nick)
+
+    def _remote_entered(self, room: Room, remote: Session, nick: str) -> None:
+        occupant = room.occupants.get(nick)
+        if occupant is not None and occupant.bare != remote.bare:
+            log.warn("room {room}: {jid} took the nickname {nick} on another node, in use here",
+                     room=room.jid, jid=remote.full, nick=nick)
+            return
+        if occupant is None:
+            occupant = room.occupants[nick] = Occupant(nick, remote.bare)
+        occupant.remote[remote.full] = remote
+        if not occupant.sessions:
+            occupant.presence = _shown(remote.presence) if remote.presence is not None else None
+        self.router.deliver_presence(Addressed(self._presence_of(room, occupant)), None,
+                                     [s for s in room.sessions() if s.full not in occupant.sessions])
+
+    def _remote_left(self, room: Room, remote: Session, nick: str) -> None:
+        occupant = room.occupants.get(nick)
+        if occupant is None or occupant.remote.pop(remote.full, None) is None:
+            return
+        if not occupant.sessions and not occupant.remote:
+            del room.occupants[nick]
+            gone = self._presence_of(room, occupant, kind="unavailable")
+            self.router.deliver_presence(Addressed(gone), None, list(room.sessions()))
+
+    def heard(self, news: dict[str, Any]) -> None:
+        """A message another node sent to a room, archived there: to this node's occupants."""
+        room = self.rooms.get(str(news.get("r", "")))
+        if room is None or not any(room.sessions()):
+            return
+        text = str(news.get("t", ""))
+        try:
+            outgoing = parse_document(text.encode("utf-8"), self.max_size)
+        except StreamError:
+            return
+        subject = next(outgoing.elements(CLIENT_NS, "subject"), None)
+        self._deliver(room, outgoing, body_of(outgoing), subject, str(news.get("n", "")),
+                      float(news.get("a", 0)), text, told=True)
 
     # -- messages
 
@@ -489,7 +597,7 @@ class Rooms:
         log.failure("archiving message {id} of room {room}", failure, id=archive_id, room=room.jid)
 
     def _deliver(self, room: Room, outgoing: domish.Element, body: str | None, subject: domish.Element | None,
-                 nick: str, at: float, text: str) -> None:
+                 nick: str, at: float, text: str, told: bool = False) -> None:
         if body is not None:
             room.recent.append((at, text))
         if subject is not None:
@@ -497,6 +605,8 @@ class Rooms:
         addressed = Addressed(outgoing)
         for session in list(room.sessions()):
             addressed.send(session)
+        if not told:  # once per other node, after the archive has it (write-ahead)
+            self.router.cluster.tell(room.domain, SERVICE, {"r": room.jid, "t": text, "a": at, "n": nick})
 
     def private(self, stanza: domish.Element, sender: Session, to: JID) -> None:
         """§7.5: a private message to one occupant, from the sender's nickname."""
@@ -591,6 +701,17 @@ class Rooms:
                 self.rooms[room.jid] = room  # the domain room, named like the alias: it stays
 
 
+def _joined(session: Session) -> dict[str, str]:
+    """The rooms *session* is in: room JID -> its nickname there."""
+    joined = session.state.get(SERVICE)
+    return joined if isinstance(joined, dict) else {}
+
+
+def jid_of_room(jid: str) -> JID:
+    localpart, _, host = jid.partition("@")
+    return JID(tuple=(localpart, host, None))
+
+
 def _shown(stanza: domish.Element) -> domish.Element:
     """What of an occupant's presence others see: everything but the MUC join element."""
     kept = Element((CLIENT_NS, "presence"))
@@ -625,5 +746,8 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.handle(f"iq-get/{SERVICE}-full/{PING_NS}:ping", rooms.self_ping)
     router.listen(events.SESSION_ENDED, rooms.session_gone)
     router.listen(events.PRESENCE_CHANGED, rooms.presence_changed)
+    router.listen(events.REMOTE_PRESENCE, rooms.remote_presence)
+    router.listen(events.REMOTE_STATE, rooms.remote_state)
+    router.cluster.hear(SERVICE, rooms.heard)
     router.domains.listen(rooms.directory_changed)
 
