@@ -48,6 +48,9 @@ class Member:
         self.seen: asyncio.Queue = asyncio.Queue()
         self.errors: asyncio.Queue = asyncio.Queue()
         self.subjects: asyncio.Queue = asyncio.Queue()
+        self.refusals: asyncio.Queue = asyncio.Queue()
+        for room in (EVERYONE, TEAM):  # slixmpp tells a room's refusals by the room's name
+            client.add_event_handler(f"muc::{room}::presence-error", self.refusals.put_nowait)
         client.add_event_handler("groupchat_subject", self.subjects.put_nowait)
         # live messages only: the history shown on entering comes back from join_muc_wait
         client.add_event_handler("groupchat_message",
@@ -226,3 +229,64 @@ async def test_another_domains_user_reaches_no_room(server):
         received.append(alice.client.messages.get_nowait()["body"])
     assert not {"forged hello", "psst", "not entered"} & set(received), received
     await logout(alice.client, mallory.client, carol.client)
+
+
+@async_test(timeout=90)
+async def test_private_messages_nickname_change_self_ping_and_bad_input(server):
+    alice = await member(server, "alice@example.com/pm")
+    bob = await member(server, "bob@example.com/pm")
+    await alice.muc.join_muc_wait(EVERYONE, "al", timeout=10)
+    await bob.muc.join_muc_wait(EVERYONE, "bo", timeout=10)
+    await alice.presence_of(f"{EVERYONE}/bo")
+
+    # a private message (§7.5): to bob's resource, from alice's nickname, never as bob's contact alice
+    alice.client.send_message(mto=f"{EVERYONE}/bo", mbody="just between us", mtype="chat")
+    got = await asyncio.wait_for(bob.client.messages.get(), 10)
+    while got["type"] == "groupchat":
+        got = await asyncio.wait_for(bob.client.messages.get(), 10)
+    assert (str(got["from"]), got["body"]) == (f"{EVERYONE}/al", "just between us")
+    assert got.xml.find(f"{{{MUC_USER}}}x") is not None
+    assert await alice.quiet() == []  # not a groupchat message
+
+    # XEP-0410: a ping to one's own occupant JID says whether one is in
+    answer = await alice.client.plugin["xep_0199"].send_ping(f"{EVERYONE}/al", timeout=10)
+    assert answer is not None
+    with pytest.raises(IqError) as outside:
+        await alice.client.plugin["xep_0199"].send_ping(f"{EVERYONE}/nobody", timeout=10)
+    assert outside.value.condition == "not-acceptable"
+
+    # a nickname change (§7.6): 303 with the new nickname, then the new one available
+    await alice.muc.set_self_nick(EVERYONE, "alice2", timeout=10)
+    old = await bob.presence_of(f"{EVERYONE}/al", "unavailable")
+    assert "303" in codes(old)
+    assert old.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("nick") == "alice2"
+    await bob.presence_of(f"{EVERYONE}/alice2")
+    alice.client.send_message(mto=EVERYONE, mbody="renamed", mtype="groupchat")
+    assert str((await bob.next_said())["from"]) == f"{EVERYONE}/alice2"
+    # taking bob's nickname: conflict, alice keeps hers
+    alice.client.make_presence(pto=f"{EVERYONE}/bo").send()
+    taken = await asyncio.wait_for(alice.refusals.get(), 10)
+    assert (str(taken["from"]), taken["error"]["condition"]) == (f"{EVERYONE}/bo", "conflict")
+
+    # an oversized subject is refused and changes nothing; an oversized nickname too
+    alice.muc.set_subject(EVERYONE, "x" * 2000)
+    error = await asyncio.wait_for(alice.errors.get(), 10)
+    assert error["error"]["condition"] == "not-acceptable"
+    with pytest.raises(PresenceError) as long_nick:
+        await (await member(server, "carol@example.com/long")).muc.join_muc_wait(EVERYONE, "n" * 100, timeout=10)
+    assert long_nick.value.condition == "not-acceptable"
+
+    # a burst of entering and leaving by one client: everyone else's room goes on
+    flood = await member(server, "dan@example.com/flood")
+    for round_ in range(30):
+        flood.muc.make_join_stanza(EVERYONE, f"f{round_}").send()
+        flood.client.make_presence(pto=f"{EVERYONE}/f{round_}", ptype="unavailable").send()
+    bob.client.send_message(mto=EVERYONE, mbody="still fine", mtype="groupchat")
+    while (got := await alice.next_said())["body"] != "still fine":
+        pass
+    info = await bob.client.plugin["xep_0030"].get_info(jid=EVERYONE, timeout=10)
+    fields = info["disco_info"]["form"].get_values()
+    assert fields["muc#roominfo_subject"] != "x" * 2000
+    # the flood's 30 nicknames all left again: alice and bob are the room
+    assert fields["muc#roominfo_occupants"] == "2"
+    await logout(alice.client, bob.client, flood.client)
