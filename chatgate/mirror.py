@@ -14,12 +14,12 @@ from collections.abc import Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from chatgate.storage.interfaces import Alias, Change, Domain, IDirectory, User
+from chatgate.storage.interfaces import Alias, Change, Domain, IDirectory, RoomRecord, User
 
 log = Logger()
 
-#: told each change once the mirror reflects it: (change, the user or alias concerned, or None)
-ChangeListener = Callable[[Change, "User | Alias | None"], None]
+#: told each change once the mirror reflects it: (change, the user, alias or room record concerned, or None)
+ChangeListener = Callable[[Change, "User | Alias | RoomRecord | None"], None]
 
 
 class DirectoryMirror:
@@ -32,6 +32,8 @@ class DirectoryMirror:
         self._aliases: dict[str, dict[str, Alias]] = {}
         #: (domain, member localpart) -> localparts of the aliases they belong to
         self._memberships: dict[tuple[str, str], set[str]] = {}
+        #: (domain, room localpart) -> its record (team rooms, features/muc.py)
+        self._rooms: dict[tuple[str, str], RoomRecord] = {}
         self._listeners: list[ChangeListener] = []
         # Changes are applied one after another, in the order the feed told them.
         self._queue = defer.DeferredLock()
@@ -46,6 +48,8 @@ class DirectoryMirror:
             self._users[domain.name] = {u.localpart: u for u in users}
             for alias in (yield self.directory.aliases(domain.name)):
                 self._put_alias(alias)
+            for room in (yield self.directory.rooms(domain.name)):
+                self._rooms[(room.domain, room.localpart)] = room
 
     def listen(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -75,6 +79,10 @@ class DirectoryMirror:
     def aliases(self, domain: str) -> list[Alias]:
         """Aliases of *domain*, sorted by localpart."""
         return sorted(self._aliases.get(domain, {}).values(), key=lambda a: a.localpart)
+
+    def room(self, domain: str, localpart: str) -> RoomRecord | None:
+        """The record an administrator made of a team room, if any."""
+        return self._rooms.get((domain, localpart))
 
     def aliases_of(self, domain: str, localpart: str) -> set[str]:
         """Localparts of the aliases the user belongs to."""
@@ -135,6 +143,12 @@ class DirectoryMirror:
             if user is None:  # removed again since; the removal follows in the feed
                 return
             self._put_alias(user)
+        elif kind == "room-changed":
+            rooms = yield self.directory.rooms(name)
+            user = next((r for r in rooms if r.localpart == change.localpart), None)
+            if user is None:
+                return
+            self._rooms[(name, user.localpart)] = user
         elif kind == "alias-removed":
             user = self._drop_alias(name, change.localpart or "")
             if user is None:

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", metavar="FILE", help=f"configuration file (default: ./{DEFAULT_CONFIG} if present)"
     )
-    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user,alias,site,token}")
+    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user,alias,room,site,token}")
 
     domain = topics.add_parser("domain", help="hosted domains").add_subparsers(dest="action", required=True)
     for action, prepare, text in (
@@ -115,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     alias_list = alias_actions.add_parser("list", help="list a domain's aliases (JID, tab, name, tab, members)")
     alias_list.add_argument("domain", metavar="DOMAIN")
     alias_list.set_defaults(prepare=_alias_list)
+
+    room = topics.add_parser("room", help="team rooms: the domain's and one per mail alias ([muc])")
+    room_actions = room.add_subparsers(dest="action", required=True)
+    for action, text, enabled in (("enable", "open a room again", True), ("disable", "close a room", False)):
+        command = room_actions.add_parser(action, help=text)
+        command.add_argument("room", metavar="ROOM", help="the room at its domain: everyone@example.com,"
+                             " sales@example.com for the alias's room")
+        command.set_defaults(prepare=_room_set, enabled=enabled, name=None)
+    room_name = room_actions.add_parser("name", help="name a room (empty: its default name)")
+    room_name.add_argument("room", metavar="ROOM")
+    room_name.add_argument("name", metavar="NAME")
+    room_name.set_defaults(prepare=_room_set, enabled=None)
+    room_list = room_actions.add_parser("list", help="a domain's rooms (room JID, tab, kind, tab, state, tab, name)")
+    room_list.add_argument("domain", metavar="DOMAIN")
+    room_list.set_defaults(prepare=_room_list)
 
     site = topics.add_parser("site", help="private-label webmail sites and their chat link")
     site_actions = site.add_subparsers(dest="action", required=True)
@@ -228,7 +243,7 @@ def _audited(job: Job, args: argparse.Namespace, settings: Settings) -> Job:
         logger = audit.file_logger(path)
     except OSError as e:
         raise CommandError(f"cannot write the audit log {path}: {e.strerror}") from None
-    names = [name for name in ("jid", "alias", "domain", "host") if hasattr(args, name)]
+    names = [name for name in ("jid", "alias", "room", "domain", "host") if hasattr(args, name)]
     target = audit.target(getattr(args, names[0])) if names else args.file
 
     async def audited(directory: IDirectory) -> None:
@@ -406,6 +421,28 @@ def _alias_list(args: argparse.Namespace, settings: Settings) -> Job:
     async def job(directory: IDirectory) -> None:
         for alias in await directory.aliases(name):
             print(f"{alias.jid}\t{alias.name}\t{' '.join(f'{m}@{name}' for m in alias.members)}")
+
+    return job
+
+
+# -- rooms
+
+
+def _room_set(args: argparse.Namespace, settings: Settings) -> Job:
+    async def job(directory: IDirectory) -> None:
+        room = await ops.put_room(directory, settings, args.room, args.enabled, args.name)
+        state = "open" if room.enabled else "closed"
+        print(f"room {room.localpart}@{settings.muc.subdomain}.{room.domain}: {state}"
+              + (f", named {room.name}" if room.name else ""))
+
+    return job
+
+
+def _room_list(args: argparse.Namespace, settings: Settings) -> Job:
+    async def job(directory: IDirectory) -> None:
+        for room, kind in await ops.rooms(directory, settings, args.domain):
+            state = "open" if room.enabled else "closed"
+            print(f"{room.localpart}@{settings.muc.subdomain}.{room.domain}\t{kind}\t{state}\t{room.name}")
 
     return job
 

@@ -25,6 +25,7 @@ from chatgate.storage.interfaces import (
     DuplicateDomain,
     DuplicateUser,
     IDirectory,
+    RoomRecord,
     Site,
     UnknownAlias,
     UnknownDomain,
@@ -153,6 +154,39 @@ async def alias(directory: IDirectory, jid: str) -> Alias:
     if found is None:
         raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
     return found
+
+
+async def rooms(directory: IDirectory, settings: Settings, name: str) -> list[tuple[RoomRecord, str]]:
+    """The team rooms of a domain (``[muc]``: the domain room, one per alias) with their
+    records, and what each is: ``domain``, ``alias``, or ``gone`` for the record of an
+    alias removed since."""
+    domain = domain_name(name)
+    records = {r.localpart: r for r in await directory.rooms(domain)}
+    m = settings.muc
+    listed = []
+    if m.domain_room:
+        listed.append((records.pop(m.domain_room, RoomRecord(domain, m.domain_room)), "domain"))
+    if m.alias_rooms:
+        for alias in await directory.aliases(domain):
+            if alias.localpart != m.domain_room:
+                listed.append((records.pop(alias.localpart, RoomRecord(domain, alias.localpart)), "alias"))
+    listed += [(record, "gone") for record in records.values()]
+    return listed
+
+
+async def put_room(directory: IDirectory, settings: Settings, jid: str, enabled: bool | None = None,
+                   name: str | None = None) -> RoomRecord:
+    """Turn a team room on or off, or name it; *jid* is the room's name at its domain
+    (``everyone@example.com``, ``sales@example.com`` for the alias's room)."""
+    localpart, domain = address(jid, "room")
+    for record, kind in await rooms(directory, settings, domain):
+        if record.localpart == localpart and kind != "gone":
+            room = RoomRecord(domain, localpart, record.name if name is None else name.strip(),
+                              record.enabled if enabled is None else enabled)
+            await directory.put_room(room)
+            return room
+    raise AdminError(f"no room {localpart} at {domain}: rooms are the domain's ({settings.muc.domain_room or 'off'})"
+                     " and one per mail alias", "room", 404)
 
 
 async def put_site(directory: IDirectory, host: str, owner: str | None = None,

@@ -83,7 +83,15 @@ from chatgate.stanza import (
 )
 from chatgate.storage import Stores
 from chatgate.storage.archive import ArchiveIds
-from chatgate.storage.interfaces import Alias, ArchivedMessage, ArchiveQuery, Change, IArchive, User
+from chatgate.storage.interfaces import (
+    Alias,
+    ArchivedMessage,
+    ArchiveQuery,
+    Change,
+    IArchive,
+    RoomRecord,
+    User,
+)
 from chatgate.xml import CLIENT_NS, Element, StreamError, copy_element, parse_document, serialize
 
 MUC_NS = "http://jabber.org/protocol/muc"
@@ -188,12 +196,17 @@ class Rooms:
         localpart = jid.user or ""
         if not self.domains.is_hosted(domain):
             return None
+        record = self.domains.room(domain, localpart)
+        if record is not None and not record.enabled:
+            return None
         if localpart == self.domain_room:
             room = Room(bare, localpart, domain, f"Everyone at {domain}", None)
         elif self.alias_rooms and (alias := self.domains.alias(domain, localpart)) is not None:
             room = Room(bare, localpart, domain, alias.display_name, localpart)
         else:
             return None
+        if record is not None and record.name:
+            room.name = record.name
         room.recent = deque(maxlen=self.history)
         self.rooms[bare] = room
         return room
@@ -210,14 +223,14 @@ class Rooms:
     def rooms_of(self, domain: str, localpart: str) -> list[tuple[str, str]]:
         """(room JID, name) of every room the user may enter."""
         service = self.service(domain)
-        found = []
-        if self.domain_room:
-            found.append((f"{self.domain_room}@{service}", f"Everyone at {domain}"))
+        names = [self.domain_room] if self.domain_room else []
         if self.alias_rooms:
-            for name in sorted(self.domains.aliases_of(domain, localpart)):
-                alias = self.domains.alias(domain, name)
-                if alias is not None and name != self.domain_room:
-                    found.append((f"{name}@{service}", alias.display_name))
+            names += [name for name in sorted(self.domains.aliases_of(domain, localpart)) if name != self.domain_room]
+        found = []
+        for name in names:
+            room = self.room(JID(tuple=(name, service, None)))
+            if room is not None:
+                found.append((room.jid, room.name))
         return found
 
     def may_read(self, session: Session, owner: str) -> bool:
@@ -683,7 +696,14 @@ class Rooms:
 
     # -- the directory changes
 
-    def directory_changed(self, change: Change, subject: User | Alias | None) -> None:
+    def directory_changed(self, change: Change, subject: User | Alias | RoomRecord | None) -> None:
+        if change.kind == "room-changed" and isinstance(subject, RoomRecord):
+            room = self.rooms.get(f"{subject.localpart}@{self.service(change.domain)}")
+            if room is not None and not subject.enabled:
+                self._destroy(room, "An administrator closed this room")
+            elif room is not None and subject.name:
+                room.name = subject.name
+            return
         if change.kind in ("user-removed", "alias-changed"):
             for room in [r for r in self.rooms.values() if r.domain == change.domain]:
                 for occupant in list(room.occupants.values()):
@@ -691,14 +711,17 @@ class Rooms:
                         for session in list(occupant.sessions.values()):
                             self.leave(room, session, 321)  # §9.4: no longer a member
         elif change.kind == "alias-removed":
-            room = self.rooms.pop(f"{change.localpart}@{self.service(change.domain)}", None)
-            if room is not None and room.alias is not None:
-                destroy = Element((USER_NS, "destroy"))
-                destroy.addElement("reason", content="The mail alias of this room was removed")
-                for session in list(room.sessions()):
-                    self.leave(room, session, destroy=destroy)
-            elif room is not None:
-                self.rooms[room.jid] = room  # the domain room, named like the alias: it stays
+            room = self.rooms.get(f"{change.localpart}@{self.service(change.domain)}")
+            if room is not None and room.alias is not None:  # (not the domain room named like it)
+                self._destroy(room, "The mail alias of this room was removed")
+
+    def _destroy(self, room: Room, reason: str) -> None:
+        """§10.9: everyone here leaves with <destroy/>; the room is forgotten (its archive stays)."""
+        del self.rooms[room.jid]
+        destroy = Element((USER_NS, "destroy"))
+        destroy.addElement("reason", content=reason)
+        for session in list(room.sessions()):
+            self.leave(room, session, destroy=destroy)
 
 
 def _joined(session: Session) -> dict[str, str]:

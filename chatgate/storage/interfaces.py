@@ -106,6 +106,19 @@ class Site:
 
 
 @dataclass(frozen=True)
+class RoomRecord:
+    """What the directory keeps of a team room (XEP-0045, ``features/muc.py``).
+
+    The domain room and the alias rooms exist by ``[muc]`` without a record;
+    an administrator's record turns one off or names it."""
+
+    domain: str
+    localpart: str
+    name: str = ""
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class ScramKeys:
     """What SCRAM (RFC 5802 §3) needs to verify a password, never the password."""
 
@@ -127,6 +140,7 @@ class Change:
     ``user-added``, ``user-changed``, ``user-removed``,
     ``credentials-changed``, ``alias-added``, ``alias-changed`` (name or
     members, also when a member user is removed), ``alias-removed``,
+    ``room-changed`` (a room's record, :class:`RoomRecord`),
     ``blocklist-changed`` (the user's XEP-0191 blocklist).
     ``localpart`` is None for domain changes.
     """
@@ -230,6 +244,13 @@ class IDirectory(Interface):
 
     def remove_alias(domain: str, localpart: str) -> Deferred[None]:
         """Remove an alias. UnknownAlias."""
+
+    def rooms(domain: str) -> Deferred[list[RoomRecord]]:
+        """The room records of *domain*, sorted by localpart. UnknownDomain if absent."""
+
+    def put_room(room: RoomRecord) -> Deferred[None]:
+        """Keep *room*'s record, replacing the one of its name (a ``room-changed``
+        change). UnknownDomain."""
 
     def sites() -> Deferred[list[Site]]:
         """Every private-label site, sorted by host."""

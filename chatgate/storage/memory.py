@@ -23,6 +23,7 @@ from chatgate.storage.interfaces import (
     DuplicateDomain,
     DuplicateUser,
     IDirectory,
+    RoomRecord,
     Site,
     UnknownAlias,
     UnknownDomain,
@@ -47,6 +48,7 @@ class MemoryDirectory:
         self._secrets: dict[str, bytes] = {}
         self._aliases: dict[tuple[str, str], Alias] = {}
         self._sites: dict[str, Site] = {}
+        self._rooms: dict[tuple[str, str], RoomRecord] = {}
         #: (domain, localpart) -> the JIDs that user blocks (XEP-0191)
         self._blocked: dict[tuple[str, str], set[str]] = {}
         self._watchers: list[DirectoryWatcher] = []
@@ -211,6 +213,20 @@ class MemoryDirectory:
         if self._aliases.pop((domain, localpart), None) is None:
             return fail(UnknownAlias(f"unknown alias: {localpart}@{domain}"))
         self._tell("alias-removed", domain, localpart)
+        return succeed(None)
+
+    # -- rooms
+
+    def rooms(self, domain: str) -> Deferred[list[RoomRecord]]:
+        if domain not in self._domains:
+            return fail(UnknownDomain(f"unknown domain: {domain}"))
+        return succeed(sorted((r for (d, _), r in self._rooms.items() if d == domain), key=lambda r: r.localpart))
+
+    def put_room(self, room: RoomRecord) -> Deferred[None]:
+        if room.domain not in self._domains:
+            return fail(UnknownDomain(f"unknown domain: {room.domain}"))
+        self._rooms[(room.domain, room.localpart)] = room
+        self._tell("room-changed", room.domain, room.localpart)
         return succeed(None)
 
     # -- sites

@@ -14,6 +14,8 @@ keys then name the domain (``chatgate:example.com:directory:users``):
   ``…:directory:memberships:<user>`` the set of aliases the user is in (so a
   removal touches only those).
 - ``…:directory:blocked:<user>`` — set of the JIDs the user blocks (XEP-0191).
+- ``…:directory:rooms`` — hash room localpart -> JSON ``{"name", "enabled"}``
+  (team rooms' records).
 - ``<prefix>:directory:sites`` — hash host -> JSON ``{"owner", "show_chat_link"}``.
 - ``<prefix>:directory:secrets`` — hash name -> 32 bytes, hex.
 - ``<prefix>:directory:changes`` — stream of :class:`Change` entries (fields
@@ -58,6 +60,7 @@ from chatgate.storage.interfaces import (
     DuplicateDomain,
     DuplicateUser,
     IDirectory,
+    RoomRecord,
     ScramKeys,
     Site,
     UnknownAlias,
@@ -233,6 +236,14 @@ return out
 _USERS = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return false end
 return redis.call('HGETALL', KEYS[2])
+"""
+
+# ARGV[5]: the room's record (JSON)
+_PUT_ROOM = _PROLOGUE + """
+if not has_domain() then return {'unknown-domain', domain} end
+redis.call('HSET', key('rooms'), localpart, ARGV[5])
+tell('room-changed', localpart)
+return {'ok'}
 """
 
 _ALIASES = """
@@ -533,6 +544,22 @@ class RedisDirectory(_DirectoryConnection):
     def remove_alias(self, domain: str, localpart: str) -> Deferred[None]:
         return self._done(self._write(_REMOVE_ALIAS, domain, localpart))
 
+    # -- rooms
+
+    def rooms(self, domain: str) -> Deferred[list[RoomRecord]]:
+        d = self._eval(_USERS, [self._domains_key, self._stem(domain) + "rooms"], [domain])
+
+        def found(pairs: list[str] | None) -> list[RoomRecord]:
+            if pairs is None:
+                raise UnknownDomain(f"unknown domain: {domain}")
+            return sorted((_room(domain, lp, record) for lp, record in _pairs(pairs)), key=lambda r: r.localpart)
+
+        return d.addCallback(found)
+
+    def put_room(self, room: RoomRecord) -> Deferred[None]:
+        record = json.dumps({"name": room.name, "enabled": room.enabled}, ensure_ascii=False)
+        return self._done(self._write(_PUT_ROOM, room.domain, room.localpart, record))
+
     # -- sites (one hash: each write is one command, atomic by itself)
 
     def sites(self) -> Deferred[list[Site]]:
@@ -617,6 +644,11 @@ def _credentials_record(credentials: Credentials) -> str:
 
 def _alias(domain: str, localpart: str, name: str, members: list[str]) -> Alias:
     return Alias(localpart, domain, name, tuple(sorted(members)))
+
+
+def _room(domain: str, localpart: str, record: str) -> RoomRecord:
+    fields = json.loads(record)
+    return RoomRecord(domain, localpart, str(fields.get("name", "")), bool(fields.get("enabled", True)))
 
 
 def _site(host: str, record: str) -> Site:

@@ -36,6 +36,7 @@ from chatgate.storage.interfaces import (
     DuplicateDomain,
     DuplicateUser,
     IDirectory,
+    RoomRecord,
     ScramKeys,
     Site,
     UnknownAlias,
@@ -51,8 +52,9 @@ log = Logger()
 T = TypeVar("T")
 
 #: 2: users.credentials_at (when the user's credentials were last set);
-#: 3: blocklist (XEP-0191), made by CREATE TABLE IF NOT EXISTS on a schema 2 file
-SCHEMA_VERSION = 3
+#: 3: blocklist (XEP-0191), made by CREATE TABLE IF NOT EXISTS on a schema 2 file;
+#: 4: rooms (team rooms' records), the same way on a schema 3 file
+SCHEMA_VERSION = 4
 #: change rows older than this are deleted at start: every live process has read them
 CHANGE_RETENTION = 24 * 3600.0
 
@@ -118,6 +120,13 @@ CREATE TABLE IF NOT EXISTS blocklist (
     jid TEXT NOT NULL,
     PRIMARY KEY (domain, localpart, jid),
     FOREIGN KEY (domain, localpart) REFERENCES users(domain, localpart) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS rooms (
+    domain TEXT NOT NULL REFERENCES domains(name),
+    localpart TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    enabled INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (domain, localpart)
 );
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -274,6 +283,14 @@ class SQLiteDirectory:
 
     def remove_alias(self, domain: str, localpart: str) -> Deferred[None]:
         return self._write(_remove_alias, domain, localpart)
+
+    # -- rooms
+
+    def rooms(self, domain: str) -> Deferred[list[RoomRecord]]:
+        return self._read(_rooms, domain)
+
+    def put_room(self, room: RoomRecord) -> Deferred[None]:
+        return self._write(_put_room, room)
 
     # -- sites
 
@@ -532,6 +549,24 @@ def _remove_alias(db: sqlite3.Connection, domain: str, localpart: str) -> None:
     if cursor.rowcount == 0:
         raise UnknownAlias(f"unknown alias: {localpart}@{domain}")
     _record(db, "alias-removed", domain, localpart)
+
+
+def _rooms(db: sqlite3.Connection, domain: str) -> list[RoomRecord]:
+    if not _domain_exists(db, domain):
+        raise UnknownDomain(f"unknown domain: {domain}")
+    rows = db.execute("SELECT localpart, name, enabled FROM rooms WHERE domain = ? ORDER BY localpart", (domain,))
+    return [RoomRecord(domain, localpart, name, bool(enabled)) for localpart, name, enabled in rows]
+
+
+def _put_room(db: sqlite3.Connection, room: RoomRecord) -> None:
+    if not _domain_exists(db, room.domain):
+        raise UnknownDomain(f"unknown domain: {room.domain}")
+    db.execute(
+        "INSERT INTO rooms (domain, localpart, name, enabled) VALUES (?, ?, ?, ?) ON CONFLICT (domain, localpart)"
+        " DO UPDATE SET name = excluded.name, enabled = excluded.enabled",
+        (room.domain, room.localpart, room.name, int(room.enabled)),
+    )
+    _record(db, "room-changed", room.domain, room.localpart)
 
 
 def _sites(db: sqlite3.Connection) -> list[Site]:

@@ -19,6 +19,8 @@ input), 401 (no or wrong key), 404 (unknown), 405, 409 (taken) or 415.
     POST   /api/aliases/<jid>/members          {"members": [jid...], "name"?}  (creates the alias if new)
     DELETE /api/aliases/<jid>/members          {"members": [jid...]}
     DELETE /api/aliases/<jid>
+    GET    /api/domains/<domain>/rooms         [{"jid", "kind", "enabled", "name"}]  (team rooms)
+    PATCH  /api/rooms/<room>                   {"enabled"?, "name"?}  (<room>: everyone@example.com)
     GET    /api/sites                          [{"host", "owner", "show_chat_link"}]
     PUT    /api/sites/<host>                   {"owner"?, "show_chat_link"?}
     DELETE /api/sites/<host>
@@ -46,7 +48,7 @@ from chatgate.admin import audit
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import Settings
-from chatgate.storage.interfaces import Alias, DirectoryError, IDirectory, Site, User
+from chatgate.storage.interfaces import Alias, DirectoryError, IDirectory, RoomRecord, Site, User
 
 log = Logger()
 
@@ -100,6 +102,8 @@ class AdminAPI(resource.Resource):
             (b"PATCH", ("domains", "*")): self.patch_domain,
             (b"GET", ("domains", "*", "users")): self.users,
             (b"GET", ("domains", "*", "aliases")): self.aliases,
+            (b"GET", ("domains", "*", "rooms")): self.rooms,
+            (b"PATCH", ("rooms", "*")): self.patch_room,
             (b"POST", ("users",)): self.add_user,
             (b"PUT", ("users", "*", "password")): self.set_password,
             (b"DELETE", ("users", "*")): self.remove_user,
@@ -124,6 +128,7 @@ class AdminAPI(resource.Resource):
             self.add_members: lambda args, body: ("alias.add", args[0]),
             self.remove_members: lambda args, body: ("alias.remove", args[0]),
             self.remove_alias: lambda args, body: ("alias.remove", args[0]),
+            self.patch_room: lambda args, body: ("room.set", args[0]),
             self.put_site: lambda args, body: ("site.put", args[0]),
             self.remove_site: lambda args, body: ("site.remove", args[0]),
             self.token: lambda args, body: ("token.mint", body["user"]),
@@ -233,6 +238,19 @@ class AdminAPI(resource.Resource):
 
     async def aliases(self, domain: str, body: dict[str, Any]) -> tuple[int, Any]:
         return 200, [_alias_json(a) for a in await self.directory.aliases(ops.domain_name(domain))]
+
+    async def rooms(self, domain: str, body: dict[str, Any]) -> tuple[int, Any]:
+        listed = await ops.rooms(self.directory, self.settings, domain)
+        return 200, [self._room_json(room, kind) for room, kind in listed]
+
+    async def patch_room(self, jid: str, body: dict[str, Any]) -> tuple[int, Any]:
+        enabled, name = _field(body, "enabled", bool, False), _field(body, "name", str, False)
+        room = await ops.put_room(self.directory, self.settings, jid, enabled, name)
+        return 200, self._room_json(room, "alias" if room.localpart != self.settings.muc.domain_room else "domain")
+
+    def _room_json(self, room: RoomRecord, kind: str) -> dict[str, Any]:
+        return {"jid": f"{room.localpart}@{self.settings.muc.subdomain}.{room.domain}", "kind": kind,
+                "enabled": room.enabled, "name": room.name}
 
     async def add_user(self, body: dict[str, Any]) -> tuple[int, Any]:
         localpart, domain = ops.address(_field(body, "jid", str))

@@ -12,7 +12,8 @@ import pytest
 from slixmpp.exceptions import IqError, PresenceError
 
 from tests.integration.conftest import PASSWORD
-from tests.integration.harness import Client, Server, async_test, login, logout
+from tests.integration.harness import Client, Server, async_test, free_port, login, logout
+from tests.integration.test_admin_api import KEY, call
 from tests.integration.test_history import mam
 
 MUC_USER = "http://jabber.org/protocol/muc#user"
@@ -26,7 +27,9 @@ USERS = ("alice", "bob", "carol", "dan")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("rooms"))
+    admin_port = free_port()
+    srv = Server(tmp_path_factory.mktemp("rooms"), admin={"port": admin_port, "api_key": KEY})
+    srv.admin_port = admin_port
     for domain in ("example.com", "other.org"):
         srv.admin("domain", "add", domain)
     for jid in [f"{name}@example.com" for name in USERS] + ["mallory@other.org"]:
@@ -290,3 +293,36 @@ async def test_private_messages_nickname_change_self_ping_and_bad_input(server):
     # the flood's 30 nicknames all left again: alice and bob are the room
     assert fields["muc#roominfo_occupants"] == "2"
     await logout(alice.client, bob.client, flood.client)
+
+
+@async_test(timeout=90)
+async def test_an_administrator_closes_names_and_reopens_a_room(server):
+    alice = await member(server, "alice@example.com/admin")
+    bob = await member(server, "bob@example.com/admin")
+    await alice.muc.join_muc_wait(EVERYONE, "alice-a", timeout=10)
+    listing = await asyncio.to_thread(server.admin, "room", "list", "example.com")
+    assert f"{EVERYONE}\tdomain\topen\t" in listing.stdout.splitlines()
+
+    # closed with chatgate-admin: the occupant is told the room is gone, nobody can enter, it is not listed
+    await asyncio.to_thread(server.admin, "room", "disable", "everyone@example.com")
+    destroyed = await alice.presence_of(f"{EVERYONE}/alice-a", "unavailable")
+    assert destroyed.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}destroy") is not None
+    with pytest.raises(PresenceError) as refused:
+        await bob.muc.join_muc_wait(EVERYONE, "bob-a", timeout=10)
+    assert refused.value.condition == "item-not-found"
+    items = await bob.client.plugin["xep_0030"].get_items(jid="conference.example.com", timeout=10)
+    assert EVERYONE not in {i[0] for i in items["disco_items"]["items"]}
+    refusal = await asyncio.to_thread(server.admin, "room", "disable", "nosuch@example.com", check=False)
+    assert refusal.returncode != 0 and "no room nosuch at example.com" in refusal.stderr
+
+    # named and opened again through the admin API: listed with its new name, entered
+    status, room = await asyncio.to_thread(call, server, "PATCH", "/api/rooms/everyone@example.com",
+                                           {"enabled": True, "name": "All hands"})
+    assert status == 200 and room == {"jid": EVERYONE, "kind": "domain", "enabled": True, "name": "All hands"}
+    status, rooms = await asyncio.to_thread(call, server, "GET", "/api/domains/example.com/rooms")
+    assert status == 200 and {"jid": EVERYONE, "kind": "domain", "enabled": True, "name": "All hands"} in rooms
+    await asyncio.sleep(0.8)  # the service follows the store's change feed
+    items = await bob.client.plugin["xep_0030"].get_items(jid="conference.example.com", timeout=10)
+    assert (EVERYONE, "All hands") in {(i[0], i[2]) for i in items["disco_items"]["items"]}
+    await bob.muc.join_muc_wait(EVERYONE, "bob-a", timeout=10)
+    await logout(alice.client, bob.client)

@@ -12,7 +12,7 @@ import pytest_twisted
 from chatgate.storage.interfaces import Change, UnknownUser, User
 from chatgate.storage.memory import MemoryDirectory
 from chatgate.storage.redis_directory import RedisDirectory
-from chatgate.storage.sqlite import SQLiteDirectory
+from chatgate.storage.sqlite import SCHEMA_VERSION, SQLiteDirectory
 
 ALICE = User("alice", "example.com", "Alice")
 BOB = User("bob", "example.com", "Bob")
@@ -128,5 +128,5 @@ async def test_sqlite_schema_2_file_gains_the_blocklist(tmp_path):
     finally:
         await store.stop()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     db.close()

@@ -24,6 +24,7 @@ from chatgate.storage.interfaces import (
     DuplicateDomain,
     DuplicateUser,
     IDirectory,
+    RoomRecord,
     Site,
     UnknownAlias,
     UnknownDomain,
@@ -33,7 +34,7 @@ from chatgate.storage.interfaces import (
 )
 from chatgate.storage.memory import MemoryDirectory
 from chatgate.storage.redis_directory import RedisDirectory
-from chatgate.storage.sqlite import SQLiteDirectory
+from chatgate.storage.sqlite import SCHEMA_VERSION, SQLiteDirectory
 from tests.redis_server import RedisServer, free_port
 
 POLL = 0.02
@@ -274,6 +275,28 @@ async def test_removing_a_user_removes_their_memberships(directory, secret_crede
         Change("user-removed", "example.com", "bob"),
         Change("alias-changed", "example.com", "team"),
     ]
+
+
+# -- rooms
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_records_are_put_listed_and_told(directory):
+    recorder = Recorder()
+    directory.watch(recorder)
+    await directory.add_domain("example.com")
+    assert await directory.rooms("example.com") == []
+    await directory.put_room(RoomRecord("example.com", "everyone", "", False))
+    await directory.put_room(RoomRecord("example.com", "sales", "Sales floor"))
+    await directory.put_room(RoomRecord("example.com", "everyone", "All of us", True))
+    assert await directory.rooms("example.com") == [RoomRecord("example.com", "everyone", "All of us", True),
+                                                    RoomRecord("example.com", "sales", "Sales floor", True)]
+    assert (await recorder.until(4))[1:] == [Change("room-changed", "example.com", name)
+                                             for name in ("everyone", "sales", "everyone")]
+    with pytest.raises(UnknownDomain):
+        await directory.put_room(RoomRecord("example.org", "everyone"))
+    with pytest.raises(UnknownDomain):
+        await directory.rooms("example.org")
 
 
 # -- sites
@@ -590,7 +613,7 @@ async def test_sqlite_schema_1_file_gains_credentials_times(tmp_path, secret_cre
     finally:
         await store.stop()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     db.close()
 
 
@@ -728,3 +751,23 @@ async def test_redis_errors_are_one_line_directory_errors(tmp_path):
         await deferLater(reactor, 0.05, lambda: None)
     await store.stop()  # nothing left behind: no reconnection, no retry of the blocking read
     assert set(reactor.getDelayedCalls()) <= waiting
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_schema_3_file_gains_room_records(tmp_path, secret_credentials):
+    store = sqlite_at(tmp_path)
+    await store.start()
+    await store.add_domain("example.com")
+    await store.stop()
+    import sqlite3
+
+    db = sqlite3.connect(store.path)
+    db.executescript("DROP TABLE rooms; PRAGMA user_version = 3;")
+    db.close()
+    store = sqlite_at(tmp_path)
+    await store.start()
+    try:
+        await store.put_room(RoomRecord("example.com", "everyone", "", False))
+        assert await store.rooms("example.com") == [RoomRecord("example.com", "everyone", "", False)]
+    finally:
+        await store.stop()
