@@ -81,8 +81,12 @@ class DirectoryMirror:
         return sorted(self._aliases.get(domain, {}).values(), key=lambda a: a.localpart)
 
     def room(self, domain: str, localpart: str) -> RoomRecord | None:
-        """The record an administrator made of a team room, if any."""
+        """The record of a team room (an administrator's, or a room a user made), if any."""
         return self._rooms.get((domain, localpart))
+
+    def rooms(self, domain: str) -> list[RoomRecord]:
+        """The room records of *domain*."""
+        return [r for (d, _), r in self._rooms.items() if d == domain]
 
     def aliases_of(self, domain: str, localpart: str) -> set[str]:
         """Localparts of the aliases the user belongs to."""
@@ -149,6 +153,10 @@ class DirectoryMirror:
             if user is None:
                 return
             self._rooms[(name, user.localpart)] = user
+        elif kind == "room-removed":
+            user = self._rooms.pop((name, change.localpart or ""), None)
+            if user is None:
+                return
         elif kind == "alias-removed":
             user = self._drop_alias(name, change.localpart or "")
             if user is None:

@@ -332,7 +332,7 @@ def _user_remove(args: argparse.Namespace, settings: Settings) -> Job:
     localpart, domain = ops.address(args.jid)
 
     async def job(directory: IDirectory) -> None:
-        await directory.remove_user(domain, localpart)
+        await ops.remove_user(directory, domain, localpart)
         print(f"removed user {localpart}@{domain}")
 
     return job

@@ -10,6 +10,7 @@ status code, the command line prints its message.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from twisted.internet import threads
 
@@ -170,8 +171,18 @@ async def rooms(directory: IDirectory, settings: Settings, name: str) -> list[tu
         for alias in await directory.aliases(domain):
             if alias.localpart != m.domain_room:
                 listed.append((records.pop(alias.localpart, RoomRecord(domain, alias.localpart)), "alias"))
-    listed += [(record, "gone") for record in records.values()]
+    listed += [(record, "made" if record.made else "gone") for record in records.values()]
     return listed
+
+
+async def remove_user(directory: IDirectory, domain: str, localpart: str) -> None:
+    """Remove a user, and take them off the rooms users made (the store takes them off
+    its aliases): an address made again later is a stranger to them."""
+    await directory.remove_user(domain, localpart)
+    for room in await directory.rooms(domain):
+        if localpart in room.owners or localpart in room.members:
+            await directory.put_room(replace(room, owners=tuple(o for o in room.owners if o != localpart),
+                                             members=tuple(m for m in room.members if m != localpart)))
 
 
 async def put_room(directory: IDirectory, settings: Settings, jid: str, enabled: bool | None = None,

@@ -13,7 +13,17 @@ Rooms are members-only and non-anonymous (everyone in them is a contact of
 the same domain, with their address shown) and persistent. When the
 directory changes, the rooms follow at once: a removed user, or a member
 taken off an alias, leaves its rooms with status 321 (§9.4, affiliation
-change); a removed alias's room is destroyed (§10.9).
+change); a removed alias's room is destroyed (§10.9). An administrator
+closes or names a room with a record in the directory (``RoomRecord``).
+
+Users make rooms of their own too (§10.1): entering a free name makes an
+instant room whose maker is its owner (status 201), kept as a record in the
+directory with its owners and members. Its owners name it (§10.2, the
+``muc#roomconfig`` form), make and unmake owners and members (§9.3-§10.7,
+``muc#admin``; a member taken off leaves with 321), kick (§8.2, 307) and
+destroy it (§10.9); any occupant invites users of the domain (§7.8.2,
+mediated: the invitee becomes a member). XEP-0249 direct invitations are
+messages between users and pass like any other.
 
 Implemented: §6 discovery (the service's info and its items: the rooms the
 asking user may join; a room's info with ``muc#roominfo``); §7.2 entering
@@ -51,24 +61,25 @@ each other node of the domain once (``Cluster.tell``); each node fans it out
 to its own occupants. An occupant on another node is shown with its
 presence to the server, not what it sent the room alone.
 
-Not yet: ad-hoc rooms and invitations, room configuration and
-administration (§10), bookmarks.
+Not yet: bookmarks (XEP-0402, which needs PEP), voice and moderation of
+messages, other configuration than the name.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.words.protocols.jabber.jid import JID
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
 
 from chatgate import events
 from chatgate.config import Settings
+from chatgate.jid import jid_of
 from chatgate.router import Router
 from chatgate.session import Addressed, Session
 from chatgate.stanza import (
@@ -89,6 +100,7 @@ from chatgate.storage.interfaces import (
     ArchiveQuery,
     Change,
     IArchive,
+    IDirectory,
     RoomRecord,
     User,
 )
@@ -96,6 +108,9 @@ from chatgate.xml import CLIENT_NS, Element, StreamError, copy_element, parse_do
 
 MUC_NS = "http://jabber.org/protocol/muc"
 USER_NS = MUC_NS + "#user"
+OWNER_NS = MUC_NS + "#owner"
+ADMIN_NS = MUC_NS + "#admin"
+CONFIG_FORM = MUC_NS + "#roomconfig"
 INFO_NS = "http://jabber.org/protocol/disco#info"
 ITEMS_NS = "http://jabber.org/protocol/disco#items"
 PING_NS = "urn:xmpp:ping"
@@ -136,8 +151,10 @@ class Room:
     localpart: str
     domain: str
     name: str
-    #: an alias's localpart for an alias room; None for the domain room
+    #: an alias's localpart for an alias room; None for the domain room and a room a user made
     alias: str | None
+    #: made by a user (§10.1): its owners and members are its record's
+    made: bool = False
     occupants: dict[str, Occupant] = field(default_factory=dict)
     #: full JID -> its occupant
     by_full: dict[str, Occupant] = field(default_factory=dict)
@@ -165,10 +182,15 @@ class Room:
 class Rooms:
     """The room services of every hosted domain."""
 
-    def __init__(self, router: Router, archive: IArchive, settings: Settings) -> None:
+    def __init__(self, router: Router, archive: IArchive, directory: IDirectory, settings: Settings) -> None:
         self.router = router
         self.domains = router.domains
         self.archive = archive
+        self.directory = directory
+        #: (domain, room) -> the record this node wrote last, until the mirror has it
+        self._written: dict[tuple[str, str], RoomRecord] = {}
+        #: (domain, room) of the records this node removed, until the mirror has seen it
+        self._gone: set[tuple[str, str]] = set()
         m = settings.muc
         self.subdomain = m.subdomain
         self.domain_room = m.domain_room
@@ -196,29 +218,54 @@ class Rooms:
         localpart = jid.user or ""
         if not self.domains.is_hosted(domain):
             return None
-        record = self.domains.room(domain, localpart)
+        record = self.record(domain, localpart)
         if record is not None and not record.enabled:
             return None
         if localpart == self.domain_room:
             room = Room(bare, localpart, domain, f"Everyone at {domain}", None)
         elif self.alias_rooms and (alias := self.domains.alias(domain, localpart)) is not None:
             room = Room(bare, localpart, domain, alias.display_name, localpart)
+        elif record is not None and record.made:
+            room = Room(bare, localpart, domain, localpart, None, made=True)
         else:
             return None
-        if record is not None and record.name:
-            room.name = record.name
+        room.name = record.name if record is not None and record.name else self._default_name(room)
         room.recent = deque(maxlen=self.history)
         self.rooms[bare] = room
         return room
 
-    def is_member(self, room: Room, bare: str) -> bool:
+    def _default_name(self, room: Room) -> str:
+        """A room's name when nobody gave it one: the domain's, the alias's, its own."""
+        if room.alias is not None:
+            alias = self.domains.alias(room.domain, room.alias)
+            return alias.display_name if alias is not None else room.localpart
+        return room.localpart if room.made else f"Everyone at {room.domain}"
+
+    def record(self, domain: str, localpart: str) -> RoomRecord | None:
+        """A room's record: what this node wrote last, or what the directory has."""
+        key = (domain, localpart)
+        if key in self._gone:
+            return None
+        return self._written.get(key) or self.domains.room(domain, localpart)
+
+    def affiliation(self, room: Room, bare: str) -> str:
+        """§5.2: ``owner`` or ``member`` of a room a user made (its record), ``member`` of
+        the directory's rooms (every user of the domain, or of the alias), else ``none``."""
         localpart, _, domain = bare.partition("@")
         if domain != room.domain or self.domains.user(domain, localpart) is None:
-            return False
+            return "none"
+        if room.made:
+            record = self.record(room.domain, room.localpart)
+            if record is None:
+                return "none"
+            return "owner" if localpart in record.owners else "member" if localpart in record.members else "none"
         if room.alias is None:
-            return True
+            return "member"
         alias = self.domains.alias(domain, room.alias)
-        return alias is not None and localpart in alias.members
+        return "member" if alias is not None and localpart in alias.members else "none"
+
+    def is_member(self, room: Room, bare: str) -> bool:
+        return self.affiliation(room, bare) != "none"
 
     def rooms_of(self, domain: str, localpart: str) -> list[tuple[str, str]]:
         """(room JID, name) of every room the user may enter."""
@@ -226,6 +273,9 @@ class Rooms:
         names = [self.domain_room] if self.domain_room else []
         if self.alias_rooms:
             names += [name for name in sorted(self.domains.aliases_of(domain, localpart)) if name != self.domain_room]
+        made = {r.localpart: r for r in self.domains.rooms(domain) if r.made}
+        made.update((lp, r) for (d, lp), r in self._written.items() if d == domain and r.made)
+        names += sorted(lp for lp, r in made.items() if localpart in r.owners or localpart in r.members)
         found = []
         for name in names:
             room = self.room(JID(tuple=(name, service, None)))
@@ -244,7 +294,7 @@ class Rooms:
     def _entered(self, to: JID, sender: Session) -> Room:
         room = self.room(to)
         if room is None:
-            raise StanzaError("item-not-found", "No such room: rooms here follow the domain and its mail aliases")
+            raise StanzaError("item-not-found", "No such room")
         if not self.is_member(room, sender.bare):
             raise StanzaError("registration-required", "Only members of this room may enter it")
         return room
@@ -310,6 +360,8 @@ class Rooms:
             return None
         if ptype is not None:
             return None  # subscriptions and probes mean nothing to a room; errors neither
+        if self.room(to) is None:
+            return self._create(stanza, sender, to)
         room = self._entered(to, sender)
         nick = to.resource
         if len(nick) > MAX_NICK:
@@ -330,8 +382,37 @@ class Rooms:
         loaded.addCallback(lambda _: self._enter(room, sender, nick, stanza, history))
         return loaded
 
+    def _create(self, stanza: domish.Element, sender: Session, to: JID) -> Any:
+        """§10.1: entering a room nobody has made makes it, its maker the owner (status 201).
+        It is an instant room (§10.1.2), members-only like every room here; a name that is
+        the domain room's or a mail alias's is not free, nor a room an administrator closed."""
+        domain, localpart = to.host.partition(".")[2], to.user or ""
+        if (not localpart or localpart == self.domain_room or self.domains.alias(domain, localpart) is not None
+                or self.record(domain, localpart) is not None):
+            raise StanzaError("not-allowed", "This room is closed, or the name belongs to the directory")
+        if len(to.resource or "") > MAX_NICK:
+            raise StanzaError("not-acceptable", f"A nickname has at most {MAX_NICK} characters")
+        record = RoomRecord(domain, localpart, "", True, True, (sender.jid.user or "",))
+        written = self._write_record(record)
+        history = next(stanza.elements(MUC_NS, "x"), None)
+
+        def made(_: object) -> Any:
+            room = self.room(to)
+            if room is None:
+                return None
+            room.loaded = defer.succeed(None)  # a new room: no history to read
+            return self._enter(room, sender, to.resource or "", stanza, history, created=True)
+
+        return written.addCallback(made)
+
+    def _write_record(self, record: RoomRecord) -> defer.Deferred[None]:
+        record = record.normalized()
+        self._written[(record.domain, record.localpart)] = record
+        self._gone.discard((record.domain, record.localpart))
+        return self.directory.put_room(record)
+
     def _enter(self, room: Room, sender: Session, nick: str, stanza: domish.Element,
-               muc: domish.Element | None) -> None:
+               muc: domish.Element | None, created: bool = False) -> None:
         if sender.closed or sender.full in room.by_full:
             return
         taken = room.occupants.get(nick)
@@ -355,7 +436,7 @@ class Rooms:
         else:
             occupant_sessions = [s for s in occupant.sessions.values() if s is not sender]
             self.router.deliver_presence(Addressed(self._presence_of(room, occupant, 110)), None, occupant_sessions)
-        self._send(sender, self._presence_of(room, occupant, 110, 100, 170))
+        self._send(sender, self._presence_of(room, occupant, 110, 100, 170, *((201,) if created else ())))
         self._history(room, sender, muc)
         subject = Element((CLIENT_NS, "message"))
         subject["from"] = f"{room.jid}/{room.subject[1]}" if room.subject[1] else room.jid
@@ -452,8 +533,9 @@ class Rooms:
                 presence.addChild(copy_element(child) if isinstance(child, domish.Element) else child)
         x = presence.addElement((USER_NS, "x"))
         item = x.addElement("item")
-        item["affiliation"] = "member" if self.is_member(room, occupant.bare) else "none"
-        item["role"] = "none" if kind == "unavailable" else "participant"
+        affiliation = self.affiliation(room, occupant.bare)
+        item["affiliation"] = affiliation
+        item["role"] = "none" if kind == "unavailable" else "moderator" if affiliation == "owner" else "participant"
         item["jid"] = occupant.jid()  # non-anonymous (§7.2.4)
         if new_nick is not None:
             item["nick"] = new_nick
@@ -569,6 +651,9 @@ class Rooms:
             self._entered(to, sender)  # item-not-found or registration-required for who cannot enter at all
             raise StanzaError("not-acceptable", "Enter the room before sending it messages")
         if mtype != "groupchat":
+            x = next(stanza.elements(USER_NS, "x"), None)
+            if x is not None and next(x.elements(USER_NS, "invite"), None) is not None:
+                return self._invite(room, occupant, sender, x)
             raise StanzaError("bad-request", "Messages to a room are of type groupchat")
         if not self.is_member(room, sender.bare):
             raise StanzaError("forbidden", "You are no longer a member of this room")
@@ -641,6 +726,168 @@ class Rooms:
             copy.addElement((USER_NS, "x"))
             self.router.deliver_message(copy, None, JID(full))
 
+    # -- invitations, owners and members of a room a user made
+
+    def _invite(self, room: Room, occupant: Occupant, sender: Session, x: domish.Element) -> Any:
+        """§7.8.2: an occupant invites users of the domain; in a room a user made, an
+        invitee becomes a member (members-only: or they could not enter)."""
+        invitees = []
+        for invite in x.elements(USER_NS, "invite"):
+            try:
+                jid = jid_of(invite.getAttribute("to", ""))
+            except InvalidFormat:
+                raise StanzaError("jid-malformed", "An invitation names an address") from None
+            if jid.host != room.domain or self.domains.user(jid.host, jid.user) is None:
+                raise StanzaError("item-not-found", f"{jid.userhost()} is no user of {room.domain}")
+            reason = next(invite.elements(USER_NS, "reason"), None)
+            invitees.append((jid.userhost(), str(reason) if reason is not None else ""))
+        added = [bare for bare, _ in invitees if not self.is_member(room, bare)]
+        if added and not room.made:
+            raise StanzaError("forbidden", "Members of this room follow the directory: "
+                                           f"{', '.join(added)} cannot be made one here")
+        written: defer.Deferred[None] = defer.succeed(None)
+        if added:
+            record = self.record(room.domain, room.localpart)
+            assert record is not None
+            written = self._write_record(replace(record, members=record.members
+                                                 + tuple(bare.partition("@")[0] for bare in added)))
+
+        def tell(_: object) -> None:
+            for bare, reason in invitees:
+                invitation = Element((CLIENT_NS, "message"))
+                invitation["from"], invitation["to"] = room.jid, bare
+                told = invitation.addElement((USER_NS, "x")).addElement("invite")
+                told["from"] = sender.full
+                if reason:
+                    told.addElement("reason", content=reason)
+                invitation.addElement("body", content=f"{occupant.nick} invites you to the room {room.name}"
+                                                      f" ({room.jid})" + (f": {reason}" if reason else ""))
+                self.router.deliver_message(invitation, None, JID(bare))
+
+        return written.addCallback(tell)
+
+    def _owned(self, to: JID, sender: Session) -> tuple[Room, RoomRecord]:
+        """The room a user made at *to*, which *sender* owns; StanzaError otherwise (§10)."""
+        room = self.room(to)
+        if room is None:
+            raise StanzaError("item-not-found", "No such room")
+        if not room.made:
+            raise StanzaError("not-allowed", "This room follows the directory: its administrators set it")
+        record = self.record(room.domain, room.localpart)
+        if record is None or self.affiliation(room, sender.bare) != "owner":
+            raise StanzaError("forbidden", "Only the room's owners may do this")
+        return room, record
+
+    def owner_get(self, stanza: domish.Element, sender: Session, to: JID) -> None:
+        """§10.2: the configuration form (what can change: the name)."""
+        room, record = self._owned(to, sender)
+        reply = iq_result(stanza)
+        form = reply.addElement((OWNER_NS, "query")).addElement((XDATA_NS, "x"))
+        form["type"] = "form"
+        form.addElement("title", content=f"Configuration of {room.jid}")
+        for var, kind, value, label in (
+                ("FORM_TYPE", "hidden", CONFIG_FORM, None),
+                ("muc#roomconfig_roomname", "text-single", record.name, "Name"),
+                ("muc#roomconfig_persistentroom", "boolean", "1", "Kept when empty (always)"),
+                ("muc#roomconfig_membersonly", "boolean", "1", "Members only (always)"),
+                ("muc#roomconfig_whois", "list-single", "anyone", "Addresses shown to (everyone)")):
+            item = form.addElement("field")
+            item["var"], item["type"] = var, kind
+            if label:
+                item["label"] = label
+            item.addElement("value", content=value)
+        sender.send(reply)
+
+    def owner_set(self, stanza: domish.Element, sender: Session, to: JID) -> Any:
+        """§10.2 a submitted (or cancelled) form, §10.9 <destroy/>."""
+        room, record = self._owned(to, sender)
+        query = stanza.firstChildElement()
+        if next(query.elements(OWNER_NS, "destroy"), None) is not None:
+            return self._removed(room, stanza, sender)
+        form = next(query.elements(XDATA_NS, "x"), None)
+        if form is None or form.getAttribute("type") == "cancel":
+            sender.send(iq_result(stanza))
+            return None
+        name = record.name
+        for item in form.elements(XDATA_NS, "field"):
+            if item.getAttribute("var") == "muc#roomconfig_roomname":
+                value = next(item.elements(XDATA_NS, "value"), None)
+                name = str(value).strip() if value is not None else ""
+        if len(name) > MAX_SUBJECT:
+            raise StanzaError("not-acceptable", f"A room's name has at most {MAX_SUBJECT} characters")
+        room.name = name or room.localpart
+        return self._write_record(replace(record, name=name)).addCallback(lambda _: sender.send(iq_result(stanza)))
+
+    def _removed(self, room: Room, stanza: domish.Element, sender: Session) -> Any:
+        self._written.pop((room.domain, room.localpart), None)
+        self._gone.add((room.domain, room.localpart))
+        removed = self.directory.remove_room(room.domain, room.localpart)
+        if room.jid in self.rooms:
+            self._destroy(room, "The room's owner destroyed it")
+        return removed.addCallback(lambda _: sender.send(iq_result(stanza)))
+
+    def admin_get(self, stanza: domish.Element, sender: Session, to: JID) -> None:
+        """§9.5, §10.5: the room's members or owners, to its members."""
+        room = self.room(to)
+        if room is None:
+            raise StanzaError("item-not-found", "No such room")
+        if not self.is_member(room, sender.bare):
+            raise StanzaError("forbidden", "Only the room's members may see who they are")
+        wanted = {item.getAttribute("affiliation") for item in stanza.firstChildElement().elements(ADMIN_NS, "item")}
+        reply = iq_result(stanza)
+        query = reply.addElement((ADMIN_NS, "query"))
+        for user in self.domains.users(room.domain):
+            affiliation = self.affiliation(room, user.jid)
+            if affiliation in wanted:
+                item = query.addElement("item")
+                item["affiliation"], item["jid"] = affiliation, user.jid
+        sender.send(reply)
+
+    def admin_set(self, stanza: domish.Element, sender: Session, to: JID) -> Any:
+        """§9.3-§9.8, §10.3-§10.7: owners make and unmake owners and members (``outcast``
+        and ``none`` both take membership away: the room is members-only); §8.2 kick."""
+        room, record = self._owned(to, sender)
+        owners, members = set(record.owners), set(record.members)
+        kicked = []
+        for item in stanza.firstChildElement().elements(ADMIN_NS, "item"):
+            if item.getAttribute("role") == "none" and item.hasAttribute("nick"):
+                occupant = room.occupants.get(item["nick"])
+                if occupant is None:
+                    raise StanzaError("item-not-found", "Nobody by that nickname is in the room")
+                kicked.append(occupant)
+                continue
+            affiliation = item.getAttribute("affiliation")
+            try:
+                jid = jid_of(item.getAttribute("jid", ""))
+            except InvalidFormat:
+                raise StanzaError("jid-malformed", "An item names an address") from None
+            if jid.host != room.domain or self.domains.user(jid.host, jid.user) is None:
+                raise StanzaError("not-acceptable", f"{jid.userhost()} is no user of {room.domain}")
+            localpart = jid.user or ""
+            owners.discard(localpart)
+            members.discard(localpart)
+            if affiliation in ("owner", "admin"):
+                owners.add(localpart)
+            elif affiliation == "member":
+                members.add(localpart)
+            elif affiliation not in ("none", "outcast"):
+                raise StanzaError("bad-request", f"Unknown affiliation {affiliation!r}")
+        if not owners:
+            raise StanzaError("conflict", "A room keeps at least one owner")  # §10.7
+        for occupant in kicked:
+            for session in list(occupant.sessions.values()):
+                self.leave(room, session, 307)
+        written = self._write_record(replace(record, owners=tuple(owners), members=tuple(members)))
+        self._members_changed(room)
+        return written.addCallback(lambda _: sender.send(iq_result(stanza)))
+
+    def _members_changed(self, room: Room) -> None:
+        """Occupants here who are members no more leave, status 321 (§9.4)."""
+        for occupant in list(room.occupants.values()):
+            if not self.is_member(room, occupant.bare):
+                for session in list(occupant.sessions.values()):
+                    self.leave(room, session, 321)
+
     # -- discovery and self-ping
 
     def service_info(self, stanza: domish.Element, sender: Session, to: JID) -> None:
@@ -697,19 +944,28 @@ class Rooms:
     # -- the directory changes
 
     def directory_changed(self, change: Change, subject: User | Alias | RoomRecord | None) -> None:
-        if change.kind == "room-changed" and isinstance(subject, RoomRecord):
-            room = self.rooms.get(f"{subject.localpart}@{self.service(change.domain)}")
-            if room is not None and not subject.enabled:
+        if change.kind in ("room-changed", "room-removed"):
+            key = (change.domain, change.localpart or "")
+            if change.kind == "room-removed":
+                self._gone.discard(key)  # the mirror has seen it go
+            elif self._written.get(key) == subject:
+                del self._written[key]  # the mirror has what this node wrote
+            room = self.rooms.get(f"{change.localpart}@{self.service(change.domain)}")
+            record = self.record(*key)  # the latest, whatever order the changes came in
+            if room is None:
+                return
+            if record is not None and not record.enabled:
                 self._destroy(room, "An administrator closed this room")
-            elif room is not None and subject.name:
-                room.name = subject.name
+            elif record is None and room.made:
+                self._destroy(room, "The room's owner destroyed it")
+            elif record is not None:
+                room.name = record.name or self._default_name(room)
+                if room.made:
+                    self._members_changed(room)
             return
         if change.kind in ("user-removed", "alias-changed"):
             for room in [r for r in self.rooms.values() if r.domain == change.domain]:
-                for occupant in list(room.occupants.values()):
-                    if not self.is_member(room, occupant.bare):
-                        for session in list(occupant.sessions.values()):
-                            self.leave(room, session, 321)  # §9.4: no longer a member
+                self._members_changed(room)
         elif change.kind == "alias-removed":
             room = self.rooms.get(f"{change.localpart}@{self.service(change.domain)}")
             if room is not None and room.alias is not None:  # (not the domain room named like it)
@@ -717,7 +973,7 @@ class Rooms:
 
     def _destroy(self, room: Room, reason: str) -> None:
         """§10.9: everyone here leaves with <destroy/>; the room is forgotten (its archive stays)."""
-        del self.rooms[room.jid]
+        self.rooms.pop(room.jid, None)
         destroy = Element((USER_NS, "destroy"))
         destroy.addElement("reason", content=reason)
         for session in list(room.sessions()):
@@ -756,7 +1012,7 @@ def _disco(stanza: domish.Element, ns: str) -> tuple[domish.Element, domish.Elem
 def register(router: Router, settings: Settings, stores: Stores) -> None:
     if not settings.muc.enabled:
         return
-    rooms = Rooms(router, stores.archive, settings)
+    rooms = Rooms(router, stores.archive, stores.directory, settings)
     router.subdomains[settings.muc.subdomain] = SERVICE
     router.archive_readers.append(rooms.may_read)
     router.handle(f"presence/{SERVICE}-full", rooms.presence)
@@ -767,6 +1023,10 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.handle(f"iq-get/{SERVICE}-bare/{INFO_NS}:query", rooms.room_info)
     router.handle(f"iq-get/{SERVICE}-bare/{ITEMS_NS}:query", rooms.room_items)
     router.handle(f"iq-get/{SERVICE}-full/{PING_NS}:ping", rooms.self_ping)
+    router.handle(f"iq-get/{SERVICE}-bare/{OWNER_NS}:query", rooms.owner_get)
+    router.handle(f"iq-set/{SERVICE}-bare/{OWNER_NS}:query", rooms.owner_set)
+    router.handle(f"iq-get/{SERVICE}-bare/{ADMIN_NS}:query", rooms.admin_get)
+    router.handle(f"iq-set/{SERVICE}-bare/{ADMIN_NS}:query", rooms.admin_set)
     router.listen(events.SESSION_ENDED, rooms.session_gone)
     router.listen(events.PRESENCE_CHANGED, rooms.presence_changed)
     router.listen(events.REMOTE_PRESENCE, rooms.remote_presence)

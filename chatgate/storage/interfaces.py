@@ -10,7 +10,7 @@ All methods return Deferreds; blocking I/O never runs on the reactor thread.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -110,12 +110,23 @@ class RoomRecord:
     """What the directory keeps of a team room (XEP-0045, ``features/muc.py``).
 
     The domain room and the alias rooms exist by ``[muc]`` without a record;
-    an administrator's record turns one off or names it."""
+    an administrator's record turns one off or names it. A room a user made
+    (XEP-0045 §10.1) exists by its record alone, with its owners and members."""
 
     domain: str
     localpart: str
     name: str = ""
     enabled: bool = True
+    #: made by a user, not by the directory
+    made: bool = False
+    #: localparts of its owners and of its other members (a made room's), sorted
+    owners: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+
+    def normalized(self) -> RoomRecord:
+        """As the stores keep it: owners and members sorted, once each, an owner no member too."""
+        owners = tuple(sorted(set(self.owners)))
+        return replace(self, owners=owners, members=tuple(sorted(set(self.members) - set(owners))))
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,7 @@ class Change:
     ``user-added``, ``user-changed``, ``user-removed``,
     ``credentials-changed``, ``alias-added``, ``alias-changed`` (name or
     members, also when a member user is removed), ``alias-removed``,
-    ``room-changed`` (a room's record, :class:`RoomRecord`),
+    ``room-changed`` (a room's record, :class:`RoomRecord`), ``room-removed``,
     ``blocklist-changed`` (the user's XEP-0191 blocklist).
     ``localpart`` is None for domain changes.
     """
@@ -251,6 +262,9 @@ class IDirectory(Interface):
     def put_room(room: RoomRecord) -> Deferred[None]:
         """Keep *room*'s record, replacing the one of its name (a ``room-changed``
         change). UnknownDomain."""
+
+    def remove_room(domain: str, localpart: str) -> Deferred[None]:
+        """Forget a room's record (a ``room-removed`` change; none when there was none)."""
 
     def sites() -> Deferred[list[Site]]:
         """Every private-label site, sorted by host."""

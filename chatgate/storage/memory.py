@@ -225,8 +225,13 @@ class MemoryDirectory:
     def put_room(self, room: RoomRecord) -> Deferred[None]:
         if room.domain not in self._domains:
             return fail(UnknownDomain(f"unknown domain: {room.domain}"))
-        self._rooms[(room.domain, room.localpart)] = room
+        self._rooms[(room.domain, room.localpart)] = room.normalized()
         self._tell("room-changed", room.domain, room.localpart)
+        return succeed(None)
+
+    def remove_room(self, domain: str, localpart: str) -> Deferred[None]:
+        if self._rooms.pop((domain, localpart), None) is not None:
+            self._tell("room-removed", domain, localpart)
         return succeed(None)
 
     # -- sites

@@ -14,8 +14,8 @@ keys then name the domain (``chatgate:example.com:directory:users``):
   ``…:directory:memberships:<user>`` the set of aliases the user is in (so a
   removal touches only those).
 - ``…:directory:blocked:<user>`` — set of the JIDs the user blocks (XEP-0191).
-- ``…:directory:rooms`` — hash room localpart -> JSON ``{"name", "enabled"}``
-  (team rooms' records).
+- ``…:directory:rooms`` — hash room localpart -> JSON ``{"name", "enabled",
+  "made", "owners", "members"}`` (team rooms' records).
 - ``<prefix>:directory:sites`` — hash host -> JSON ``{"owner", "show_chat_link"}``.
 - ``<prefix>:directory:secrets`` — hash name -> 32 bytes, hex.
 - ``<prefix>:directory:changes`` — stream of :class:`Change` entries (fields
@@ -243,6 +243,11 @@ _PUT_ROOM = _PROLOGUE + """
 if not has_domain() then return {'unknown-domain', domain} end
 redis.call('HSET', key('rooms'), localpart, ARGV[5])
 tell('room-changed', localpart)
+return {'ok'}
+"""
+
+_REMOVE_ROOM = _PROLOGUE + """
+if redis.call('HDEL', key('rooms'), localpart) == 1 then tell('room-removed', localpart) end
 return {'ok'}
 """
 
@@ -557,8 +562,13 @@ class RedisDirectory(_DirectoryConnection):
         return d.addCallback(found)
 
     def put_room(self, room: RoomRecord) -> Deferred[None]:
-        record = json.dumps({"name": room.name, "enabled": room.enabled}, ensure_ascii=False)
+        room = room.normalized()
+        record = json.dumps({"name": room.name, "enabled": room.enabled, "made": room.made,
+                             "owners": room.owners, "members": room.members}, ensure_ascii=False)
         return self._done(self._write(_PUT_ROOM, room.domain, room.localpart, record))
+
+    def remove_room(self, domain: str, localpart: str) -> Deferred[None]:
+        return self._done(self._write(_REMOVE_ROOM, domain, localpart))
 
     # -- sites (one hash: each write is one command, atomic by itself)
 
@@ -648,7 +658,9 @@ def _alias(domain: str, localpart: str, name: str, members: list[str]) -> Alias:
 
 def _room(domain: str, localpart: str, record: str) -> RoomRecord:
     fields = json.loads(record)
-    return RoomRecord(domain, localpart, str(fields.get("name", "")), bool(fields.get("enabled", True)))
+    return RoomRecord(domain, localpart, str(fields.get("name", "")), bool(fields.get("enabled", True)),
+                      bool(fields.get("made", False)), tuple(fields.get("owners", ())),
+                      tuple(fields.get("members", ())))
 
 
 def _site(host: str, record: str) -> Site:

@@ -16,6 +16,7 @@ included, the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -126,6 +127,9 @@ CREATE TABLE IF NOT EXISTS rooms (
     localpart TEXT NOT NULL,
     name TEXT NOT NULL DEFAULT '',
     enabled INTEGER NOT NULL DEFAULT 1,
+    made INTEGER NOT NULL DEFAULT 0,
+    owners TEXT NOT NULL DEFAULT '[]',
+    members TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (domain, localpart)
 );
 CREATE TABLE IF NOT EXISTS changes (
@@ -291,6 +295,9 @@ class SQLiteDirectory:
 
     def put_room(self, room: RoomRecord) -> Deferred[None]:
         return self._write(_put_room, room)
+
+    def remove_room(self, domain: str, localpart: str) -> Deferred[None]:
+        return self._write(_remove_room, domain, localpart)
 
     # -- sites
 
@@ -554,19 +561,28 @@ def _remove_alias(db: sqlite3.Connection, domain: str, localpart: str) -> None:
 def _rooms(db: sqlite3.Connection, domain: str) -> list[RoomRecord]:
     if not _domain_exists(db, domain):
         raise UnknownDomain(f"unknown domain: {domain}")
-    rows = db.execute("SELECT localpart, name, enabled FROM rooms WHERE domain = ? ORDER BY localpart", (domain,))
-    return [RoomRecord(domain, localpart, name, bool(enabled)) for localpart, name, enabled in rows]
+    rows = db.execute("SELECT localpart, name, enabled, made, owners, members FROM rooms WHERE domain = ?"
+                      " ORDER BY localpart", (domain,))
+    return [RoomRecord(domain, localpart, name, bool(enabled), bool(made), tuple(json.loads(owners)),
+                       tuple(json.loads(members))) for localpart, name, enabled, made, owners, members in rows]
 
 
 def _put_room(db: sqlite3.Connection, room: RoomRecord) -> None:
     if not _domain_exists(db, room.domain):
         raise UnknownDomain(f"unknown domain: {room.domain}")
     db.execute(
-        "INSERT INTO rooms (domain, localpart, name, enabled) VALUES (?, ?, ?, ?) ON CONFLICT (domain, localpart)"
-        " DO UPDATE SET name = excluded.name, enabled = excluded.enabled",
-        (room.domain, room.localpart, room.name, int(room.enabled)),
+        "INSERT INTO rooms (domain, localpart, name, enabled, made, owners, members) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (domain, localpart) DO UPDATE SET name = excluded.name, enabled = excluded.enabled,"
+        " made = excluded.made, owners = excluded.owners, members = excluded.members",
+        (room.domain, room.localpart, room.name, int(room.enabled), int(room.made),
+         json.dumps(room.normalized().owners), json.dumps(room.normalized().members)),
     )
     _record(db, "room-changed", room.domain, room.localpart)
+
+
+def _remove_room(db: sqlite3.Connection, domain: str, localpart: str) -> None:
+    if db.execute("DELETE FROM rooms WHERE domain = ? AND localpart = ?", (domain, localpart)).rowcount:
+        _record(db, "room-removed", domain, localpart)
 
 
 def _sites(db: sqlite3.Connection) -> list[Site]:

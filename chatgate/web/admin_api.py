@@ -268,7 +268,7 @@ class AdminAPI(resource.Resource):
 
     async def remove_user(self, jid: str, body: dict[str, Any]) -> tuple[int, Any]:
         localpart, domain = ops.address(jid)
-        await self.directory.remove_user(domain, localpart)
+        await ops.remove_user(self.directory, domain, localpart)
         return 204, None
 
     # -- aliases

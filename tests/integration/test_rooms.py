@@ -284,6 +284,7 @@ async def test_private_messages_nickname_change_self_ping_and_bad_input(server):
     for round_ in range(30):
         flood.muc.make_join_stanza(EVERYONE, f"f{round_}").send()
         flood.client.make_presence(pto=f"{EVERYONE}/f{round_}", ptype="unavailable").send()
+    await flood.client.plugin["xep_0199"].send_ping("example.com", timeout=10)  # all of it handled
     bob.client.send_message(mto=EVERYONE, mbody="still fine", mtype="groupchat")
     while (got := await alice.next_said())["body"] != "still fine":
         pass
@@ -303,13 +304,14 @@ async def test_an_administrator_closes_names_and_reopens_a_room(server):
     listing = await asyncio.to_thread(server.admin, "room", "list", "example.com")
     assert f"{EVERYONE}\tdomain\topen\t" in listing.stdout.splitlines()
 
-    # closed with chatgate-admin: the occupant is told the room is gone, nobody can enter, it is not listed
+    # closed with chatgate-admin: the occupant is told the room is gone, nobody can enter (or make it
+    # again), it is not listed
     await asyncio.to_thread(server.admin, "room", "disable", "everyone@example.com")
     destroyed = await alice.presence_of(f"{EVERYONE}/alice-a", "unavailable")
     assert destroyed.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}destroy") is not None
     with pytest.raises(PresenceError) as refused:
         await bob.muc.join_muc_wait(EVERYONE, "bob-a", timeout=10)
-    assert refused.value.condition == "item-not-found"
+    assert refused.value.condition == "not-allowed"  # closed, and not to be made again by a user
     items = await bob.client.plugin["xep_0030"].get_items(jid="conference.example.com", timeout=10)
     assert EVERYONE not in {i[0] for i in items["disco_items"]["items"]}
     refusal = await asyncio.to_thread(server.admin, "room", "disable", "nosuch@example.com", check=False)
@@ -326,3 +328,82 @@ async def test_an_administrator_closes_names_and_reopens_a_room(server):
     assert (EVERYONE, "All hands") in {(i[0], i[2]) for i in items["disco_items"]["items"]}
     await bob.muc.join_muc_wait(EVERYONE, "bob-a", timeout=10)
     await logout(alice.client, bob.client)
+
+
+LUNCH = "lunch@conference.example.com"
+
+
+@async_test(timeout=90)
+async def test_a_user_makes_a_room_invites_configures_and_destroys_it(server):
+    alice = await member(server, "alice@example.com/maker")
+    bob = await member(server, "bob@example.com/maker")
+    dan = await member(server, "dan@example.com/maker")
+
+    # entering a room nobody made makes it: alice is its owner and moderator (status 201)
+    own, _, _, _ = await alice.muc.join_muc_wait(LUNCH, "alice", timeout=10)
+    item = own.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item")
+    assert {"201", "110"} <= codes(own) and (item.get("affiliation"), item.get("role")) == ("owner", "moderator")
+    # members only: bob may not enter, nor see it listed, until invited
+    with pytest.raises(PresenceError) as refused:
+        await bob.muc.join_muc_wait(LUNCH, "bob", timeout=10)
+    assert refused.value.condition == "registration-required"
+    items = await bob.client.plugin["xep_0030"].get_items(jid="conference.example.com", timeout=10)
+    assert LUNCH not in {i[0] for i in items["disco_items"]["items"]}
+    alice.muc.invite(LUNCH, "bob@example.com", reason="noon?")
+    # (slixmpp tells no groupchat_invite for a room it tried to enter: the message itself)
+    invitation = await asyncio.wait_for(bob.client.messages.get(), 10)
+    invite = invitation.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}invite")
+    assert str(invitation["from"]) == LUNCH and invite.get("from") == "alice@example.com/maker"
+    assert invite.findtext(f"{{{MUC_USER}}}reason") == "noon?"
+    await bob.muc.join_muc_wait(LUNCH, "bob", timeout=10)
+    alice.client.send_message(mto=LUNCH, mbody="noon at the usual place", mtype="groupchat")
+    assert (await bob.next_said())["body"] == "noon at the usual place"
+    # another domain's user cannot be invited; a plain member cannot change the room
+    with pytest.raises(IqError) as not_owner:
+        await bob.muc.set_affiliation(LUNCH, "member", jid="dan@example.com", timeout=10)
+    assert not_owner.value.condition == "forbidden"
+
+    # the owner names it: listed under its name; its members listed to a member
+    form = await alice.muc.get_room_config(LUNCH, timeout=10)
+    form["type"] = "submit"
+    form.set_values({"FORM_TYPE": "http://jabber.org/protocol/muc#roomconfig",
+                     "muc#roomconfig_roomname": "Lunch crew"})
+    await alice.muc.set_room_config(LUNCH, form, timeout=10)
+    items = await bob.client.plugin["xep_0030"].get_items(jid="conference.example.com", timeout=10)
+    assert (LUNCH, "Lunch crew") in {(i[0], i[2]) for i in items["disco_items"]["items"]}
+    members = await bob.muc.get_affiliation_list(LUNCH, "member", timeout=10)
+    assert [str(j) for j in members] == ["bob@example.com"]
+
+    # dan is made a member, enters, is kicked (307), then taken off (he cannot enter again)
+    await alice.muc.set_affiliation(LUNCH, "member", jid="dan@example.com", timeout=10)
+    await dan.muc.join_muc_wait(LUNCH, "dan", timeout=10)
+    await alice.muc.set_role(LUNCH, "dan", "none", timeout=10)
+    assert "307" in codes(await dan.presence_of(f"{LUNCH}/dan", "unavailable"))
+    await alice.muc.set_affiliation(LUNCH, "none", jid="dan@example.com", timeout=10)
+    with pytest.raises(PresenceError) as out:
+        await dan.muc.join_muc_wait(LUNCH, "dan", timeout=10)
+    assert out.value.condition == "registration-required"
+    # bob is taken off while inside: he leaves with 321
+    await alice.muc.set_affiliation(LUNCH, "none", jid="bob@example.com", timeout=10)
+    assert "321" in codes(await bob.presence_of(f"{LUNCH}/bob", "unavailable"))
+    with pytest.raises(IqError) as last_owner:
+        await alice.muc.set_affiliation(LUNCH, "none", jid="alice@example.com", timeout=10)
+    assert last_owner.value.condition == "conflict"
+
+    # the owner destroys it: everyone in it is told, the name is free again, the history stays
+    await alice.muc.destroy(LUNCH, "lunch is over", timeout=10)
+    gone = await alice.presence_of(f"{LUNCH}/alice", "unavailable")
+    assert gone.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}destroy") is not None
+    own, _, _, history = await dan.muc.join_muc_wait(LUNCH, "dan", maxstanzas=5, timeout=10)
+    assert "201" in codes(own) and history == []
+
+    # a removed user is taken off the rooms users made: the address made again is a stranger there
+    await dan.muc.set_affiliation(LUNCH, "member", jid="carol@example.com", timeout=10)
+    await asyncio.to_thread(server.admin, "user", "remove", "carol@example.com")
+    await asyncio.to_thread(server.admin, "user", "add", "carol@example.com", "--password-stdin",
+                            stdin=PASSWORD + "\n")
+    await asyncio.sleep(0.8)  # the service follows the store's change feed
+    assert await dan.muc.get_affiliation_list(LUNCH, "member", timeout=10) == []
+    listing = await asyncio.to_thread(server.admin, "room", "list", "example.com")
+    assert f"{LUNCH}\tmade\topen\t" in listing.stdout.splitlines()
+    await logout(alice.client, bob.client, dan.client)

@@ -297,6 +297,17 @@ async def test_room_records_are_put_listed_and_told(directory):
         await directory.put_room(RoomRecord("example.org", "everyone"))
     with pytest.raises(UnknownDomain):
         await directory.rooms("example.org")
+    # a room a user made: its owners and members, kept sorted and once each; removed again
+    await directory.put_room(RoomRecord("example.com", "lunch", "Lunch", True, True, ("bob", "alice"),
+                                        ("carol", "alice", "carol")))
+    lunch = RoomRecord("example.com", "lunch", "Lunch", True, True, ("alice", "bob"), ("carol",))
+    assert (await directory.rooms("example.com"))[1] == lunch
+    await directory.remove_room("example.com", "lunch")
+    await directory.remove_room("example.com", "lunch")  # nothing to remove: no change told
+    assert [r.localpart for r in await directory.rooms("example.com")] == ["everyone", "sales"]
+    assert [c.kind for c in (await recorder.until(6))[4:]] == ["room-changed", "room-removed"]
+    await deferLater(reactor, 0.2, lambda: None)
+    assert len(recorder.changes) == 6
 
 
 # -- sites
