@@ -9,6 +9,7 @@ import { h, icon } from "./dom.js";
 import { HistoryAPI } from "./history-api.js";
 import { Model } from "./model.js";
 import { Notifications, showUnread } from "./notify.js";
+import { Rooms } from "./rooms.js";
 import { Chats } from "./views/chats.js";
 import { Details } from "./views/details.js";
 import { ContactList } from "./views/nav.js";
@@ -120,6 +121,7 @@ function start(config, credentials) {
     const list = new ContactList(model, {
         onSelect: (jid) => selectContact(jid),
         onChat: (jid) => openChat(jid),
+        onRoom: (jid) => openChat(jid),
     });
     const details = new Details(model, client, history, { onChat: (jid) => openChat(jid) });
     const chats = new Chats(model, client, {
@@ -127,7 +129,9 @@ function start(config, credentials) {
         onShowContact: (jid) => selectContact(jid, true),
         onGoOnline: () => menu.choose("available"),
         isOnScreen: chatsOnScreen,
+        onRoomClosed: (jid) => rooms.closed(jid),
     });
+    const rooms = new Rooms(model, client, chats, { notifications, announce });
     const menu = new StatusMenu({
         me: credentials.jid,
         name: credentials.jid,
@@ -150,8 +154,10 @@ function start(config, credentials) {
         }
     }
 
+    /** A contact's chat window, or a team room's (entering the room). */
     function openChat(jid) {
-        const view = chats.open(jid, { activate: true, focus: false });
+        const view = model.room(jid) ? rooms.open(jid) : chats.open(jid, { activate: true, focus: false });
+        if (!view) return;
         app.dataset.chatsOpen = "true";
         if (phone.matches) setView("chat");
         layout(); // the chats column shows: its composer can take the focus
@@ -316,7 +322,7 @@ function start(config, credentials) {
     });
 
     // the pane's state, for the browser tests and for debugging in the console
-    window.chatgate = { model, client, chats, details, list, notifications };
+    window.chatgate = { model, client, chats, rooms, details, list, notifications };
 
     client.start();
 }

@@ -1,5 +1,6 @@
-// What the pane knows: contacts with their presence, and the chats with their
-// messages. Views listen for "contact" and "chat" events and redraw what changed.
+// What the pane knows: contacts with their presence, the team rooms, and the
+// chats with their messages. Views listen for "contact", "roster" and "rooms"
+// events and redraw what changed.
 
 export const STATUS = {
     available: { label: "Available", rank: 3 },
@@ -77,6 +78,31 @@ export class Chat {
     }
 }
 
+/** A team room (XEP-0045) the user may enter; its chat is model.chat(jid), marked as a room's. */
+export class Room {
+    constructor({ jid, name }) {
+        this.jid = jid;
+        this.name = name || jid;
+        this.room = true;
+        this.alias = true; // drawn like a group (avatar)
+        /** nick → {nick, jid, affiliation, role, show} */
+        this.occupants = new Map();
+        /** our nickname once in (status 110), or the one being tried */
+        this.nick = null;
+        this.joined = false;
+        this.entering = false;
+        /** the user wants to be in it (its window is open) */
+        this.wanted = false;
+        this.subject = "";
+        /** why the user cannot be in it (refused, removed, destroyed), or null */
+        this.refused = null;
+    }
+
+    get count() {
+        return this.occupants.size;
+    }
+}
+
 export class Model extends EventTarget {
     constructor(me) {
         super();
@@ -87,6 +113,8 @@ export class Model extends EventTarget {
         this.chats = new Map();
         /** our own other resources: resource → status */
         this.ownResources = new Map();
+        /** jid → Room: the team rooms this user may enter */
+        this.rooms = new Map();
     }
 
     emit(name, detail) {
@@ -164,6 +192,36 @@ export class Model extends EventTarget {
             || c.name.toLowerCase().includes(needle) || c.jid.includes(needle));
         list.sort((a, b) => (b.online - a.online) || a.name.localeCompare(b.name));
         return list;
+    }
+
+    // -- team rooms
+
+    /** The rooms the server lists (disco#items), kept with what is known of each. */
+    setRooms(items) {
+        const seen = new Set();
+        for (const item of items) {
+            seen.add(item.jid);
+            const room = this.rooms.get(item.jid);
+            if (room) room.name = item.name || room.name;
+            else this.rooms.set(item.jid, new Room(item));
+        }
+        for (const [jid, room] of [...this.rooms]) if (!seen.has(jid) && !room.joined) this.rooms.delete(jid);
+        this.emit("rooms", {});
+    }
+
+    room(jid) {
+        return this.rooms.get(jid) || null;
+    }
+
+    /** A room the user can no longer be in leaves the list. */
+    dropRoom(jid) {
+        if (this.rooms.delete(jid)) this.emit("rooms", {});
+    }
+
+    sortedRooms(filter = "") {
+        const needle = filter.trim().toLowerCase();
+        return [...this.rooms.values()].filter((r) => !needle || r.name.toLowerCase().includes(needle) || r.jid.includes(needle))
+            .sort((a, b) => a.name.localeCompare(b.name));
     }
 
     // -- chats

@@ -18,8 +18,13 @@
 // - "offline" on purpose (the status menu) ends this session only: the
 //   user's other clients keep their own presence.
 //
+// - team rooms (XEP-0045) at the domain's room service: the rooms the user
+//   may enter (disco#items, after every sign-in), entering, leaving and
+//   groupchat messages; what the room says is told as room-* events.
+//
 // Events (CustomEvent, details in each dispatch): state, roster, roster-item,
-// presence-reset, presence, message, chatstate, message-error.
+// presence-reset, presence, message, chatstate, message-error, rooms,
+// room-presence, room-error, room-message, room-subject.
 
 import { $iq, $msg, $pres, Strophe } from "../vendor/strophe.esm.js";
 import { randomId } from "./dom.js";
@@ -45,6 +50,9 @@ export const NS = {
     correct: "urn:xmpp:message-correct:0",
     upload: "urn:xmpp:http:upload:0",
     oob: "jabber:x:oob",
+    discoItems: "http://jabber.org/protocol/disco#items",
+    muc: "http://jabber.org/protocol/muc",
+    mucUser: "http://jabber.org/protocol/muc#user",
 };
 
 const CHAT_STATES = ["active", "composing", "paused", "inactive", "gone"];
@@ -124,6 +132,8 @@ export class ChatClient extends EventTarget {
         this._mamCollectors = new Map();
         /** the domain's mail aliases (bare JIDs), from the roster */
         this.aliases = new Set();
+        /** the domain's room service (XEP-0045), e.g. conference.example.com, once found */
+        this.roomService = null;
         this._onOnline = () => this.state === "reconnecting" && this.retryNow();
         window.addEventListener("online", this._onOnline);
         // Closing the window ends the session at once (contacts see us go now,
@@ -396,6 +406,7 @@ export class ChatClient extends EventTarget {
             this.everConnected = true;
             this.attempt = 0;
             this.setState("online");
+            this._loadRooms(generation);
             try {
                 if (first) await this._findAnchor();
                 else await this._catchUp();
@@ -497,6 +508,10 @@ export class ChatClient extends EventTarget {
     _presence(p) {
         const from = p.getAttribute("from");
         if (!from) return true;
+        if (this._fromRooms(from)) {
+            this._roomPresence(p);
+            return true;
+        }
         const type = p.getAttribute("type");
         if (type && type !== "unavailable") return true; // subscriptions: the server answers those
         this.emit("presence", {
@@ -519,6 +534,10 @@ export class ChatClient extends EventTarget {
         const result = child(m, "result", NS.mam);
         if (result) {
             if (trusted) this._mamResult(result);
+            return true;
+        }
+        if (this._fromRooms(from)) {
+            this._roomMessage(m);
             return true;
         }
         for (const kind of ["sent", "received"]) {
@@ -626,6 +645,155 @@ export class ChatClient extends EventTarget {
         if (this.state !== "online" || !CHAT_STATES.includes(state)) return;
         this.connection.send($msg({ to, type: "chat" }).c(state, { xmlns: NS.chatstates }).up()
             .c("no-store", { xmlns: "urn:xmpp:hints" }));
+    }
+
+    // -- team rooms (XEP-0045)
+
+    /** Whether *from* is the room service or one of its rooms (room, room/nick). */
+    _fromRooms(from) {
+        return Boolean(this.roomService && from && Strophe.getDomainFromJid(from).toLowerCase() === this.roomService);
+    }
+
+    /**
+     * The domain's room service: the item of the domain's disco#items whose
+     * identity is a conference service (§6.1), else conference.<domain>.
+     */
+    async _findRoomService() {
+        const domain = this.credentials.domain;
+        try {
+            const items = await this.iq($iq({ type: "get", to: domain }).c("query", { xmlns: NS.discoItems }));
+            for (const item of child(items, "query", NS.discoItems)?.children || []) {
+                const jid = item.getAttribute("jid");
+                if (item.localName !== "item" || !jid || jid.includes("@") || jid.includes("/")) continue;
+                const info = await this.iq($iq({ type: "get", to: jid }).c("query", { xmlns: NS.discoInfo }));
+                const identities = Array.from(child(info, "query", NS.discoInfo)?.children || [])
+                    .filter((c) => c.localName === "identity");
+                if (identities.some((i) => i.getAttribute("category") === "conference")) return jid.toLowerCase();
+            }
+        } catch {
+            // the usual name below
+        }
+        return `conference.${domain}`;
+    }
+
+    /** After every sign-in: the rooms this user may enter (§6.3), told as "rooms" ({items: [{jid, name}]}). */
+    async _loadRooms(generation) {
+        try {
+            if (!this.roomService) this.roomService = await this._findRoomService();
+            if (generation !== this.generation) return;
+            const result = await this.iq($iq({ type: "get", to: this.roomService }).c("query", { xmlns: NS.discoItems }));
+            if (generation !== this.generation) return;
+            const items = Array.from(child(result, "query", NS.discoItems)?.children || [])
+                .filter((i) => i.localName === "item" && i.getAttribute("jid"))
+                .map((i) => {
+                    const jid = bare(i.getAttribute("jid"));
+                    return { jid, name: i.getAttribute("name") || Strophe.getNodeFromJid(jid) || jid };
+                });
+            this.emit("rooms", { items });
+        } catch (error) {
+            if (generation === this.generation) {
+                console.info("chat: no team rooms", error.message);
+                this.emit("rooms", { items: [] });
+            }
+        }
+    }
+
+    /** Enter *room* as *nick* (§7.2), asking for its last *history* messages. */
+    enterRoom(room, nick, history = 20) {
+        if (this.state !== "online") return;
+        const p = $pres({ to: `${room}/${nick}` });
+        if (this.show) p.c("show").t(this.show).up();
+        p.c("x", { xmlns: NS.muc }).c("history", { maxstanzas: String(history) });
+        this.connection.send(p);
+    }
+
+    /** Leave *room* (§7.14). */
+    leaveRoom(room, nick) {
+        if (this.state !== "online" || !nick) return;
+        this.connection.send($pres({ to: `${room}/${nick}`, type: "unavailable" }));
+    }
+
+    /**
+     * A groupchat message to *room* (§7.4); returns what the pane shows for it
+     * until the room's copy comes back (same id, from room/*nick*).
+     */
+    sendRoom(room, nick, body, { oob = null } = {}) {
+        const id = randomId(16);
+        const stanza = $msg({ to: room, type: "groupchat", id }).c("body").t(body).up();
+        if (oob) stanza.c("x", { xmlns: NS.oob }).c("url").t(oob).up().up();
+        this.connection.send(stanza.c("origin-id", { xmlns: NS.sid, id }));
+        return {
+            id, key: `m:${room}/${nick}:${id}`, archiveId: null, contact: room, sender: nick, nick, room: true,
+            outgoing: true, body, oob, at: new Date(), delayed: false, carbon: null, live: true, status: "sent",
+        };
+    }
+
+    _roomPresence(p) {
+        const from = p.getAttribute("from");
+        const room = bare(from);
+        const nick = resourceOf(from) || "";
+        const type = p.getAttribute("type");
+        if (type === "error") {
+            this.emit("room-error", {
+                room, nick, condition: errorCondition(p), text: text(child(child(p, "error"), "text", NS.stanzas)) || "",
+            });
+            return;
+        }
+        if (type && type !== "unavailable") return;
+        const x = child(p, "x", NS.mucUser);
+        const item = child(x, "item");
+        const codes = x ? Array.from(x.children).filter((c) => c.localName === "status").map((c) => c.getAttribute("code")) : [];
+        const destroy = child(x, "destroy");
+        const real = item?.getAttribute("jid") || null;
+        this.emit("room-presence", {
+            room,
+            nick,
+            available: type !== "unavailable",
+            jid: real ? bare(real) : null,
+            affiliation: item?.getAttribute("affiliation") || "none",
+            role: item?.getAttribute("role") || "none",
+            newNick: item?.getAttribute("nick") || null,
+            codes,
+            self: codes.includes("110") || (real !== null && real === this.connection?.jid),
+            destroyed: destroy ? { reason: text(child(destroy, "reason")) || "" } : null,
+            show: text(child(p, "show")) || "",
+        });
+    }
+
+    _roomMessage(m) {
+        const from = m.getAttribute("from");
+        const type = m.getAttribute("type") || "normal";
+        const room = bare(from);
+        if (type === "error") {
+            this.emit("message-error", {
+                contact: room, id: m.getAttribute("id"),
+                text: text(child(child(m, "error"), "text", NS.stanzas)) || errorCondition(m),
+            });
+            return;
+        }
+        if (type !== "groupchat") return; // private messages and invitations: not in the pane yet
+        const nick = resourceOf(from) || "";
+        const body = child(m, "body");
+        const subject = child(m, "subject");
+        if (subject) this.emit("room-subject", { room, nick, subject: subject.textContent });
+        if (!body || !nick) return;
+        let archiveId = null;
+        for (const c of m.children) {
+            if (c.localName === "stanza-id" && c.namespaceURI === NS.sid && bare(c.getAttribute("by")) === room) {
+                archiveId = c.getAttribute("id");
+            }
+        }
+        const delay = child(m, "delay", NS.delay)?.getAttribute("stamp");
+        const id = m.getAttribute("id");
+        const oob = text(child(child(m, "x", NS.oob), "url"));
+        this.emit("room-message", {
+            message: {
+                id, from, key: id ? `m:${room}/${nick}:${id}` : null, archiveId, contact: room, sender: nick, nick,
+                room: true, outgoing: false, body: body.textContent, oob: oob ? oob.trim() : null,
+                at: delay ? new Date(delay) : new Date(), delayed: Boolean(delay), carbon: null, live: true,
+                markable: false, ack: null, replaces: null, state: null,
+            },
+        });
     }
 
     // -- vCard

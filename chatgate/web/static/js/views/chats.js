@@ -2,6 +2,10 @@
 // with its messages, typing notifications (XEP-0085) both ways, unread
 // counts and a composer (Enter sends, Shift+Enter starts a new line; files
 // by the attach button or dropped on the window, see attachments.js).
+// A team room's window is the same window (rooms.js enters and leaves the
+// room): each message with its sender's nickname, the subject and the number
+// of people in the header, their list behind a toggle, no typing
+// notifications, receipts or corrections.
 
 import { AttachmentError, attachmentOf, attachmentView, upload, uploadsEnabled } from "../attachments.js";
 import { append, avatar, clear, friendlyDay, h, icon, linkify, sameDay, timeOf } from "../dom.js";
@@ -14,8 +18,9 @@ const GROUP_GAP = 5 * 60000; // messages closer than this from one sender form a
 const RENDER_LIMIT = 400; // messages drawn per chat (the rest is in its history)
 
 export class Chats extends EventTarget {
-    constructor(model, client, { announce, onShowContact, onGoOnline, isOnScreen }) {
+    constructor(model, client, { announce, onShowContact, onGoOnline, isOnScreen, onRoomClosed = () => {} }) {
         super();
+        this.onRoomClosed = onRoomClosed;
         this.model = model;
         this.client = client;
         this.announce = announce;
@@ -56,7 +61,7 @@ export class Chats extends EventTarget {
             this.views.set(jid, view);
             this.order.push(jid);
             chat.open = true;
-            this.loadHistory(jid);
+            if (!chat.room) this.loadHistory(jid);
         }
         if (activate || !this.active) this.activate(jid, focus);
         this.emit("changed");
@@ -83,6 +88,7 @@ export class Chats extends EventTarget {
         if (!view) return;
         const chat = this.model.chat(jid);
         if (chat.composing) this.client.chatState(jid, "gone");
+        if (chat.room) this.onRoomClosed(jid);
         chat.open = false;
         chat.composing = false;
         view.tab.remove();
@@ -122,14 +128,15 @@ export class Chats extends EventTarget {
 
     build(jid) {
         const id = cssId(jid);
-        const contact = this.model.contact(jid) || { jid, name: jid, presence: { status: "offline" } };
+        const room = this.model.chat(jid).room ? this.model.room(jid) : null;
+        const contact = room || this.model.contact(jid) || { jid, name: jid, presence: { status: "offline" } };
         const tab = h("button", {
             role: "tab", id: `tab-${id}`, class: "chat-tab", type: "button", "aria-controls": `panel-${id}`,
             "aria-selected": "false", tabindex: "-1", "data-jid": jid,
             onclick: () => this.activate(jid),
         });
         const log = h("div", {
-            class: "log", role: "log", "aria-live": "off", "aria-label": `Messages with ${contact.name}`, tabindex: "0",
+            class: "log", role: "log", "aria-live": "off", "aria-label": room ? `Messages in ${room.name}` : `Messages with ${contact.name}`, tabindex: "0",
         });
         const typing = h("div", { class: "typing-line", "aria-hidden": "true" });
         const composer = h("textarea", {
@@ -154,16 +161,29 @@ export class Chats extends EventTarget {
         }, icon("attach"));
         const uploadNote = h("div", { class: "composer-upload", hidden: true });
         const title = h("div", { class: "chat-title" });
+        // a room: who is in it (behind the header's toggle), and why the user is not (any more)
+        const occupants = room ? h("ul", { class: "occupants", id: `occupants-${id}`, hidden: true, "aria-label": `People in ${room.name}` }) : null;
+        const notice = room ? h("div", { class: "room-notice", role: "status", hidden: true }) : null;
+        const people = room ? h("button", {
+            class: "button small subtle people", type: "button", "data-action": "occupants", "aria-expanded": "false",
+            "aria-controls": `occupants-${id}`, title: "Who is here",
+            onclick: () => {
+                occupants.hidden = !occupants.hidden;
+                people.setAttribute("aria-expanded", String(!occupants.hidden));
+            },
+        }) : null;
         const panel = h("section", {
             role: "tabpanel", id: `panel-${id}`, class: "chat-panel", "aria-labelledby": `tab-${id}`, hidden: true,
             "data-jid": jid,
         },
         h("header", { class: "chat-head" }, title,
-            h("button", { class: "icon-button", type: "button", "aria-label": `Details of ${contact.name}`, title: "Details",
+            room ? people : h("button", { class: "icon-button", type: "button", "aria-label": `Details of ${contact.name}`, title: "Details",
                 onclick: () => this.onShowContact(jid) }, icon("at")),
-            h("button", { class: "icon-button", type: "button", "aria-label": `Close the chat with ${contact.name}`, title: "Close",
-                "data-action": "close-chat", onclick: () => this.close(jid) }, icon("close"))),
-        log, typing,
+            h("button", {
+                class: "icon-button", type: "button", title: room ? "Leave" : "Close", "data-action": "close-chat",
+                "aria-label": room ? `Leave ${room.name}` : `Close the chat with ${contact.name}`, onclick: () => this.close(jid),
+            }, icon("close"))),
+        occupants, notice, log, typing,
         h("form", { class: "composer", onsubmit: (e) => { e.preventDefault(); this.submit(jid); } },
             offlineNote, uploadNote, fileInput, attach, composer, send));
         panel.addEventListener("dragover", (e) => {
@@ -203,7 +223,10 @@ export class Chats extends EventTarget {
         composer.addEventListener("focus", () => this.markRead());
         this.tabs.append(tab);
         this.panels.append(panel);
-        const view = { jid, tab, panel, log, typing, composer, send, attach, uploadNote, offlineNote, title, rendered: 0 };
+        const view = {
+            jid, tab, panel, log, typing, composer, send, attach, uploadNote, offlineNote, title, rendered: 0,
+            room, occupants, notice, people,
+        };
         this.views.set(jid, view);
         this.header(jid);
         this.composerState(view);
@@ -214,6 +237,10 @@ export class Chats extends EventTarget {
     header(jid) {
         const view = this.views.get(jid);
         if (!view) return;
+        if (view.room) {
+            this.roomHeader(view);
+            return;
+        }
         const contact = this.model.contact(jid) || { jid, name: jid, presence: { status: "offline", text: "" }, alias: false };
         const chat = this.model.chat(jid);
         const presence = this.connected ? contact.presence : { status: "offline", text: "" };
@@ -240,6 +267,48 @@ export class Chats extends EventTarget {
         view.typing.classList.toggle("on", Boolean(typing));
     }
 
+    /** A room's tab, title (name, subject or who is here) and list of occupants. */
+    roomHeader(view) {
+        const room = view.room;
+        const chat = this.model.chat(view.jid);
+        const inside = this.connected && room.joined;
+        const status = inside ? "available" : "offline";
+        const count = `${room.count} ${room.count === 1 ? "person" : "people"} here`;
+        append(clear(view.tab), [
+            h("span", { class: `dot status-${status}`, "aria-hidden": "true" }),
+            h("span", { class: "tab-name" }, room.name),
+            chat.unread ? h("span", { class: "badge", "aria-hidden": "true" }, String(chat.unread)) : null,
+        ]);
+        view.tab.setAttribute("aria-label", `${room.name}, team room` + (chat.unread ? `, ${chat.unread} unread` : ""));
+        let line;
+        if (room.refused) line = "Not in this room";
+        else if (!this.connected) line = "Offline";
+        else if (!room.joined) line = "Entering…";
+        else line = room.subject || count;
+        clear(view.title).append(
+            h("span", { class: "avatar-wrap" }, avatar(room, "sm")),
+            h("span", { class: "chat-title-text" },
+                h("span", { class: "chat-name" }, room.name),
+                h("span", { class: "chat-status room-subject", title: room.subject || "" }, line)));
+        clear(view.people).append(icon("group"), h("span", { class: "people-count" }, inside ? String(room.count) : "–"));
+        view.people.setAttribute("aria-label", inside ? `${count}: show who` : "Who is here");
+        view.people.hidden = Boolean(room.refused);
+        const occupants = [...room.occupants.values()].sort((a, b) => a.nick.localeCompare(b.nick));
+        clear(view.occupants);
+        if (room.refused) view.occupants.hidden = true;
+        for (const o of occupants) {
+            const name = o.jid && o.jid !== this.model.me ? this.model.contact(o.jid)?.name : null;
+            view.occupants.append(h("li", { class: "occupant", "data-nick": o.nick, title: o.jid || "" },
+                h("span", { class: `dot status-${o.show === "dnd" ? "busy" : ["away", "xa"].includes(o.show) ? "away" : "available"}`,
+                    "aria-hidden": "true" }),
+                h("span", { class: "occupant-nick" }, o.nick),
+                o.nick === room.nick ? h("span", { class: "muted" }, " (you)") : name && name !== o.nick ? h("span", { class: "muted" }, ` · ${name}`) : null));
+        }
+        view.notice.hidden = !room.refused;
+        view.notice.textContent = room.refused || "";
+        this.composerState(view);
+    }
+
     // -- connection state
 
     setConnection(state) {
@@ -257,6 +326,26 @@ export class Chats extends EventTarget {
     }
 
     composerState(view) {
+        if (view.room) {
+            const room = view.room;
+            const blocked = !this.connected || !room.joined;
+            view.send.disabled = blocked;
+            view.attach.disabled = blocked || Boolean(view.uploading);
+            view.composer.setAttribute("aria-disabled", String(blocked));
+            view.composer.disabled = Boolean(room.refused);
+            clear(view.offlineNote);
+            view.offlineNote.hidden = !blocked || Boolean(room.refused);
+            if (this.offlineByChoice) {
+                view.offlineNote.append("You're offline. ",
+                    h("button", { class: "link-button", type: "button", onclick: () => this.onGoOnline() }, "Go online"),
+                    " to write in this room.");
+            } else if (!this.connected) {
+                view.offlineNote.append("Reconnecting…");
+            } else {
+                view.offlineNote.append("Entering the room…");
+            }
+            return;
+        }
         const blocked = !this.connected;
         view.send.disabled = blocked;
         view.attach.disabled = blocked || Boolean(view.uploading);
@@ -276,7 +365,7 @@ export class Chats extends EventTarget {
 
     async loadHistory(jid) {
         const chat = this.model.chat(jid);
-        if (chat.historyLoaded || chat.historyLoading || this.client.state !== "online") return;
+        if (chat.room || chat.historyLoaded || chat.historyLoading || this.client.state !== "online") return;
         chat.historyLoading = true;
         try {
             const messages = await this.client.recent(jid, 30);
@@ -310,12 +399,13 @@ export class Chats extends EventTarget {
         const incoming = !message.outgoing;
         if (incoming) {
             if (!this.views.has(message.contact)) this.open(message.contact, { activate: !this.active, focus: false });
-            if (!this.seen(message.contact)) chat.unread++;
+            if (!this.seen(message.contact) && !(message.room && message.delayed)) chat.unread++;
         }
         this.render(message.contact);
         this.header(message.contact);
         const contact = this.model.contact(message.contact);
         if (contact) this.model.emit("contact", { contact, changed: false }); // its unread count, typing
+        if (message.room) this.model.emit("room", { jid: message.contact });
         this.emit("changed");
         return incoming;
     }
@@ -410,6 +500,7 @@ export class Chats extends EventTarget {
         this.header(jid);
         const contact = this.model.contact(jid);
         if (contact) this.model.emit("contact", { contact, changed: false });
+        if (chat.room) this.model.emit("room", { jid });
         this.emit("changed");
     }
 
@@ -418,10 +509,14 @@ export class Chats extends EventTarget {
         if (!view) return;
         const chat = this.model.chat(jid);
         const stick = view.log.scrollHeight - view.log.scrollTop - view.log.clientHeight < 60 || view.rendered === 0;
-        const contact = this.model.contact(jid);
+        const contact = view.room || this.model.contact(jid);
         const messages = chat.messages.slice(-RENDER_LIMIT);
         clear(view.log);
-        if (!messages.length) {
+        if (!messages.length && view.room) {
+            view.log.append(h("div", { class: "log-empty" }, avatar(view.room, "lg"),
+                h("p", {}, `This is the start of ${view.room.name}.`),
+                h("p", { class: "muted" }, "Messages go to everyone in the room.")));
+        } else if (!messages.length) {
             view.log.append(h("div", { class: "log-empty" },
                 avatar(contact || { jid, name: jid }, "lg"),
                 h("p", {}, `This is the start of your chat with ${contact?.name || jid}.`),
@@ -444,12 +539,15 @@ export class Chats extends EventTarget {
     }
 
     message(m, contact, startsGroup, endsGroup) {
-        const who = m.outgoing ? "You" : this.model.nameOf(m.sender);
-        const showSender = !m.outgoing && startsGroup && contact?.alias;
+        const who = m.outgoing ? "You" : m.room ? m.nick : this.model.nameOf(m.sender);
+        const showSender = !m.outgoing && startsGroup && (contact?.alias || m.room);
         const time = h("time", { datetime: m.at.toISOString(), title: m.at.toLocaleString() }, timeOf(m.at));
         const classes = ["msg", m.outgoing ? "out" : "in", startsGroup ? "group-start" : "", endsGroup ? "group-end" : "",
             m.failed ? "failed" : ""].filter(Boolean).join(" ");
-        return h("div", { class: classes, "data-key": m.key || m.archiveId || "", "data-archive-id": m.archiveId || "" },
+        return h("div", {
+            class: classes, "data-key": m.key || m.archiveId || "", "data-archive-id": m.archiveId || "",
+            "data-nick": m.room ? m.nick : null,
+        },
             showSender ? h("div", { class: "msg-sender" }, who) : null,
             h("div", { class: "bubble" },
                 h("span", { class: "visually-hidden" }, `${who}: `),
@@ -493,7 +591,7 @@ export class Chats extends EventTarget {
         const view = this.views.get(jid);
         const chat = this.model.chat(jid);
         const last = [...chat.messages].reverse().find((m) => m.outgoing);
-        if (!last || !last.id || last.carbon) return false;
+        if (chat.room || !last || !last.id || last.carbon) return false;
         view.editing = last;
         view.composer.value = last.body;
         view.composer.classList.add("editing");
@@ -531,13 +629,21 @@ export class Chats extends EventTarget {
             this.render(jid);
             return;
         }
-        const message = this.client.send(jid, body);
+        if (view.room && !view.room.joined) return;
+        const message = this.sendTo(jid, body);
         chat.add(message);
         view.composer.value = "";
         this.autosize(view.composer);
         this.render(jid);
         this.scrollDown(view, true);
         this.emit("sent", { jid });
+    }
+
+    /** A message to a contact, or to a room (groupchat, as the user's nickname there). */
+    sendTo(jid, body, options = {}) {
+        const room = this.views.get(jid)?.room;
+        if (room) return this.client.sendRoom(jid, room.nick, body, options);
+        return this.client.send(jid, body, options);
     }
 
     /**
@@ -565,7 +671,7 @@ export class Chats extends EventTarget {
                 try {
                     const url = await upload(this.client, file);
                     if (!this.connected) throw new AttachmentError(`"${file.name}" was not sent: the connection was lost.`);
-                    const message = this.client.send(jid, url, { oob: url });
+                    const message = this.sendTo(jid, url, { oob: url });
                     this.model.chat(jid).add(message);
                     this.render(jid);
                     this.scrollDown(view, true);
@@ -602,6 +708,7 @@ export class Chats extends EventTarget {
     typed(jid) {
         const chat = this.model.chat(jid);
         const view = this.views.get(jid);
+        if (chat.room) return; // no chat states in rooms
         const hasText = view.composer.value.trim().length > 0;
         clearTimeout(chat.pauseTimer);
         if (!hasText) {

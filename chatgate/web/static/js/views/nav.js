@@ -1,5 +1,6 @@
 // The navigation pane: the domain's people and its aliases, online first,
-// with a status dot, a filter box, unread counts and "typing…".
+// with a status dot, a filter box, unread counts and "typing…"; then the team
+// rooms the user may enter, with how many are in each once entered.
 // Keyboard: ↑/↓/Home/End move, Enter or Space shows the contact, Ctrl+Enter
 // (or double click) opens the chat; "/" jumps to the filter.
 
@@ -7,10 +8,11 @@ import { append, avatar, clear, h } from "../dom.js";
 import { STATUS } from "../model.js";
 
 export class ContactList {
-    constructor(model, { onSelect, onChat }) {
+    constructor(model, { onSelect, onChat, onRoom }) {
         this.model = model;
         this.onSelect = onSelect;
         this.onChat = onChat;
+        this.onRoom = onRoom;
         this.list = document.getElementById("contact-list");
         this.filter = document.getElementById("filter");
         this.empty = document.getElementById("contact-empty");
@@ -31,7 +33,7 @@ export class ContactList {
                 const first = this.visibleRows()[0];
                 if (first) {
                     e.preventDefault();
-                    this.onSelect(first.dataset.jid);
+                    this.choose(first);
                 }
             }
         });
@@ -47,6 +49,8 @@ export class ContactList {
         });
         model.addEventListener("roster", () => this.render());
         model.addEventListener("presence-all", () => this.render());
+        model.addEventListener("rooms", () => this.scheduleRender());
+        model.addEventListener("room", (e) => this.updateRoom(e.detail.jid));
         model.addEventListener("contact", (e) => {
             this.update(e.detail.contact);
             if (e.detail.changed) this.scheduleRender();
@@ -65,6 +69,13 @@ export class ContactList {
         this.offline = offline;
         this.list.classList.toggle("all-offline", offline);
         for (const contact of this.model.contacts.values()) this.update(contact);
+        this.scheduleRender(); // the rooms' counts
+    }
+
+    /** A row chosen (click, Enter): a contact's details, or a room's window. */
+    choose(row) {
+        if (row.dataset.room) this.onRoom(row.dataset.jid);
+        else this.onSelect(row.dataset.jid);
     }
 
     render() {
@@ -89,8 +100,21 @@ export class ContactList {
             }
             this.list.append(section);
         }
+        const rooms = this.model.sortedRooms(filter);
+        if (rooms.length) {
+            const inside = rooms.filter((r) => r.joined).length;
+            const section = h("div", { role: "group", "aria-labelledby": "group-rooms", class: "contact-group rooms" },
+                h("div", { id: "group-rooms", class: "group-title", role: "presentation" },
+                    h("span", {}, "Rooms"), h("span", { class: "group-count", "aria-hidden": "true" },
+                        inside ? `${inside}/${rooms.length}` : `${rooms.length}`)));
+            for (const room of rooms) {
+                seen.add(room.jid);
+                section.append(this.roomRow(room));
+            }
+            this.list.append(section);
+        }
         for (const jid of [...this.rows.keys()]) if (!seen.has(jid)) this.rows.delete(jid);
-        this.empty.hidden = contacts.length > 0;
+        this.empty.hidden = contacts.length + rooms.length > 0;
         this.empty.textContent = filter
             ? `No contact matches “${filter}”.`
             : "Nobody else is in your domain yet.";
@@ -155,6 +179,49 @@ export class ContactList {
         row.title = contact.jid;
     }
 
+    roomRow(room) {
+        let row = this.rows.get(room.jid);
+        if (!row) {
+            row = h("div", {
+                role: "option", class: "contact room", "data-jid": room.jid, "data-room": "true",
+                id: `room-${cssId(room.jid)}`, tabindex: "-1",
+                onclick: () => {
+                    this.focused = room.jid;
+                    this.onRoom(room.jid);
+                },
+                onfocus: () => {
+                    this.focused = room.jid;
+                },
+            });
+            this.rows.set(room.jid, row);
+        }
+        const chat = this.model.chats.get(room.jid);
+        const unread = chat?.unread || 0;
+        const inside = room.joined && !this.offline;
+        const sub = inside ? `${room.count} ${room.count === 1 ? "person" : "people"} here` : "Team room";
+        clear(row);
+        append(row, [
+            h("span", { class: "avatar-wrap" }, avatar(room, "md")),
+            h("span", { class: "contact-text" },
+                h("span", { class: "contact-name" }, room.name),
+                h("span", { class: "contact-sub room-count" }, sub)),
+            unread ? h("span", { class: "badge", "aria-hidden": "true" }, unread > 99 ? "99+" : String(unread)) : null,
+        ]);
+        row.classList.toggle("is-offline", !inside);
+        row.classList.toggle("has-unread", unread > 0);
+        row.setAttribute("aria-selected", String(this.selected === room.jid));
+        row.setAttribute("aria-label", [room.name, "team room", inside ? sub : null,
+            unread ? `${unread} unread ${unread === 1 ? "message" : "messages"}` : null].filter(Boolean).join(", "));
+        row.title = room.jid;
+        return row;
+    }
+
+    /** A room's row again (its count, its unread messages). */
+    updateRoom(jid) {
+        const room = this.model.room(jid);
+        if (room && this.rows.has(jid)) this.roomRow(room);
+    }
+
     update(contact) {
         const row = this.rows.get(contact.jid);
         if (row) this.fill(row, contact);
@@ -202,7 +269,8 @@ export class ContactList {
             case "Enter":
             case " ":
                 e.preventDefault();
-                if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) this.onChat(row.dataset.jid);
+                if (row.dataset.room) this.onRoom(row.dataset.jid);
+                else if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) this.onChat(row.dataset.jid);
                 else this.onSelect(row.dataset.jid);
                 break;
             default:

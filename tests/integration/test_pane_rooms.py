@@ -1,0 +1,129 @@
+"""Team rooms (XEP-0045) in the pane (Chromium), with slixmpp (xep_0045) on
+the other side: the rooms a user may enter listed under "Rooms" (an alias's
+room only for the alias's members), the pane entering the domain room as
+"alice" and showing what bob said before (the history of entering) and
+live, with his nickname; the pane's message reaching bob from
+everyone@conference.example.com/alice and shown once; who is here; a
+nickname in use taken with a digit; a room the user is removed from saying
+so in its window and leaving the list; closing the window leaves the room."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.integration import test_pane
+from tests.integration.harness import async_test, logout
+from tests.integration.test_pane import Pane, pane, user
+
+# the same Chromium setup and server as the pane's own tests
+webmail, server = test_pane.webmail, test_pane.server
+
+EVERYONE = "everyone@conference.example.com"
+DESIGN = "design@conference.example.com"
+SALES = "salesteam@conference.example.com"
+DELAY = "urn:xmpp:delay"
+
+
+async def occupant(server, jid: str):
+    """A slixmpp user with the MUC plugin; its live groupchat messages in a queue."""
+    client = await user(server, jid)
+    client.register_plugin("xep_0045")
+    client.said = asyncio.Queue()  # type: ignore[attr-defined]
+    client.add_event_handler("groupchat_presence", client._presence)  # into client.presences
+    client.add_event_handler("groupchat_message",
+                             lambda m: None if m.xml.find(f"{{{DELAY}}}delay") is not None or not m["body"]
+                             else client.said.put_nowait(m))
+    return client
+
+
+def rooms_listed(jid: str) -> str:
+    return "Array.from(document.querySelectorAll('.contact.room'), e => e.dataset.jid).sort().join(' ')"
+
+
+def senders(room: str) -> str:
+    """The JS expression for [nickname, text] of each incoming message in *room*'s window (the
+    nickname shown above the first of a sender's messages in a row)."""
+    return (f"Array.from(document.querySelectorAll(\".chat-panel[data-jid='{room}'] .msg.in\"), "
+            "m => [m.dataset.nick, m.querySelector('.msg-body').textContent])")
+
+
+@async_test(timeout=90)
+async def test_rooms_in_the_pane_with_slixmpp(server):
+    # an alias of alice and bob, not dave: its room is theirs only
+    await asyncio.to_thread(server.admin, "alias", "add", "design@example.com", "alice@example.com",
+                            "bob@example.com", "--name", "Design team")
+    bob = await occupant(server, "bob@example.com/desk")
+    await bob.plugin["xep_0045"].join_muc_wait(EVERYONE, "bob", timeout=10)
+    bob.send_message(mto=EVERYONE, mbody="Said before alice came", mtype="groupchat")
+    assert (await asyncio.wait_for(bob.said.get(), 10))["body"] == "Said before alice came"
+    # carol takes the nickname "alice" in the sales team's room
+    carol = await occupant(server, "carol@example.com/desk")
+    await carol.plugin["xep_0045"].join_muc_wait(SALES, "alice", timeout=10)
+
+    async with pane(server, "rooms") as view:
+        page = view.page
+        await view.sign_in_with_token("alice@example.com")
+        # the rooms alice may enter, under their own heading
+        await view.wait("document.querySelectorAll('#group-rooms ~ .contact.room').length === 3")
+        assert await page.evaluate(rooms_listed("alice")) == f"{DESIGN} {EVERYONE} {SALES}"
+        names = await page.evaluate("Array.from(document.querySelectorAll('.contact.room .contact-name'),"
+                                    " e => e.textContent)")
+        assert names == ["Design team", "Everyone at example.com", "Sales team"]
+
+        # dave, in another tab, is on no alias: the domain room only
+        dave = Pane(server, await page.context.new_page(), view.errors)
+        await dave.sign_in_with_token("dave@example.com")
+        await dave.wait(f"document.querySelector(\".contact.room[data-jid='{EVERYONE}']\")")
+        assert await dave.page.evaluate(rooms_listed("dave")) == EVERYONE
+        await dave.page.close()
+
+        # the domain room: entering shows what bob said before, with his nickname, and who is here
+        await page.click(f".contact.room[data-jid='{EVERYONE}']")
+        await view.wait("jid => chatgate.chats.active === jid", EVERYONE)
+        await view.wait(f"JSON.stringify({senders(EVERYONE)}) === JSON.stringify([['bob', 'Said before alice came']])")
+        await view.wait(f"document.querySelector(\".chat-panel[data-jid='{EVERYONE}'] .people-count\")"
+                        "?.textContent === '2'")
+        assert "2 people here" in await page.inner_text(f".contact.room[data-jid='{EVERYONE}'] .room-count")
+        await page.click(f".chat-panel[data-jid='{EVERYONE}'] button[data-action=occupants]")
+        nicks = await page.evaluate(f"Array.from(document.querySelectorAll(\".chat-panel[data-jid='{EVERYONE}']"
+                                    " .occupant-nick\"), e => e.textContent)")
+        assert nicks == ["alice", "bob"]
+
+        # live both ways: bob's message with his nickname; the pane's from room/alice, shown once
+        bob.send_message(mto=EVERYONE, mbody="Welcome, alice", mtype="groupchat")
+        assert (await asyncio.wait_for(bob.said.get(), 10))["body"] == "Welcome, alice"  # his own, back
+        await view.wait_body(EVERYONE, "Welcome, alice", outgoing=False)
+        await view.send("Thanks, bob")
+        got = await asyncio.wait_for(bob.said.get(), 10)
+        assert str(got["from"]) == f"{EVERYONE}/alice" and got["body"] == "Thanks, bob"
+        await view.wait(f"document.querySelector(\".chat-panel[data-jid='{EVERYONE}'] .msg.out .msg-ticks\")"
+                        "?.dataset.status === 'delivered'")  # the room's copy came back
+        assert await view.bodies(EVERYONE) == ["Said before alice came", "Welcome, alice", "Thanks, bob"]
+        assert await page.inner_text(f".chat-panel[data-jid='{EVERYONE}'] .msg.in .msg-sender") == "bob"
+        assert await page.evaluate(senders(EVERYONE)) == [["bob", "Said before alice came"], ["bob", "Welcome, alice"]]
+        await view.shot("room")
+        await page.set_viewport_size({"width": 390, "height": 760})  # a phone: the window alone, people listed
+        await view.shot("room-phone")
+        await page.set_viewport_size({"width": 1360, "height": 840})
+
+        # the sales team's room: "alice" is carol's there, so the pane is alice2
+        await page.click(f".contact.room[data-jid='{SALES}']")
+        await view.wait("jid => chatgate.rooms.model.room(jid)?.joined", SALES)
+        assert await page.evaluate("jid => chatgate.model.room(jid).nick", SALES) == "alice2"
+
+        # the design room: alice is taken off the alias, the window says so and the room leaves the list
+        await page.click(f".contact.room[data-jid='{DESIGN}']")
+        await view.wait("jid => chatgate.model.room(jid)?.joined", DESIGN)
+        await asyncio.to_thread(server.admin, "alias", "remove", "design@example.com", "alice@example.com")
+        await view.wait(f"document.querySelector(\".chat-panel[data-jid='{DESIGN}'] .room-notice:not([hidden])\")"
+                        "?.textContent.includes('removed')")
+        await view.wait(f"!document.querySelector(\".contact.room[data-jid='{DESIGN}']\")")
+        await view.shot("room-removed")
+
+        # closing the domain room's window leaves the room
+        await page.click(f"#tab-{EVERYONE.replace('@', '_').replace('.', '_')}")
+        await page.click(f".chat-panel[data-jid='{EVERYONE}'] button[data-action=close-chat]")
+        await bob.wait_presence(lambda p: str(p["from"]) == f"{EVERYONE}/alice" and p["type"] == "unavailable")
+        await view.wait(f"document.querySelector(\".contact.room[data-jid='{EVERYONE}'] .room-count\")"
+                        "?.textContent === 'Team room'")
+    await logout(bob, carol)
