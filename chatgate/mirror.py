@@ -32,7 +32,7 @@ class DirectoryMirror:
         self._aliases: dict[str, dict[str, Alias]] = {}
         #: (domain, member localpart) -> localparts of the aliases they belong to
         self._memberships: dict[tuple[str, str], set[str]] = {}
-        #: (domain, room localpart) -> its record (team rooms, features/muc.py)
+        #: (domain, room localpart) -> its record (team rooms, features/muc/)
         self._rooms: dict[tuple[str, str], RoomRecord] = {}
         self._listeners: list[ChangeListener] = []
         # Changes are applied one after another, in the order the feed told them.

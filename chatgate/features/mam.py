@@ -1,7 +1,7 @@
 """Message Archive Management (XEP-0313, ``urn:xmpp:mam:2``) over the user's archive.
 
 A user queries their own archive, at their bare JID (§3.3.1), and a room's
-at the room's JID (§5.1.2: a service such as ``features/muc.py`` says who may,
+at the room's JID (§5.1.2: a service such as ``features/muc/`` says who may,
 through ``Router.archive_readers``); anyone else's is <forbidden/>.
 Filters come in a XEP-0004 data form (§4.1): ``with`` (bare
 JID: every resource; full JID: that resource), ``start``/``end`` (XEP-0082,

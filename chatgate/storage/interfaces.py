@@ -107,7 +107,7 @@ class Site:
 
 @dataclass(frozen=True)
 class RoomRecord:
-    """What the directory keeps of a team room (XEP-0045, ``features/muc.py``).
+    """What the directory keeps of a team room (XEP-0045, ``features/muc/``).
 
     The domain room and the alias rooms exist by ``[muc]`` without a record;
     an administrator's record turns one off or names it. A room a user made
