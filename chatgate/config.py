@@ -167,6 +167,9 @@ class MUCSettings:
     alias_rooms: bool = True
     #: messages a newcomer is shown on entering (most), kept in memory per room
     history: int = 20
+    #: occupants beyond which a room tells everyone only of its moderators' comings,
+    #: goings and changes, not each participant's (0: always of everyone)
+    large_room: int = 500
 
 
 @dataclass(frozen=True)
@@ -565,6 +568,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "domain_room": _room_name,
             "alias_rooms": _bool,
             "history": _whole,
+            "large_room": _whole,
         },
     ),
     "cluster": (

@@ -407,3 +407,42 @@ async def test_a_user_makes_a_room_invites_configures_and_destroys_it(server):
     listing = await asyncio.to_thread(server.admin, "room", "list", "example.com")
     assert f"{LUNCH}\tmade\topen\t" in listing.stdout.splitlines()
     await logout(alice.client, bob.client, dan.client)
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose rooms count as large beyond two occupants."""
+    srv = Server(tmp_path_factory.mktemp("large-rooms"), muc={"large_room": 2})
+    srv.admin("domain", "add", "example.com")
+    for name in USERS:
+        srv.admin("user", "add", f"{name}@example.com", "--password-stdin", stdin=PASSWORD + "\n")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@async_test(timeout=60)
+async def test_a_large_room_tells_nobody_of_each_participant_coming_and_going(large):
+    made = await member(large, "alice@example.com/owner")
+    await made.muc.join_muc_wait(LUNCH, "alice", timeout=10)  # alice makes it: its owner
+    for name in ("bob", "carol"):
+        await made.muc.set_affiliation(LUNCH, "member", jid=f"{name}@example.com", timeout=10)
+    bob = await member(large, "bob@example.com/in")
+    await bob.muc.join_muc_wait(LUNCH, "bob", timeout=10)
+    await made.presence_of(f"{LUNCH}/bob")  # two occupants: a small room, everyone told
+
+    # the third makes it large: carol is shown the owner only, and nobody is told of her
+    carol = await member(large, "carol@example.com/in")
+    _, _, occupants, _ = await carol.muc.join_muc_wait(LUNCH, "carol", timeout=10)
+    assert [p["from"].resource for p in others(occupants, "carol")] == ["alice"]
+    # ... yet she is in: her message reaches both, and the room lists her to whoever asks
+    carol.client.send_message(mto=LUNCH, mbody="hello, large room", mtype="groupchat")
+    for reader in (made, bob):
+        assert (await reader.next_said())["body"] == "hello, large room"
+    items = await bob.client.plugin["xep_0030"].get_items(jid=LUNCH, timeout=10)
+    assert sorted(i[2] for i in items["disco_items"]["items"]) == ["alice", "bob", "carol"]
+    await logout(carol.client)
+    await asyncio.sleep(0.5)
+    seen = [str(p["from"]) for p in list(made.seen._queue) + list(bob.seen._queue)]
+    assert f"{LUNCH}/carol" not in seen
+    await logout(made.client, bob.client)

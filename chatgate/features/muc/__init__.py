@@ -47,7 +47,11 @@ first entered, for joining; the subject is found among its last
 :data:`SUBJECT_SCAN` archived entries.
 
 **Large rooms**: a message is serialized once per transport and each copy
-only gets its ``to`` spliced in (:class:`~chatgate.session.Addressed`).
+only gets its ``to`` spliced in (:class:`~chatgate.session.Addressed`). In a
+room of more than ``[muc] large_room`` occupants (500) only the owners'
+comings, goings and changes are told to everyone (presence broadcast by
+role), so an entry costs a few stanzas, not one per occupant; who is in the
+room is listed by disco#items on it (§6.5) to its members.
 
 **In a cluster** a room is no process's: every node knows every occupant.
 Which rooms a session is in (room -> nickname) is part of its shared state

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.words.protocols.jabber.jid import JID
 
 from chatgate.config import Settings
-from chatgate.features.muc.model import USER_NS, Room
+from chatgate.features.muc.model import USER_NS, Occupant, Room
 from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import StanzaError
@@ -36,6 +36,7 @@ class RoomDirectory:
         self.domain_room = m.domain_room
         self.alias_rooms = m.alias_rooms
         self.history = m.history
+        self.large_room = m.large_room
         self.max_size = settings.limits.max_stanza_size + 4096
         self.ids = ArchiveIds()
         #: room JID -> the room, once somebody used it
@@ -104,6 +105,13 @@ class RoomDirectory:
             return "member"
         alias = self.domains.alias(domain, room.alias)
         return "member" if alias is not None and localpart in alias.members else "none"
+
+    def broadcasts(self, room: Room, occupant: Occupant) -> bool:
+        """Whether everyone in *room* is told of *occupant*'s comings, goings and changes:
+        always in a room of at most ``[muc] large_room`` occupants, only a moderator's in a
+        larger one (presence broadcast by role, ``muc#roomconfig_presencebroadcast``)."""
+        return (not self.large_room or len(room.occupants) <= self.large_room
+                or self.affiliation(room, occupant.bare) == "owner")
 
     def is_member(self, room: Room, bare: str) -> bool:
         return self.affiliation(room, bare) != "none"

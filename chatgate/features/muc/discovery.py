@@ -11,6 +11,9 @@ from chatgate.features.muc.model import INFO_NS, ITEMS_NS, MAM_NS, MUC_NS, XDATA
 from chatgate.session import Session
 from chatgate.stanza import StanzaError, iq_result
 
+#: occupants a room's disco#items lists at most
+MAX_LISTED = 1000
+
 
 class Discovery(RoomDirectory):
     """disco#info and disco#items, self-ping."""
@@ -56,9 +59,17 @@ class Discovery(RoomDirectory):
         sender.send(reply)
 
     def room_items(self, stanza: domish.Element, sender: Session, to: JID) -> None:
-        if self.room(to) is None:
+        """§6.5: who is in the room (the first :data:`MAX_LISTED` by nickname), to its members:
+        how an occupant of a large room, told of nobody's comings and goings, learns it."""
+        room = self.room(to)
+        if room is None:
             raise StanzaError("item-not-found", "No such room")
-        sender.send(disco_reply(stanza, ITEMS_NS)[0])  # occupants are not listed (§6.5)
+        reply, query = disco_reply(stanza, ITEMS_NS)
+        if self.is_member(room, sender.bare):
+            for nick in sorted(room.occupants)[:MAX_LISTED]:
+                item = query.addElement("item")
+                item["jid"], item["name"] = f"{room.jid}/{nick}", nick
+        sender.send(reply)
 
     def self_ping(self, stanza: domish.Element, sender: Session, to: JID) -> None:
         """XEP-0410 §3: answered for the occupant itself; not-acceptable when it is not in the room."""

@@ -156,12 +156,15 @@ class Occupancy(RoomDirectory):
         room.by_full[sender.full] = occupant
         room.occupants[nick] = occupant
         self._share(sender, room.jid, nick)
-        # §7.2.3: everyone else's presence first, then the newcomer's own, to everyone
+        # §7.2.3: everyone else's presence first, then the newcomer's own, to everyone (a large room:
+        # the moderators' only, and the newcomer's to nobody but itself)
         current = [(None, Addressed(self._presence_of(room, other))) for other in room.occupants.values()
-                   if other is not occupant]
+                   if other is not occupant and self.broadcasts(room, other)]
         if current:
             self.router.deliver_presences(sender, current)
-        if taken is None:
+        if taken is None and not self.broadcasts(room, occupant):
+            pass  # a participant of a large room comes in quietly
+        elif taken is None:
             others = [s for s in room.sessions() if s is not sender]
             self.router.deliver_presence(Addressed(self._presence_of(room, occupant)), None, others)
         else:
@@ -224,8 +227,9 @@ class Occupancy(RoomDirectory):
 
     def _tell_room(self, room: Room, presence: domish.Element, occupant: Occupant) -> None:
         """*presence* of *occupant* to everyone in the room, its own sessions with status 110."""
-        others = [s for s in room.sessions() if s.full not in occupant.sessions]
-        self.router.deliver_presence(Addressed(presence), None, others)
+        if self.broadcasts(room, occupant):
+            others = [s for s in room.sessions() if s.full not in occupant.sessions]
+            self.router.deliver_presence(Addressed(presence), None, others)
         own = copy_element(presence)
         next(own.elements(USER_NS, "x")).addElement("status")["code"] = "110"
         self.router.deliver_presence(Addressed(own), None, list(occupant.sessions.values()))
@@ -243,8 +247,10 @@ class Occupancy(RoomDirectory):
         if destroy is not None:
             next(gone.elements(USER_NS, "x")).addChild(destroy)
         if not occupant.sessions and not occupant.remote:
+            told = self.broadcasts(room, occupant)
             del room.occupants[occupant.nick]
-            self.router.deliver_presence(Addressed(gone), None, list(room.sessions()))
+            if told:
+                self.router.deliver_presence(Addressed(gone), None, list(room.sessions()))
         if not any(room.sessions()):
             room.forget_history()
         own = copy_element(gone)
@@ -343,15 +349,18 @@ class Occupancy(RoomDirectory):
         occupant.remote[remote.full] = remote
         if not occupant.sessions:
             occupant.presence = shown(remote.presence) if remote.presence is not None else None
-        self.router.deliver_presence(Addressed(self._presence_of(room, occupant)), None,
-                                     [s for s in room.sessions() if s.full not in occupant.sessions])
+        if self.broadcasts(room, occupant):
+            self.router.deliver_presence(Addressed(self._presence_of(room, occupant)), None,
+                                         [s for s in room.sessions() if s.full not in occupant.sessions])
 
     def _remote_left(self, room: Room, remote: Session, nick: str) -> None:
         occupant = room.occupants.get(nick)
         if occupant is None or occupant.remote.pop(remote.full, None) is None:
             return
         if not occupant.sessions and not occupant.remote:
+            told = self.broadcasts(room, occupant)
             del room.occupants[nick]
-            gone = self._presence_of(room, occupant, kind="unavailable")
-            self.router.deliver_presence(Addressed(gone), None, list(room.sessions()))
+            if told:
+                gone = self._presence_of(room, occupant, kind="unavailable")
+                self.router.deliver_presence(Addressed(gone), None, list(room.sessions()))
 
