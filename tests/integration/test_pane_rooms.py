@@ -3,9 +3,13 @@ the other side: the rooms a user may enter listed under "Rooms" (an alias's
 room only for the alias's members), the pane entering the domain room as
 "alice" and showing what bob said before (the history of entering) and
 live, with his nickname; the pane's message reaching bob from
-everyone@conference.example.com/alice and shown once; who is here; a
-nickname in use taken with a digit; a room the user is removed from saying
-so in its window and leaving the list; closing the window leaves the room."""
+everyone@conference.example.com/alice and shown once; who is here (also at
+a phone's width: test-artifacts/pane-room*.png); a nickname in use taken
+with a digit; a room the user is removed from (321) saying so in its window
+and leaving the list, listed again when the user is back on the alias; a
+destroyed room saying so; the pane's status reaching the room; after a lost
+connection the pane back in the room with nothing shown twice; closing the
+window leaves the room."""
 
 from __future__ import annotations
 
@@ -119,6 +123,27 @@ async def test_rooms_in_the_pane_with_slixmpp(server):
                         "?.textContent.includes('removed')")
         await view.wait(f"!document.querySelector(\".contact.room[data-jid='{DESIGN}']\")")
         await view.shot("room-removed")
+        # back on the alias: the room is listed again (the roster's push of the alias brings the list again)
+        await asyncio.to_thread(server.admin, "alias", "add", "design@example.com", "alice@example.com")
+        await view.wait(f"document.querySelector(\".contact.room[data-jid='{DESIGN}']\")")
+
+        # the sales team's alias is removed: its room is destroyed, the window says so
+        await asyncio.to_thread(server.admin, "alias", "remove", "salesteam@example.com")
+        await view.wait(f"document.querySelector(\".chat-panel[data-jid='{SALES}'] .room-notice:not([hidden])\")"
+                        "?.textContent.startsWith('This room was closed')")
+        await view.wait(f"!document.querySelector(\".contact.room[data-jid='{SALES}']\")")
+
+        # the pane's status reaches the room; a lost connection: back in the room when the pane is back
+        await view.choose_status("away")
+        await page.keyboard.press("Escape")  # the menu closes
+        await bob.wait_presence(lambda p: str(p["from"]) == f"{EVERYONE}/alice" and p["show"] == "away")
+        start = len(bob.presences)
+        await page.evaluate("chatgate.client.connection._proto.socket.close()")
+        await bob.wait_presence(lambda p: str(p["from"]) == f"{EVERYONE}/alice" and p["type"] == "unavailable")
+        await bob.wait_presence(lambda p: p in bob.presences[start:] and str(p["from"]) == f"{EVERYONE}/alice"
+                                and p["type"] != "unavailable", timeout=15)
+        await view.wait("jid => chatgate.model.room(jid)?.joined", EVERYONE)
+        assert await view.bodies(EVERYONE) == ["Said before alice came", "Welcome, alice", "Thanks, bob"]
 
         # closing the domain room's window leaves the room
         await page.click(f"#tab-{EVERYONE.replace('@', '_').replace('.', '_')}")

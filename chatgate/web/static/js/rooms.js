@@ -68,6 +68,7 @@ export class Rooms {
     }
 
     left(room) {
+        this.client.forgetRoom(room.jid);
         room.joined = false;
         room.entering = false;
         room.occupants.clear();
@@ -92,7 +93,7 @@ export class Rooms {
                 if (!view.room.refused) this.gone(view.room, "You are no longer a member of this room.");
                 continue;
             }
-            if (view.room !== room) view.room = room;
+            if (view.room !== room) continue; // listed again after it went: entered when opened again
             if (room.wanted && !room.joined && !room.entering && !room.refused) this.enter(room);
         }
     }
@@ -192,6 +193,7 @@ export class Rooms {
                 this.chats.render(room.jid);
                 return;
             }
+            message.status = "delivered"; // from our other device, or from before: the room has it
         }
         const isNew = this.chats.receive(message);
         if (!isNew || message.outgoing || message.delayed) return;

@@ -134,6 +134,8 @@ export class ChatClient extends EventTarget {
         this.aliases = new Set();
         /** the domain's room service (XEP-0045), e.g. conference.example.com, once found */
         this.roomService = null;
+        /** the rooms this session is in or entering: room JID → nickname (they get our presence changes) */
+        this.inRooms = new Map();
         this._onOnline = () => this.state === "reconnecting" && this.retryNow();
         window.addEventListener("online", this._onOnline);
         // Closing the window ends the session at once (contacts see us go now,
@@ -388,6 +390,7 @@ export class ChatClient extends EventTarget {
         const generation = this.generation;
         const c = connection;
         this._retriedAuth = false;
+        this.inRooms.clear(); // a new session is in no room
         c.addHandler((m) => this._message(m), null, "message");
         c.addHandler((p) => this._presence(p), null, "presence");
         c.addHandler((iq) => this._iqRequest(iq), null, "iq", "get");
@@ -447,6 +450,8 @@ export class ChatClient extends EventTarget {
         this.status = status || "";
         if (this.state === "online") {
             this.connection.send(this._presenceStanza());
+            // XEP-0045 §7.7: the rooms we are in hear of it from us
+            for (const [room, nick] of this.inRooms) this.connection.send(this._presenceStanza().attrs({ to: `${room}/${nick}` }));
         } else if (!this.wanted || this.state === "offline") {
             this.start();
         }
@@ -483,6 +488,7 @@ export class ChatClient extends EventTarget {
                 if (parsed.alias && !removed) this.aliases.add(parsed.jid);
                 else this.aliases.delete(parsed.jid);
                 this.emit("roster-item", { item: parsed, removed: item.getAttribute("subscription") === "remove" });
+                if (parsed.alias) this._roomsChanged(); // an alias's members changed: so may the rooms we may enter
             }
             reply();
         } else if (query?.namespaceURI === NS.ping && iq.getAttribute("type") === "get") {
@@ -698,9 +704,19 @@ export class ChatClient extends EventTarget {
         }
     }
 
+    /** The list of rooms again, soon (several roster pushes make one query). */
+    _roomsChanged() {
+        clearTimeout(this._roomsTimer);
+        const generation = this.generation;
+        this._roomsTimer = setTimeout(() => {
+            if (generation === this.generation && this.state === "online") this._loadRooms(generation);
+        }, 300);
+    }
+
     /** Enter *room* as *nick* (§7.2), asking for its last *history* messages. */
     enterRoom(room, nick, history = 20) {
         if (this.state !== "online") return;
+        this.inRooms.set(room, nick);
         const p = $pres({ to: `${room}/${nick}` });
         if (this.show) p.c("show").t(this.show).up();
         p.c("x", { xmlns: NS.muc }).c("history", { maxstanzas: String(history) });
@@ -709,6 +725,7 @@ export class ChatClient extends EventTarget {
 
     /** Leave *room* (§7.14). */
     leaveRoom(room, nick) {
+        this.inRooms.delete(room);
         if (this.state !== "online" || !nick) return;
         this.connection.send($pres({ to: `${room}/${nick}`, type: "unavailable" }));
     }
@@ -726,6 +743,11 @@ export class ChatClient extends EventTarget {
             id, key: `m:${room}/${nick}:${id}`, archiveId: null, contact: room, sender: nick, nick, room: true,
             outgoing: true, body, oob, at: new Date(), delayed: false, carbon: null, live: true, status: "sent",
         };
+    }
+
+    /** Not in *room* any more (refused, removed, destroyed): it hears no more of our presence. */
+    forgetRoom(room) {
+        this.inRooms.delete(room);
     }
 
     _roomPresence(p) {
