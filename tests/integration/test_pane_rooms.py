@@ -105,8 +105,14 @@ async def test_rooms_in_the_pane_with_slixmpp(server):
         assert await view.bodies(EVERYONE) == ["Said before alice came", "Welcome, alice", "Thanks, bob"]
         assert await page.inner_text(f".chat-panel[data-jid='{EVERYONE}'] .msg.in .msg-sender") == "bob"
         assert await page.evaluate(senders(EVERYONE)) == [["bob", "Said before alice came"], ["bob", "Welcome, alice"]]
+        # the subject, in the window's header
+        bob.plugin["xep_0045"].set_subject(EVERYONE, "Quarterly planning")
+        await view.wait(f"document.querySelector(\".chat-panel[data-jid='{EVERYONE}'] .room-subject\")"
+                        "?.textContent === 'Quarterly planning'")
         await view.shot("room")
         await page.set_viewport_size({"width": 390, "height": 760})  # a phone: the window alone, people listed
+        await view.wait(f"document.querySelector(\".chat-panel[data-jid='{EVERYONE}'] .occupants\")"
+                        "?.getBoundingClientRect().width > 300")
         await view.shot("room-phone")
         await page.set_viewport_size({"width": 1360, "height": 840})
 

@@ -793,7 +793,11 @@ export class ChatClient extends EventTarget {
             });
             return;
         }
-        if (type !== "groupchat") return; // private messages and invitations: not in the pane yet
+        if (type !== "groupchat") {
+            // an invitation (§7.8.2): a room this user may enter now, so the list again; private messages: not yet
+            if (child(child(m, "x", NS.mucUser), "invite")) this._roomsChanged();
+            return;
+        }
         const nick = resourceOf(from) || "";
         const body = child(m, "body");
         const subject = child(m, "subject");
