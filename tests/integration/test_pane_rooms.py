@@ -9,15 +9,20 @@ with a digit; a room the user is removed from (321) saying so in its window
 and leaving the list, listed again when the user is back on the alias; a
 destroyed room saying so; the pane's status reaching the room; after a lost
 connection the pane back in the room with nothing shown twice; closing the
-window leaves the room."""
+window leaves the room. In a large room (where only the owners' comings and
+goings are told) the count and the list come from the room's disco."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+
+import pytest
 
 from tests.integration import test_pane
-from tests.integration.harness import async_test, logout
-from tests.integration.test_pane import Pane, pane, user
+from tests.integration.conftest import PASSWORD
+from tests.integration.harness import Server, async_test, logout
+from tests.integration.test_pane import SECRET, Pane, Webmail, pane, user
 
 # the same Chromium setup and server as the pane's own tests
 webmail, server = test_pane.webmail, test_pane.server
@@ -157,4 +162,41 @@ async def test_rooms_in_the_pane_with_slixmpp(server):
         await bob.wait_presence(lambda p: str(p["from"]) == f"{EVERYONE}/alice" and p["type"] == "unavailable")
         await view.wait(f"document.querySelector(\".contact.room[data-jid='{EVERYONE}'] .room-count\")"
                         "?.textContent === 'Team room'")
+    await logout(bob, carol)
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory: pytest.TempPathFactory, webmail: Webmail) -> Iterator[Server]:
+    """A server whose rooms count as large beyond two occupants."""
+    srv = Server(tmp_path_factory.mktemp("pane-large-rooms"), webmail={"token_secret": SECRET},
+                 muc={"large_room": 2})
+    srv.admin("domain", "add", "example.com")
+    for name in ("alice", "bob", "carol"):
+        srv.admin("user", "add", f"{name}@example.com", "--password-stdin", stdin=PASSWORD + "\n")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@async_test(timeout=60)
+async def test_a_large_room_counted_and_listed_by_asking_it(large):
+    bob = await occupant(large, "bob@example.com/desk")
+    carol = await occupant(large, "carol@example.com/desk")
+    for client, nick in ((bob, "bob"), (carol, "carol")):
+        await client.plugin["xep_0045"].join_muc_wait(EVERYONE, nick, timeout=10)
+    async with pane(large, "large-room") as view:
+        page = view.page
+        await view.sign_in_with_token("alice@example.com")
+        await view.wait(f"document.querySelector(\".contact.room[data-jid='{EVERYONE}']\")")
+        await page.click(f".contact.room[data-jid='{EVERYONE}']")
+        # the pane comes in third, quietly, and is told of nobody: the room says how many are here
+        await view.wait(f"document.querySelector(\".chat-panel[data-jid='{EVERYONE}'] .people-count\")"
+                        "?.textContent === '3'")
+        assert await page.evaluate("jid => chatgate.model.room(jid).occupants.size", EVERYONE) == 1
+        await page.click(f".chat-panel[data-jid='{EVERYONE}'] button[data-action=occupants]")
+        await view.wait(f"Array.from(document.querySelectorAll(\".chat-panel[data-jid='{EVERYONE}'] .occupant-nick\"),"
+                        " e => e.textContent).join() === 'alice,bob,carol'")
+        # what is said reaches the pane all the same
+        carol.send_message(mto=EVERYONE, mbody="Hello, large room", mtype="groupchat")
+        await view.wait_body(EVERYONE, "Hello, large room", outgoing=False)
     await logout(bob, carol)

@@ -130,6 +130,7 @@ function start(config, credentials) {
         onGoOnline: () => menu.choose("available"),
         isOnScreen: chatsOnScreen,
         onRoomClosed: (jid) => rooms.closed(jid),
+        onRoomPeople: (jid) => rooms.people(jid),
     });
     const rooms = new Rooms(model, client, chats, { notifications, announce });
     const menu = new StatusMenu({

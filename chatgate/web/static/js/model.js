@@ -96,10 +96,25 @@ export class Room {
         this.subject = "";
         /** why the user cannot be in it (refused, removed, destroyed), or null */
         this.refused = null;
+        /**
+         * A large room tells nobody's comings and goings but its owners': how many are
+         * in it is what the room says (disco#info), who is in it what it lists (disco#items).
+         */
+        this.large = false;
+        this.reported = null;
+        /** nicknames the room listed, for a large room */
+        this.listed = [];
     }
 
     get count() {
-        return this.occupants.size;
+        return this.large ? Math.max(this.reported || 0, this.occupants.size) : this.occupants.size;
+    }
+
+    /** Everyone known to be here, by nickname: those whose presence came, and those a large room listed. */
+    get people() {
+        const all = new Map(this.occupants);
+        if (this.large) for (const nick of this.listed) if (!all.has(nick)) all.set(nick, { nick, jid: null, show: "" });
+        return [...all.values()].sort((a, b) => a.nick.localeCompare(b.nick));
     }
 }
 

@@ -7,6 +7,7 @@
 
 const HISTORY = 20; // messages asked for on entering (the server keeps as many)
 const NICK_TRIES = 9;
+const LARGE_ROOM_RECOUNT = 60000; // ms between asking a large room how many are in it
 
 const REFUSALS = {
     "registration-required": "You are not a member of this room.",
@@ -33,6 +34,44 @@ export class Rooms {
         client.addEventListener("room-error", (e) => this.refused(e.detail));
         client.addEventListener("room-subject", (e) => this.subject(e.detail));
         client.addEventListener("room-message", (e) => this.message(e.detail.message));
+        // a large room tells nobody's comings and goings: how many are there is asked now and then
+        setInterval(() => {
+            for (const room of this.model.rooms.values()) if (room.large && room.joined) this.recount(room);
+        }, LARGE_ROOM_RECOUNT);
+    }
+
+    /**
+     * How many the room says are in it: more than the presences that came means a
+     * large room (only its owners' comings and goings are told), counted by asking.
+     */
+    async recount(room) {
+        try {
+            const count = await this.client.roomOccupantCount(room.jid);
+            if (count === null || !room.joined) return;
+            room.reported = count;
+            if (count > room.occupants.size) room.large = true;
+            this.changed(room);
+        } catch {
+            // the count from presences stays
+        }
+    }
+
+    /** The list of who is here was opened: a large room is asked who is in it. */
+    async people(jid) {
+        const room = this.model.room(jid);
+        if (!room || !room.large || !room.joined) return;
+        try {
+            room.listed = await this.client.roomOccupantNicks(jid);
+            this.changed(room);
+        } catch {
+            // the known ones stay listed
+        }
+        this.recount(room);
+    }
+
+    changed(room) {
+        this.model.emit("room", { jid: room.jid });
+        this.chats.header(room.jid);
     }
 
     /** The room's window, opened (and the room entered) or brought forward. */
@@ -69,6 +108,9 @@ export class Rooms {
 
     left(room) {
         this.client.forgetRoom(room.jid);
+        room.large = false;
+        room.reported = null;
+        room.listed = [];
         room.joined = false;
         room.entering = false;
         room.occupants.clear();
@@ -108,10 +150,14 @@ export class Rooms {
                 room.joined = true;
                 room.entering = false;
                 room.nick = nick;
-                if (first) this.model.emit("rooms", {});
+                if (first) {
+                    this.model.emit("rooms", {});
+                    this.recount(room);
+                }
             }
         } else {
             room.occupants.delete(nick);
+            room.listed = room.listed.filter((n) => n !== nick);
             if (codes.includes("303") && newNick) {
                 if (self) room.nick = newNick;
             } else if (self) {

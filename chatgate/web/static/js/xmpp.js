@@ -745,6 +745,28 @@ export class ChatClient extends EventTarget {
         };
     }
 
+    /** How many are in *room* (disco#info's muc#roominfo_occupants, §6.4), or null. */
+    async roomOccupantCount(room) {
+        const result = await this.iq($iq({ type: "get", to: room }).c("query", { xmlns: NS.discoInfo }));
+        const form = child(child(result, "query", NS.discoInfo), "x", NS.xdata);
+        for (const field of form?.children || []) {
+            if (field.getAttribute("var") === "muc#roominfo_occupants") {
+                const count = Number.parseInt(text(child(field, "value")), 10);
+                return Number.isFinite(count) ? count : null;
+            }
+        }
+        return null;
+    }
+
+    /** The nicknames of who is in *room* (disco#items on it, §6.5: a large room tells no comings and goings). */
+    async roomOccupantNicks(room) {
+        const result = await this.iq($iq({ type: "get", to: room }).c("query", { xmlns: NS.discoItems }));
+        return Array.from(child(result, "query", NS.discoItems)?.children || [])
+            .filter((i) => i.localName === "item" && i.getAttribute("jid"))
+            .map((i) => i.getAttribute("name") || resourceOf(i.getAttribute("jid")) || "")
+            .filter(Boolean);
+    }
+
     /** Not in *room* any more (refused, removed, destroyed): it hears no more of our presence. */
     forgetRoom(room) {
         this.inRooms.delete(room);

@@ -18,9 +18,12 @@ const GROUP_GAP = 5 * 60000; // messages closer than this from one sender form a
 const RENDER_LIMIT = 400; // messages drawn per chat (the rest is in its history)
 
 export class Chats extends EventTarget {
-    constructor(model, client, { announce, onShowContact, onGoOnline, isOnScreen, onRoomClosed = () => {} }) {
+    constructor(model, client, {
+        announce, onShowContact, onGoOnline, isOnScreen, onRoomClosed = () => {}, onRoomPeople = () => {},
+    }) {
         super();
         this.onRoomClosed = onRoomClosed;
+        this.onRoomPeople = onRoomPeople;
         this.model = model;
         this.client = client;
         this.announce = announce;
@@ -170,6 +173,7 @@ export class Chats extends EventTarget {
             onclick: () => {
                 occupants.hidden = !occupants.hidden;
                 people.setAttribute("aria-expanded", String(!occupants.hidden));
+                if (!occupants.hidden) this.onRoomPeople(jid);
             },
         }) : null;
         const panel = h("section", {
@@ -293,7 +297,7 @@ export class Chats extends EventTarget {
         clear(view.people).append(icon("group"), h("span", { class: "people-count" }, inside ? String(room.count) : "–"));
         view.people.setAttribute("aria-label", inside ? `${count}: show who` : "Who is here");
         view.people.hidden = Boolean(room.refused);
-        const occupants = [...room.occupants.values()].sort((a, b) => a.nick.localeCompare(b.nick));
+        const occupants = room.people;
         clear(view.occupants);
         if (room.refused) view.occupants.hidden = true;
         for (const o of occupants) {
