@@ -91,6 +91,8 @@ export class Room {
         this.nick = null;
         this.joined = false;
         this.entering = false;
+        /** in, and the history of entering has all come (the subject follows it) */
+        this.settled = false;
         /** the user wants to be in it (its window is open) */
         this.wanted = false;
         this.subject = "";

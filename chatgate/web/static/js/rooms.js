@@ -101,6 +101,7 @@ export class Rooms {
 
     enter(room, attempt = 0) {
         room.entering = true;
+        room.settled = false;
         room.attempt = attempt;
         room.nick = attempt ? `${this.base}${attempt + 1}` : this.base;
         this.client.enterRoom(room.jid, room.nick, HISTORY);
@@ -111,6 +112,7 @@ export class Rooms {
         room.large = false;
         room.reported = null;
         room.listed = [];
+        room.settled = false;
         room.joined = false;
         room.entering = false;
         room.occupants.clear();
@@ -220,6 +222,7 @@ export class Rooms {
         const room = this.model.room(jid);
         if (!room) return;
         room.subject = subject.trim();
+        room.settled = room.joined; // §7.2.16: the subject comes last when entering, after the history
         this.chats.header(jid);
     }
 
