@@ -106,7 +106,7 @@ class Talk(RoomDirectory):
         target = room.occupants.get(to.resource)
         if target is None:
             raise StanzaError("item-not-found", "Nobody by that nickname is in the room")
-        for full in list(target.sessions):
+        for full in [*target.sessions, *target.remote]:  # its resources on every node
             copy = copy_element(stanza)
             copy["from"], copy["to"] = f"{room.jid}/{occupant.nick}", full
             copy.addElement((USER_NS, "x"))
