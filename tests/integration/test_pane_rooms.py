@@ -3,7 +3,8 @@ the other side: the rooms a user may enter listed under "Rooms" (an alias's
 room only for the alias's members), the pane entering the domain room as
 "alice" and showing what bob said before (the history of entering) and
 live, with his nickname; the pane's message reaching bob from
-everyone@conference.example.com/alice and shown once; who is here (also at
+everyone@conference.example.com/alice and shown once; bob's private message
+through the room in the chat with bob; who is here (also at
 a phone's width: test-artifacts/pane-room*.png); a nickname in use taken
 with a digit; a room the user is removed from (321) saying so in its window
 and leaving the list, listed again when the user is back on the alias; a
@@ -110,6 +111,12 @@ async def test_rooms_in_the_pane_with_slixmpp(server):
         assert await view.bodies(EVERYONE) == ["Said before alice came", "Welcome, alice", "Thanks, bob"]
         assert await page.inner_text(f".chat-panel[data-jid='{EVERYONE}'] .msg.in .msg-sender") == "bob"
         assert await page.evaluate(senders(EVERYONE)) == [["bob", "Said before alice came"], ["bob", "Welcome, alice"]]
+        # bob writes to alice privately through the room: it shows in the chat with bob, saying where from
+        bob.send_message(mto=f"{EVERYONE}/alice", mbody="Just between us", mtype="chat")
+        await view.wait_body("bob@example.com", "Just between us", outgoing=False)
+        assert await page.inner_text(".chat-panel[data-jid='bob@example.com'] .msg-private") \
+            == "privately, in Everyone at example.com"
+
         # the subject, in the window's header
         bob.plugin["xep_0045"].set_subject(EVERYONE, "Quarterly planning")
         await view.wait(f"document.querySelector(\".chat-panel[data-jid='{EVERYONE}'] .room-subject\")"
@@ -160,6 +167,7 @@ async def test_rooms_in_the_pane_with_slixmpp(server):
         await view.wait("jid => chatgate.model.room(jid)?.settled", EVERYONE)
         assert await view.bodies(EVERYONE) == ["Said before alice came", "Welcome, alice", "Thanks, bob",
                                                "Are you there?"]
+        assert await view.bodies("bob@example.com") == ["Just between us"]
 
         # closing the domain room's window leaves the room
         await page.click(f"#tab-{EVERYONE.replace('@', '_').replace('.', '_')}")

@@ -106,6 +106,8 @@ export class Room {
         this.reported = null;
         /** nicknames the room listed, for a large room */
         this.listed = [];
+        /** nickname → bare JID of everyone seen in the room (its presences): who wrote a private message */
+        this.known = new Map();
     }
 
     get count() {

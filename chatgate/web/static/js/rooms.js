@@ -34,6 +34,7 @@ export class Rooms {
         client.addEventListener("room-error", (e) => this.refused(e.detail));
         client.addEventListener("room-subject", (e) => this.subject(e.detail));
         client.addEventListener("room-message", (e) => this.message(e.detail.message));
+        client.addEventListener("room-private", (e) => this.private(e.detail));
         // a large room tells nobody's comings and goings: how many are there is asked now and then
         setInterval(() => {
             for (const room of this.model.rooms.values()) if (room.large && room.joined) this.recount(room);
@@ -147,6 +148,7 @@ export class Rooms {
         if (!room) return;
         if (available) {
             room.occupants.set(nick, { nick, jid: real, affiliation, role, show });
+            if (real) room.known.set(nick, real);
             if (self) {
                 const first = !room.joined;
                 room.joined = true;
@@ -159,6 +161,7 @@ export class Rooms {
             }
         } else {
             room.occupants.delete(nick);
+            if (!self) room.known.delete(nick); // gone: the nickname may be someone else's next
             room.listed = room.listed.filter((n) => n !== nick);
             if (codes.includes("303") && newNick) {
                 if (self) room.nick = newNick;
@@ -224,6 +227,35 @@ export class Rooms {
         room.subject = subject.trim();
         room.settled = room.joined; // §7.2.16: the subject comes last when entering, after the history
         this.chats.header(jid);
+    }
+
+    /**
+     * A private message with an occupant (§7.5): rooms here are not anonymous, so it
+     * shows in the chat with that person, a contact (a reply goes to them), marked
+     * as from the room; with someone the pane cannot name (never seen in the room), in
+     * the room's window if it is open. Who a nickname is comes from the room's own
+     * presences only, never from the nickname.
+     */
+    private({ message }) {
+        const room = this.model.room(message.contact);
+        if (!room) return;
+        const real = room.known.get(message.nick);
+        const contact = real && real !== this.model.me ? this.model.contact(real) : null;
+        message.private = room.name;
+        if (contact) {
+            message.contact = contact.jid;
+            message.sender = message.outgoing ? this.model.me : contact.jid;
+        } else if (this.chats.views.has(room.jid)) {
+            Object.assign(message, { room: true, sender: message.outgoing ? room.nick : message.nick });
+        } else {
+            console.info(`chat: a private message from ${room.jid}/${message.nick}, whom the pane cannot name`);
+            return;
+        }
+        const isNew = this.chats.receive(message);
+        if (!isNew || !message.live || message.delayed) return;
+        const title = `${contact ? contact.name : message.nick} (privately, in ${room.name})`;
+        this.notifications.message({ chatJid: message.contact, title, body: message.body });
+        if (!this.chats.seen(message.contact)) this.announce(`New message from ${title}: ${message.body}`);
     }
 
     message(message) {

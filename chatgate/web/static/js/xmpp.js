@@ -24,7 +24,7 @@
 //
 // Events (CustomEvent, details in each dispatch): state, roster, roster-item,
 // presence-reset, presence, message, chatstate, message-error, rooms,
-// room-presence, room-error, room-message, room-subject.
+// room-presence, room-error, room-message, room-subject, room-private.
 
 import { $iq, $msg, $pres, Strophe } from "../vendor/strophe.esm.js";
 import { randomId } from "./dom.js";
@@ -542,8 +542,8 @@ export class ChatClient extends EventTarget {
             if (trusted) this._mamResult(result);
             return true;
         }
-        if (this._fromRooms(from)) {
-            this._roomMessage(m);
+        if (this._fromRooms(from) && (m.getAttribute("type") || "normal") !== "chat") {
+            this._roomMessage(m); // a room's groupchat, error or invitation; private messages (chat) go on below
             return true;
         }
         for (const kind of ["sent", "received"]) {
@@ -570,6 +570,10 @@ export class ChatClient extends EventTarget {
             return;
         }
         if (flags.live && message.archiveId) this._advance(message.archiveId);
+        if (this._fromRooms(message.contact)) {
+            this._private(message);
+            return;
+        }
         // XEP-0184: a receipt for a live message that asks, to the full JID it came from (never for carbons
         // or history: the resource that got it answers)
         if (flags.live && !flags.carbon && !message.outgoing && message.body !== null && message.receiptRequested
@@ -767,6 +771,17 @@ export class ChatClient extends EventTarget {
             .filter(Boolean);
     }
 
+    /**
+     * A private message with an occupant of a room (§7.5), from them or (a carbon, the
+     * archive) to them from another of our clients: told as "room-private" with
+     * the occupant's nickname; what is not a message (states, receipts) is dropped.
+     */
+    _private(message) {
+        if (message.body === null || message.replaces) return;
+        message.nick = resourceOf(message.outgoing ? message.to : message.from) || "";
+        if (message.nick) this.emit("room-private", { message });
+    }
+
     /** Not in *room* any more (refused, removed, destroyed): it hears no more of our presence. */
     forgetRoom(room) {
         this.inRooms.delete(room);
@@ -815,13 +830,13 @@ export class ChatClient extends EventTarget {
             });
             return;
         }
+        const nick = resourceOf(from) || "";
+        const body = child(m, "body");
         if (type !== "groupchat") {
-            // an invitation (§7.8.2): a room this user may enter now, so the list again; private messages: not yet
+            // an invitation (§7.8.2): a room this user may enter now, so the list again
             if (child(child(m, "x", NS.mucUser), "invite")) this._roomsChanged();
             return;
         }
-        const nick = resourceOf(from) || "";
-        const body = child(m, "body");
         const subject = child(m, "subject");
         if (subject) this.emit("room-subject", { room, nick, subject: subject.textContent });
         if (!body || !nick) return;
@@ -955,7 +970,10 @@ export class ChatClient extends EventTarget {
             if (answer.complete || !answer.last) break;
             after = answer.last;
         }
-        for (const message of missed) this.emit("message", { message });
+        for (const message of missed) {
+            if (this._fromRooms(message.contact)) this._private(message);
+            else this.emit("message", { message });
+        }
         this.emit("caught-up", { count: missed.filter((m) => m.body !== null && !m.replaces).length }); // receipts are no messages
     }
 }
@@ -1016,6 +1034,7 @@ export function parseMessage(el, me, {
     return {
         id,
         from,
+        to,
         ack: body ? null : ack,
         replaces: body && replace ? replace.getAttribute("id") : null,
         receiptRequested: Boolean(child(el, "request", NS.receipts)),

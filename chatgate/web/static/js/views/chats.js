@@ -545,6 +545,7 @@ export class Chats extends EventTarget {
     message(m, contact, startsGroup, endsGroup) {
         const who = m.outgoing ? "You" : m.room ? m.nick : this.model.nameOf(m.sender);
         const showSender = !m.outgoing && startsGroup && (contact?.alias || m.room);
+        const privately = m.private ? `privately, in ${m.private}` : null; // a room occupant's private message
         const time = h("time", { datetime: m.at.toISOString(), title: m.at.toLocaleString() }, timeOf(m.at));
         const classes = ["msg", m.outgoing ? "out" : "in", startsGroup ? "group-start" : "", endsGroup ? "group-end" : "",
             m.failed ? "failed" : ""].filter(Boolean).join(" ");
@@ -552,7 +553,8 @@ export class Chats extends EventTarget {
             class: classes, "data-key": m.key || m.archiveId || "", "data-archive-id": m.archiveId || "",
             "data-nick": m.room ? m.nick : null,
         },
-            showSender ? h("div", { class: "msg-sender" }, who) : null,
+            showSender || privately ? h("div", { class: "msg-sender" }, showSender ? who : null,
+                showSender && privately ? " · " : null, privately ? h("span", { class: "msg-private" }, privately) : null) : null,
             h("div", { class: "bubble" },
                 h("span", { class: "visually-hidden" }, `${who}: `),
                 this.body(m),
