@@ -101,6 +101,7 @@ export class Rooms {
     }
 
     enter(room, attempt = 0) {
+        if (this.client.state !== "online") return; // entered once the session is back (rejoin)
         room.entering = true;
         room.settled = false;
         room.attempt = attempt;
@@ -178,7 +179,7 @@ export class Rooms {
                     this.gone(room, "You were sent out of this room.");
                     return;
                 }
-                this.left(room);
+                if (!room.entering) this.left(room); // (entering again already: the window was closed and opened)
                 return;
             }
         }
