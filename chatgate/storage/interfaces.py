@@ -237,6 +237,15 @@ class IDirectory(Interface):
     def set_vcard(domain: str, localpart: str, vcard: str) -> Deferred[None]:
         """Store the user's own vCard XML. UnknownUser."""
 
+    def private_xml(domain: str, localpart: str, namespace: str) -> Deferred[str | None]:
+        """The XML the user keeps under *namespace* (XEP-0049 private storage: the key is
+        the root's namespace and name, ``{storage:bookmarks}storage``), or None."""
+
+    def set_private_xml(domain: str, localpart: str, namespace: str, xml: str, limit: int) -> Deferred[bool]:
+        """Keep *xml* under *namespace* for the user, replacing what was there; False
+        (nothing kept) when it is a new key and *limit* are kept already. UnknownUser.
+        Removing the user removes it."""
+
     def secret(name: str) -> Deferred[bytes]:
         """A 32-byte server secret named *name*, made at first use and then kept."""
 

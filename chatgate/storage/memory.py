@@ -45,6 +45,8 @@ class MemoryDirectory:
         #: when each user's credentials were last set (Unix time)
         self._credentials_at: dict[tuple[str, str], float] = {}
         self._vcards: dict[tuple[str, str], str] = {}
+        #: (domain, localpart) -> namespace -> the XML kept (XEP-0049)
+        self._private: dict[tuple[str, str], dict[str, str]] = {}
         self._secrets: dict[str, bytes] = {}
         self._aliases: dict[tuple[str, str], Alias] = {}
         self._sites: dict[str, Site] = {}
@@ -127,6 +129,7 @@ class MemoryDirectory:
         self._credentials.pop(key, None)
         self._credentials_at.pop(key, None)
         self._vcards.pop(key, None)
+        self._private.pop(key, None)
         self._blocked.pop(key, None)
         self._tell("user-removed", domain, localpart)
         for alias_key, alias in list(self._aliases.items()):
@@ -153,6 +156,19 @@ class MemoryDirectory:
 
     def credentials_changed(self, domain: str, localpart: str) -> Deferred[float | None]:
         return succeed(self._credentials_at.get((domain, localpart)))
+
+    def private_xml(self, domain: str, localpart: str, namespace: str) -> Deferred[str | None]:
+        return succeed(self._private.get((domain, localpart), {}).get(namespace))
+
+    def set_private_xml(self, domain: str, localpart: str, namespace: str, xml: str, limit: int) -> Deferred[bool]:
+        key = (domain, localpart)
+        if key not in self._users:
+            return fail(UnknownUser(f"unknown user: {localpart}@{domain}"))
+        kept = self._private.setdefault(key, {})
+        if namespace not in kept and len(kept) >= limit:
+            return succeed(False)
+        kept[namespace] = xml
+        return succeed(True)
 
     def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:
         return succeed(self._vcards.get((domain, localpart)))

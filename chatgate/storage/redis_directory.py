@@ -9,6 +9,8 @@ keys then name the domain (``chatgate:example.com:directory:users``):
 - ``…:directory:credentials`` — hash localpart -> JSON ``{"at": when set
   (Unix time), "scram": {mechanism: salt, keys (base64), iterations}}``.
 - ``…:directory:vcards`` — hash localpart -> the vCard XML the user stored.
+- ``…:directory:private:<user>`` — hash namespace -> the XML the user keeps
+  there (XEP-0049 private storage).
 - ``…:directory:aliases`` — hash alias localpart -> its name;
   ``…:directory:members:<alias>`` the set of its member users, and
   ``…:directory:memberships:<user>`` the set of aliases the user is in (so a
@@ -144,6 +146,7 @@ _REMOVE_USER = _PROLOGUE + """
 if redis.call('HDEL', key('users'), localpart) == 0 then return {'unknown-user', jid(localpart)} end
 redis.call('HDEL', key('credentials'), localpart)
 redis.call('HDEL', key('vcards'), localpart)
+redis.call('DEL', key('private:' .. localpart))
 redis.call('DEL', key('blocked:' .. localpart))
 local groups = redis.call('SMEMBERS', key('memberships:' .. localpart))
 table.sort(groups)
@@ -249,6 +252,17 @@ return {'ok'}
 _REMOVE_ROOM = _PROLOGUE + """
 if redis.call('HDEL', key('rooms'), localpart) == 1 then tell('room-removed', localpart) end
 return {'ok'}
+"""
+
+# ARGV[5]: namespace, ARGV[6]: the XML, ARGV[7]: namespaces kept at most. Nothing is told.
+_SET_PRIVATE = _PROLOGUE + """
+if not is_user(localpart) then return {'unknown-user', jid(localpart)} end
+local kept = key('private:' .. localpart)
+if redis.call('HEXISTS', kept, ARGV[5]) == 0 and redis.call('HLEN', kept) >= tonumber(ARGV[7]) then
+  return {'ok', '0'}
+end
+redis.call('HSET', kept, ARGV[5], ARGV[6])
+return {'ok', '1'}
 """
 
 _ALIASES = """
@@ -508,6 +522,13 @@ class RedisDirectory(_DirectoryConnection):
     def credentials_changed(self, domain: str, localpart: str) -> Deferred[float | None]:
         return self._credentials(domain, localpart).addCallback(
             lambda record: None if record is None else float(record["at"]))
+
+    def private_xml(self, domain: str, localpart: str, namespace: str) -> Deferred[str | None]:
+        return self._command("HGET", self._stem(domain) + f"private:{localpart}", namespace)
+
+    def set_private_xml(self, domain: str, localpart: str, namespace: str, xml: str, limit: int) -> Deferred[bool]:
+        d = self._write(_SET_PRIVATE, domain, localpart, namespace, xml, str(limit))
+        return d.addCallback(lambda rest: rest[0] == "1")
 
     def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:
         return self._command("HGET", self._stem(domain) + "vcards", localpart)

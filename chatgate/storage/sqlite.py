@@ -54,7 +54,7 @@ T = TypeVar("T")
 
 #: 2: users.credentials_at (when the user's credentials were last set);
 #: 3: blocklist (XEP-0191), made by CREATE TABLE IF NOT EXISTS on a schema 2 file;
-#: 4: rooms (team rooms' records), the same way on a schema 3 file
+#: 4: rooms (team rooms' records) and private_xml (XEP-0049), the same way on a schema 3 file
 SCHEMA_VERSION = 4
 #: change rows older than this are deleted at start: every live process has read them
 CHANGE_RETENTION = 24 * 3600.0
@@ -90,6 +90,14 @@ CREATE TABLE IF NOT EXISTS vcards (
     localpart TEXT NOT NULL,
     xml TEXT NOT NULL,
     PRIMARY KEY (domain, localpart),
+    FOREIGN KEY (domain, localpart) REFERENCES users(domain, localpart) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS private_xml (
+    domain TEXT NOT NULL,
+    localpart TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    xml TEXT NOT NULL,
+    PRIMARY KEY (domain, localpart, namespace),
     FOREIGN KEY (domain, localpart) REFERENCES users(domain, localpart) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS secrets (
@@ -260,6 +268,12 @@ class SQLiteDirectory:
     def credentials_changed(self, domain: str, localpart: str) -> Deferred[float | None]:
         return self._read(_credentials_changed, domain, localpart)
 
+    def private_xml(self, domain: str, localpart: str, namespace: str) -> Deferred[str | None]:
+        return self._read(_private_xml, domain, localpart, namespace)
+
+    def set_private_xml(self, domain: str, localpart: str, namespace: str, xml: str, limit: int) -> Deferred[bool]:
+        return self._write(_set_private_xml, domain, localpart, namespace, xml, limit)
+
     def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:
         return self._read(_vcard, domain, localpart)
 
@@ -421,6 +435,7 @@ def _remove_user(db: sqlite3.Connection, domain: str, localpart: str) -> None:
     # explicit deletes rather than ON DELETE CASCADE alone, should foreign keys be off
     db.execute("DELETE FROM credentials WHERE domain = ? AND localpart = ?", key)
     db.execute("DELETE FROM vcards WHERE domain = ? AND localpart = ?", key)
+    db.execute("DELETE FROM private_xml WHERE domain = ? AND localpart = ?", key)
     db.execute("DELETE FROM blocklist WHERE domain = ? AND localpart = ?", key)
     groups = [row[0] for row in db.execute(
         "SELECT alias FROM alias_members WHERE domain = ? AND member = ? ORDER BY alias", key)]
@@ -475,6 +490,27 @@ def _credentials_changed(db: sqlite3.Connection, domain: str, localpart: str) ->
     row = db.execute("SELECT credentials_at FROM users WHERE domain = ? AND localpart = ?", (domain, localpart))
     found = row.fetchone()
     return None if found is None else float(found[0])
+
+
+def _private_xml(db: sqlite3.Connection, domain: str, localpart: str, namespace: str) -> str | None:
+    row = db.execute("SELECT xml FROM private_xml WHERE domain = ? AND localpart = ? AND namespace = ?",
+                     (domain, localpart, namespace)).fetchone()
+    return row[0] if row is not None else None
+
+
+def _set_private_xml(db: sqlite3.Connection, domain: str, localpart: str, namespace: str, xml: str,
+                     limit: int) -> bool:
+    if not _user_exists(db, domain, localpart):
+        raise UnknownUser(f"unknown user: {localpart}@{domain}")
+    key = (domain, localpart)
+    if _private_xml(db, domain, localpart, namespace) is None:
+        (count,) = db.execute("SELECT COUNT(*) FROM private_xml WHERE domain = ? AND localpart = ?", key).fetchone()
+        if count >= limit:
+            return False
+    db.execute("INSERT INTO private_xml (domain, localpart, namespace, xml) VALUES (?, ?, ?, ?)"
+               " ON CONFLICT (domain, localpart, namespace) DO UPDATE SET xml = excluded.xml",
+               (domain, localpart, namespace, xml))
+    return True
 
 
 def _vcard(db: sqlite3.Connection, domain: str, localpart: str) -> str | None:

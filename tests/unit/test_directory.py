@@ -277,6 +277,31 @@ async def test_removing_a_user_removes_their_memberships(directory, secret_crede
     ]
 
 
+# -- private XML (XEP-0049)
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_xml_is_kept_per_user_and_namespace_within_a_limit(hosted, secret_credentials):
+    await hosted.add_user(BOB, secret_credentials)
+    marks = "<storage xmlns='storage:bookmarks'><conference jid='a@conference.example.com'/></storage>"
+    assert await hosted.private_xml("example.com", "alice", "storage:bookmarks") is None
+    assert await hosted.set_private_xml("example.com", "alice", "storage:bookmarks", marks, 2) is True
+    assert await hosted.private_xml("example.com", "alice", "storage:bookmarks") == marks
+    assert await hosted.private_xml("example.com", "bob", "storage:bookmarks") is None  # alice's alone
+    assert await hosted.set_private_xml("example.com", "alice", "storage:rosternotes", "<x/>", 2) is True
+    # a third namespace is over the limit of two; replacing a kept one is not
+    assert await hosted.set_private_xml("example.com", "alice", "game:prefs", "<y/>", 2) is False
+    assert await hosted.private_xml("example.com", "alice", "game:prefs") is None
+    assert await hosted.set_private_xml("example.com", "alice", "storage:bookmarks", "<z/>", 2) is True
+    assert await hosted.private_xml("example.com", "alice", "storage:bookmarks") == "<z/>"
+    with pytest.raises(UnknownUser):
+        await hosted.set_private_xml("example.com", "zed", "storage:bookmarks", marks, 2)
+    # a removed user's private XML goes with them: the address made again starts empty
+    await hosted.remove_user("example.com", "alice")
+    await hosted.add_user(ALICE, secret_credentials)
+    assert await hosted.private_xml("example.com", "alice", "storage:bookmarks") is None
+
+
 # -- rooms
 
 
