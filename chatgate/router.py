@@ -107,7 +107,7 @@ class Router:
         #: (``conference`` -> ``muc``: ``message/muc-bare``, ``presence/muc-full``, ``iq-get/muc-host/…``)
         self.subdomains: dict[str, str] = {}
         #: may this session read this bare JID's archive? (beside its own: a room's occupants and members)
-        self.archive_readers: list[Callable[[Session, str], bool]] = []
+        self.archive_readers: list[Callable[[str, str], bool]] = []
         #: id of a server-originated IQ -> (full JID asked, its Deferred)
         self._pending: dict[str, tuple[str, defer.Deferred[domish.Element]]] = {}
         self._ids = itertools.count(1)
@@ -120,10 +120,10 @@ class Router:
             raise ValueError(f"two handlers for {key}")
         self._handlers[key] = handler
 
-    def may_read_archive(self, session: Session, owner: str) -> bool:
-        """Whether *session*'s user may read the archive of the bare JID *owner*:
-        their own, or one a feature opens to them (:attr:`archive_readers`)."""
-        return owner == session.bare or any(reader(session, owner) for reader in self.archive_readers)
+    def may_read_archive(self, reader: str, owner: str) -> bool:
+        """Whether the user *reader* (a bare JID) may read the archive of the bare JID
+        *owner*: their own, or one a feature opens to them (:attr:`archive_readers`)."""
+        return owner == reader or any(allows(reader, owner) for allows in self.archive_readers)
 
     def handle_nonza(self, uri: str, name: str, handler: NonzaHandler) -> None:
         """Make *handler* the one for the first-level element {*uri*}*name* a

@@ -230,7 +230,7 @@ class ChatService(service.MultiService):
                          port=x.direct_tls_port)
         h = self.settings.http
         history = HistoryAPI(self.authenticator, self.domains, self.archive, self.settings.archive.conversation_gap,
-                             h.trusted_proxies)
+                             h.trusted_proxies, self.router.may_read_archive)
         pane = ChatPane(self.settings, self.directory, history.authenticate)  # /chat/, /api/sites/<host>/chat
         websocket = WebSocketEndpoint(WebSocketFactory(self.router, self.authenticator, self.settings, self.reactor,
                                                        self._preauth, self.resumption))

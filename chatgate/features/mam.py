@@ -192,7 +192,7 @@ class ArchiveQueries:
 
     def _own(self, sender: Session, to: JID) -> str:
         owner = to.userhost()
-        if not self.router.may_read_archive(sender, owner):
+        if not self.router.may_read_archive(sender.bare, owner):
             raise StanzaError("forbidden", "only your own archive, or a room's you are a member of, can be queried")
         return owner
 

@@ -124,8 +124,11 @@ class HistoryAPI:
     """The three endpoints over one archive, authenticated by *authenticator*."""
 
     def __init__(self, authenticator: Authenticator, domains: DirectoryMirror, archive: IArchive,
-                 gap: float, trusted_proxies: Sequence[Network]) -> None:
+                 gap: float, trusted_proxies: Sequence[Network],
+                 may_read: Callable[[str, str], bool] = lambda reader, owner: reader == owner) -> None:
         self.authenticator = authenticator
+        #: whether a user (bare JID) may read an archive (a room's: Router.may_read_archive)
+        self.may_read = may_read
         self.domains = domains
         self.archive = archive
         self.gap = gap

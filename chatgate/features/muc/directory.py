@@ -132,13 +132,13 @@ class RoomDirectory:
                 found.append((room.jid, room.name))
         return found
 
-    def may_read(self, session: Session, owner: str) -> bool:
-        """MAM on a room: its members (XEP-0313 §5.1.2)."""
+    def may_read(self, reader: str, owner: str) -> bool:
+        """A room's archive (MAM, XEP-0313 §5.1.2; the webmail's history): its members'."""
         localpart, _, host = owner.partition("@")
-        if host != self.service(session.domain):
+        if host != self.service(reader.partition("@")[2]):
             return False
         room = self.room(JID(tuple=(localpart, host, None)))
-        return room is not None and self.is_member(room, session.bare)
+        return room is not None and self.is_member(room, reader)
 
     def _entered(self, to: JID, sender: Session) -> Room:
         room = self.room(to)
