@@ -45,6 +45,13 @@ user's own archive only:
   A cursor that is no message of the conversation, or a limit out of range,
   is 400.
 
+A team room's history (its archive, open to its members): ``conversations``
+and ``conversation`` with ``room=<room JID>`` instead of ``with``; each
+message's ``from`` is ``room/nickname``, with ``"nick"``, and ``outgoing`` is
+true for the user's own (the room names every sender's address in its
+messages); corrections and receipts are not folded there (a room's
+occupants may not edit one another's words). Someone not a member gets 403.
+
 Times are XEP-0082 UTC stamps; message ids are the archive ids MAM uses.
 
 Authentication, until the pane's own session token exists: HTTP Basic with
@@ -70,12 +77,14 @@ from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
 from chatgate.auth.sasl import Authenticator, SASLFailure
 from chatgate.config import Network
+from chatgate.features.muc.model import USER_NS as MUC_USER_NS
 from chatgate.mirror import DirectoryMirror
 from chatgate.stanza import stamp
-from chatgate.storage.archive import Shown, fold, time_of
-from chatgate.storage.interfaces import BadCursor, IArchive, UnknownMessage
+from chatgate.storage.archive import Shown, fold, is_message, time_of
+from chatgate.storage.interfaces import ArchivedMessage, BadCursor, IArchive, UnknownMessage
 from chatgate.transports.bosh import Peer, peer_of
 from chatgate.web.site import Endpoint, Folder
+from chatgate.xml import StreamError, parse_document
 
 #: where the endpoints are mounted on the web listener
 PATH = "/history"
@@ -173,8 +182,19 @@ class HistoryAPI:
                           "last": stamp(contact.last_at)})
         return {"contacts": found}
 
+    def _archive(self, user: str, args: dict[bytes, list[bytes]]) -> tuple[str, str | None]:
+        """(the archive to read, the room it is or None): the user's own, or a room's with ``room=``."""
+        room = _arg(args, "room")
+        if not room:
+            return user, None
+        room = _bare(room)
+        if not self.may_read(user, room):
+            raise HTTPError(403, f"{room}: not a room you are a member of")
+        return room, room
+
     async def conversations(self, owner: str, args: dict[bytes, list[bytes]]) -> Answer:
-        contact = _bare(_arg(args, "with", required=True))
+        owner, room = self._archive(owner, args)
+        contact = room or _bare(_arg(args, "with", required=True))
         before = _arg(args, "before")
         limit = _limit(_arg(args, "limit"))
         try:
@@ -189,6 +209,8 @@ class HistoryAPI:
         }
 
     async def conversation(self, owner: str, args: dict[bytes, list[bytes]]) -> Answer:
+        user = owner
+        owner, room = self._archive(owner, args)
         conversation_id = _arg(args, "id", required=True)
         before, after = _cursor(args, "before"), _cursor(args, "after")
         if before and after:
@@ -214,14 +236,18 @@ class HistoryAPI:
                                                         MAX_LIMIT)
             entries += following.messages
         shown = {m.id for m in page.messages}
+        if room is not None:
+            messages = [_room_message(m, room, user) for m in page.messages if is_message(m)]
+        else:
+            messages = [{"id": v.message.id, "at": stamp(v.message.at),
+                         "from": owner if v.message.outgoing else contact, "outgoing": v.message.outgoing,
+                         "body": v.body, "edited": v.edited, **({"state": v.state} if v.message.outgoing else {})}
+                        for v in _shown(fold(entries), shown)]
         answer: Answer = {
             "id": conversation_id,
             "with": contact,
             "start": stamp(page.start),
-            "messages": [{"id": v.message.id, "at": stamp(v.message.at),
-                          "from": owner if v.message.outgoing else contact, "outgoing": v.message.outgoing,
-                          "body": v.body, "edited": v.edited, **({"state": v.state} if v.message.outgoing else {})}
-                         for v in _shown(fold(entries), shown)],
+            "messages": messages,
             "earlier": page.earlier,
             "later": page.later,
             # the cursors: the page's first and last entries, which may be receipts or corrections not listed
@@ -231,6 +257,22 @@ class HistoryAPI:
         if page.count is not None:
             answer["count"] = page.count
         return answer
+
+
+def _room_message(message: ArchivedMessage, room: str, user: str) -> dict[str, Any]:
+    """One message of a room's archive as the history lists it: its sender's nickname, and
+    whether *user* sent it (the address the room put in it)."""
+    sender = None
+    try:
+        stanza = parse_document(message.stanza.encode("utf-8"), len(message.stanza) + 1)
+    except StreamError:
+        stanza = None
+    if stanza is not None:
+        for x in stanza.elements(MUC_USER_NS, "x"):
+            for item in x.elements(MUC_USER_NS, "item"):
+                sender = item.getAttribute("jid")
+    return {"id": message.id, "at": stamp(message.at), "from": f"{room}/{message.resource}",
+            "nick": message.resource, "outgoing": sender == user, "body": message.body, "edited": False}
 
 
 def _shown(views: list[Shown], ids: set[str]) -> list[Shown]:

@@ -6,6 +6,7 @@ non-member receive)."""
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from slixmpp.exceptions import IqError, PresenceError
 from tests.integration.conftest import PASSWORD
 from tests.integration.harness import Client, Server, async_test, free_port, login, logout
 from tests.integration.test_admin_api import KEY, call
-from tests.integration.test_history import mam
+from tests.integration.test_history import http_get, mam
 
 MUC_USER = "http://jabber.org/protocol/muc#user"
 SID = "urn:xmpp:sid:0"
@@ -135,6 +136,25 @@ async def test_domain_room_chat_history_subject_and_mam(server):
     assert bodies[0] == "Good morning, team"
     assert page.results[0].xml.find(".//{jabber:client}message").get("from") == f"{EVERYONE}/Alice"
 
+    # the webmail's history of the room, for a member: who wrote each message, and which were one's own
+    status, listing, _ = await asyncio.to_thread(http_get, server, f"/history/conversations?room={EVERYONE}",
+                                                 "alice@example.com")
+    assert status == 200 and listing["with"] == EVERYONE and listing["conversations"]
+    conversation = listing["conversations"][-1]["id"]
+    for reader, mine in (("alice@example.com", True), ("carol@example.com", False)):
+        status, page, _ = await asyncio.to_thread(
+            http_get, server, f"/history/conversation?room={EVERYONE}&id={conversation}", reader)
+        first = page["messages"][0]
+        assert (first["from"], first["nick"], first["body"], first["outgoing"]) == (
+            f"{EVERYONE}/Alice", "Alice", "Good morning, team", mine)
+    # a client's claim of who wrote a message is replaced by the room's
+    forged = alice.client.make_message(mto=EVERYONE, mbody="signed: bob", mtype="groupchat")
+    forged.xml.append(ET.fromstring(f"<x xmlns='{MUC_USER}'><item jid='bob@example.com'/></x>"))
+    forged.send()
+    got = await bob.next_said()
+    assert [i.get("jid") for i in got.xml.iter(f"{{{MUC_USER}}}item")] == ["alice@example.com"]
+    await alice.next_said()
+
     # a nickname in use by someone else: conflict; the same user's second resource shares it
     with pytest.raises(PresenceError) as refused:
         await carol.muc.join_muc_wait(EVERYONE, "Alice", timeout=10)
@@ -176,6 +196,9 @@ async def test_alias_room_follows_the_directory(server):
     with pytest.raises(IqError) as forbidden:
         await mam(dan.client, to=TEAM)
     assert forbidden.value.condition == "forbidden"
+    status, _, _ = await asyncio.to_thread(http_get, server, f"/history/conversations?room={TEAM}",
+                                           "dan@example.com")
+    assert status == 403
     dan.client.send_message(mto=TEAM, mbody="let me in", mtype="groupchat")
     error = await asyncio.wait_for(dan.errors.get(), 10)
     assert error["error"]["condition"] == "registration-required"

@@ -52,8 +52,12 @@ class Talk(RoomDirectory):
         outgoing = copy_element(stanza)
         outgoing["from"] = f"{room.jid}/{occupant.nick}"
         del outgoing["to"]
-        outgoing.children = [c for c in outgoing.children
-                             if not (isinstance(c, domish.Element) and c.uri == SID_NS and c.name == "stanza-id")]
+        # what only the room may say: its stanza-id, and who sent it (a client's claims are dropped)
+        outgoing.children = [c for c in outgoing.children if not (
+            isinstance(c, domish.Element) and ((c.uri == SID_NS and c.name == "stanza-id") or c.uri == USER_NS))]
+        # a non-anonymous room names the sender's address in every message, so the archive and any
+        # client reading it back know who wrote what (XEP-0313 §5.1.2, XEP-0045 §7.2.4)
+        outgoing.addElement((USER_NS, "x")).addElement("item")["jid"] = sender.bare
         archive_id, at = self.ids.make(self.router.clock.seconds())
         sid = outgoing.addElement((SID_NS, "stanza-id"))
         sid["by"], sid["id"] = room.jid, archive_id
