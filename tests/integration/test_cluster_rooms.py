@@ -15,7 +15,7 @@ from tests.integration.cluster import Cluster
 from tests.integration.harness import async_test, login, logout
 from tests.integration.test_cluster import PASSWORD, own_cluster
 from tests.integration.test_history import mam
-from tests.integration.test_rooms import Member
+from tests.integration.test_rooms import MUC_USER, Member, codes
 
 DOMAIN = "rooms.example"
 ROOM = f"everyone@conference.{DOMAIN}"
@@ -79,6 +79,22 @@ async def test_a_room_spans_the_nodes_and_survives_one(cluster):
             seen_by_carol.add(presence["from"].resource)
     assert [m["body"] for m in history] == ["from node1", "from node2"]
     await alice.presence_of(f"{ROOM}/carol")
+
+    # a room alice makes on node1: bob, invited, enters it from node2 at once (whether or not node2 has
+    # read its record from the directory yet) as a member, not as the maker of a new one
+    made = f"adhoc@conference.{DOMAIN}"
+    own, _, _, _ = await alice.muc.join_muc_wait(made, "alice", timeout=10)
+    assert "201" in codes(own)
+    alice.muc.invite(made, f"bob@{DOMAIN}")
+    invitation = await asyncio.wait_for(bob.client.messages.get(), 10)
+    while str(invitation["from"]) != made:
+        invitation = await asyncio.wait_for(bob.client.messages.get(), 10)
+    own, _, _, _ = await bob.muc.join_muc_wait(made, "bob", timeout=10)
+    assert "201" not in codes(own)
+    assert own.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("affiliation") == "member"
+    bob.client.send_message(mto=made, mbody="in the made room", mtype="groupchat")
+    assert (await alice.next_said())["body"] == "in the made room"
+    await bob.next_said()
 
     # node1 dies: the others see alice leave, stay in, and go on
     cluster.kill(node1)

@@ -129,18 +129,31 @@ class Occupancy(RoomDirectory):
             raise StanzaError("not-allowed", "This room is closed, or the name belongs to the directory")
         if len(to.resource or "") > MAX_NICK:
             raise StanzaError("not-acceptable", f"A nickname has at most {MAX_NICK} characters")
-        record = RoomRecord(domain, localpart, "", True, True, (sender.jid.user or "",))
-        written = self._write_record(record)
+        record = RoomRecord(domain, localpart, "", True, True, (sender.jid.user or "",)).normalized()
+        key = (domain, localpart)
+        self._written[key] = record  # this node's next entries find it at once
         history = next(stanza.elements(MUC_NS, "x"), None)
 
-        def made(_: object) -> Any:
+        async def make() -> Any:
+            # another node may have made it a moment ago, its record not mirrored here yet
+            kept = next((r for r in await self.directory.rooms(domain) if r.localpart == localpart), None)
+            if kept is not None:
+                self._written[key] = kept
+                self.rooms.pop(f"{localpart}@{to.host}", None)
+                entered = self._presence(stanza, sender, to)  # an entry like any other (or its refusal)
+                return await entered if isinstance(entered, defer.Deferred) else entered
+            await self._write_record(record)
             room = self.room(to)
             if room is None:
                 return None
             room.loaded = defer.succeed(None)  # a new room: no history to read
             return self._enter(room, sender, to.resource or "", stanza, history, created=True)
 
-        return written.addCallback(made)
+        return defer.Deferred.fromCoroutine(make()).addErrback(self._refused_later, stanza, sender)
+
+    def _refused_later(self, failure: Any, stanza: domish.Element, sender: Session) -> None:
+        failure.trap(StanzaError)
+        self._refuse(stanza, sender, failure.value.condition, failure.value.text)
 
     def _enter(self, room: Room, sender: Session, nick: str, stanza: domish.Element,
                muc: domish.Element | None, created: bool = False) -> None:
