@@ -161,8 +161,9 @@ class RoomDirectory:
             key = (change.domain, change.localpart or "")
             if change.kind == "room-removed":
                 self._gone.discard(key)  # the mirror has seen it go
-            elif self._written.get(key) == subject:
-                del self._written[key]  # the mirror has what this node wrote
+            # the mirror is as new as this change: what this node wrote or read is its own again
+            # (at worst a moment older, until this node's own write comes back through the feed)
+            self._written.pop(key, None)
             room = self.rooms.get(f"{change.localpart}@{self.service(change.domain)}")
             record = self.record(*key)  # the latest, whatever order the changes came in
             if room is None:

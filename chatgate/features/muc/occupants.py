@@ -88,7 +88,7 @@ class Occupancy(RoomDirectory):
         reply.addElement((MUC_NS, "x"))
         sender.send(reply)
 
-    def _presence(self, stanza: domish.Element, sender: Session, to: JID) -> Any:
+    def _presence(self, stanza: domish.Element, sender: Session, to: JID, fresh: bool = False) -> Any:
         ptype = stanza.getAttribute("type")
         if ptype == "unavailable":
             room = self.rooms.get(to.userhost())
@@ -97,8 +97,11 @@ class Occupancy(RoomDirectory):
             return None
         if ptype is not None:
             return None  # subscriptions and probes mean nothing to a room; errors neither
-        if self.room(to) is None:
+        known = self.room(to)
+        if known is None:
             return self._create(stanza, sender, to)
+        if known.made and not fresh and not self.is_member(known, sender.bare):
+            return self._read_again(stanza, sender, to)
         room = self._entered(to, sender)
         nick = to.resource
         if len(nick) > MAX_NICK:
@@ -150,6 +153,20 @@ class Occupancy(RoomDirectory):
             return self._enter(room, sender, to.resource or "", stanza, history, created=True)
 
         return defer.Deferred.fromCoroutine(make()).addErrback(self._refused_later, stanza, sender)
+
+    def _read_again(self, stanza: domish.Element, sender: Session, to: JID) -> Any:
+        """A room a user made, which the sender is no member of as this node knows it: an
+        invitation through another node may have made them one a moment ago."""
+        domain, localpart = to.host.partition(".")[2], to.user or ""
+
+        async def read() -> Any:
+            kept = next((r for r in await self.directory.rooms(domain) if r.localpart == localpart), None)
+            if kept is not None:
+                self._written[(domain, localpart)] = kept
+            entered = self._presence(stanza, sender, to, fresh=True)
+            return await entered if isinstance(entered, defer.Deferred) else entered
+
+        return defer.Deferred.fromCoroutine(read()).addErrback(self._refused_later, stanza, sender)
 
     def _refused_later(self, failure: Any, stanza: domish.Element, sender: Session) -> None:
         failure.trap(StanzaError)
