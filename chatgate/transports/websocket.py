@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from autobahn.websocket.xormasker import create_xor_masker
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.words.protocols.jabber.jid import JID
@@ -75,6 +76,9 @@ CLOSE_GRACE = 10.0
 #: what the WebSocket layer lets through beyond the largest stanza (the framing's own bytes)
 _SLACK = 1024
 _STREAM_PREFIX = {STREAMS_NS: "stream"}
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+#: client frames up to this size are unmasked in Python, larger ones by autobahn's masker
+_SMALL_FRAME = 2048
 
 log = Logger()
 
@@ -88,19 +92,79 @@ def serialize(element: domish.Element) -> bytes:
     return text.encode("utf-8")
 
 
+class MessageParser:
+    """The one element of each WebSocket message (§3.3.1), parsed as c2s parses a
+    stanza (restricted XML, size and depth).
+
+    One restricted parser serves every connection of a listener (a parser for
+    each message cost as much as parsing it, and one kept by each connection
+    would weigh on every idle session): the messages are parsed one after
+    the other as children of a wrapper of ours, as stanzas are inside a
+    stream, so a second element or text around the one shows as it would on
+    c2s. After each message's bytes the parser is given an empty element
+    whose name is a secret of the parser's: only if that mark comes out as
+    the next element after exactly one of the client's did the message hold
+    one whole element and leave nothing open (a tag, a comment, a CDATA
+    section) that would run into the next message. A message that fails
+    leaves the parser behind, and a new one is made; so is one after
+    :data:`RENEW_AFTER` bytes, so that what expat remembers of the names it
+    saw stays bounded."""
+
+    #: bytes one parser is given before it is replaced
+    RENEW_AFTER = 1 << 24
+
+    __slots__ = ("max_depth", "_found", "_mark", "_mark_name", "_parser", "_fed")
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self._found: list[domish.Element] = []
+        self._parser: StreamParser | None = None
+        self._mark = b""
+        self._mark_name = ""
+        self._fed = 0
+
+    def _new(self) -> StreamParser:
+        self._found.clear()
+        self._mark_name = "m" + secrets.token_hex(8)
+        self._mark = f"<{self._mark_name}/>".encode()
+        self._fed = 0
+        parser = StreamParser(lambda root: None, self._found.append, self._ended, 64, self.max_depth + 1)
+        parser.feed(b"<m>")
+        self._parser = parser
+        return parser
+
+    def parse(self, payload: bytes, max_size: int) -> domish.Element:
+        """The element *payload* holds; raises StreamError."""
+        if len(payload) > max_size:
+            raise StreamError("policy-violation", f"stanza larger than {max_size} bytes")
+        parser = self._parser
+        if parser is None or self._fed > self.RENEW_AFTER:
+            parser = self._new()
+        self._fed += len(payload)
+        parser.max_stanza_size = max_size + 64 + len(self._mark)
+        found = self._found
+        try:
+            parser.feed(payload + self._mark)
+        except BaseException:  # the parser closed itself
+            self._parser = None
+            raise
+        if len(found) != 2 or found[1].name != self._mark_name or found[1].uri:
+            self._parser = None
+            parser.close()
+            raise StreamError("not-well-formed", "one element per WebSocket message (RFC 7395 §3.3.1)")
+        element = found[0]
+        found.clear()
+        return element
+
+    @staticmethod
+    def _ended() -> None:
+        raise StreamError("not-well-formed", "one element per WebSocket message (RFC 7395 §3.3.1)")
+
+
 def parse_message(payload: bytes, max_size: int, max_depth: int) -> domish.Element:
     """The one element a WebSocket message holds (§3.3.1), parsed as c2s parses a
     stanza (restricted XML, size and depth); raises StreamError."""
-    if len(payload) > max_size:
-        raise StreamError("policy-violation", f"stanza larger than {max_size} bytes")
-    found: list[domish.Element] = []
-    # inside a wrapper of ours, as inside a stream: a second element or text around it shows
-    parser = StreamParser(lambda root: None, found.append, lambda: None, max_size + 16, max_depth + 1)
-    parser.feed(b"<m>" + payload + b"</m>")
-    parser.close()
-    if len(found) != 1:
-        raise StreamError("not-well-formed", "one element per WebSocket message (RFC 7395 §3.3.1)")
-    return found[0]
+    return MessageParser(max_depth).parse(payload, max_size)
 
 
 class WebSocketSession(ConnectionSession):
@@ -129,6 +193,7 @@ class WebSocketConnection(StreamTransport):
         self.stream = XMPPStream(factory.router, factory.authenticator, factory.settings, self, factory.resumption)
         limits = self.settings.limits
         self._max_size = limits.max_stanza_size_preauth
+        self._parser: MessageParser = factory.parser
         self._bytes = TokenBucket(limits.read_rate, limits.read_burst, self.clock)
         self._stanzas = TokenBucket(limits.stanza_rate, limits.stanza_burst, self.clock)
         self._inbox: deque[bytes] = deque()  # messages received, not handled yet (while slowed down)
@@ -175,7 +240,7 @@ class WebSocketConnection(StreamTransport):
             payload = self._inbox.popleft()
             self._slow_down(max(self._bytes.take(len(payload)), self._stanzas.take(1)))
             try:
-                element = parse_message(payload, self._max_size, self.settings.limits.max_depth)
+                element = self._parser.parse(payload, self._max_size)
             except StreamError as error:
                 self.fail(error.condition, error.text)
                 return
@@ -270,7 +335,7 @@ class WebSocketConnection(StreamTransport):
         self._message(data)
 
     def _message(self, data: bytes) -> None:
-        self.protocol.sendMessage(data, isBinary=False)
+        self.protocol.send_text(data)
 
     # -- StreamTransport
 
@@ -360,13 +425,93 @@ class WebSocketConnection(StreamTransport):
             timer.cancel()
 
 
+def _unmask(mask: bytes, payload: bytes) -> bytes:
+    """A client frame's payload unmasked (RFC 6455 §5.3)."""
+    size = len(payload)
+    if size > _SMALL_FRAME:  # autobahn's masker (C) is quicker on large payloads
+        return create_xor_masker(mask, size).process(payload)
+    key = (mask * ((size >> 2) + 1))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+
+
 class XMPPWebSocketProtocol(WebSocketServerProtocol):
     """autobahn's side of one WebSocket: the handshake checks, then every
-    event handed to its :class:`WebSocketConnection`."""
+    event handed to its :class:`WebSocketConnection`.
+
+    autobahn reads and writes every frame through several layers of Python
+    (a frame header object, a masker made per frame, message assembly, the
+    event hooks, debug log calls that format their arguments); for a chat
+    message that was about as much work as the stanza's own. The frames of
+    the common case take a shorter path here, with the same checks:
+    :meth:`processData` reads a whole, unfragmented, masked text frame (what
+    browsers send for a stanza) at the front of the buffer itself, and
+    :meth:`send_text` writes one unfragmented text frame. Everything else
+    (control frames, fragments, frames not arrived whole, binary, oversized
+    or invalid frames, a closing connection) goes through autobahn as before.
+    autobahn's traffic counters are not kept on the short path (chatgate does
+    not enable or read them)."""
 
     connection: WebSocketConnection | None = None
     #: who asked for the upgrade (set by the factory from the HTTP request)
     client = Peer("?", "?", False)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)  # autobahn's, without its debug line formatted for every read
+
+    def processData(self) -> bool:
+        if (self.current_frame is not None or self.inside_message or self.state != _OPEN or self.failedByMe
+                or self._perMessageCompress is not None or self.logFrames or self.trackedTimings
+                or not self.requireMaskedClientFrames or not self.applyMask):
+            return super().processData()
+        data = self.data
+        buffered = len(data)
+        # FIN, no RSV bits, text; masked: anything else is autobahn's to judge
+        if buffered < 6 or data[0] != 0x81 or data[1] < 0x80:
+            return super().processData()
+        size = data[1] & 0x7F
+        if size < 126:
+            start = 6
+        elif size == 126 and buffered >= 8:
+            size = (data[2] << 8) | data[3]
+            start = 8
+            if size < 126:  # not the minimal length encoding
+                return super().processData()
+        else:
+            return super().processData()
+        end = start + size
+        limit = self.maxFramePayloadSize
+        if end > buffered or (0 < limit < size) or (0 < self.maxMessagePayloadSize < size):
+            return super().processData()
+        payload = _unmask(data[start - 4:start], data[start:end])
+        self.data = data[end:]
+        if self.utf8validateIncoming:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError as error:
+                if self._invalid_payload(f"encountered invalid UTF-8 while processing text message "
+                                         f"at payload octet index {error.start}"):
+                    return False
+                return len(self.data) > 0
+        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+            self._cancelAutoPingTimeoutCall()
+        self.onMessage(payload, False)
+        return len(self.data) > 0
+
+    def send_text(self, data: bytes) -> None:
+        """*data* as one text message (one frame)."""
+        size = len(data)
+        if (self.state != _OPEN or self.send_queue or self._perMessageCompress is not None or self.logFrames
+                or self.logOctets or self.trackedTimings or self.maskServerFrames
+                or 0 < self.maxMessagePayloadSize < size or 0 < self.autoFragmentSize < size):
+            self.sendMessage(data, isBinary=False)
+            return
+        if size < 126:
+            head = bytes((0x81, size))
+        elif size < 0x10000:
+            head = bytes((0x81, 126, size >> 8, size & 0xFF))
+        else:
+            head = b"\x81\x7f" + size.to_bytes(8, "big")
+        self.transport.write(head + data)
 
     def onConnect(self, request: ConnectionRequest) -> str:
         if SUBPROTOCOL not in request.protocols:
@@ -415,6 +560,8 @@ class WebSocketFactory(WebSocketServerFactory):
         self.clock = clock
         self.preauth: dict[str, int] = preauth if preauth is not None else {}
         self.resumption = resumption
+        #: the parser of every connection's messages
+        self.parser = MessageParser(settings.limits.max_depth)
         self.origins = frozenset(o.lower() for o in settings.http.cors_origins)
         self._next_peer: Peer | None = None
         limit = settings.limits.max_stanza_size + _SLACK
