@@ -191,6 +191,12 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    #: /metrics and /health/* on the admin listener (opened for them even without an api_key)
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class ClusterSettings:
     #: local (one process) or redis (nodes sharing the [storage] Redis server)
     backend: str = "local"
@@ -225,6 +231,7 @@ class Settings:
     http: HTTPSettings = field(default_factory=HTTPSettings)
     webmail: WebmailSettings = field(default_factory=WebmailSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     sm: StreamManagementSettings = field(default_factory=StreamManagementSettings)
@@ -545,6 +552,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
     ),
     "webmail": (WebmailSettings, {"token_secret": _secret, "token_lifetime": _seconds, "token_max_age": _seconds}),
     "admin": (AdminSettings, {"interfaces": _interfaces, "port": _port, "api_key": _secret}),
+    "metrics": (MetricsSettings, {"enabled": _bool}),
     "demo": (DemoSettings, {"create": _bool, "domain": _nonempty}),
     "sm": (StreamManagementSettings, {"resume_timeout": _seconds_or_zero, "ack_every": _positive_int}),
     "upload": (

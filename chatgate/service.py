@@ -26,6 +26,7 @@ from chatgate.auth.throttle import LoginThrottle
 from chatgate.cluster import Cluster
 from chatgate.config import ConfigError, Settings, load
 from chatgate.features import register_all
+from chatgate.metrics import Metrics, ReactorLag
 from chatgate.mirror import DirectoryMirror
 from chatgate.private_files import warn_if_open
 from chatgate.router import Router
@@ -38,11 +39,15 @@ from chatgate.transports.sm import Resumption
 from chatgate.transports.websocket import WebSocketEndpoint, WebSocketFactory
 from chatgate.web.admin_api import AdminAPI
 from chatgate.web.history import HistoryAPI
+from chatgate.web.monitoring import AdminRoot
 from chatgate.web.pane import ChatPane
 from chatgate.web.site import make_site
 from chatgate.web.upload import UploadResource
 
 log = Logger()
+
+#: seconds /health/ready waits for the directory
+READY_TIMEOUT = 2.0
 
 DEMO_USERS = (("alice", "Alice Archer"), ("bob", "Bob Baker"), ("carol", "Carol Carter"))
 
@@ -131,6 +136,12 @@ class ChatService(service.MultiService):
         self.bosh = ConnectionManager(self.router, self.authenticator, settings, reactor, self._preauth)
         #: sessions stream management (XEP-0198) may resume, on c2s and WebSocket
         self.resumption = Resumption(self.router, settings, self.cluster, reactor)
+        #: what /metrics shows ([metrics] enabled), None when off
+        self.metrics: Metrics | None = None
+        if settings.metrics.enabled:
+            self.metrics = Metrics()
+            self.authenticator.logins = self.metrics
+            self.metrics.watch(self.router, self.archive, self.offline, self.bosh)
         Stage("stores", self._open_stores, self._close_stores).setServiceParent(self)
         Stage("directory", self._load_directory).setServiceParent(self)
         feed = TimerService(settings.storage.poll_interval, self.directory.poll)
@@ -146,6 +157,9 @@ class ChatService(service.MultiService):
               ).setServiceParent(self)
         Stage("listeners", self._listen, self._stop_listening).setServiceParent(self)
         self.bosh.setServiceParent(self)
+        if self.metrics is not None:
+            lag = ReactorLag(self.metrics.reactor_lag, reactor)
+            Stage("reactor-lag", lag.start, lag.stop).setServiceParent(self)
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -253,14 +267,39 @@ class ChatService(service.MultiService):
         self._listen_admin()
 
     def _listen_admin(self) -> None:
+        """The admin API (with an api_key) and monitoring (``[metrics] enabled``: no key) on one port."""
         a = self.settings.admin
-        if not a.api_key:
+        if not a.api_key and self.metrics is None:
             return
-        site = server.Site(AdminAPI(self.directory, self.settings))
+        api = AdminAPI(self.directory, self.settings) if a.api_key else None
+        if self.metrics is None:
+            root = AdminRoot(api, None, None)
+        else:
+            root = AdminRoot(api, self.metrics.registry, self.readiness)
+        site = server.Site(root)
         site.log = lambda request: None  # requests carry user names; the API's effects are logged
+        serves = " and ".join(name for name, on in (("admin API", api is not None),
+                                                     ("metrics and health", self.metrics is not None)) if on)
         for interface in a.interfaces:
             self.ports.append(self.reactor.listenTCP(a.port, site, interface=interface))
-            log.info("admin API on {interface} port {port}", interface=interface, port=a.port)
+            log.info("{serves} on {interface} port {port}", serves=serves, interface=interface, port=a.port)
+
+    def readiness(self) -> defer.Deferred[str | None]:
+        """None when this node can take users (listeners up, the directory answering within
+        READY_TIMEOUT seconds), else why not, in one line: ``/health/ready``."""
+        listeners = self.getServiceNamed("listeners")
+        if not (self.running and listeners.running and self.ports):
+            return defer.succeed("the listeners are not up")
+        d = self.directory.domains()
+        d.addTimeout(READY_TIMEOUT, self.reactor)
+        d.addCallbacks(lambda _: None, self._not_ready)
+        return d
+
+    @staticmethod
+    def _not_ready(failure: Any) -> str:
+        if failure.check(defer.TimeoutError):
+            return f"the directory did not answer within {READY_TIMEOUT:g} s"
+        return f"the directory cannot be reached: {failure.getErrorMessage()}"
 
     def _stop_listening(self) -> defer.Deferred[Any]:
         ports, self.ports = self.ports, []

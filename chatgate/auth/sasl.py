@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from scramp import ScramException, ScramMechanism
 from twisted.internet import defer, task, threads
@@ -78,6 +79,9 @@ class Authenticator:
         self.throttle = throttle
         self.token_secret = token_secret
         self.token_max_age = token_max_age
+        #: told of each login's outcome by the stream: ``login_succeeded(transport, mechanism)``,
+        #: ``login_failed(transport, mechanism, condition, text)`` (chatgate.metrics.Metrics), or None
+        self.logins: Any = None
         self._secret = b""
         self._decoy: Credentials | None = None
 

@@ -279,6 +279,8 @@ class XMPPStream:
             user=self.localpart, domain=self.domain, mechanism=exchange.mechanism,
             peer=self.transport.peer, transport=self.transport.name,
         )
+        if self.authenticator.logins is not None:
+            self.authenticator.logins.login_succeeded(self.transport.name, exchange.mechanism)
         self.transport.send(success)
         self.transport.restart(authenticated=True)
 
@@ -291,7 +293,7 @@ class XMPPStream:
         self._sasl_failed(SASLFailure("temporary-auth-failure"), exchange)
 
     def _sasl_failed(self, failure: SASLFailure, exchange: Exchange | None = None) -> None:
-        self._exchange = None
+        exchange, self._exchange = exchange or self._exchange, None
         element = Element((SASL_NS, "failure"))
         element.addElement(failure.condition)
         if failure.text:
@@ -300,6 +302,9 @@ class XMPPStream:
         if failure.condition == "aborted":
             return
         self._failures += 1
+        if self.authenticator.logins is not None:
+            self.authenticator.logins.login_failed(self.transport.name, exchange.mechanism if exchange else "",
+                                                   failure.condition, failure.text)
         log.info(
             "refused login to {domain} from {peer} ({transport}): {condition}",
             domain=self.domain, peer=self.transport.peer, transport=self.transport.name,
