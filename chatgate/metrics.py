@@ -37,6 +37,8 @@ from twisted.internet.defer import Deferred
 from chatgate import events
 from chatgate.delivery import Delivery
 
+#: the Session.state key (a SHARED_STATE one) of the team rooms a session is in
+ROOMS_STATE = "muc"
 #: the SASL failure the login throttle answers with (chatgate.auth.throttle)
 THROTTLED = "temporary-auth-failure"
 
@@ -186,13 +188,29 @@ class _Scraped(Collector):
 
     def _sessions(self) -> Iterator[Metric]:
         tally: Tally[tuple[str, str]] = Tally()
+        occupants: Tally[str] = Tally()
+        rooms: dict[str, set[str]] = {}
         for session in self.router.all_sessions():
             tally[(session.transport_name, session.domain)] += 1
+            joined = session.state.get(ROOMS_STATE)  # room JID -> nickname (features/muc)
+            if joined:
+                occupants[session.domain] += len(joined)
+                rooms.setdefault(session.domain, set()).update(joined)
         sessions = GaugeMetricFamily("chatgate_sessions", "Bound sessions on this node, by transport and domain",
                                      labels=["transport", "domain"])
         for (transport, domain), n in sorted(tally.items()):
             sessions.add_metric([transport, domain], n)
         yield sessions
+        in_rooms = GaugeMetricFamily("chatgate_room_occupant_sessions",
+                                     "Sessions of this node in team rooms (one per room each is in), by domain",
+                                     labels=["domain"])
+        occupied = GaugeMetricFamily("chatgate_rooms_occupied",
+                                     "Team rooms with a session of this node in them, by domain", labels=["domain"])
+        for domain in sorted(occupants):
+            in_rooms.add_metric([domain], occupants[domain])
+            occupied.add_metric([domain], len(rooms[domain]))
+        yield in_rooms
+        yield occupied
         remote = GaugeMetricFamily("chatgate_remote_sessions", "Sessions of other nodes mirrored on this node")
         remote.add_metric([], len(self.router.all_remote_sessions()))
         yield remote

@@ -127,6 +127,24 @@ async def test_offline_messages_and_reactor_lag(server):
     assert value(after, "chatgate_reactor_lag_seconds_sum") < value(after, "chatgate_reactor_lag_seconds_count")
 
 
+@async_test(timeout=60)
+async def test_team_room_occupants(server):
+    """Entering the domain's room shows in the occupant gauges; leaving takes it out."""
+    room = "everyone@conference.example.com"
+    before = scrape(server)
+    alice = await login(server, "alice@example.com", PASSWORD)
+    alice.register_plugin("xep_0045")
+    await alice.plugin["xep_0045"].join_muc_wait(room, "alice", maxstanzas=0, timeout=10)
+    inside = await _settled(server, lambda s: value(s, "chatgate_room_occupant_sessions", domain="example.com")
+                            > value(before, "chatgate_room_occupant_sessions", domain="example.com"))
+    assert value(inside, "chatgate_room_occupant_sessions", domain="example.com") - \
+        value(before, "chatgate_room_occupant_sessions", domain="example.com") == 1
+    assert value(inside, "chatgate_rooms_occupied", domain="example.com") == 1
+    await logout(alice)
+    after = await _settled(server, lambda s: value(s, "chatgate_rooms_occupied", domain="example.com") == 0)
+    assert value(after, "chatgate_rooms_occupied", domain="example.com") == 0
+
+
 async def _settled(server: Server, done, timeout: float = 10) -> dict:
     """Scrape until *done*(samples) (the server learns of a logout a moment after the client)."""
     deadline = time.monotonic() + timeout

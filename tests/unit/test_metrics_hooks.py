@@ -38,8 +38,8 @@ class FakeRouter:
         return []
 
 
-def session(transport, domain):
-    return SimpleNamespace(transport_name=transport, domain=domain)
+def session(transport, domain, rooms=None):
+    return SimpleNamespace(transport_name=transport, domain=domain, state={} if rooms is None else {"muc": rooms})
 
 
 def test_logins_by_mechanism_and_reason():
@@ -78,6 +78,19 @@ def test_routed_sessions_and_bosh_read_at_scrape():
     assert s[("chatgate_bosh_held_requests", ())] == 2
     router.sessions = []
     assert ("chatgate_sessions", (("domain", "a.example"), ("transport", "c2s"))) not in samples(m)
+
+
+def test_room_occupants_read_from_the_sessions_shared_state():
+    room, other = "everyone@conference.a.example", "team@conference.a.example"
+    router = FakeRouter([session("c2s", "a.example", {room: "alice", other: "alice"}),
+                         session("bosh", "a.example", {room: "bob"}), session("c2s", "a.example", {}),
+                         session("c2s", "b.example")])
+    m = Metrics()
+    m.watch(router)
+    s = samples(m)
+    assert s[("chatgate_room_occupant_sessions", (("domain", "a.example"),))] == 3
+    assert s[("chatgate_rooms_occupied", (("domain", "a.example"),))] == 2
+    assert ("chatgate_rooms_occupied", (("domain", "b.example"),)) not in s
 
 
 def test_archive_commits_are_timed_and_offline_counted():
