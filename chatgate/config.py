@@ -173,6 +173,19 @@ class MUCSettings:
 
 
 @dataclass(frozen=True)
+class PEPSettings:
+    """Personal eventing (XEP-0163): what each account keeps for its clients."""
+
+    enabled: bool = True
+    #: nodes one user keeps at most (OMEMO keeps one per device with older clients)
+    max_nodes: int = 128
+    #: bytes of nodes one user keeps in all (avatars are the largest)
+    max_bytes: int = 2 * 1024 * 1024
+    #: items one node keeps at most (``pubsub#max_items`` = ``max``)
+    max_items: int = 256
+
+
+@dataclass(frozen=True)
 class WebmailSettings:
     #: HMAC key shared with the webmail for login tokens; empty: tokens are off
     token_secret: str = ""
@@ -237,6 +250,7 @@ class Settings:
     sm: StreamManagementSettings = field(default_factory=StreamManagementSettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
     muc: MUCSettings = field(default_factory=MUCSettings)
+    pep: PEPSettings = field(default_factory=PEPSettings)
     #: Directory relative paths in the file are resolved against.
     base_dir: str = "."
 
@@ -577,6 +591,15 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "alias_rooms": _bool,
             "history": _whole,
             "large_room": _whole,
+        },
+    ),
+    "pep": (
+        PEPSettings,
+        {
+            "enabled": _bool,
+            "max_nodes": _positive_int,
+            "max_bytes": _positive_int,
+            "max_items": _positive_int,
         },
     ),
     "cluster": (

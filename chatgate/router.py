@@ -98,6 +98,8 @@ class Router:
         self.account_features: set[str] = set()
         #: the server's identities beside server/im (category, type, name), and XEP-0128 forms
         self.server_identities: list[tuple[str, str, str]] = []
+        #: an account's identities beside account/registered (pubsub/pep: XEP-0163 §8.1)
+        self.account_identities: list[tuple[str, str, str]] = []
         self.server_forms: list[domish.Element] = []
         #: (namespace, name) of the empty features a stream offers once
         #: authenticated, beside binding (RFC 6120 §4.3.2; XEP-0352's <csi/>)
@@ -377,7 +379,7 @@ class Router:
     def _failed(self, failure: Failure, stanza: domish.Element, sender: Session) -> None:
         if failure.check(StanzaError):
             error = failure.value
-            self._bounce(stanza, sender, error.condition, error.text)
+            self._bounce(stanza, sender, error.condition, error.text, error.application)
         else:
             log.failure("handling {kind} from {sender}", failure, kind=stanza.name, sender=sender.full)
             self._bounce(stanza, sender, "internal-server-error")

@@ -38,7 +38,7 @@ from chatgate.xml import CLIENT_NS, escape_attribute
 
 #: the keys of :attr:`Session.state` other nodes of a cluster mirror (a feature
 #: that reads another session's state, as carbons does, names its key here)
-SHARED_STATE = ("carbons", "muc")
+SHARED_STATE = ("carbons", "muc", "pep")
 
 
 #: what a session that never held anything has for its holds: empty, shared, never changed

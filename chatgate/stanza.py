@@ -78,10 +78,13 @@ _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2
 class StanzaError(Exception):
     """Raised by a handler to answer the stanza with an RFC 6120 §8.3 error."""
 
-    def __init__(self, condition: str, text: str | None = None) -> None:
+    def __init__(self, condition: str, text: str | None = None,
+                 application: domish.Element | None = None) -> None:
         super().__init__(condition)
         self.condition = condition
         self.text = text
+        #: the §8.3.4 application-specific condition, if any
+        self.application = application
 
 
 def error_reply(stanza: domish.Element, condition: str, text: str | None = None,

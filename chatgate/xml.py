@@ -303,6 +303,17 @@ def parse_document(data: bytes, max_size: int, max_depth: int = 64) -> domish.El
     return root[0]
 
 
+def parse_fragment(text: str, max_size: int) -> domish.Element:
+    """Read back one element kept as :func:`serialize` wrote it (text directly inside it
+    too, which a document's root may not hold); raises StreamError."""
+    wrapped = parse_document(b"<kept>" + text.encode("utf-8") + b"</kept>", max_size + 13)
+    found = list(wrapped.elements())
+    if len(found) != 1:
+        raise StreamError("bad-format", "not one element")
+    found[0].parent = None
+    return found[0]
+
+
 def copy_element(element: domish.Element) -> domish.Element:
     """A deep copy of *element*, for a stanza that is kept or changed per recipient."""
     copy = Element((element.uri, element.name), element.defaultUri, dict(element.attributes))

@@ -30,7 +30,8 @@ from chatgate.storage import Stores
 #: (unavailable) before it too; muc names its subdomain before mam registers MAM for
 #: the archives of every subdomain's entities (a room's)
 FEATURES = ("messages", "presence", "aliases", "revocation", "roster", "domain_switch", "disco", "ping", "version",
-            "vcard", "archive", "carbons", "offline", "muc", "mam", "blocking", "csi", "upload", "private_storage")
+            "vcard", "archive", "carbons", "offline", "muc", "mam", "blocking", "csi", "upload", "private_storage",
+            "pep")
 
 
 def register_all(router: Router, settings: Settings, stores: Stores) -> list[IService]:

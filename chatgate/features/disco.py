@@ -38,10 +38,13 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
             identity["category"], identity["type"] = category, kind
             if category == "server":
                 identity["name"] = "chatgate"
-                # what features add (an upload service, XEP-0363 §2), with their forms (XEP-0128)
-                for more, more_kind, name in router.server_identities:
-                    added = query.addElement("identity")
-                    added["category"], added["type"], added["name"] = more, more_kind, name
+            # what features add (an upload service, XEP-0363 §2; PEP, XEP-0163 §8.1), with forms (XEP-0128)
+            added_identities = router.server_identities if category == "server" else router.account_identities
+            for more, more_kind, name in added_identities:
+                added = query.addElement("identity")
+                added["category"], added["type"] = more, more_kind
+                if name:
+                    added["name"] = name
             for var in sorted(features):
                 query.addElement("feature")["var"] = var
             if category == "server":

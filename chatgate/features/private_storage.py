@@ -25,7 +25,7 @@ from chatgate.router import Router
 from chatgate.session import Session
 from chatgate.stanza import StanzaError, iq_result
 from chatgate.storage import Stores
-from chatgate.xml import Element, StreamError, parse_document, serialize
+from chatgate.xml import Element, StreamError, parse_fragment, serialize
 
 NS = "jabber:iq:private"
 #: elements one user keeps at most
@@ -65,7 +65,7 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
             element = None
             if kept is not None:
                 try:
-                    element = parse_document(kept.encode("utf-8"), max_size)
+                    element = parse_fragment(kept, max_size)
                 except StreamError:
                     element = None  # what does not read back whole is not handed out
             query.addChild(element if element is not None else Element((wanted.uri, wanted.name)))

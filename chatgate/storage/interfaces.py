@@ -152,7 +152,8 @@ class Change:
     ``credentials-changed``, ``alias-added``, ``alias-changed`` (name or
     members, also when a member user is removed), ``alias-removed``,
     ``room-changed`` (a room's record, :class:`RoomRecord`), ``room-removed``,
-    ``blocklist-changed`` (the user's XEP-0191 blocklist).
+    ``blocklist-changed`` (the user's XEP-0191 blocklist), ``pep-changed``
+    (one of the user's PEP nodes, XEP-0163).
     ``localpart`` is None for domain changes.
     """
 
@@ -245,6 +246,17 @@ class IDirectory(Interface):
         """Keep *xml* under *namespace* for the user, replacing what was there; False
         (nothing kept) when it is a new key and *limit* are kept already. UnknownUser.
         Removing the user removes it."""
+
+    def pep_nodes(domain: str, localpart: str) -> Deferred[dict[str, str]]:
+        """The user's personal eventing nodes (XEP-0163): node name -> its record, text
+        that chatgate.features.pep writes and reads (configuration and items)."""
+
+    def set_pep_node(domain: str, localpart: str, node: str, record: str | None, max_nodes: int,
+                     max_bytes: int) -> Deferred[bool]:
+        """Write one node's record, or remove the node with None; False, and nothing
+        written, when the user would then keep more than *max_nodes* nodes or more than
+        *max_bytes* of records in all. Told as ``pep-changed``. UnknownUser. Removing the
+        user removes their nodes."""
 
     def secret(name: str) -> Deferred[bytes]:
         """A 32-byte server secret named *name*, made at first use and then kept."""

@@ -47,6 +47,8 @@ class MemoryDirectory:
         self._vcards: dict[tuple[str, str], str] = {}
         #: (domain, localpart) -> namespace -> the XML kept (XEP-0049)
         self._private: dict[tuple[str, str], dict[str, str]] = {}
+        #: (domain, localpart) -> PEP node -> its record (XEP-0163)
+        self._pep: dict[tuple[str, str], dict[str, str]] = {}
         self._secrets: dict[str, bytes] = {}
         self._aliases: dict[tuple[str, str], Alias] = {}
         self._sites: dict[str, Site] = {}
@@ -130,6 +132,7 @@ class MemoryDirectory:
         self._credentials_at.pop(key, None)
         self._vcards.pop(key, None)
         self._private.pop(key, None)
+        self._pep.pop(key, None)
         self._blocked.pop(key, None)
         self._tell("user-removed", domain, localpart)
         for alias_key, alias in list(self._aliases.items()):
@@ -168,6 +171,26 @@ class MemoryDirectory:
         if namespace not in kept and len(kept) >= limit:
             return succeed(False)
         kept[namespace] = xml
+        return succeed(True)
+
+    def pep_nodes(self, domain: str, localpart: str) -> Deferred[dict[str, str]]:
+        return succeed(dict(self._pep.get((domain, localpart), {})))
+
+    def set_pep_node(self, domain: str, localpart: str, node: str, record: str | None, max_nodes: int,
+                     max_bytes: int) -> Deferred[bool]:
+        key = (domain, localpart)
+        if key not in self._users:
+            return fail(UnknownUser(f"unknown user: {localpart}@{domain}"))
+        kept = self._pep.setdefault(key, {})
+        if record is None:
+            if kept.pop(node, None) is not None:
+                self._tell("pep-changed", domain, localpart)
+            return succeed(True)
+        others = [text for name, text in kept.items() if name != node]
+        if len(others) >= max_nodes or sum(map(len, others)) + len(record) > max_bytes:
+            return succeed(False)
+        kept[node] = record
+        self._tell("pep-changed", domain, localpart)
         return succeed(True)
 
     def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:

@@ -11,6 +11,7 @@ keys then name the domain (``chatgate:example.com:directory:users``):
 - ``…:directory:vcards`` — hash localpart -> the vCard XML the user stored.
 - ``…:directory:private:<user>`` — hash namespace -> the XML the user keeps
   there (XEP-0049 private storage).
+- ``…:directory:pep:<user>`` — hash PEP node -> its record (XEP-0163).
 - ``…:directory:aliases`` — hash alias localpart -> its name;
   ``…:directory:members:<alias>`` the set of its member users, and
   ``…:directory:memberships:<user>`` the set of aliases the user is in (so a
@@ -147,6 +148,7 @@ if redis.call('HDEL', key('users'), localpart) == 0 then return {'unknown-user',
 redis.call('HDEL', key('credentials'), localpart)
 redis.call('HDEL', key('vcards'), localpart)
 redis.call('DEL', key('private:' .. localpart))
+redis.call('DEL', key('pep:' .. localpart))
 redis.call('DEL', key('blocked:' .. localpart))
 local groups = redis.call('SMEMBERS', key('memberships:' .. localpart))
 table.sort(groups)
@@ -262,6 +264,25 @@ if redis.call('HEXISTS', kept, ARGV[5]) == 0 and redis.call('HLEN', kept) >= ton
   return {'ok', '0'}
 end
 redis.call('HSET', kept, ARGV[5], ARGV[6])
+return {'ok', '1'}
+"""
+
+# ARGV[5]: node, ARGV[6]: its record ('' removes it), ARGV[7]: nodes kept at most, ARGV[8]: bytes in all
+_SET_PEP = _PROLOGUE + """
+if not is_user(localpart) then return {'unknown-user', jid(localpart)} end
+local kept = key('pep:' .. localpart)
+if ARGV[6] == '' then
+  if redis.call('HDEL', kept, ARGV[5]) == 1 then tell('pep-changed', localpart) end
+  return {'ok', '1'}
+end
+local count, size = 0, string.len(ARGV[6])
+local all = redis.call('HGETALL', kept)
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[5] then count = count + 1; size = size + string.len(all[i + 1]) end
+end
+if count >= tonumber(ARGV[7]) or size > tonumber(ARGV[8]) then return {'ok', '0'} end
+redis.call('HSET', kept, ARGV[5], ARGV[6])
+tell('pep-changed', localpart)
 return {'ok', '1'}
 """
 
@@ -528,6 +549,15 @@ class RedisDirectory(_DirectoryConnection):
 
     def set_private_xml(self, domain: str, localpart: str, namespace: str, xml: str, limit: int) -> Deferred[bool]:
         d = self._write(_SET_PRIVATE, domain, localpart, namespace, xml, str(limit))
+        return d.addCallback(lambda rest: rest[0] == "1")
+
+    def pep_nodes(self, domain: str, localpart: str) -> Deferred[dict[str, str]]:
+        d = self._command("HGETALL", self._stem(domain) + f"pep:{localpart}")
+        return d.addCallback(lambda pairs: dict(_pairs(pairs)))
+
+    def set_pep_node(self, domain: str, localpart: str, node: str, record: str | None, max_nodes: int,
+                     max_bytes: int) -> Deferred[bool]:
+        d = self._write(_SET_PEP, domain, localpart, node, record or "", str(max_nodes), str(max_bytes))
         return d.addCallback(lambda rest: rest[0] == "1")
 
     def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:

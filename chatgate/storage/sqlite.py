@@ -54,8 +54,9 @@ T = TypeVar("T")
 
 #: 2: users.credentials_at (when the user's credentials were last set);
 #: 3: blocklist (XEP-0191), made by CREATE TABLE IF NOT EXISTS on a schema 2 file;
-#: 4: rooms (team rooms' records) and private_xml (XEP-0049), the same way on a schema 3 file
-SCHEMA_VERSION = 4
+#: 4: rooms (team rooms' records) and private_xml (XEP-0049), the same way on a schema 3 file;
+#: 5: pep (XEP-0163 nodes), the same way on a schema 4 file
+SCHEMA_VERSION = 5
 #: change rows older than this are deleted at start: every live process has read them
 CHANGE_RETENTION = 24 * 3600.0
 
@@ -98,6 +99,14 @@ CREATE TABLE IF NOT EXISTS private_xml (
     namespace TEXT NOT NULL,
     xml TEXT NOT NULL,
     PRIMARY KEY (domain, localpart, namespace),
+    FOREIGN KEY (domain, localpart) REFERENCES users(domain, localpart) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS pep (
+    domain TEXT NOT NULL,
+    localpart TEXT NOT NULL,
+    node TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (domain, localpart, node),
     FOREIGN KEY (domain, localpart) REFERENCES users(domain, localpart) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS secrets (
@@ -274,6 +283,13 @@ class SQLiteDirectory:
     def set_private_xml(self, domain: str, localpart: str, namespace: str, xml: str, limit: int) -> Deferred[bool]:
         return self._write(_set_private_xml, domain, localpart, namespace, xml, limit)
 
+    def pep_nodes(self, domain: str, localpart: str) -> Deferred[dict[str, str]]:
+        return self._read(_pep_nodes, domain, localpart)
+
+    def set_pep_node(self, domain: str, localpart: str, node: str, record: str | None, max_nodes: int,
+                     max_bytes: int) -> Deferred[bool]:
+        return self._write(_set_pep_node, domain, localpart, node, record, max_nodes, max_bytes)
+
     def vcard(self, domain: str, localpart: str) -> Deferred[str | None]:
         return self._read(_vcard, domain, localpart)
 
@@ -436,6 +452,7 @@ def _remove_user(db: sqlite3.Connection, domain: str, localpart: str) -> None:
     db.execute("DELETE FROM credentials WHERE domain = ? AND localpart = ?", key)
     db.execute("DELETE FROM vcards WHERE domain = ? AND localpart = ?", key)
     db.execute("DELETE FROM private_xml WHERE domain = ? AND localpart = ?", key)
+    db.execute("DELETE FROM pep WHERE domain = ? AND localpart = ?", key)
     db.execute("DELETE FROM blocklist WHERE domain = ? AND localpart = ?", key)
     groups = [row[0] for row in db.execute(
         "SELECT alias FROM alias_members WHERE domain = ? AND member = ? ORDER BY alias", key)]
@@ -510,6 +527,30 @@ def _set_private_xml(db: sqlite3.Connection, domain: str, localpart: str, namesp
     db.execute("INSERT INTO private_xml (domain, localpart, namespace, xml) VALUES (?, ?, ?, ?)"
                " ON CONFLICT (domain, localpart, namespace) DO UPDATE SET xml = excluded.xml",
                (domain, localpart, namespace, xml))
+    return True
+
+
+def _pep_nodes(db: sqlite3.Connection, domain: str, localpart: str) -> dict[str, str]:
+    rows = db.execute("SELECT node, record FROM pep WHERE domain = ? AND localpart = ?", (domain, localpart))
+    return dict(rows.fetchall())
+
+
+def _set_pep_node(db: sqlite3.Connection, domain: str, localpart: str, node: str, record: str | None,
+                  max_nodes: int, max_bytes: int) -> bool:
+    if not _user_exists(db, domain, localpart):
+        raise UnknownUser(f"unknown user: {localpart}@{domain}")
+    key = (domain, localpart, node)
+    if record is None:
+        if db.execute("DELETE FROM pep WHERE domain = ? AND localpart = ? AND node = ?", key).rowcount:
+            _record(db, "pep-changed", domain, localpart)
+        return True
+    count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM pep"
+                             " WHERE domain = ? AND localpart = ? AND node != ?", key).fetchone()
+    if count >= max_nodes or size + len(record) > max_bytes:
+        return False
+    db.execute("INSERT INTO pep (domain, localpart, node, record) VALUES (?, ?, ?, ?)"
+               " ON CONFLICT (domain, localpart, node) DO UPDATE SET record = excluded.record", (*key, record))
+    _record(db, "pep-changed", domain, localpart)
     return True
 
 

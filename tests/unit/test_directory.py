@@ -302,6 +302,42 @@ async def test_private_xml_is_kept_per_user_and_namespace_within_a_limit(hosted,
     assert await hosted.private_xml("example.com", "alice", "storage:bookmarks") is None
 
 
+# -- PEP nodes (XEP-0163)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pep_nodes_are_kept_per_user_within_quotas_and_told(hosted, secret_credentials):
+    recorder = Recorder()
+    hosted.watch(recorder)
+    await hosted.add_user(BOB, secret_credentials)
+    assert await hosted.pep_nodes("example.com", "alice") == {}
+    assert await hosted.set_pep_node("example.com", "alice", "urn:xmpp:avatar:metadata", "a" * 40, 2, 100)
+    assert await hosted.set_pep_node("example.com", "alice", "http://jabber.org/protocol/nick", "n" * 40, 2, 100)
+    # a third node is over two nodes; a record taking the total over 100 bytes is refused whole
+    assert not await hosted.set_pep_node("example.com", "alice", "urn:xmpp:bookmarks:1", "b", 2, 100)
+    assert not await hosted.set_pep_node("example.com", "alice", "http://jabber.org/protocol/nick", "n" * 61, 2, 100)
+    assert await hosted.set_pep_node("example.com", "alice", "http://jabber.org/protocol/nick", "N" * 60, 2, 100)
+    assert await hosted.pep_nodes("example.com", "alice") == {
+        "urn:xmpp:avatar:metadata": "a" * 40, "http://jabber.org/protocol/nick": "N" * 60}
+    assert await hosted.pep_nodes("example.com", "bob") == {}  # alice's alone
+    assert await hosted.set_pep_node("example.com", "alice", "urn:xmpp:avatar:metadata", None, 2, 100)
+    assert await hosted.set_pep_node("example.com", "alice", "urn:xmpp:avatar:metadata", None, 2, 100)  # told once
+    assert list(await hosted.pep_nodes("example.com", "alice")) == ["http://jabber.org/protocol/nick"]
+    with pytest.raises(UnknownUser):
+        await hosted.set_pep_node("example.com", "zed", "urn:xmpp:avatar:metadata", "x", 2, 100)
+    for _ in range(50):  # the feed may still be telling (bounded: 5 s)
+        if sum(c.kind == "pep-changed" for c in recorder.changes) >= 4:
+            break
+        await deferLater(reactor, 0.1, lambda: None)
+    await deferLater(reactor, 0.2, lambda: None)
+    told = [c for c in recorder.changes if c.kind == "pep-changed"]
+    assert told == [Change("pep-changed", "example.com", "alice")] * 4
+    # a removed user's nodes go with them: the address made again starts empty
+    await hosted.remove_user("example.com", "alice")
+    await hosted.add_user(ALICE, secret_credentials)
+    assert await hosted.pep_nodes("example.com", "alice") == {}
+
+
 # -- rooms
 
 
