@@ -98,12 +98,17 @@ class Router:
         self.account_features: set[str] = set()
         #: the server's identities beside server/im (category, type, name), and XEP-0128 forms
         self.server_identities: list[tuple[str, str, str]] = []
+        #: private XML (XEP-0049) another feature keeps in its own form, by the element's
+        #: ``{namespace}name``: (read(session, kept element or None) -> Deferred[element],
+        #: written(session, element) -> Deferred) (bookmarks: XEP-0402 §4, kept in PEP)
+        self.private_bridges: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
         #: an account's identities beside account/registered (pubsub/pep: XEP-0163 §8.1)
         self.account_identities: list[tuple[str, str, str]] = []
         self.server_forms: list[domish.Element] = []
-        #: (namespace, name) of the empty features a stream offers once
-        #: authenticated, beside binding (RFC 6120 §4.3.2; XEP-0352's <csi/>)
-        self.stream_features: list[tuple[str, str]] = []
+        #: (namespace, name[, ((attribute, value), ...)]) of the childless features a stream
+        #: offers once authenticated, beside binding (RFC 6120 §4.3.2; XEP-0352's <csi/>,
+        #: the server's XEP-0115 capabilities)
+        self.stream_features: list[tuple[Any, ...]] = []
         self._nonzas: dict[tuple[str, str], NonzaHandler] = {}
         #: a service every hosted domain has at <label>.<domain> -> its name in dispatch keys
         #: (``conference`` -> ``muc``: ``message/muc-bare``, ``presence/muc-full``, ``iq-get/muc-host/…``)

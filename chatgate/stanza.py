@@ -15,6 +15,8 @@ none of them imports another feature for a helper.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from datetime import UTC, datetime
 
@@ -179,3 +181,55 @@ def parse_stamp(text: str) -> float:
     if not _DATETIME.match(text):
         raise ValueError(f"not a XEP-0082 date and time: {text!r}")
     return datetime.fromisoformat(text).timestamp()
+
+
+# -- entity capabilities (XEP-0115 §5): what a disco#info answer hashes to
+
+_XDATA_NS = "jabber:x:data"
+#: xml:lang as the parser keys it
+_XML_LANG = ("http://www.w3.org/XML/1998/namespace", "lang")
+
+
+def caps_hash(name: str, text: str) -> str | None:
+    """base64 of the *name* hash (IANA names: sha-1, sha-256, ...) of *text*, None if unknown."""
+    try:
+        digest = hashlib.new(name.replace("-", "").lower(), text.encode("utf-8")).digest()
+    except ValueError:
+        return None
+    return base64.b64encode(digest).decode("ascii")
+
+
+def caps_verification(query: domish.Element) -> str | None:
+    """§5.1's verification string of a disco#info answer; None when §5.4 says not to trust it."""
+    info = "http://jabber.org/protocol/disco#info"
+    identities = sorted(
+        (i.getAttribute("category", ""), i.getAttribute("type", ""),
+         i.getAttribute(_XML_LANG, "") or i.getAttribute("xml:lang", ""),
+         i.getAttribute("name", ""))
+        for i in query.elements(info, "identity"))
+    features = sorted(f.getAttribute("var", "") for f in query.elements(info, "feature"))
+    if len(set(identities)) != len(identities) or len(set(features)) != len(features):
+        return None
+    forms: list[tuple[str, list[tuple[str, list[str]]]]] = []
+    for form in query.elements(_XDATA_NS, "x"):
+        form_type, fields = None, []
+        for field in form.elements(_XDATA_NS, "field"):
+            values = sorted(str(v) for v in field.elements(_XDATA_NS, "value"))
+            if field.getAttribute("var") == "FORM_TYPE":
+                if form_type is not None or len(values) != 1:
+                    return None
+                form_type = values[0]
+            else:
+                fields.append((field.getAttribute("var", ""), values))
+        if form_type is None:
+            continue  # §5.4 3.6: a form without FORM_TYPE is left out
+        forms.append((form_type, sorted(fields)))
+    if len({t for t, _ in forms}) != len(forms):
+        return None
+    text = "".join(f"{c}/{t}/{lang}/{name}<" for c, t, lang, name in identities)
+    text += "".join(f"{f}<" for f in features)
+    for form_type, fields in sorted(forms):
+        text += f"{form_type}<"
+        for var, values in fields:
+            text += f"{var}<" + "".join(f"{v}<" for v in values)
+    return text

@@ -28,10 +28,11 @@ from chatgate.storage import Stores
 #: directory mirror's changes: aliases tells a removed alias unavailable before
 #: roster pushes its removal, and revocation ends a removed user's sessions
 #: (unavailable) before it too; muc names its subdomain before mam registers MAM for
-#: the archives of every subdomain's entities (a room's)
-FEATURES = ("messages", "presence", "aliases", "revocation", "roster", "domain_switch", "disco", "ping", "version",
+#: the archives of every subdomain's entities (a room's); disco comes last, once every
+#: feature has announced itself, to hash the server's capabilities (XEP-0115)
+FEATURES = ("messages", "presence", "aliases", "revocation", "roster", "domain_switch", "ping", "version",
             "vcard", "archive", "carbons", "offline", "muc", "mam", "blocking", "csi", "upload", "private_storage",
-            "pep")
+            "pep", "disco")
 
 
 def register_all(router: Router, settings: Settings, stores: Stores) -> list[IService]:

@@ -9,7 +9,9 @@ empty when nothing was kept (§2.2). Elements in ``jabber:`` namespaces are
 refused with <not-acceptable/> (they are the protocol's own, never private
 data), as is a query with no element. A user keeps at most
 :data:`MAX_ELEMENTS` elements (<resource-constraint/> beyond; a stanza's own
-size limit bounds each). Stored behind ``IDirectory.private_xml`` /
+size limit bounds each). An element another feature also keeps in its own
+form (``Router.private_bridges``: XEP-0048 bookmarks, kept in PEP as XEP-0402
+bookmarks) is read through it and told to it when set. Stored behind ``IDirectory.private_xml`` /
 ``set_private_xml``, read back through the restricted parser; removing the
 user removes it.
 """
@@ -68,6 +70,9 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
                     element = parse_fragment(kept, max_size)
                 except StreamError:
                     element = None  # what does not read back whole is not handed out
+            bridge = router.private_bridges.get(_key(wanted))
+            if bridge is not None:  # kept by another feature as well (bookmarks: in PEP, XEP-0402 §4)
+                element = yield bridge[0](sender, element)
             query.addChild(element if element is not None else Element((wanted.uri, wanted.name)))
         sender.send(reply)
 
@@ -79,6 +84,9 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
                                                    serialize(element), MAX_ELEMENTS)
             if not kept:
                 raise StanzaError("resource-constraint", f"At most {MAX_ELEMENTS} kinds of private data")
+            bridge = router.private_bridges.get(_key(element))
+            if bridge is not None:
+                yield bridge[1](sender, element)
         sender.send(iq_result(stanza))
 
     router.handle(f"iq-get/bare/{NS}:query", get)

@@ -72,7 +72,9 @@ def features_element(state: tuple[object, ...]) -> domish.Element:
         features.addElement((BIND_NS, "bind"))
         features.addElement((SESSION_NS, "session")).addElement("optional")
         for offered in state[1]:
-            features.addElement(offered)
+            element = features.addElement(offered[:2])
+            for name, value in offered[2] if len(offered) > 2 else ():
+                element[name] = value
         if state[2]:
             features.addElement((sm.NS, "sm"))
     return features

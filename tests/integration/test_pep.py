@@ -9,18 +9,22 @@ forbidden, malformed, mismatched or oversized publishing."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0004 import Form
+from slixmpp.plugins.xep_0048.stanza import Bookmarks
 from slixmpp.plugins.xep_0084 import MetaData
 from slixmpp.plugins.xep_0172 import UserNick
 from slixmpp.plugins.xep_0402.stanza import Conference
 
 from tests.integration.conftest import PASSWORD
-from tests.integration.harness import Client, Server, async_test, login, logout
+from tests.integration.harness import Client, RawClient, Server, async_test, login, logout
 
 NICK = "http://jabber.org/protocol/nick"
 METADATA = "urn:xmpp:avatar:metadata"
@@ -36,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     for domain in ("example.com", "example.org"):
         srv.admin("domain", "add", domain)
     for jid in ("alice@example.com", "bob@example.com", "carol@example.com", "dave@example.com",
-                "erin@example.com", "mallory@example.org"):
+                "erin@example.com", "gina@example.com", "mallory@example.org"):
         srv.admin("user", "add", jid, "--password-stdin", stdin=PASSWORD + "\n")
     srv.start()
     yield srv
@@ -193,6 +197,45 @@ async def test_bookmarks_follow_the_user_and_stay_private(server):
 
 
 @async_test(timeout=90)
+async def test_old_and_new_clients_share_one_list_of_bookmarks(server):
+    """XEP-0402 §4: bookmarks set in private storage (XEP-0048) are the PEP node's items, and back."""
+    old = await login(server, "gina@example.com/pidgin", PASSWORD)
+    for plugin in ("xep_0049", "xep_0048"):
+        old.register_plugin(plugin)
+    new, new_events = await pep_client(server, "gina@example.com/conversations", (BOOKMARKS,))
+    info = await new.plugin["xep_0030"].get_info(jid="gina@example.com", timeout=10)
+    assert f"{BOOKMARKS}#compat" in info["disco_info"]["features"]
+
+    marks = Bookmarks()
+    marks.add_conference(ROOM, "gina", name="Everyone", autojoin=True)
+    marks.add_url("https://example.com/wiki", name="Wiki")
+    await old.plugin["xep_0048"].set_bookmarks(marks, method="xep_0049", timeout=10)
+    kind, msg = await new_events.next()
+    item = msg["pubsub_event"]["items"]["item"]
+    assert (kind, item["id"], item["payload"].get("name"), item["payload"].get("autojoin")) == (
+        "publish", ROOM, "Everyone", "true")
+    assert item["payload"].findtext(f"{{{BOOKMARKS}}}nick") == "gina"
+
+    conference = Conference()
+    conference["name"], conference["autojoin"] = "Sales", False
+    await new.plugin["xep_0163"].publish(conference, node=BOOKMARKS, id="sales@conference.example.com",
+                                         timeout=10)
+    answer = await old.plugin["xep_0048"].get_bookmarks(method="xep_0049", timeout=10)
+    rooms = {str(c["jid"]): (c["name"], c["autojoin"]) for c in answer["private"]["bookmarks"]["conferences"]}
+    assert rooms == {ROOM: ("Everyone", True), "sales@conference.example.com": ("Sales", False)}
+    assert [u["url"] for u in answer["private"]["bookmarks"]["urls"]] == ["https://example.com/wiki"]
+
+    await new_events.next()  # its own publish
+    await old.plugin["xep_0048"].set_bookmarks(Bookmarks(), method="xep_0049", timeout=10)
+    kind, msg = await new_events.next()
+    assert kind == "retract"
+    assert {r["id"] for r in msg["pubsub_event"]["items"]} == {ROOM, "sales@conference.example.com"}
+    items = await new.plugin["xep_0060"].get_items("gina@example.com", BOOKMARKS, timeout=10)
+    assert list(items["pubsub"]["items"]) == []
+    await logout(old, new)
+
+
+@async_test(timeout=90)
 async def test_others_cannot_publish_and_bad_publishing_gets_the_errors(server):
     alice, _ = await pep_client(server, "alice@example.com/errors")
     bob, _ = await pep_client(server, "bob@example.com/errors")
@@ -273,3 +316,36 @@ async def test_a_removed_users_nodes_go_with_them(server):
     else:
         raise AssertionError("the removed user's nickname is still there")
     await logout(bob)
+
+
+@async_test(timeout=60)
+async def test_the_server_offers_its_capabilities_and_they_hash_right(server):
+    """XEP-0115 §6.3: the bound stream's features carry the server's caps; its node answers
+    the server's disco#info, which hashes to the ver announced."""
+    raw = await RawClient.connect(server.port)
+    await raw.login("bob", PASSWORD, "caps")
+    offered = re.search(rb"<c [^>]*xmlns=.http://jabber.org/protocol/caps.[^>]*>", raw.received)
+    assert offered is not None, raw.received
+    node = re.search(rb"node=.([^'\"]+)", offered.group()).group(1).decode()
+    ver = re.search(rb"ver=.([^'\"]+)", offered.group()).group(1).decode()
+    raw.close()
+    bob = await login(server, "bob@example.com/caps2", PASSWORD)
+    info = await bob.plugin["xep_0030"].get_info(jid="example.com", node=f"{node}#{ver}", timeout=10)
+    identities = sorted(f"{c}/{t}/{lang or ''}/{name or ''}<" for c, t, lang, name in info["disco_info"]["identities"])
+    text = "".join(identities) + "".join(f"{f}<" for f in sorted(info["disco_info"]["features"]))
+    for form in sorted(info["disco_info"].xml.findall("{jabber:x:data}x"), key=lambda f: form_type(f)):
+        text += form_type(form) + "<"
+        fields = sorted((f.get("var"), sorted(v.text or "" for v in f.findall("{jabber:x:data}value")))
+                        for f in form.findall("{jabber:x:data}field") if f.get("var") != "FORM_TYPE")
+        for var, values in fields:
+            text += f"{var}<" + "".join(f"{v}<" for v in values)
+    assert base64.b64encode(hashlib.sha1(text.encode()).digest()).decode() == ver, text
+    assert "http://jabber.org/protocol/caps" in info["disco_info"]["features"]
+    await logout(bob)
+
+
+def form_type(form) -> str:
+    for field in form.findall("{jabber:x:data}field"):
+        if field.get("var") == "FORM_TYPE":
+            return field.findtext("{jabber:x:data}value") or ""
+    return ""

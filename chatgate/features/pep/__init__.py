@@ -40,12 +40,17 @@ beyond; an item larger than all of it ``<payload-too-big/>``), items per node
 ``IDirectory.pep_nodes`` / ``set_pep_node`` (one record per node, cached per
 user and dropped on every ``pep-changed`` the directory tells, from any
 process); removing the user removes their nodes.
+
+Bookmarks (:mod:`.bookmarks`, XEP-0402 §4): the rooms a user keeps through
+private storage (XEP-0048, older clients) and through the PEP node (XEP-0402)
+are one list, whichever client wrote it.
 """
 
 from __future__ import annotations
 
 from chatgate import events
 from chatgate.config import Settings
+from chatgate.features.pep.bookmarks import COMPAT, LEGACY_KEY, Bookmarks
 from chatgate.features.pep.service import FEATURES, OWNER_NS, PUBSUB_NS, Pep
 from chatgate.router import Router
 from chatgate.storage import Stores
@@ -62,5 +67,8 @@ def register(router: Router, settings: Settings, stores: Stores) -> None:
     router.account_identities.append(("pubsub", "pep", ""))
     router.account_features.add(PUBSUB_NS)
     router.account_features.update(f"{PUBSUB_NS}#{feature}" for feature in FEATURES)
+    bookmarks = Bookmarks(pep)
+    router.private_bridges[LEGACY_KEY] = (bookmarks.read, bookmarks.written)
+    router.account_features.add(COMPAT)
     router.listen(events.PRESENCE_CHANGED, pep.presence_changed)
     router.domains.listen(pep.directory_changed)

@@ -16,8 +16,6 @@ notifications of (XEP-0163 §4.3, filtered notifications, XEP-0060 §9.2).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections import OrderedDict
 from typing import Any
 
@@ -27,13 +25,13 @@ from twisted.words.xish import domish
 
 from chatgate.router import Router
 from chatgate.session import Session
+from chatgate.stanza import caps_hash, caps_verification
 from chatgate.xml import Element
 
 log = Logger()
 
 CAPS_NS = "http://jabber.org/protocol/caps"
 INFO_NS = "http://jabber.org/protocol/disco#info"
-XDATA_NS = "jabber:x:data"
 NOTIFY = "+notify"
 #: seconds a client has to answer the disco#info query
 ANSWER_WITHIN = 15.0
@@ -52,50 +50,6 @@ def caps_of(presence: domish.Element | None) -> Key | None:
         if node and ver:
             return node, ver, c.getAttribute("hash", "")
     return None
-
-
-def _hash(name: str, text: str) -> str | None:
-    """base64 of the *name* hash (IANA names: sha-1, sha-256, ...) of *text*, None if unknown."""
-    try:
-        digest = hashlib.new(name.replace("-", "").lower(), text.encode("utf-8")).digest()
-    except ValueError:
-        return None
-    return base64.b64encode(digest).decode("ascii")
-
-
-def verification(query: domish.Element) -> str | None:
-    """§5.1's verification string of a disco#info answer; None when §5.4 says not to trust it."""
-    identities = sorted(
-        (i.getAttribute("category", ""), i.getAttribute("type", ""),
-         i.getAttribute("xml:lang", ""),
-         i.getAttribute("name", ""))
-        for i in query.elements(INFO_NS, "identity"))
-    features = sorted(f.getAttribute("var", "") for f in query.elements(INFO_NS, "feature"))
-    if len(set(identities)) != len(identities) or len(set(features)) != len(features):
-        return None
-    forms: list[tuple[str, list[tuple[str, list[str]]]]] = []
-    for form in query.elements(XDATA_NS, "x"):
-        form_type, fields = None, []
-        for field in form.elements(XDATA_NS, "field"):
-            values = sorted(str(v) for v in field.elements(XDATA_NS, "value"))
-            if field.getAttribute("var") == "FORM_TYPE":
-                if form_type is not None or len(values) != 1:
-                    return None
-                form_type = values[0]
-            else:
-                fields.append((field.getAttribute("var", ""), values))
-        if form_type is None:
-            continue  # §5.4 3.6: a form without FORM_TYPE is left out
-        forms.append((form_type, sorted(fields)))
-    if len({t for t, _ in forms}) != len(forms):
-        return None
-    text = "".join(f"{c}/{t}/{lang}/{name}<" for c, t, lang, name in identities)
-    text += "".join(f"{f}<" for f in features)
-    for form_type, fields in sorted(forms):
-        text += f"{form_type}<"
-        for var, values in fields:
-            text += f"{var}<" + "".join(f"{v}<" for v in values)
-    return text
 
 
 def notify_nodes(features: frozenset[str]) -> frozenset[str]:
@@ -144,8 +98,8 @@ class Capabilities:
             if query is None:
                 return frozenset(), False
             features = frozenset(f.getAttribute("var", "") for f in query.elements(INFO_NS, "feature"))
-            text = verification(query)
-            return features, bool(algorithm) and text is not None and _hash(algorithm, text) == ver
+            text = caps_verification(query)
+            return features, bool(algorithm) and text is not None and caps_hash(algorithm, text) == ver
 
         def unanswered(failure: Any) -> tuple[frozenset[str], bool]:
             log.debug("{full} did not tell its capabilities: {why}", full=session.full,

@@ -361,6 +361,31 @@ class Pep:
         yield self._change(sender, name, create)
         sender.send(iq_result(stanza))
 
+    @defer.inlineCallbacks
+    def replace_items(self, owner: Session, name: str, items: list[tuple[str, str]], config: dict[str, str]):
+        """Make *items* (id, payload) the items of the owner's node *name* (made with *config*
+        if absent), each change told as a publish or a retraction."""
+        now = self.router.clock.seconds()
+
+        def replace(node: Node | None) -> Node:
+            base = node if node is not None else Node({**DEFAULTS, **config}, [])
+            old = {i.id: i for i in base.items}
+            kept = [old[i] if i in old and old[i].xml == xml else Item(i, xml, now) for i, xml in items]
+            return Node(base.config, kept[-base.max_items:])
+
+        before, after = yield self._change(owner, name, replace)
+        had = {i.id: i for i in before.items} if before is not None else {}
+        event = Element((EVENT_NS, "event"))
+        told = event.addElement("items")
+        told["node"] = name
+        for item in after.items:
+            if had.get(item.id) != item:
+                told.addChild(self._item(item, (EVENT_NS, "item"), payload=after.flag(DELIVER_PAYLOADS)))
+        for gone in sorted(set(had) - {i.id for i in after.items}):
+            told.addElement("retract")["id"] = gone
+        if told.children:
+            self._notify(owner.bare, owner.domain, name, after, event)
+
     # -- notifications
 
     def _item(self, item: Item, qname: tuple[str, str], payload: bool = True) -> domish.Element:
