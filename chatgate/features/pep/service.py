@@ -102,9 +102,9 @@ class Pep:
     # -- the nodes, through the cache
 
     @defer.inlineCallbacks
-    def nodes(self, bare: str):
-        """The user's nodes (name -> Node)."""
-        cached = self._cache.get(bare)
+    def nodes(self, bare: str, fresh: bool = False):
+        """The user's nodes (name -> Node); *fresh*: read from the store, not this node's copy."""
+        cached = None if fresh else self._cache.get(bare)
         if cached is not None:
             self._cache.move_to_end(bare)
             return cached
@@ -139,7 +139,9 @@ class Pep:
 
         @defer.inlineCallbacks
         def work():
-            nodes = yield self.nodes(owner.bare)
+            # what the store holds: this process's copy may not have heard yet of a change
+            # another node made (the change feed is behind), and writing on it would undo that
+            nodes = yield self.nodes(owner.bare, fresh=True)
             before = nodes.get(name)
             after = change(before)
             if after is before:
