@@ -204,6 +204,20 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    """How a node stops: a drain (SIGTERM, ``chatgate-admin drain``)."""
+
+    #: seconds a stop may take, from the first refused connection to the stores closed
+    drain_timeout: float = 30.0
+    #: where c2s and BOSH clients are sent when this node stops (host or host:port; RFC 6120
+    #: §4.9.3.19 <see-other-host/>); empty: they are told <system-shutdown/>
+    see_other_host: str = ""
+    #: where WebSocket clients are sent (RFC 7395 §3.6.1 see-other-uri, ws:// or wss://);
+    #: empty: see_other_host, as for c2s
+    see_other_uri: str = ""
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     #: /metrics and /health/* on the admin listener (opened for them even without an api_key)
     enabled: bool = False
@@ -251,6 +265,7 @@ class Settings:
     upload: UploadSettings = field(default_factory=UploadSettings)
     muc: MUCSettings = field(default_factory=MUCSettings)
     pep: PEPSettings = field(default_factory=PEPSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
     #: Directory relative paths in the file are resolved against.
     base_dir: str = "."
 
@@ -466,6 +481,20 @@ def _room_name(raw: str) -> str:
     return value
 
 
+def _host_or_empty(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?", value):
+        raise ValueError("must be a host name or [address], with :port if not 5222")
+    return value
+
+
+def _websocket_uri(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"wss?://[^\s'\"<>]+", value):
+        raise ValueError("must be a ws:// or wss:// URI")
+    return value
+
+
 def _word(raw: str) -> str:
     value = raw.strip()
     if not re.fullmatch(r"\S+", value):
@@ -591,6 +620,14 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "alias_rooms": _bool,
             "history": _whole,
             "large_room": _whole,
+        },
+    ),
+    "service": (
+        ServiceSettings,
+        {
+            "drain_timeout": _seconds,
+            "see_other_host": _host_or_empty,
+            "see_other_uri": _websocket_uri,
         },
     ),
     "pep": (

@@ -275,10 +275,10 @@ class Router:
         for session in victims:
             session.close(condition, text)
 
-    def close_all(self, condition: str, text: str) -> None:
-        """Close every bound session with the stream error *condition* (the service stopping)."""
+    def redirect_all(self, host: str, uri: str) -> None:
+        """Send every bound session elsewhere (:meth:`Session.redirect`): the node is stopping."""
         for session in self.all_sessions():
-            session.close(condition, text)
+            session.redirect(host, uri)
 
     # -- routing
 

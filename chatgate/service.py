@@ -6,6 +6,7 @@ Nothing else wires parts together. ``twistd chatgate`` calls
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import secrets
 import signal
@@ -46,6 +47,8 @@ from chatgate.web.upload import UploadResource
 
 log = Logger()
 
+#: the configuration's sections SIGHUP applies to a running node
+RELOADABLE = ("limits",)
 #: seconds /health/ready waits for the directory
 READY_TIMEOUT = 2.0
 
@@ -130,7 +133,13 @@ class ChatService(service.MultiService):
         self.authenticator = Authenticator(self.directory, self.domains, a.scram_iterations, throttle,
                                            settings.webmail.token_secret.encode(), settings.webmail.token_max_age)
         self.process_wide = process_wide
+        #: the configuration file, read again on SIGHUP (None: settings given, nothing to reload)
+        self.config_path: str | None = None
+        #: True from the start of a stop (SIGTERM, chatgate-admin drain): /health/ready says so
+        self.draining = False
         self.ports: list[Any] = []
+        #: the admin listener's ports: closed last, so /health/ready tells a drain to the end
+        self.admin_ports: list[Any] = []
         #: address -> its connections not authenticated yet, c2s and BOSH alike
         self._preauth: dict[str, int] = {}
         self.bosh = ConnectionManager(self.router, self.authenticator, settings, reactor, self._preauth)
@@ -153,7 +162,9 @@ class ChatService(service.MultiService):
         bus = self.cluster.service()
         if bus is not None:
             bus.setServiceParent(self)
-        Stage("sessions", stop=lambda: self.router.close_all("system-shutdown", "The server is stopping")
+        service_settings = settings.service
+        Stage("sessions", stop=lambda: self.router.redirect_all(service_settings.see_other_host,
+                                                                 service_settings.see_other_uri)
               ).setServiceParent(self)
         Stage("listeners", self._listen, self._stop_listening).setServiceParent(self)
         self.bosh.setServiceParent(self)
@@ -176,16 +187,46 @@ class ChatService(service.MultiService):
             self._take_process()
         log.info("chatgate ready: domains {domains}", domains=", ".join(self.domains.names()) or "(none)")
 
-    @defer.inlineCallbacks
-    def stopService(self):
-        """Stop the children in reverse order, each after the one started after it has stopped."""
+    def stopService(self) -> defer.Deferred[None]:
+        """Drain: stop the children in reverse order, each after the one started after it has
+        stopped, within ``[service] drain_timeout`` seconds; the admin listener last."""
         service.Service.stopService(self)
+        self.draining = True
+        s = self.settings.service
+        log.info("chatgate stopping: no new connections, clients sent to {where}, the archive flushed,"
+                 " within {timeout:g} s", where=s.see_other_uri or s.see_other_host or "(nowhere: system-shutdown)",
+                 timeout=s.drain_timeout)
+        d = self._stop_children()
+        d.addTimeout(s.drain_timeout, self.reactor)
+        d.addErrback(self._drain_overdue)
+        d.addBoth(lambda _: self._stop_admin())
+        return d
+
+    @defer.inlineCallbacks
+    def _stop_children(self):
         for child in reversed(list(self)):
             if child.running:
                 try:
                     yield defer.maybeDeferred(child.stopService)
                 except Exception:
                     log.failure("stopping {name} failed", name=child.name)
+
+    def _drain_overdue(self, failure: Any) -> None:
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            log.error("chatgate stopped before its drain ended ([service] drain_timeout = {timeout:g} s):"
+                      " what the archive had not committed yet is lost", timeout=self.settings.service.drain_timeout)
+        else:
+            log.failure("stopping chatgate failed", failure)
+
+    def _stop_admin(self) -> defer.Deferred[Any]:
+        ports, self.admin_ports = self.admin_ports, []
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+    def drain(self) -> None:
+        """Stop this node gracefully, as SIGTERM does (``chatgate-admin drain``, the admin API)."""
+        if not self.draining:
+            log.info("drain asked through the admin API")
+            self.reactor.callLater(0, self.reactor.stop)
 
     @defer.inlineCallbacks
     def _open_stores(self):
@@ -210,8 +251,8 @@ class ChatService(service.MultiService):
 
     def _take_process(self) -> None:
         """What only the real process does: SIGHUP, and the cyclic collector's tuning."""
-        # SIGHUP: read the certificate again (after a renewal) without a restart.
-        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload_tls))
+        # SIGHUP: read the certificate (after a renewal) and the configuration again, without a restart.
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         # The cyclic collector pauses everything; its cost is the number of
         # objects it walks. What exists at start (the directory mirror) is
         # frozen out of it. The delivery path makes no reference cycles
@@ -271,7 +312,7 @@ class ChatService(service.MultiService):
         a = self.settings.admin
         if not a.api_key and self.metrics is None:
             return
-        api = AdminAPI(self.directory, self.settings) if a.api_key else None
+        api = AdminAPI(self.directory, self.settings, self.drain) if a.api_key else None
         if self.metrics is None:
             root = AdminRoot(api, None, None)
         else:
@@ -281,12 +322,14 @@ class ChatService(service.MultiService):
         serves = " and ".join(name for name, on in (("admin API", api is not None),
                                                      ("metrics and health", self.metrics is not None)) if on)
         for interface in a.interfaces:
-            self.ports.append(self.reactor.listenTCP(a.port, site, interface=interface))
+            self.admin_ports.append(self.reactor.listenTCP(a.port, site, interface=interface))
             log.info("{serves} on {interface} port {port}", serves=serves, interface=interface, port=a.port)
 
     def readiness(self) -> defer.Deferred[str | None]:
         """None when this node can take users (listeners up, the directory answering within
         READY_TIMEOUT seconds), else why not, in one line: ``/health/ready``."""
+        if self.draining:
+            return defer.succeed("the node is draining")
         listeners = self.getServiceNamed("listeners")
         if not (self.running and listeners.running and self.ports):
             return defer.succeed("the listeners are not up")
@@ -304,6 +347,31 @@ class ChatService(service.MultiService):
     def _stop_listening(self) -> defer.Deferred[Any]:
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+    def reload(self) -> None:
+        """SIGHUP: the TLS certificate, and what of the configuration can change live."""
+        self.reload_tls()
+        if self.config_path is not None:
+            self.reload_settings()
+
+    def reload_settings(self) -> None:
+        """Read the configuration file again: ``[limits]`` apply to every connection and request
+        from now on; a change anywhere else is named in the log as needing a restart."""
+        try:
+            fresh = load(self.config_path or "")
+        except ConfigError as e:
+            log.error("configuration not reloaded, the running one stays: {error}", error=str(e))
+            return
+        changed = [f.name for f in dataclasses.fields(Settings) if f.name != "base_dir"
+                   and getattr(fresh, f.name) != getattr(self.settings, f.name)]
+        if "limits" in changed:
+            # one Settings object is shared by every part: each reads settings.limits as it needs it
+            object.__setattr__(self.settings, "limits", fresh.limits)
+        restart = [name for name in changed if name not in RELOADABLE]
+        log.info("configuration reloaded from {path}: {reloaded}{restart}", path=self.config_path,
+                 reloaded=", ".join(f"[{n}]" for n in changed if n in RELOADABLE) or "nothing changed live",
+                 restart=f"; changed but applied only at the next start: {', '.join(f'[{n}]' for n in restart)}"
+                 if restart else "")
 
     def reload_tls(self) -> None:
         try:
@@ -375,4 +443,6 @@ def makeService(config_path: str) -> service.IService:
         tls_context = ReloadableContext(cert, key)
     except ConfigError as e:
         raise SystemExit(f"chatgate: {e}") from None
-    return ChatService(settings, tls_context)
+    chat = ChatService(settings, tls_context)
+    chat.config_path = config_path
+    return chat

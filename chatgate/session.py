@@ -163,6 +163,15 @@ class Session:
         self.closed = True
         self._end(condition, text)
 
+    def redirect(self, host: str, uri: str) -> None:
+        """Send the client elsewhere, this node stopping: ``<see-other-host/>`` naming *host*
+        (RFC 6120 §4.9.3.19), or ``<system-shutdown/>`` when there is none. *uri* is for
+        transports that name a URI instead (WebSocket)."""
+        if host:
+            self.close("see-other-host", host)
+        else:
+            self.close("system-shutdown", "The server is stopping")
+
     @property
     def detached(self) -> bool:
         """True while the session has no connection and waits to be resumed (XEP-0198)."""

@@ -23,9 +23,12 @@ import csv
 import getpass
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
+from twisted.internet import threads
 from twisted.internet.task import react
 
 from chatgate.admin import audit
@@ -151,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("jid", metavar="JID")
     token.add_argument("--lifetime", type=float, default=None, help="seconds (default: [webmail] token_lifetime)")
     token.set_defaults(prepare=_token, action="mint")
+
+    drain = topics.add_parser("drain", help="stop the running node gracefully, as SIGTERM does (the admin API)")
+    drain.set_defaults(prepare=_drain, action="drain")
     return parser
 
 
@@ -232,7 +238,8 @@ def _run(directory: IDirectory, job: Job) -> int:
 
 
 #: the actions that change nothing (every other one is audited)
-READS = frozenset({"list", "members"})
+#: actions audited elsewhere or not at all: reads, and a drain (the node's admin API audits it)
+READS = frozenset({"list", "members", "drain"})
 
 
 def _audited(job: Job, args: argparse.Namespace, settings: Settings) -> Job:
@@ -498,6 +505,32 @@ def _token(args: argparse.Namespace, settings: Settings) -> Job:
     async def job(directory: IDirectory) -> None:
         token, _ = await ops.token(directory, settings, args.jid, args.lifetime)
         print(token)
+
+    return job
+
+
+def _drain(args: argparse.Namespace, settings: Settings) -> Job:
+    """POST /api/drain to the node this configuration runs (its [admin] listener and key)."""
+    a = settings.admin
+    if not a.api_key:
+        raise CommandError("drain asks the running node through its admin API: set [admin] api_key")
+    host = a.interfaces[0] if a.interfaces and a.interfaces[0] not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{a.port}/api/drain"
+
+    def post() -> int:
+        request = urllib.request.Request(url, method="POST", data=b"{}", headers={
+            "Authorization": f"Bearer {a.api_key}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status
+        except urllib.error.HTTPError as e:
+            raise CommandError(f"the node refused the drain: HTTP {e.code}") from None
+        except OSError as e:
+            raise CommandError(f"no node answers at {url}: {getattr(e, 'reason', e)}") from None
+
+    async def job(directory: IDirectory) -> None:
+        await threads.deferToThread(post)
+        print(f"draining: the node at {url} is stopping")
 
     return job
 

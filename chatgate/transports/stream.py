@@ -47,6 +47,9 @@ def stream_error(condition: str, text: str | None = None,
     """A <stream:error/> with its RFC 6120 §4.9.3 *condition*, optional text (§4.9.2)
     and application-specific condition (§4.9.4)."""
     error = Element((STREAMS_NS, "error"))
+    if condition == "see-other-host" and text:  # §4.9.3.19: the host is the condition's content
+        error.addElement((STREAM_ERRORS_NS, condition), content=text)
+        return error
     error.addElement((STREAM_ERRORS_NS, condition))
     if text:
         error.addElement((STREAM_ERRORS_NS, "text"), content=text)

@@ -176,6 +176,14 @@ class WebSocketSession(ConnectionSession):
     def from_text(self, text: str) -> bytes | None:
         return text.encode("utf-8")  # the plain serialization is a document already
 
+    def redirect(self, host: str, uri: str) -> None:
+        """§3.6.1: a WebSocket client is sent to a URI (a resumable session may be resumed there)."""
+        if uri and not self.closed and not self.detached:
+            self.closed = True
+            self.connection.see_other(uri)  # type: ignore[attr-defined]
+        else:
+            super().redirect(host, uri)
+
 
 class WebSocketConnection(StreamTransport):
     """One client's XMPP stream over one WebSocket (its autobahn protocol is

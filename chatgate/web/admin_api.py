@@ -26,6 +26,7 @@ input), 401 (no or wrong key), 404 (unknown), 405, 409 (taken) or 415.
     DELETE /api/sites/<host>
     GET    /api/sites/<host>/chat?user=<jid>   {"show", "reason"}
     POST   /api/tokens                         {"user", "lifetime"?}  -> {"token", "expires"}
+    POST   /api/drain                          202 {"draining": true}: this node stops gracefully
 
 Each change that succeeds is one ``admin-change`` event in the server's log
 (:mod:`chatgate.admin.audit`): its operation, target and the caller's client
@@ -90,8 +91,11 @@ class AdminAPI(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, directory: IDirectory, settings: Settings) -> None:
+    def __init__(self, directory: IDirectory, settings: Settings,
+                 drain: Callable[[], None] | None = None) -> None:
         super().__init__()
+        #: stops this node gracefully (POST /api/drain)
+        self.drain_node = drain
         self.directory = directory
         self.settings = settings
         self.key = settings.admin.api_key.encode()
@@ -116,6 +120,7 @@ class AdminAPI(resource.Resource):
             (b"DELETE", ("sites", "*")): self.remove_site,
             (b"GET", ("sites", "*", "chat")): self.chat_link,
             (b"POST", ("tokens",)): self.token,
+            (b"POST", ("drain",)): self.drain,
         }
         #: the handlers that change something -> (path arguments, body) -> (audit operation, target)
         self.changes: dict[Handler, Callable[[list[str], dict[str, Any]], tuple[str, str]]] = {
@@ -132,6 +137,7 @@ class AdminAPI(resource.Resource):
             self.put_site: lambda args, body: ("site.put", args[0]),
             self.remove_site: lambda args, body: ("site.remove", args[0]),
             self.token: lambda args, body: ("token.mint", body["user"]),
+            self.drain: lambda args, body: ("node.drain", "-"),
         }
 
     # -- HTTP plumbing
@@ -310,6 +316,12 @@ class AdminAPI(resource.Resource):
     async def chat_link(self, host: str, body: dict[str, Any]) -> tuple[int, Any]:
         show, reason = await ops.chat_link(self.directory, host, _field(body, "user", str))
         return 200, {"show": show, "reason": reason}
+
+    async def drain(self, body: dict[str, Any]) -> tuple[int, Any]:
+        if self.drain_node is None:
+            raise AdminError("this node cannot be drained from here", None, 409)
+        self.drain_node()
+        return 202, {"draining": True}
 
     async def token(self, body: dict[str, Any]) -> tuple[int, Any]:
         lifetime = body.get("lifetime")

@@ -15,6 +15,7 @@ from twisted.words.protocols.jabber.jid import JID
 from chatgate.config import (
     ArchiveSettings,
     DemoSettings,
+    ServiceSettings,
     Settings,
     StorageSettings,
     UploadSettings,
@@ -56,8 +57,9 @@ def reactor() -> MemoryReactorClock:
     return clock
 
 
-def make(reactor: MemoryReactorClock) -> ChatService:
+def make(reactor: MemoryReactorClock, service: ServiceSettings | None = None) -> ChatService:
     settings = Settings(
+        service=service or ServiceSettings(),
         xmpp=XMPPSettings(ping_interval=60, ping_timeout=10),
         storage=StorageSettings(backend="memory", poll_interval=0.5),
         archive=ArchiveSettings(backend="memory", offline_backend="memory", retention_days=30),
@@ -198,6 +200,22 @@ def test_stop_ends_bosh_sessions_and_closes_every_other(reactor):
     assert answer.find(".//{urn:ietf:params:xml:ns:xmpp-streams}system-shutdown") is not None
     assert chat.bosh.connections == {}
     assert desk.ended == "system-shutdown"
+
+
+def test_a_drain_sends_clients_elsewhere_says_it_is_draining_and_ends_in_time(reactor):
+    """[service] see_other_host names where clients go; /health/ready says draining at once;
+    a stop that cannot finish (a sweep that never ends) ends at drain_timeout all the same."""
+    chat = make(reactor, ServiceSettings(drain_timeout=5, see_other_host="chat2.example.com:5222"))
+    chat.archive.expire = lambda cutoff: defer.Deferred()  # a retention sweep that never ends
+    chat.startService()
+    desk = EndedSession("alice@example.com/desk")
+    chat.router.bind(desk)
+    stopping = chat.stopService()
+    assert done(chat.readiness()) == "the node is draining"
+    assert desk.ended == "see-other-host"
+    assert not stopping.called
+    reactor.advance(5)
+    assert stopping.called
 
 
 def test_a_stop_while_starting_starts_nothing_more(reactor):
