@@ -20,8 +20,9 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
 
 # System programs the tests need, as command:apt-package pairs, installed with
-# apt-get by `make test-deps` when the command is missing (e.g. redis-server:redis-server).
-TEST_SYSTEM_PACKAGES := chromium:chromium npm:npm redis-server:redis-server
+# apt-get by `make test-deps` when the command is missing (e.g. redis-server:redis-server;
+# mcabber, a console client, runs in tmux).
+TEST_SYSTEM_PACKAGES := chromium:chromium npm:npm redis-server:redis-server mcabber:mcabber tmux:tmux
 
 # The browser tests' JavaScript (independent clients: Strophe.js over BOSH,
 # Converse.js over WebSocket), installed from tests/browser/package-lock.json
