@@ -47,7 +47,7 @@ class Delivery:
     """A message to one user: the stanza, who sent it, where it goes, what was decided."""
 
     __slots__ = ("stanza", "sender", "bare", "targets", "copy_of", "stored", "relayed", "copies", "stopped",
-                 "condition", "application", "again", "_text", "_hold")
+                 "condition", "application", "again", "written", "_text", "_hold")
 
     def __init__(self, stanza: domish.Element, sender: Session | None, bare: str, targets: list[Session],
                  hold: Callable[[Delivery, Deferred[Any]], None], copy_of: Delivery | None = None,
@@ -68,6 +68,8 @@ class Delivery:
         #: delivers the stanza again the same way from the start (a filter that
         #: had to wait for something, such as a blocklist being read); set by the router
         self.again: Callable[[], None] = _nothing
+        #: the archive write the delivery waits for (write-ahead), once there is one
+        self.written: Deferred[Any] | None = None
         #: set by :meth:`stop`
         self.stopped = False
         self.condition: str | None = None
@@ -120,6 +122,7 @@ class Delivery:
     def wait_for(self, written: Deferred[Any]) -> None:
         """Write-ahead: nothing sent to either party from now on goes out before
         *written* has fired (either way)."""
+        self.written = written
         self._hold(self, written)
 
     def __repr__(self) -> str:

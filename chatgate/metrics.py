@@ -18,7 +18,13 @@ happens is counted at the edges, once per event:
   dict increment per stanza a client sends), the archive's ``append`` (the
   commit latency, and how many messages wait) and the offline store's
   ``push`` (stored), so the router and the stores know nothing of metrics;
-- offline messages delivered: a ``message-delivering`` listener, last of all;
+- stanzas delivered, offline messages delivered and the delivery time (from
+  the router to the recipients' connections, the archive commit included):
+  ``message-delivering`` and ``presence-delivering`` listeners, last of all,
+  the time taken when the delivery's write-ahead hold is released;
+- login locks, sessions whose client is behind by more than half the output
+  limit, and (with the cluster on Redis) the heartbeat's round trip, read at a
+  scrape; the time entries wait in the cluster inbox, observed by the bus;
 - reactor lag: :class:`ReactorLag`, a call every second measuring how late it is.
 """
 
@@ -74,8 +80,20 @@ class Metrics:
         self.reactor_lag = Histogram("chatgate_reactor_lag_seconds",
                                      "How late a call due every second runs (the reactor's backlog)",
                                      buckets=LAG_BUCKETS, registry=r)
+        self.delivery_latency = Histogram(
+            "chatgate_delivery_seconds",
+            "Seconds from a client's message reaching the router to its release to the recipients' "
+            "connections (the archive commit included: nothing is sent before it, write-ahead)",
+            buckets=COMMIT_BUCKETS, registry=r)
+        self.bus_latency = Histogram("chatgate_cluster_bus_seconds",
+                                     "Seconds an entry waited in this node's cluster inbox (Redis's clock)",
+                                     buckets=COMMIT_BUCKETS, registry=r)
         #: stanza kind (message, presence, iq) -> how many clients sent to the router
         self.routed: Tally[str] = Tally()
+        #: stanza kind (message, presence) -> copies handed to sessions
+        self.delivered: Tally[str] = Tally()
+        #: when the stanza the router handles now reached it (None between stanzas)
+        self._routing_since: float | None = None
         #: messages handed to the archive and not committed yet
         self.archive_pending = 0
         self._scraped = _Scraped(self)
@@ -93,27 +111,55 @@ class Metrics:
 
     # -- what the service hands over
 
-    def watch(self, router: Any, archive: Any = None, offline: Any = None, bosh: Any = None) -> None:
-        """Count what *router* routes and delivers from offline storage, time
-        *archive*'s commits, count *offline*'s stored messages, and read
-        *router*'s sessions and *bosh*'s connections at each scrape."""
-        self._scraped.router, self._scraped.bosh = router, bosh
+    def watch(self, router: Any, archive: Any = None, offline: Any = None, bosh: Any = None,
+              throttle: Any = None, cluster: Any = None, output_limit: int = 0) -> None:
+        """Count what *router* routes and delivers (and from offline storage), time
+        deliveries and *archive*'s commits, count *offline*'s stored messages, and read
+        *router*'s sessions (their output against *output_limit*), *bosh*'s connections,
+        *throttle*'s locks and *cluster*'s Redis round trip at each scrape."""
+        s = self._scraped
+        s.router, s.bosh, s.throttle, s.cluster, s.output_limit = router, bosh, throttle, cluster, output_limit
+        if cluster is not None and hasattr(cluster, "on_bus_latency"):
+            cluster.on_bus_latency = self.bus_latency.observe
         route, routed = router.route, self.routed
 
         def counted_route(stanza: Any, sender: Any) -> None:
             routed[stanza.name] += 1
-            route(stanza, sender)
+            self._routing_since = time.perf_counter()
+            try:
+                route(stanza, sender)
+            finally:
+                self._routing_since = None
 
         router.route = counted_route
         router.listen(events.MESSAGE_DELIVERING, self._delivering, events.PER_TARGET - 1)
+        router.listen(events.PRESENCE_DELIVERING, self._presence_delivering, events.PER_TARGET - 1)
         if archive is not None:
             archive.append = self._timed_append(archive.append)
         if offline is not None:
             offline.push = self._counted_push(offline.push)
 
     def _delivering(self, delivery: Delivery) -> None:
+        if delivery.stopped:
+            return
+        self.delivered["message"] += len(delivery.targets)
         if delivery.stored and delivery.targets:
             self.offline_delivered.inc()
+        started = self._routing_since
+        if started is None or not delivery.targets or delivery.copy_of is not None:
+            return  # not a client's stanza routed now (offline, relayed, a carbon: counted with its original)
+        if delivery.written is None:
+            self.delivery_latency.observe(time.perf_counter() - started)
+        else:
+            def released(result: Any) -> Any:
+                self.delivery_latency.observe(time.perf_counter() - started)
+                return result
+
+            delivery.written.addBoth(released)
+
+    def _presence_delivering(self, delivery: Delivery) -> None:
+        if not delivery.stopped:
+            self.delivered["presence"] += len(delivery.targets)
 
     def _timed_append(self, append: Callable[..., Deferred[Any]]) -> Callable[..., Deferred[Any]]:
         observe = self.archive_commit.observe
@@ -160,6 +206,9 @@ class _Scraped(Collector):
         self.metrics = metrics
         self.router: Any = None
         self.bosh: Any = None
+        self.throttle: Any = None
+        self.cluster: Any = None
+        self.output_limit = 0
 
     def describe(self) -> list[Metric]:
         return []  # names are known only by collecting; an empty describe keeps the registry from calling collect
@@ -171,6 +220,26 @@ class _Scraped(Collector):
         for kind in ("message", "presence", "iq"):
             routed.add_metric([kind], m.routed.get(kind, 0))
         yield routed
+        delivered = CounterMetricFamily("chatgate_stanzas_delivered",
+                                        "Stanzas handed to sessions (one per recipient session), by kind",
+                                        labels=["kind"])
+        for kind in ("message", "presence"):
+            delivered.add_metric([kind], m.delivered.get(kind, 0))
+        yield delivered
+        if self.throttle is not None:
+            accounts, addresses = self.throttle.locked_now()
+            locked = GaugeMetricFamily("chatgate_logins_locked",
+                                       "Login guessing locks now: an account from one address, or a whole address",
+                                       labels=["kind"])
+            locked.add_metric(["account"], accounts)
+            locked.add_metric(["address"], addresses)
+            yield locked
+        rtt = getattr(self.cluster, "redis_rtt", None)
+        if rtt is not None:
+            redis = GaugeMetricFamily("chatgate_cluster_redis_rtt_seconds",
+                                      "Round trip of the last cluster heartbeat to Redis")
+            redis.add_metric([], rtt)
+            yield redis
         pending = GaugeMetricFamily("chatgate_archive_pending_messages",
                                     "Messages handed to the archive and not committed yet (its queue)")
         pending.add_metric([], m.archive_pending)
@@ -190,8 +259,11 @@ class _Scraped(Collector):
         tally: Tally[tuple[str, str]] = Tally()
         occupants: Tally[str] = Tally()
         rooms: dict[str, set[str]] = {}
+        half, filling = self.output_limit / 2, 0
         for session in self.router.all_sessions():
             tally[(session.transport_name, session.domain)] += 1
+            if half and session.backlog() > half:
+                filling += 1
             joined = session.state.get(ROOMS_STATE)  # room JID -> nickname (features/muc)
             if joined:
                 occupants[session.domain] += len(joined)
@@ -211,6 +283,10 @@ class _Scraped(Collector):
             occupied.add_metric([domain], len(rooms[domain]))
         yield in_rooms
         yield occupied
+        backlog = GaugeMetricFamily("chatgate_sessions_output_over_half",
+                                    "Sessions whose client has not taken more than half of [limits] max_output_buffer")
+        backlog.add_metric([], filling)
+        yield backlog
         remote = GaugeMetricFamily("chatgate_remote_sessions", "Sessions of other nodes mirrored on this node")
         remote.add_metric([], len(self.router.all_remote_sessions()))
         yield remote

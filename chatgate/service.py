@@ -150,7 +150,8 @@ class ChatService(service.MultiService):
         if settings.metrics.enabled:
             self.metrics = Metrics()
             self.authenticator.logins = self.metrics
-            self.metrics.watch(self.router, self.archive, self.offline, self.bosh)
+            self.metrics.watch(self.router, self.archive, self.offline, self.bosh, throttle, self.cluster,
+                               settings.limits.max_output_buffer)
         Stage("stores", self._open_stores, self._close_stores).setServiceParent(self)
         Stage("directory", self._load_directory).setServiceParent(self)
         feed = TimerService(settings.storage.poll_interval, self.directory.poll)

@@ -163,6 +163,11 @@ class Session:
         self.closed = True
         self._end(condition, text)
 
+    def backlog(self) -> int:
+        """Bytes written to this session that its client has not taken yet, beyond what the
+        connection buffers (the output limit, ``[limits] max_output_buffer``, applies to them)."""
+        return 0
+
     def redirect(self, host: str, uri: str) -> None:
         """Send the client elsewhere, this node stopping: ``<see-other-host/>`` naming *host*
         (RFC 6120 §4.9.3.19), or ``<system-shutdown/>`` when there is none. *uri* is for

@@ -65,6 +65,18 @@ class LoginThrottle:
         failures = max(self._count(pair), self._count(addr) * self.per_account // self.per_address)
         return 0.0 if failures <= 1 else min(MAX_DELAY, 0.25 * 2 ** (failures - 2))
 
+    def locked_now(self) -> tuple[int, int]:
+        """(accounts locked from an address, addresses locked), now."""
+        now, accounts, addresses = self.clock.seconds(), 0, 0
+        for key, (count, first) in self._failures.items():
+            if now - first > self.window:
+                continue
+            if key.startswith("\0"):
+                addresses += count >= self.per_address
+            else:
+                accounts += count >= self.per_account
+        return accounts, addresses
+
     def failed(self, account: str, address: str) -> None:
         for key in self._keys(account, address):
             self._add(key)

@@ -199,6 +199,11 @@ class RedisCluster(Cluster):
         self.reactor = reactor
         c, s = settings.cluster, settings.storage
         self.node_id = c.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        #: seconds of the last heartbeat's round trip to Redis (None before the first)
+        self.redis_rtt: float | None = None
+        self._redis_ahead: float | None = None
+        #: called with the seconds an inbox batch's oldest entry waited (/metrics), if set
+        self.on_bus_latency: Any = None
         self.heartbeat = c.heartbeat
         self.dead_after = c.dead_after
         #: a node silent this long is dead: its last beat plus the time until the next check here
@@ -591,7 +596,12 @@ class RedisCluster(Cluster):
                 continue
             ids = []
             slice_started = time.monotonic()
+            observe = self.on_bus_latency
             for _stream, entries in reply:
+                if observe is not None and entries and self._redis_ahead is not None:
+                    # the oldest entry of the batch: how long it waited between the nodes
+                    written = int(str(entries[0][0]).split("-", 1)[0]) / 1000
+                    observe(max(0.0, time.time() + self._redis_ahead - written))
                 for entry_id, fields in entries:
                     ids.append(entry_id)
                     self._last_id = entry_id
@@ -719,10 +729,17 @@ class RedisCluster(Cluster):
         if not self._up:
             return
         key = f"{self.prefix}:cluster:nodes"
-        self._write(_Write("x", ("eval", _HEARTBEAT, [key], [self.node_id]), self._now(), then=self._beaten))
+        sent = time.monotonic()
+        self._write(_Write("x", ("eval", _HEARTBEAT, [key], [self.node_id]), self._now(),
+                           then=lambda reply: self._beaten(reply, sent)))
 
-    def _beaten(self, reply: list[Any]) -> None:
+    def _beaten(self, reply: list[Any], sent: float | None = None) -> None:
         now = int(reply[0])
+        if sent is not None:
+            #: seconds a heartbeat took to Redis and back (queueing here included), for /metrics
+            self.redis_rtt = time.monotonic() - sent
+            # Redis's clock against this one, to date inbox entries (their ids are Redis's ms)
+            self._redis_ahead = now / 1000 - time.time() - self.redis_rtt / 2
         scores = reply[1]
         if not int(reply[2]) and self._beats:
             # gone from the set while running: the others took this node for dead (a pause

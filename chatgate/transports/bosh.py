@@ -257,6 +257,10 @@ class BOSHSession(Session):
     def serialize(self, element: domish.Element) -> bytes:
         return serialize(element)
 
+    def backlog(self) -> int:
+        """What waits for the client's next request (the outbox: its limit is the output limit)."""
+        return self.connection._outbox_size
+
     def from_text(self, text: str) -> bytes | None:
         # a jabber:client stanza names its namespace inside <body/>, as serialize() writes it
         return text.encode("utf-8") if is_qualified_message(text) else None

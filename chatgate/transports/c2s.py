@@ -100,6 +100,10 @@ class C2SConnection(protocol.Protocol, StreamTransport):
         self._bytes = TokenBucket(limits.read_rate, limits.read_burst, factory.clock)
         self._stanzas = TokenBucket(limits.stanza_rate, limits.stanza_burst, factory.clock)
 
+    def backlog(self) -> int:
+        """Bytes waiting beyond the transport's buffer (Session.backlog)."""
+        return self._backlog.waiting
+
     # -- Twisted protocol
 
     def connectionMade(self) -> None:

@@ -34,6 +34,11 @@ class Backlog:
         self._size += written
         return self._size > self.limit
 
+    @property
+    def waiting(self) -> int:
+        """Bytes written since the transport's buffer filled (0 while it is not full)."""
+        return self._size or 0
+
     def pauseProducing(self) -> None:
         if self._size is None:
             self._size = 0

@@ -143,6 +143,9 @@ class ConnectionSession(Session):
     def _end(self, condition: str | None, text: str | None) -> None:
         self.connection.fail(condition, text) if condition else self.connection.close()  # type: ignore
 
+    def backlog(self) -> int:
+        return self.connection.backlog()  # type: ignore[attr-defined]
+
     def move_to(self, transport: StreamTransport) -> None:
         self.connection = transport
         self.peer = transport.peer

@@ -214,6 +214,10 @@ class WebSocketConnection(StreamTransport):
         self._auth_timer: Any = None
         self._abort_timer: Any = None
 
+    def backlog(self) -> int:
+        """Bytes waiting beyond the transport's buffer (Session.backlog)."""
+        return self._backlog.waiting
+
     # -- from the protocol
 
     def opened(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.cluster import Cluster
 from tests.integration.conftest import PASSWORD, provision
 from tests.integration.harness import LoginFailed, Server, async_test, free_port, login, logout
 from tests.redis_server import RedisServer
@@ -105,6 +106,15 @@ async def test_logins_stanzas_and_sessions_are_counted(server):
     # each message was committed to both archives before bob saw it
     assert moved("chatgate_archive_commit_seconds_count") >= 1
     assert value(after, "chatgate_archive_pending_messages") == 0
+    # and handed to bob's session: three deliveries timed from the router to the socket
+    assert moved("chatgate_stanzas_delivered_total", kind="message") >= 3
+    assert moved("chatgate_stanzas_delivered_total", kind="presence") >= 2
+    assert moved("chatgate_delivery_seconds_count") >= 3
+    assert moved("chatgate_delivery_seconds_sum") > 0
+    # nobody is locked out by one wrong password, and every client reads what it is sent
+    assert ("chatgate_logins_locked", (("kind", "address"),)) in after
+    assert value(after, "chatgate_logins_locked", kind="account") == 0
+    assert ("chatgate_sessions_output_over_half", ()) in after
 
 
 @async_test(timeout=60)
@@ -181,6 +191,35 @@ def test_ready_turns_503_while_redis_is_down(tmp_path):
     finally:
         srv.stop()
         redis.stop()
+
+
+@async_test(timeout=120)
+async def test_cluster_bus_and_redis_round_trip(tmp_path):
+    """Two nodes on Redis: each tells its heartbeat's round trip to Redis, and a message from a
+    user on one node to a user on the other is timed through the inbox it waited in."""
+    admin_ports = [free_port(), free_port()]
+    cluster = Cluster(tmp_path, nodes=2)
+    for node, port in zip(cluster.nodes, admin_ports, strict=True):
+        node.admin_port = port
+        text = node.config.read_text()
+        node.config.write_text(text + f"[admin]\nport = {port}\n[metrics]\nenabled = true\n")
+    provision(cluster.nodes[0])
+    cluster.start()
+    try:
+        alice = await login(cluster.nodes[0], "alice@example.com/desk", PASSWORD)
+        bob = await login(cluster.nodes[1], "bob@example.com/phone", PASSWORD)
+        await alice.wait_presence(lambda p: p["from"] == "bob@example.com/phone", timeout=20)
+        before = scrape(cluster.nodes[1])
+        alice.send_message(mto="bob@example.com/phone", mbody="across the bus", mtype="chat")
+        assert (await bob.next_message(15))["body"] == "across the bus"
+        after = scrape(cluster.nodes[1])
+        assert value(after, "chatgate_cluster_bus_seconds_count") > value(before, "chatgate_cluster_bus_seconds_count")
+        for node in cluster.nodes:
+            rtt = value(scrape(node), "chatgate_cluster_redis_rtt_seconds")
+            assert 0 < rtt < 5
+        await logout(alice, bob)
+    finally:
+        cluster.stop()
 
 
 def _poll(server: Server, status: int, timeout: float = 15) -> tuple[int, str, str]:

@@ -68,7 +68,8 @@ def test_routed_sessions_and_bosh_read_at_scrape():
     for name in ("message", "message", "presence", "iq"):
         router.route(SimpleNamespace(name=name), None)
     assert len(router.routed) == 4  # still routed
-    assert [(e, p) for e, _, p in router.listeners] == [(events.MESSAGE_DELIVERING, events.PER_TARGET - 1)]
+    assert [(e, p) for e, _, p in router.listeners] == [(events.MESSAGE_DELIVERING, events.PER_TARGET - 1),
+                                                        (events.PRESENCE_DELIVERING, events.PER_TARGET - 1)]
     s = samples(m)
     assert s[("chatgate_stanzas_routed_total", (("kind", "message"),))] == 2
     assert s[("chatgate_stanzas_routed_total", (("kind", "iq"),))] == 1
@@ -109,8 +110,8 @@ def test_archive_commits_are_timed_and_offline_counted():
     offline.push("bob@a.example", "hi", 10)
     offline.push("bob@a.example", "hi", 0)  # over quota: not stored
     delivering = router.listeners[0][1]
-    delivering(SimpleNamespace(stored=True, targets=[object()]))
-    delivering(SimpleNamespace(stored=False, targets=[object()]))
+    delivering(SimpleNamespace(stored=True, targets=[object()], stopped=False, copy_of=None, written=None))
+    delivering(SimpleNamespace(stored=False, targets=[object()], stopped=False, copy_of=None, written=None))
     s = samples(m)
     assert s[("chatgate_offline_stored_total", ())] == 1
     assert s[("chatgate_offline_delivered_total", ())] == 1
