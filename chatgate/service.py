@@ -313,7 +313,7 @@ class ChatService(service.MultiService):
         a = self.settings.admin
         if not a.api_key and self.metrics is None:
             return
-        api = AdminAPI(self.directory, self.settings, self.drain) if a.api_key else None
+        api = AdminAPI(self.directory, self.settings, self.drain, self.stores) if a.api_key else None
         if self.metrics is None:
             root = AdminRoot(api, None, None)
         else:

@@ -23,6 +23,7 @@ import csv
 import getpass
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -36,8 +37,9 @@ from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import ConfigError, Settings, load
 from chatgate.private_files import make_private_folder
-from chatgate.storage import open_directory
-from chatgate.storage.interfaces import Credentials, DirectoryError, IDirectory, User
+from chatgate.stanza import stamp
+from chatgate.storage import Stores, open_archive, open_directory, open_files, open_offline
+from chatgate.storage.interfaces import ArchiveError, Credentials, DirectoryError, IDirectory, User
 
 PROG = "chatgate-admin"
 DEFAULT_CONFIG = "tap-config.ini"
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", metavar="FILE", help=f"configuration file (default: ./{DEFAULT_CONFIG} if present)"
     )
-    topics = parser.add_subparsers(dest="topic", required=True, metavar="{domain,user,alias,room,site,token}")
+    topics = parser.add_subparsers(dest="topic", required=True,
+                                   metavar="{domain,user,alias,room,site,token,hold,drain}")
 
     domain = topics.add_parser("domain", help="hosted domains").add_subparsers(dest="action", required=True)
     for action, prepare, text in (
@@ -70,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("domain", metavar="DOMAIN")
         command.set_defaults(prepare=prepare)
     domain.add_parser("list", help="list the hosted domains").set_defaults(prepare=_domain_list)
+    domain_set = domain.add_parser("set", help="a domain's own policy: how long its history is kept")
+    domain_set.add_argument("domain", metavar="DOMAIN")
+    domain_set.add_argument("--retention-days", required=True, metavar="N|default",
+                            help="days of history kept (0: always; default: [archive] retention_days)")
+    domain_set.set_defaults(prepare=_domain_set)
+
+    hold = topics.add_parser("hold", help="legal holds: history kept from retention and erasure")
+    hold_actions = hold.add_subparsers(dest="action", required=True)
+    hold_add = hold_actions.add_parser("add", help="put a user (JID) or a whole domain on hold")
+    hold_add.add_argument("jid", metavar="JID|DOMAIN")
+    hold_add.add_argument("--reason", default="", help="why (a case number), kept with the hold")
+    hold_add.set_defaults(prepare=_hold_add)
+    hold_remove = hold_actions.add_parser("remove", help="lift a hold")
+    hold_remove.add_argument("jid", metavar="JID|DOMAIN")
+    hold_remove.set_defaults(prepare=_hold_remove)
+    hold_list = hold_actions.add_parser("list", help="a domain's holds (target, tab, by, tab, since, tab, reason)")
+    hold_list.add_argument("domain", metavar="DOMAIN")
+    hold_list.set_defaults(prepare=_hold_list)
 
     user_topic = topics.add_parser("user", help="users of hosted domains")
     user = user_topic.add_subparsers(dest="action", required=True)
@@ -293,6 +314,48 @@ def _domain_list(args: argparse.Namespace, settings: Settings) -> Job:
     return job
 
 
+def _domain_set(args: argparse.Namespace, settings: Settings) -> Job:
+    raw = args.retention_days.strip()
+    if raw != "default" and not raw.isdigit():
+        raise CommandError("--retention-days takes a whole number of days (0: always) or 'default'")
+    days = None if raw == "default" else int(raw)
+
+    async def job(directory: IDirectory) -> None:
+        await ops.set_retention(directory, args.domain, days)
+        kept = "the server's retention" if days is None else "always" if days == 0 else f"{days} days"
+        print(f"{ops.domain_name(args.domain)}: history kept {kept}")
+
+    return job
+
+
+def _hold_add(args: argparse.Namespace, settings: Settings) -> Job:
+    async def job(directory: IDirectory) -> None:
+        hold = await ops.put_hold(directory, args.jid, audit.os_user(), args.reason, time.time())
+        print(f"legal hold on {hold.target}: its history is kept from retention and erasure")
+
+    return job
+
+
+def _hold_remove(args: argparse.Namespace, settings: Settings) -> Job:
+    async def job(directory: IDirectory) -> None:
+        history = await _open_history(settings, directory)
+        try:
+            done = await ops.remove_hold(directory, args.jid, history)
+        finally:
+            await _close_history(history)
+        print(f"legal hold on {args.jid} {done}")
+
+    return job
+
+
+def _hold_list(args: argparse.Namespace, settings: Settings) -> Job:
+    async def job(directory: IDirectory) -> None:
+        for hold in await directory.holds(ops.domain_name(args.domain)):
+            print(f"{hold.target}\t{hold.by}\t{stamp(hold.at)}\t{hold.reason}")
+
+    return job
+
+
 def _domain_enable(args: argparse.Namespace, settings: Settings) -> Job:
     return _set_chat(ops.domain_name(args.domain), True)
 
@@ -318,6 +381,7 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> Job:
     credentials = ops.credentials(_password(args), settings)
 
     async def job(directory: IDirectory) -> None:
+        await ops.check_address_free(directory, domain, localpart)
         await directory.add_user(user, credentials)
         print(f"added user {user.jid}")
 
@@ -339,10 +403,34 @@ def _user_remove(args: argparse.Namespace, settings: Settings) -> Job:
     localpart, domain = ops.address(args.jid)
 
     async def job(directory: IDirectory) -> None:
-        await ops.remove_user(directory, domain, localpart)
-        print(f"removed user {localpart}@{domain}")
+        history = await _open_history(settings, directory)
+        try:
+            done = await ops.remove_user(directory, domain, localpart, history)
+        finally:
+            await _close_history(history)
+        print(f"removed user {localpart}@{domain}; {done}")
 
     return job
+
+
+async def _open_history(settings: Settings, directory: IDirectory) -> Stores:
+    """The stores a user's history is in, opened beside the directory (a running node shares them)."""
+    history = Stores(directory, open_archive(settings), open_offline(settings), open_files(settings))
+    try:
+        await history.archive.start()
+        await history.offline.start()
+        if history.files is not None:
+            await history.files.start()
+    except (ArchiveError, OSError) as e:
+        raise CommandError(f"cannot open the history stores: {e}") from None
+    return history
+
+
+async def _close_history(history: Stores) -> None:
+    await history.archive.stop()  # commits what is queued
+    await history.offline.stop()
+    if history.files is not None:
+        await history.files.stop()
 
 
 def _user_list(args: argparse.Namespace, settings: Settings) -> Job:
@@ -372,6 +460,10 @@ def _user_import(args: argparse.Namespace, settings: Settings) -> Job:
                 raise CommandError(f"{path} line {line}: unknown domain: {user.domain}")
             if await directory.user(user.domain, user.localpart) is not None:
                 raise CommandError(f"{path} line {line}: user already exists: {user.jid}")
+            try:
+                await ops.check_address_free(directory, user.domain, user.localpart)
+            except AdminError as e:
+                raise CommandError(f"{path} line {line}: {e}") from None
         for _, user, credentials in rows:
             await directory.add_user(user, credentials)
         print(f"imported {len(rows)} user{'' if len(rows) == 1 else 's'} from {path}")

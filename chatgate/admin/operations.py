@@ -18,6 +18,8 @@ from chatgate.auth.credentials import make_credentials
 from chatgate.auth.tokens import TokenError, mint
 from chatgate.config import Settings
 from chatgate.jid import parse_domain, parse_user
+from chatgate.stanza import stamp
+from chatgate.storage import Stores
 from chatgate.storage.interfaces import (
     Alias,
     Credentials,
@@ -25,6 +27,7 @@ from chatgate.storage.interfaces import (
     Domain,
     DuplicateDomain,
     DuplicateUser,
+    Hold,
     IDirectory,
     RoomRecord,
     Site,
@@ -175,14 +178,80 @@ async def rooms(directory: IDirectory, settings: Settings, name: str) -> list[tu
     return listed
 
 
-async def remove_user(directory: IDirectory, domain: str, localpart: str) -> None:
+async def remove_user(directory: IDirectory, domain: str, localpart: str, history: Stores | None = None) -> str:
     """Remove a user, and take them off the rooms users made (the store takes them off
-    its aliases): an address made again later is a stranger to them."""
+    its aliases): an address made again later is a stranger to them. With *history*
+    (the archive, offline and upload stores), what the user kept there is erased too,
+    unless a legal hold keeps it (:func:`erase_history`); what was done, in one line."""
+    hold = await hold_on(directory, domain, localpart)
     await directory.remove_user(domain, localpart)
     for room in await directory.rooms(domain):
         if localpart in room.owners or localpart in room.members:
             await directory.put_room(replace(room, owners=tuple(o for o in room.owners if o != localpart),
                                              members=tuple(m for m in room.members if m != localpart)))
+    if hold is not None:
+        if not hold.localpart:  # the domain's hold: the address keeps a hold of its own (see add_user)
+            await directory.put_hold(Hold(domain, localpart, hold.by, hold.at,
+                                          f"removed while {domain} was on hold ({hold.reason})".strip()))
+        return f"history kept: legal hold on {hold.target} by {hold.by} since {stamp(hold.at)}"
+    if history is None:
+        return "history not erased"
+    return await erase_history(history, domain, localpart)
+
+
+async def erase_history(history: Stores, domain: str, localpart: str) -> str:
+    """Erase a removed user's archive, offline messages and uploads (XEP-0313's copies of the
+    other parties stay theirs; so do rooms' archives): a re-created address starts empty."""
+    bare = f"{localpart}@{domain}"
+    messages = await history.archive.erase(bare)
+    waiting = len(await history.offline.pop(bare))
+    files = await history.files.erase(domain, localpart) if history.files is not None else 0
+    return f"erased {messages} archived messages, {waiting} offline messages and {files} uploaded files"
+
+
+async def hold_on(directory: IDirectory, domain: str, localpart: str) -> Hold | None:
+    """The legal hold keeping the user's history (their own, else the domain's), if any."""
+    holds = {h.localpart: h for h in await directory.holds(domain)}
+    return holds.get(localpart) or holds.get("")
+
+
+async def check_address_free(directory: IDirectory, domain: str, localpart: str) -> None:
+    """Refuse to give someone an address whose previous owner's history a legal hold keeps."""
+    hold = next((h for h in await directory.holds(domain) if h.localpart == localpart), None)
+    if hold is not None:
+        raise AdminError(f"{localpart}@{domain} is on legal hold (by {hold.by} since {stamp(hold.at)}): the"
+                         " history kept under it would be the new user's; lift the hold first", "jid", 409)
+
+
+async def set_retention(directory: IDirectory, domain: str, days: int | None) -> None:
+    """A domain's own retention: days of history it keeps (0: always), None: the server's."""
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 0):
+        raise AdminError("retention days must be a whole number, 0 for always", "retention_days")
+    await directory.set_retention(domain_name(domain), days)
+
+
+async def put_hold(directory: IDirectory, target: str, by: str, reason: str, at: float) -> Hold:
+    """Put a user (``alice@example.com``) or a whole domain (``example.com``) on legal hold."""
+    if "@" in target:
+        localpart, domain = address(target)
+    else:
+        localpart, domain = "", domain_name(target)
+    hold = Hold(domain, localpart, by, at, reason.strip()[:500])
+    await directory.put_hold(hold)
+    return hold
+
+
+async def remove_hold(directory: IDirectory, target: str, history: Stores | None = None) -> str:
+    """Lift a legal hold. On the address of a user removed meanwhile, the erasure the hold
+    held back happens now (with *history*); what was done, in one line."""
+    localpart, domain = address(target) if "@" in target else ("", domain_name(target))
+    if not await directory.remove_hold(domain, localpart):
+        raise AdminError(f"no legal hold on {target}", "target", 404)
+    if not localpart or await directory.user(domain, localpart) is not None:
+        return "lifted"
+    if history is None:
+        return "lifted; the removed user's history is not erased"
+    return "lifted; " + await erase_history(history, domain, localpart)
 
 
 async def put_room(directory: IDirectory, settings: Settings, jid: str, enabled: bool | None = None,

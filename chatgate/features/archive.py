@@ -30,7 +30,10 @@ rather than hold every delivery for the whole outage), the messages are kept
 here, in order, and written again every second until it answers; delivery
 goes on meanwhile. Only then can a crash of this node lose history: what it
 kept waiting (at most ``SPOOL`` messages; beyond that each one lost is logged).
-``[archive] retention_days`` deletes older messages once an hour.
+Retention, once an hour: each domain keeps its history for its own number of
+days (``chatgate-admin domain set D --retention-days N``; 0: always) or else
+``[archive] retention_days`` (unset: always); older messages are deleted in
+batches, except those of users on legal hold, and none of a domain on hold.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import InvalidFormat
@@ -234,17 +237,31 @@ def register(router: Router, settings: Settings, stores: Stores) -> IService | N
     router.listen(events.MESSAGE_REFUSED, archiving.refused)
     router.listen(events.MESSAGE_SENT, archiving.sent)
 
-    days = settings.archive.retention_days
-    if days is None:
-        return None
+    default_days = settings.archive.retention_days
 
-    def expire() -> Deferred[None]:
-        cutoff = router.clock.seconds() - days * 86400
-        d = stores.archive.expire(cutoff)
-        d.addCallback(lambda n: n and log.info("retention: deleted {n} messages older than {days} days",
-                                               n=n, days=days))
-        d.addErrback(lambda f: log.failure("retention: expiring old history failed", f))
-        return d  # the service stops once a sweep under way is done, before the archive closes
+    @inlineCallbacks
+    def sweep(domain: str):
+        """One domain: its own retention or the server's, sparing what legal holds keep."""
+        days = yield stores.directory.retention(domain)
+        days = default_days if days is None else days
+        if not days:
+            return  # kept always
+        holds = yield stores.directory.holds(domain)
+        if any(not hold.localpart for hold in holds):
+            return  # the whole domain is on hold
+        spare = {hold.target for hold in holds}
+        n = yield stores.archive.expire(router.clock.seconds() - days * 86400, domain, spare)
+        if n:
+            log.info("retention: deleted {n} messages of {domain} older than {days} days{held}", n=n,
+                     domain=domain, days=days, held=f" ({len(spare)} users on legal hold spared)" if spare else "")
+
+    @inlineCallbacks
+    def expire():
+        for domain in router.domains.names():
+            try:
+                yield sweep(domain)
+            except Exception:
+                log.failure("retention: expiring old history of {domain} failed", domain=domain)
 
     # a sweep as the service starts, then every EXPIRE_EVERY seconds
     retention = TimerService(EXPIRE_EVERY, expire)

@@ -45,7 +45,7 @@ import html
 import re
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -78,6 +78,15 @@ _ID = re.compile(r"^[0-9a-f]{14}-[0-9a-f]{10}$")
 def micros(at: float) -> int:
     """POSIX seconds as whole microseconds (the archive's resolution)."""
     return round(at * 1_000_000)
+
+
+#: above every archive id (they are lowercase hex): ``id < ERASE_ALL`` is every message
+ERASE_ALL = "~"
+
+
+def swept(owner: str, domain: str | None, spare: Collection[str]) -> bool:
+    """Whether a retention sweep of *domain* (None: every domain) takes *owner*'s old messages."""
+    return (domain is None or owner.endswith("@" + domain)) and owner not in spare
 
 
 def id_floor(at: float) -> str:

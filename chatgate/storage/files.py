@@ -173,6 +173,32 @@ class FolderFileStore:
         return removed
 
 
+    # -- erasure
+
+    def erase(self, domain: str, localpart: str) -> Deferred[int]:
+        """Remove every file the user uploaded, and their quota ledger; how many files went."""
+        return threads.deferToThread(self._erase, domain, localpart)
+
+    def _erase(self, domain: str, localpart: str) -> int:
+        removed = 0
+        root = os.path.join(self.path, "files", domain)
+        for file_id in _entries(root):
+            folder = os.path.join(root, file_id)
+            try:
+                with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+                    owner = json.load(f).get("owner")
+            except (OSError, ValueError):
+                continue
+            if owner == localpart:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        try:
+            os.unlink(self._usage_file(domain, localpart))
+        except OSError:
+            pass
+        return removed
+
+
 def _entries(path: str) -> list[str]:
     try:
         return os.listdir(path)

@@ -9,7 +9,7 @@ All methods return Deferreds; blocking I/O never runs on the reactor thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
 from twisted.internet.defer import Deferred
@@ -127,6 +127,22 @@ class RoomRecord:
         """As the stores keep it: owners and members sorted, once each, an owner no member too."""
         owners = tuple(sorted(set(self.owners)))
         return replace(self, owners=owners, members=tuple(sorted(set(self.members) - set(owners))))
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A legal hold: a user's history (a whole domain's when ``localpart`` is empty) is
+    kept from retention and from erasure, recorded with who set it and when."""
+
+    domain: str
+    localpart: str
+    by: str
+    at: float
+    reason: str = ""
+
+    @property
+    def target(self) -> str:
+        return f"{self.localpart}@{self.domain}" if self.localpart else self.domain
 
 
 @dataclass(frozen=True)
@@ -257,6 +273,22 @@ class IDirectory(Interface):
         written, when the user would then keep more than *max_nodes* nodes or more than
         *max_bytes* of records in all. Told as ``pep-changed``. UnknownUser. Removing the
         user removes their nodes."""
+
+    def retention(domain: str) -> Deferred[int | None]:
+        """Days of history *domain* keeps (0: always), or None: ``[archive] retention_days``."""
+
+    def set_retention(domain: str, days: int | None) -> Deferred[None]:
+        """Set (None: clear) *domain*'s own retention. UnknownDomain."""
+
+    def holds(domain: str) -> Deferred[list[Hold]]:
+        """The legal holds in *domain* (its own, localpart "", first), by localpart."""
+
+    def put_hold(hold: Hold) -> Deferred[None]:
+        """Set a legal hold (replacing one on the same target). UnknownDomain. It outlives
+        the user: what it keeps of a removed user stays kept."""
+
+    def remove_hold(domain: str, localpart: str) -> Deferred[bool]:
+        """Lift a legal hold; False if there was none."""
 
     def secret(name: str) -> Deferred[bytes]:
         """A 32-byte server secret named *name*, made at first use and then kept."""
@@ -467,8 +499,13 @@ class IArchive(Interface):
         meets a silence (it belongs to a later conversation: only a page that
         reaches the silence can tell, so that is checked page by page)."""
 
-    def expire(before: float) -> Deferred[int]:
-        """Delete every message older than *before* (POSIX seconds); return how many."""
+    def expire(before: float, domain: str | None = None, spare: Collection[str] = ()) -> Deferred[int]:
+        """Delete every message older than *before* (POSIX seconds) of the owners of *domain*
+        (every owner when None) but those in *spare* (bare JIDs: a legal hold); return how many."""
+
+    def erase(owner: str) -> Deferred[int]:
+        """Delete every message of *owner*'s archive (the user was removed); return how many.
+        The other parties' copies are theirs and stay."""
 
 
 @dataclass(frozen=True)
@@ -519,6 +556,9 @@ class IFileStore(Interface):
     def usage(domain: str, localpart: str, now: float) -> Deferred[tuple[int, float | None]]:
         """Bytes the user uploaded in the 24 hours before *now*, and when the
         oldest of those uploads stops counting (None: none)."""
+
+    def erase(domain: str, localpart: str) -> Deferred[int]:
+        """Remove every file the user uploaded (the user was removed); how many went."""
 
     def expire(before: float, batch: int) -> Deferred[int]:
         """Remove up to *batch* files stored before *before*; how many went."""

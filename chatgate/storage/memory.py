@@ -22,6 +22,7 @@ from chatgate.storage.interfaces import (
     Domain,
     DuplicateDomain,
     DuplicateUser,
+    Hold,
     IDirectory,
     RoomRecord,
     Site,
@@ -49,6 +50,9 @@ class MemoryDirectory:
         self._private: dict[tuple[str, str], dict[str, str]] = {}
         #: (domain, localpart) -> PEP node -> its record (XEP-0163)
         self._pep: dict[tuple[str, str], dict[str, str]] = {}
+        self._retention: dict[str, int] = {}
+        #: (domain, localpart or "") -> the legal hold
+        self._holds: dict[tuple[str, str], Hold] = {}
         self._secrets: dict[str, bytes] = {}
         self._aliases: dict[tuple[str, str], Alias] = {}
         self._sites: dict[str, Site] = {}
@@ -172,6 +176,30 @@ class MemoryDirectory:
             return succeed(False)
         kept[namespace] = xml
         return succeed(True)
+
+    def retention(self, domain: str) -> Deferred[int | None]:
+        return succeed(self._retention.get(domain))
+
+    def set_retention(self, domain: str, days: int | None) -> Deferred[None]:
+        if domain not in self._domains:
+            return fail(UnknownDomain(f"unknown domain: {domain}"))
+        if days is None:
+            self._retention.pop(domain, None)
+        else:
+            self._retention[domain] = days
+        return succeed(None)
+
+    def holds(self, domain: str) -> Deferred[list[Hold]]:
+        return succeed(sorted((h for (d, _), h in self._holds.items() if d == domain), key=lambda h: h.localpart))
+
+    def put_hold(self, hold: Hold) -> Deferred[None]:
+        if hold.domain not in self._domains:
+            return fail(UnknownDomain(f"unknown domain: {hold.domain}"))
+        self._holds[(hold.domain, hold.localpart)] = hold
+        return succeed(None)
+
+    def remove_hold(self, domain: str, localpart: str) -> Deferred[bool]:
+        return succeed(self._holds.pop((domain, localpart), None) is not None)
 
     def pep_nodes(self, domain: str, localpart: str) -> Deferred[dict[str, str]]:
         return succeed(dict(self._pep.get((domain, localpart), {})))

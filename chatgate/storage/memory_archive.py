@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Collection
 from itertools import islice
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from chatgate.storage.archive import ConversationsMixin, check_query, matches, named_ids, paginate, unknown
+from chatgate.storage.archive import (
+    ConversationsMixin,
+    check_query,
+    matches,
+    named_ids,
+    paginate,
+    swept,
+    unknown,
+)
 from chatgate.storage.interfaces import (
     ArchiveContact,
     ArchivedMessage,
@@ -82,15 +91,23 @@ class MemoryArchive(ConversationsMixin):
         ordered = sorted(last.items(), key=lambda item: item[1], reverse=True)
         return succeed([ArchiveContact(contact, at) for contact, at in ordered])
 
-    def expire(self, before: float) -> Deferred[int]:
+    def expire(self, before: float, domain: str | None = None, spare: Collection[str] = ()) -> Deferred[int]:
         removed = 0
         for owner, archive in self._messages.items():
+            if not swept(owner, domain, spare):
+                continue
             old = [i for i in self._ids[owner] if archive[i].at < before]
             for archive_id in old:
                 del archive[archive_id]
             self._ids[owner] = self._ids[owner][len(old):]
             removed += len(old)
         return succeed(removed)
+
+
+    def erase(self, owner: str) -> Deferred[int]:
+        erased = len(self._messages.pop(owner, {}))
+        self._ids.pop(owner, None)
+        return succeed(erased)
 
 
 @implementer(IOfflineStore)

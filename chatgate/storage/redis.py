@@ -34,7 +34,7 @@ the new master without a restart (see :class:`_SentinelEndpoint`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import txredisapi
@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatgate.storage.archive import (
+    ERASE_ALL,
     ConversationsMixin,
     check_query,
     id_ceiling,
@@ -55,6 +56,7 @@ from chatgate.storage.archive import (
     matches,
     named_ids,
     paginate,
+    swept,
     time_of,
     unknown,
 )
@@ -694,21 +696,31 @@ class RedisArchive(ConversationsMixin, _RedisStore):
         d = self._redis.zrevrange(f"{base}:contacts", 0, -1, withscores=True)
         return d.addCallback(lambda pairs: [ArchiveContact(c, float(score) / 1_000_000) for c, score in pairs])
 
-    def expire(self, before: float) -> Deferred[int]:
-        return Deferred.fromCoroutine(self._expire(id_floor(before)))
+    def expire(self, before: float, domain: str | None = None, spare: Collection[str] = ()) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._expire(id_floor(before), domain, spare))
 
-    async def _expire(self, cutoff: str) -> int:
+    def erase(self, owner: str) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._expire_owner(owner, ERASE_ALL))
+
+    async def _expire(self, cutoff: str, domain: str | None, spare: Collection[str]) -> int:
         removed = 0
-        for domain in sorted(await self._redis.smembers(f"{self.prefix}:archive-domains")):
-            for localpart in sorted(await self._redis.smembers(f"{self.prefix}:{domain}:archive-owners")):
-                base, _, _ = self._base(f"{localpart}@{domain}", "archive")
-                keys = [f"{base}:ids", f"{base}:messages", f"{base}:contacts"]
-                while True:
-                    count = int(await self._eval(_EXPIRE, keys, [f"{base}:with:", cutoff, EXPIRE_CHUNK]))
-                    removed += count
-                    if count < EXPIRE_CHUNK:
-                        break
+        domains = [domain] if domain is not None else await self._redis.smembers(f"{self.prefix}:archive-domains")
+        for name in sorted(domains):
+            for localpart in sorted(await self._redis.smembers(f"{self.prefix}:{name}:archive-owners")):
+                owner = f"{localpart}@{name}"
+                if swept(owner, None, spare):
+                    removed += await self._expire_owner(owner, cutoff)
         return removed
+
+    async def _expire_owner(self, owner: str, cutoff: str) -> int:
+        base, _, _ = self._base(owner, "archive")
+        keys = [f"{base}:ids", f"{base}:messages", f"{base}:contacts"]
+        removed = 0
+        while True:
+            count = int(await self._eval(_EXPIRE, keys, [f"{base}:with:", cutoff, EXPIRE_CHUNK]))
+            removed += count
+            if count < EXPIRE_CHUNK:
+                return removed
 
 
 @implementer(IOfflineStore)

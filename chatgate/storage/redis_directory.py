@@ -19,6 +19,9 @@ keys then name the domain (``chatgate:example.com:directory:users``):
 - ``…:directory:blocked:<user>`` — set of the JIDs the user blocks (XEP-0191).
 - ``…:directory:rooms`` — hash room localpart -> JSON ``{"name", "enabled",
   "made", "owners", "members"}`` (team rooms' records).
+- ``…:directory:holds`` — hash localpart ("" for the domain) -> JSON ``{"by", "at",
+  "reason"}`` (legal holds).
+- ``<prefix>:directory:retention`` — hash domain -> days of history it keeps.
 - ``<prefix>:directory:sites`` — hash host -> JSON ``{"owner", "show_chat_link"}``.
 - ``<prefix>:directory:secrets`` — hash name -> 32 bytes, hex.
 - ``<prefix>:directory:changes`` — stream of :class:`Change` entries (fields
@@ -62,6 +65,7 @@ from chatgate.storage.interfaces import (
     Domain,
     DuplicateDomain,
     DuplicateUser,
+    Hold,
     IDirectory,
     RoomRecord,
     ScramKeys,
@@ -267,6 +271,20 @@ redis.call('HSET', kept, ARGV[5], ARGV[6])
 return {'ok', '1'}
 """
 
+# ARGV[5]: the hold's target localpart, ARGV[6]: its record. Nothing is told.
+_PUT_HOLD = _PROLOGUE + """
+if not has_domain() then return {'unknown-domain', domain} end
+redis.call('HSET', key('holds'), ARGV[5], ARGV[6])
+return {'ok'}
+"""
+
+# ARGV[5]: days ('' clears). Nothing is told.
+_SET_RETENTION = _PROLOGUE + """
+if not has_domain() then return {'unknown-domain', domain} end
+if ARGV[5] == '' then redis.call('HDEL', KEYS[3], domain) else redis.call('HSET', KEYS[3], domain, ARGV[5]) end
+return {'ok'}
+"""
+
 # ARGV[5]: node, ARGV[6]: its record ('' removes it), ARGV[7]: nodes kept at most, ARGV[8]: bytes in all
 _SET_PEP = _PROLOGUE + """
 if not is_user(localpart) then return {'unknown-user', jid(localpart)} end
@@ -347,6 +365,7 @@ class RedisDirectory(_DirectoryConnection):
         self._block_ms = int(block * 1000)
         self._domains_key = f"{prefix}:directory:domains"
         self._stream = f"{prefix}:directory:changes"
+        self._retention_key = f"{prefix}:directory:retention"
         self._watchers: list[DirectoryWatcher] = []
         self._last_id = "0-0"
         self._listening = False
@@ -551,6 +570,27 @@ class RedisDirectory(_DirectoryConnection):
         d = self._write(_SET_PRIVATE, domain, localpart, namespace, xml, str(limit))
         return d.addCallback(lambda rest: rest[0] == "1")
 
+    def retention(self, domain: str) -> Deferred[int | None]:
+        d = self._command("HGET", self._retention_key, domain)
+        return d.addCallback(lambda days: None if days is None else int(days))
+
+    def set_retention(self, domain: str, days: int | None) -> Deferred[None]:
+        argv = [CHANGES_KEPT, self._stem(domain), domain, "", "" if days is None else str(days)]
+        d = self._eval(_SET_RETENTION, [self._domains_key, self._stream, self._retention_key], argv)
+        return self._done(d.addCallback(_accepted))
+
+    def holds(self, domain: str) -> Deferred[list[Hold]]:
+        d = self._command("HGETALL", self._stem(domain) + "holds")
+        return d.addCallback(lambda pairs: sorted(
+            (_hold(domain, localpart, record) for localpart, record in _pairs(pairs)), key=lambda h: h.localpart))
+
+    def put_hold(self, hold: Hold) -> Deferred[None]:
+        record = json.dumps({"by": hold.by, "at": hold.at, "reason": hold.reason})
+        return self._done(self._write(_PUT_HOLD, hold.domain, "", hold.localpart, record))
+
+    def remove_hold(self, domain: str, localpart: str) -> Deferred[bool]:
+        return self._command("HDEL", self._stem(domain) + "holds", localpart).addCallback(lambda n: int(n) > 0)
+
     def pep_nodes(self, domain: str, localpart: str) -> Deferred[dict[str, str]]:
         d = self._command("HGETALL", self._stem(domain) + f"pep:{localpart}")
         return d.addCallback(lambda pairs: dict(_pairs(pairs)))
@@ -673,6 +713,11 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
     """A stream entry id (``<ms>-<seq>``) as a pair that sorts like the stream."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _hold(domain: str, localpart: str, record: str) -> Hold:
+    data = json.loads(record)
+    return Hold(domain, localpart, str(data["by"]), float(data["at"]), str(data.get("reason", "")))
 
 
 def _pairs(flat: list[Any] | None) -> list[tuple[Any, Any]]:

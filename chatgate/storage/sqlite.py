@@ -36,6 +36,7 @@ from chatgate.storage.interfaces import (
     Domain,
     DuplicateDomain,
     DuplicateUser,
+    Hold,
     IDirectory,
     RoomRecord,
     ScramKeys,
@@ -55,8 +56,9 @@ T = TypeVar("T")
 #: 2: users.credentials_at (when the user's credentials were last set);
 #: 3: blocklist (XEP-0191), made by CREATE TABLE IF NOT EXISTS on a schema 2 file;
 #: 4: rooms (team rooms' records) and private_xml (XEP-0049), the same way on a schema 3 file;
-#: 5: pep (XEP-0163 nodes), the same way on a schema 4 file
-SCHEMA_VERSION = 5
+#: 5: pep (XEP-0163 nodes), the same way on a schema 4 file;
+#: 6: retention (per domain) and holds (legal holds), the same way on a schema 5 file
+SCHEMA_VERSION = 6
 #: change rows older than this are deleted at start: every live process has read them
 CHANGE_RETENTION = 24 * 3600.0
 
@@ -108,6 +110,18 @@ CREATE TABLE IF NOT EXISTS pep (
     record TEXT NOT NULL,
     PRIMARY KEY (domain, localpart, node),
     FOREIGN KEY (domain, localpart) REFERENCES users(domain, localpart) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS retention (
+    domain TEXT PRIMARY KEY REFERENCES domains(name),
+    days INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS holds (
+    domain TEXT NOT NULL REFERENCES domains(name),
+    localpart TEXT NOT NULL,
+    by_whom TEXT NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (domain, localpart)
 );
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
@@ -282,6 +296,21 @@ class SQLiteDirectory:
 
     def set_private_xml(self, domain: str, localpart: str, namespace: str, xml: str, limit: int) -> Deferred[bool]:
         return self._write(_set_private_xml, domain, localpart, namespace, xml, limit)
+
+    def retention(self, domain: str) -> Deferred[int | None]:
+        return self._read(_retention, domain)
+
+    def set_retention(self, domain: str, days: int | None) -> Deferred[None]:
+        return self._write(_set_retention, domain, days)
+
+    def holds(self, domain: str) -> Deferred[list[Hold]]:
+        return self._read(_holds, domain)
+
+    def put_hold(self, hold: Hold) -> Deferred[None]:
+        return self._write(_put_hold, hold)
+
+    def remove_hold(self, domain: str, localpart: str) -> Deferred[bool]:
+        return self._write(_remove_hold, domain, localpart)
 
     def pep_nodes(self, domain: str, localpart: str) -> Deferred[dict[str, str]]:
         return self._read(_pep_nodes, domain, localpart)
@@ -528,6 +557,39 @@ def _set_private_xml(db: sqlite3.Connection, domain: str, localpart: str, namesp
                " ON CONFLICT (domain, localpart, namespace) DO UPDATE SET xml = excluded.xml",
                (domain, localpart, namespace, xml))
     return True
+
+
+def _retention(db: sqlite3.Connection, domain: str) -> int | None:
+    row = db.execute("SELECT days FROM retention WHERE domain = ?", (domain,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _set_retention(db: sqlite3.Connection, domain: str, days: int | None) -> None:
+    if not _domain_exists(db, domain):
+        raise UnknownDomain(f"unknown domain: {domain}")
+    if days is None:
+        db.execute("DELETE FROM retention WHERE domain = ?", (domain,))
+    else:
+        db.execute("INSERT INTO retention (domain, days) VALUES (?, ?)"
+                   " ON CONFLICT (domain) DO UPDATE SET days = excluded.days", (domain, days))
+
+
+def _holds(db: sqlite3.Connection, domain: str) -> list[Hold]:
+    rows = db.execute("SELECT localpart, by_whom, at, reason FROM holds WHERE domain = ? ORDER BY localpart",
+                      (domain,))
+    return [Hold(domain, localpart, by, at, reason) for localpart, by, at, reason in rows]
+
+
+def _put_hold(db: sqlite3.Connection, hold: Hold) -> None:
+    if not _domain_exists(db, hold.domain):
+        raise UnknownDomain(f"unknown domain: {hold.domain}")
+    db.execute("INSERT INTO holds (domain, localpart, by_whom, at, reason) VALUES (?, ?, ?, ?, ?)"
+               " ON CONFLICT (domain, localpart) DO UPDATE SET by_whom = excluded.by_whom, at = excluded.at,"
+               " reason = excluded.reason", (hold.domain, hold.localpart, hold.by, hold.at, hold.reason))
+
+
+def _remove_hold(db: sqlite3.Connection, domain: str, localpart: str) -> bool:
+    return db.execute("DELETE FROM holds WHERE domain = ? AND localpart = ?", (domain, localpart)).rowcount > 0
 
 
 def _pep_nodes(db: sqlite3.Connection, domain: str, localpart: str) -> dict[str, str]:

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail
@@ -61,11 +61,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatgate.storage.archive import (
+    ERASE_ALL,
     ConversationsMixin,
     check_query,
     id_ceiling,
     id_floor,
     named_ids,
+    swept,
     time_of,
     unknown,
 )
@@ -370,11 +372,16 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
     def contacts(self, owner: str) -> Deferred[list[ArchiveContact]]:
         return self._read(_contacts, owner)
 
-    def expire(self, before: float) -> Deferred[int]:
-        return Deferred.fromCoroutine(self._expire(id_floor(before)))
+    def expire(self, before: float, domain: str | None = None, spare: Collection[str] = ()) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._expire(id_floor(before), domain, spare))
 
-    async def _expire(self, cutoff: str) -> int:
-        owners = await self._read(_owners)
+    def erase(self, owner: str) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._expire(ERASE_ALL, None, (), [owner]))
+
+    async def _expire(self, cutoff: str, domain: str | None, spare: Collection[str],
+                      owners: list[str] | None = None) -> int:
+        if owners is None:
+            owners = [owner for owner in await self._read(_owners) if swept(owner, domain, spare)]
         removed = 0
         for owner in owners:
             while True:

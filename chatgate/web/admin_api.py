@@ -9,7 +9,10 @@ input), 401 (no or wrong key), 404 (unknown), 405, 409 (taken) or 415.
 
     GET    /api/domains                        [{"name", "chat_enabled"}]
     POST   /api/domains                        {"name"}
-    PATCH  /api/domains/<domain>               {"chat_enabled": true|false}
+    PATCH  /api/domains/<domain>               {"chat_enabled"?: true|false, "retention_days"?: N|null}
+    GET    /api/domains/<domain>/holds         [{"target", "by", "at", "reason"}]  (legal holds)
+    PUT    /api/holds/<jid or domain>          {"reason"?, "by"?}  -> the hold
+    DELETE /api/holds/<jid or domain>
     GET    /api/domains/<domain>/users         [{"jid", "name", "title", "department", "phone"}]
     GET    /api/domains/<domain>/aliases       [{"jid", "name", "members"}]
     POST   /api/users                          {"jid", "password", "name"?, "title"?, "department"?, "phone"?}
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -49,6 +53,7 @@ from chatgate.admin import audit
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import Settings
+from chatgate.storage import Stores
 from chatgate.storage.interfaces import Alias, DirectoryError, IDirectory, RoomRecord, Site, User
 
 log = Logger()
@@ -92,8 +97,10 @@ class AdminAPI(resource.Resource):
     isLeaf = True
 
     def __init__(self, directory: IDirectory, settings: Settings,
-                 drain: Callable[[], None] | None = None) -> None:
+                 drain: Callable[[], None] | None = None, history: Stores | None = None) -> None:
         super().__init__()
+        #: the archive, offline and upload stores a removed user's history is erased from
+        self.history = history
         #: stops this node gracefully (POST /api/drain)
         self.drain_node = drain
         self.directory = directory
@@ -121,12 +128,16 @@ class AdminAPI(resource.Resource):
             (b"GET", ("sites", "*", "chat")): self.chat_link,
             (b"POST", ("tokens",)): self.token,
             (b"POST", ("drain",)): self.drain,
+            (b"GET", ("domains", "*", "holds")): self.holds,
+            (b"PUT", ("holds", "*")): self.put_hold,
+            (b"DELETE", ("holds", "*")): self.remove_hold,
         }
         #: the handlers that change something -> (path arguments, body) -> (audit operation, target)
         self.changes: dict[Handler, Callable[[list[str], dict[str, Any]], tuple[str, str]]] = {
             self.add_domain: lambda args, body: ("domain.add", body["name"]),
             self.patch_domain: lambda args, body: (
-                "domain.enable" if body["chat_enabled"] else "domain.disable", args[0]),
+                ("domain.enable" if body["chat_enabled"] else "domain.disable") if "chat_enabled" in body
+                else "domain.set", args[0]),
             self.add_user: lambda args, body: ("user.add", body["jid"]),
             self.set_password: lambda args, body: ("user.passwd", args[0]),
             self.remove_user: lambda args, body: ("user.remove", args[0]),
@@ -138,6 +149,8 @@ class AdminAPI(resource.Resource):
             self.remove_site: lambda args, body: ("site.remove", args[0]),
             self.token: lambda args, body: ("token.mint", body["user"]),
             self.drain: lambda args, body: ("node.drain", "-"),
+            self.put_hold: lambda args, body: ("hold.add", args[0]),
+            self.remove_hold: lambda args, body: ("hold.remove", args[0]),
         }
 
     # -- HTTP plumbing
@@ -235,9 +248,35 @@ class AdminAPI(resource.Resource):
         return 201, {"name": domain.name, "chat_enabled": domain.chat_enabled}
 
     async def patch_domain(self, name: str, body: dict[str, Any]) -> tuple[int, Any]:
-        enabled = _field(body, "chat_enabled", bool)
-        await ops.set_chat(self.directory, name, enabled)
-        return 200, {"name": ops.domain_name(name), "chat_enabled": enabled}
+        if "chat_enabled" not in body and "retention_days" not in body:
+            raise AdminError("give chat_enabled or retention_days", "chat_enabled")
+        answer: dict[str, Any] = {"name": ops.domain_name(name)}
+        if "retention_days" in body:
+            await ops.set_retention(self.directory, name, body["retention_days"])
+            answer["retention_days"] = body["retention_days"]
+        if "chat_enabled" in body:
+            answer["chat_enabled"] = _field(body, "chat_enabled", bool)
+            await ops.set_chat(self.directory, name, answer["chat_enabled"])
+        return 200, answer
+
+    async def holds(self, domain: str, body: dict[str, Any]) -> tuple[int, Any]:
+        return 200, [{"target": h.target, "by": h.by, "at": h.at, "reason": h.reason}
+                     for h in await self.directory.holds(ops.domain_name(domain))]
+
+    async def put_hold(self, target: str, body: dict[str, Any]) -> tuple[int, Any]:
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise AdminError("field 'reason' must be a str", "reason")
+        by = body.get("by", "api")
+        if not isinstance(by, str) or not by.strip():
+            raise AdminError("field 'by' must name who sets the hold", "by")
+        hold = await ops.put_hold(self.directory, target, by.strip(), reason, time.time())
+        return 200, {"target": hold.target, "by": hold.by, "at": hold.at, "reason": hold.reason}
+
+    async def remove_hold(self, target: str, body: dict[str, Any]) -> tuple[int, Any]:
+        done = await ops.remove_hold(self.directory, target, self.history)
+        log.info("legal hold on {target} {done}", target=target, done=done)
+        return 204, None
 
     async def users(self, domain: str, body: dict[str, Any]) -> tuple[int, Any]:
         return 200, [_user_json(u) for u in await self.directory.users(ops.domain_name(domain))]
@@ -263,6 +302,7 @@ class AdminAPI(resource.Resource):
         details = {k: _field(body, k, str, False, "") for k in ("name", "title", "department", "phone")}
         user = ops.user_record(localpart, domain, **details)
         credentials = await ops.credentials_off_thread(_field(body, "password", str), self.settings)
+        await ops.check_address_free(self.directory, domain, localpart)
         await self.directory.add_user(user, credentials)
         return 201, _user_json(user)
 
@@ -274,7 +314,8 @@ class AdminAPI(resource.Resource):
 
     async def remove_user(self, jid: str, body: dict[str, Any]) -> tuple[int, Any]:
         localpart, domain = ops.address(jid)
-        await ops.remove_user(self.directory, domain, localpart)
+        done = await ops.remove_user(self.directory, domain, localpart, self.history)
+        log.info("removed user {jid}: {done}", jid=f"{localpart}@{domain}", done=done)
         return 204, None
 
     # -- aliases

@@ -119,7 +119,8 @@ async def test_users_are_added_listed_and_removed(hosted):
         assert verify_password(await directory.credentials("example.com", "alice"), "s3cret")
 
     await read(hosted, check)
-    assert hosted.ok("user", "remove", "bob@example.com") == "removed user bob@example.com\n"
+    assert hosted.ok("user", "remove", "bob@example.com") == (
+        "removed user bob@example.com; erased 0 archived messages, 0 offline messages and 0 uploaded files\n")
     assert hosted.ok("user", "list", "example.com") == "alice@example.com\tAlice Liddell\n"
 
 

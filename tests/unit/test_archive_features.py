@@ -18,7 +18,7 @@ from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS, parse_stamp, stamp
 from chatgate.storage import Stores
 from chatgate.storage.archive import ArchiveIds, id_floor, paginate, preview, time_of
-from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, User
+from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, Hold, User
 from chatgate.storage.memory import MemoryDirectory
 from chatgate.storage.memory_archive import MemoryArchive, MemoryOfflineStore
 from chatgate.xml import parse_document, serialize
@@ -57,7 +57,7 @@ class RecordingSession(Session):
 
 class World:
     def __init__(self, quota: int = 1000, retention_days: int | None = None) -> None:
-        directory = MemoryDirectory()
+        self.directory = directory = MemoryDirectory()
         directory.add_domain("example.com")
         for local in ("alice", "bob", "carol"):
             directory.add_user(User(local, "example.com"), {})
@@ -248,9 +248,37 @@ def test_retention_deletes_old_history_hourly():
 def test_history_is_kept_forever_by_default(world):
     alice = world.online("alice@example.com/desk")
     world.send(alice, "bob@example.com", "old")
-    assert "retention" not in world.services  # no retention_days: nothing ever expires
+    world.services["retention"].startService()
+    # no retention_days, and the domain has none of its own: nothing ever expires
     world.clock.advance(3650 * 86400)
     assert [m.body for m in world.history("bob@example.com")] == ["old"]
+    world.services["retention"].stopService()
+
+
+def test_a_domains_own_retention_and_legal_holds():
+    """The domain's retention over the server's (none here), sparing a user on hold; a domain
+    on hold keeps everything; 0 keeps always."""
+    world = World()
+    directory = world.directory
+    directory.set_retention("example.com", 1)
+    directory.put_hold(Hold("example.com", "bob", "counsel", T0, "case 17"))
+    alice = world.online("alice@example.com/desk")
+    world.online("bob@example.com/laptop")
+    world.send(alice, "bob@example.com", "old")
+    retention = world.services["retention"]
+    retention.startService()
+    world.clock.advance(2 * 86400)
+    assert world.history("alice@example.com") == []  # her copy: past the domain's day
+    assert [m.body for m in world.history("bob@example.com")] == ["old"]  # his: on hold
+    world.send(alice, "bob@example.com", "newer")
+    directory.put_hold(Hold("example.com", "", "counsel", T0))  # the whole domain
+    world.clock.advance(2 * 86400)
+    assert [m.body for m in world.history("alice@example.com")] == ["newer"]
+    directory.remove_hold("example.com", "")
+    directory.set_retention("example.com", 0)  # always
+    world.clock.advance(2 * 86400)
+    assert [m.body for m in world.history("alice@example.com")] == ["newer"]
+    retention.stopService()
 
 
 # -- offline messages (XEP-0160)

@@ -311,6 +311,32 @@ async def test_expire_deletes_the_oldest(archive):
     assert await archive.expire(T0) == 0
 
 
+@pytest_twisted.ensureDeferred
+async def test_expire_keeps_other_domains_and_spared_owners(archive):
+    """Retention per domain, and a legal hold sparing an owner."""
+    maker = Conversation()
+    old = [maker.message(ALICE, BOB, T0, "alice's"), maker.message(BOB, ALICE, T0 + 1, "bob's"),
+           maker.message("olga@example.org", "pat@example.org", T0 + 2, "another domain's")]
+    await archive.append(old)
+    assert await archive.expire(T0 + 60, domain="example.org") == 1
+    assert await archive.expire(T0 + 60, domain="example.com", spare={BOB}) == 1
+    assert ids(await archive.query(ALICE, ArchiveQuery())) == []
+    assert ids(await archive.query(BOB, ArchiveQuery())) == [old[1].id]  # on hold: kept
+    assert await archive.expire(T0 + 60) == 1
+    assert ids(await archive.query(BOB, ArchiveQuery())) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_erase_takes_one_owners_whole_archive(archive):
+    messages = await fill(archive, 5)
+    other = await fill_other_owner(archive)
+    assert await archive.erase(ALICE) == len(messages)
+    assert ids(await archive.query(ALICE, ArchiveQuery())) == []
+    assert await archive.contacts(ALICE) == []
+    assert ids(await archive.query(BOB, ArchiveQuery())) == [other.id]  # bob's copy is bob's
+    assert await archive.erase(ALICE) == 0
+
+
 # -- conversations (grouped by contact and silence)
 
 

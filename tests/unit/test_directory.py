@@ -23,6 +23,7 @@ from chatgate.storage.interfaces import (
     Domain,
     DuplicateDomain,
     DuplicateUser,
+    Hold,
     IDirectory,
     RoomRecord,
     Site,
@@ -336,6 +337,38 @@ async def test_pep_nodes_are_kept_per_user_within_quotas_and_told(hosted, secret
     await hosted.remove_user("example.com", "alice")
     await hosted.add_user(ALICE, secret_credentials)
     assert await hosted.pep_nodes("example.com", "alice") == {}
+
+
+# -- retention and legal holds
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_and_holds_are_kept_per_domain(hosted):
+    assert await hosted.retention("example.com") is None
+    await hosted.set_retention("example.com", 30)
+    assert await hosted.retention("example.com") == 30
+    await hosted.set_retention("example.com", 0)  # always
+    assert await hosted.retention("example.com") == 0
+    await hosted.set_retention("example.com", None)
+    assert await hosted.retention("example.com") is None
+    with pytest.raises(UnknownDomain):
+        await hosted.set_retention("example.org", 5)
+
+    assert await hosted.holds("example.com") == []
+    alice = Hold("example.com", "alice", "counsel@example.com", 1_700_000_000.5, "case 17")
+    whole = Hold("example.com", "", "admin", 1_700_000_001.0)
+    await hosted.put_hold(alice)
+    await hosted.put_hold(whole)
+    assert await hosted.holds("example.com") == [whole, alice]
+    await hosted.put_hold(Hold("example.com", "gone", "admin", 1.0))  # an address with no user: kept all the same
+    assert [h.target for h in await hosted.holds("example.com")] == ["example.com", "alice@example.com",
+                                                                      "gone@example.com"]
+    assert await hosted.remove_hold("example.com", "gone") is True
+    assert await hosted.remove_hold("example.com", "gone") is False
+    with pytest.raises(UnknownDomain):
+        await hosted.put_hold(Hold("example.org", "", "admin", 1.0))
+    await hosted.remove_user("example.com", "alice")  # the hold outlives the user
+    assert alice in await hosted.holds("example.com")
 
 
 # -- rooms

@@ -139,7 +139,7 @@ def test_timers_run_on_the_injected_clock_and_stop_with_the_tree(reactor):
 def test_retention_sweeps_at_start_and_hourly(reactor):
     chat = make(reactor)
     cutoffs: list[float] = []
-    chat.archive.expire = lambda cutoff: (cutoffs.append(cutoff), defer.succeed(0))[1]
+    chat.archive.expire = lambda cutoff, *scope: (cutoffs.append(cutoff), defer.succeed(0))[1]
     chat.startService()
     assert cutoffs == [reactor.seconds() - 30 * 86400]
     reactor.advance(3600)
@@ -153,7 +153,7 @@ def test_a_sweep_under_way_holds_the_stores_open(reactor):
     """The stores close only after every child stopped; a timer stops once its call is done."""
     chat = make(reactor)
     sweeping: defer.Deferred[int] = defer.Deferred()
-    chat.archive.expire = lambda cutoff: sweeping
+    chat.archive.expire = lambda cutoff, *scope: sweeping
     closed: list[str] = []
     stop_archive = chat.archive.stop
     chat.archive.stop = lambda: (closed.append("archive"), stop_archive())[1]
@@ -206,7 +206,7 @@ def test_a_drain_sends_clients_elsewhere_says_it_is_draining_and_ends_in_time(re
     """[service] see_other_host names where clients go; /health/ready says draining at once;
     a stop that cannot finish (a sweep that never ends) ends at drain_timeout all the same."""
     chat = make(reactor, ServiceSettings(drain_timeout=5, see_other_host="chat2.example.com:5222"))
-    chat.archive.expire = lambda cutoff: defer.Deferred()  # a retention sweep that never ends
+    chat.archive.expire = lambda cutoff, *scope: defer.Deferred()  # a retention sweep that never ends
     chat.startService()
     desk = EndedSession("alice@example.com/desk")
     chat.router.bind(desk)

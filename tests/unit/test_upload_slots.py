@@ -91,6 +91,17 @@ def test_expiry_removes_old_files_in_batches(store):
     assert not os.listdir(os.path.join(store.path, "files", "example.com"))
 
 
+def test_erasure_removes_one_users_files_and_ledger(store):
+    os.makedirs(store.path, 0o700)
+    for n, owner in enumerate(("bob", "carol", "bob")):
+        store._put("example.com", f"{n}" * 22, io.BytesIO(b"x"), StoredFile(owner, "f", 1, "t/t", 1000.0))
+    assert store._erase("example.com", "bob") == 2
+    assert store._get("example.com", "1" * 22) is not None  # carol's stays
+    assert store._get("example.com", "0" * 22) is None
+    assert store._usage("example.com", "bob", 1000.0) == (0, None)
+    assert store._usage("example.com", "carol", 1000.0)[0] == 1
+    assert store._erase("example.com", "bob") == 0
+
 
 # -- the PUT's checks before and after its body (chatgate.web.upload)
 
