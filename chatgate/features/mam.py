@@ -6,7 +6,11 @@ through ``Router.archive_readers``); anyone else's is <forbidden/>.
 Filters come in a XEP-0004 data form (§4.1): ``with`` (bare
 JID: every resource; full JID: that resource), ``start``/``end`` (XEP-0082,
 inclusive), and the extended ``before-id``/``after-id``/``ids`` (§4.1.3, with
-``<flip-page/>`` and ``<metadata/>``, hence ``urn:xmpp:mam:2#extended``).
+``<flip-page/>`` and ``<metadata/>``, hence ``urn:xmpp:mam:2#extended``), and
+XEP-0431 full-text search, ``{urn:xmpp:fulltext:0}fulltext``: each word must
+start a word of the body, in any case (offered where the archive backend keeps
+an index of words: SQLite's FTS5; on Redis the field is not offered and a
+query with it is <feature-not-implemented/>).
 Paging is XEP-0059 RSM both ways (``after``, ``before``, empty ``before`` for
 the last page, ``index``); the results come as forwarded messages with their
 delay stamps (§4.2), then the IQ result with ``<fin>``, its RSM
@@ -46,7 +50,15 @@ from chatgate.router import Handler, Router
 from chatgate.session import Session
 from chatgate.stanza import CLIENT_NS, DELAY_NS, FORWARD_NS, StanzaError, iq_result, parse_stamp, stamp
 from chatgate.storage import Stores
-from chatgate.storage.interfaces import ArchivedMessage, ArchivePage, ArchiveQuery, IArchive, UnknownMessage
+from chatgate.storage.archive import search_terms
+from chatgate.storage.interfaces import (
+    ArchivedMessage,
+    ArchivePage,
+    ArchiveQuery,
+    IArchive,
+    SearchUnavailable,
+    UnknownMessage,
+)
 from chatgate.xml import Element, StreamError, parse_document
 
 NS = "urn:xmpp:mam:2"
@@ -60,7 +72,10 @@ MAX_PAGE = 250
 #: values an 'ids' field may carry
 MAX_IDS = MAX_PAGE
 
-_FIELDS = ("with", "start", "end", "before-id", "after-id", "ids")
+#: XEP-0431's field: full-text search
+FULLTEXT_NS = "urn:xmpp:fulltext:0"
+FULLTEXT = f"{{{FULLTEXT_NS}}}fulltext"
+_FIELDS = ("with", "start", "end", "before-id", "after-id", "ids", FULLTEXT)
 _ids = itertools.count(1)
 
 log = Logger()
@@ -156,6 +171,12 @@ def parse_query(query: domish.Element) -> ArchiveQuery:
                 times[name] = parse_stamp(fields[name][0])
             except ValueError as e:
                 raise StanzaError("bad-request", f"{name}: {e}") from None
+    text = fields.get(FULLTEXT, [None])[0]
+    if text is not None:
+        try:
+            search_terms(text)
+        except ValueError as e:
+            raise StanzaError("bad-request", f"fulltext: {e}") from None
     ids = fields.get("ids")
     if ids is not None and len(ids) > MAX_IDS:
         raise StanzaError("policy-violation", f"ids: at most {MAX_IDS}")
@@ -168,6 +189,7 @@ def parse_query(query: domish.Element) -> ArchiveQuery:
         after_id=fields.get("after-id", [None])[0],
         before_id=fields.get("before-id", [None])[0],
         ids=tuple(ids) if ids is not None else None,
+        text=text,
         after=page.after,
         before=page.before,
         index=page.index,
@@ -187,6 +209,8 @@ class ArchiveQueries:
     def __init__(self, router: Router, archive: IArchive, max_size: int) -> None:
         self.router = router
         self.archive = archive
+        #: XEP-0431 offered: the backend keeps an index of words
+        self.searchable = getattr(archive, "searchable", True)
         #: the largest archived stanza read back: a stanza within the limit plus what the server added
         self.max_size = max_size
 
@@ -205,6 +229,8 @@ class ArchiveQueries:
             page = await self.archive.query(owner, request)
         except UnknownMessage as e:
             raise StanzaError("item-not-found", str(e)) from None
+        except SearchUnavailable as e:
+            raise StanzaError("feature-not-implemented", str(e)) from None
         query_id = query.getAttribute("queryid")
         messages = page.messages[::-1] if next(query.elements(NS, "flip-page"), None) is not None else page.messages
         for message in messages:
@@ -230,6 +256,8 @@ class ArchiveQueries:
         self._own(sender, to)
         ids = data_form.Field("list-multi", var="ids")
         extra = [data_form.Field("text-single", var="before-id"), data_form.Field("text-single", var="after-id"), ids]
+        if self.searchable:
+            extra.append(data_form.Field("text-single", var=FULLTEXT, label="Search the messages"))
         form = tx_mam.buildForm(formType="form", extra_fields=extra).toElement()
         for field in form.elements(XDATA_NS, "field"):
             if field.getAttribute("var") == "ids":  # any values, not a list to choose from (XEP-0122)
@@ -277,6 +305,8 @@ def _deferred(handler: Callable[[domish.Element, Session, JID], Coroutine[Any, A
 def register(router: Router, settings: Settings, stores: Stores) -> None:
     mam = ArchiveQueries(router, stores.archive, settings.limits.max_stanza_size + 4096)
     router.account_features.update((NS, EXTENDED))
+    if mam.searchable:
+        router.account_features.add(FULLTEXT_NS)
     # a user's own archive, and the archives of the entities of the domain's services (a room's,
     # XEP-0313 §5.1.2), which the service opens to whom it chooses (Router.archive_readers)
     for addressing in ("bare", *(f"{name}-bare" for name in router.subdomains.values())):

@@ -44,6 +44,7 @@ import bisect
 import html
 import re
 import secrets
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,31 @@ def micros(at: float) -> int:
 
 #: above every archive id (they are lowercase hex): ``id < ERASE_ALL`` is every message
 ERASE_ALL = "~"
+
+
+#: words a search uses at most
+MAX_TERMS = 16
+
+
+def _folded(text: str) -> str:
+    """Lowercase without accents: how both sides of a search compare."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
+
+
+def search_terms(text: str) -> list[str]:
+    """The words of a full-text search (XEP-0431), folded; ValueError for none or too many."""
+    terms = re.findall(r"\w+", _folded(text))
+    if not terms:
+        raise ValueError("the search has no word to look for")
+    if len(terms) > MAX_TERMS:
+        raise ValueError(f"a search takes at most {MAX_TERMS} words")
+    return terms
+
+
+def text_matches(body: str, terms: list[str]) -> bool:
+    """Whether each term starts a word of *body* (what the SQLite index answers too)."""
+    words = re.findall(r"\w+", _folded(body))
+    return all(any(word.startswith(term) for word in words) for term in terms)
 
 
 def swept(owner: str, domain: str | None, spare: Collection[str]) -> bool:
@@ -154,6 +180,8 @@ def check_query(query: ArchiveQuery) -> None:
         raise ValueError("index must not be negative")
     if query.resource is not None and query.contact is None:
         raise ValueError("a resource needs a contact")
+    if query.text is not None:
+        search_terms(query.text)
 
 
 def named_ids(query: ArchiveQuery) -> list[str]:
@@ -176,7 +204,9 @@ def matches(message: ArchivedMessage, query: ArchiveQuery) -> bool:
         return False
     if query.before_id is not None and message.id >= query.before_id:
         return False
-    return query.ids is None or message.id in query.ids
+    if query.ids is not None and message.id not in query.ids:
+        return False
+    return query.text is None or text_matches(message.body, search_terms(query.text))
 
 
 def paginate(result_set: Sequence[ArchivedMessage], query: ArchiveQuery) -> ArchivePage:

@@ -351,6 +351,10 @@ class UnknownMessage(ArchiveError):
     """An archive id a query names is not in the owner's archive (XEP-0313 §4.1.3: item-not-found)."""
 
 
+class SearchUnavailable(ArchiveError):
+    """This archive backend cannot search message text (XEP-0431)."""
+
+
 class BadCursor(ArchiveError):
     """A paging cursor that is no message of the conversation it pages (a one-line message for a user)."""
 
@@ -384,10 +388,14 @@ class ArchiveQuery:
     ``before_id`` (exclusive bounds) and ``ids``. RSM (XEP-0059) picks one page
     of it: ``after`` (forward from an id), ``before`` (backward from an id;
     ``""`` is the last page), ``index`` (from a position), else the first page;
-    ``max`` items at most.
+    ``max`` items at most. ``text`` (XEP-0431 full-text search) keeps the messages
+    whose body has, for each of its words, a word starting with it, in any case
+    and accents aside (:func:`chatgate.storage.archive.search_terms`); a backend
+    that cannot search raises :class:`SearchUnavailable`.
     """
 
     contact: str | None = None
+    text: str | None = None
     resource: str | None = None
     start: float | None = None
     end: float | None = None

@@ -69,6 +69,7 @@ from chatgate.storage.interfaces import (
     IArchive,
     IOfflineStore,
     OfflineMessage,
+    SearchUnavailable,
 )
 
 log = Logger()
@@ -605,6 +606,9 @@ def _reason(e: BaseException, timeout: float) -> str:
 class RedisArchive(ConversationsMixin, _RedisStore):
     """IArchive in Redis sorted sets and hashes (see the module's docstring)."""
 
+    #: no full-text search (XEP-0431): Redis keeps no index of words
+    searchable = False
+
     def append(self, messages: list[ArchivedMessage]) -> Deferred[None]:
         keys: list[str] = []
         args: list[Any] = []
@@ -636,6 +640,9 @@ class RedisArchive(ConversationsMixin, _RedisStore):
             check_query(query)
         except ValueError as e:
             return fail(e)
+        if query.text is not None:  # XEP-0431: Redis keeps no index of words
+            return fail(SearchUnavailable("searching history needs the SQLite archive ([archive] backend):"
+                                          " the Redis one keeps no index of words"))
         if query.ids is not None:
             return Deferred.fromCoroutine(self._query_ids(owner, query))
         base, _, _ = self._base(owner, "archive")

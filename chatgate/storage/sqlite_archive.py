@@ -67,6 +67,7 @@ from chatgate.storage.archive import (
     id_ceiling,
     id_floor,
     named_ids,
+    search_terms,
     swept,
     time_of,
     unknown,
@@ -106,6 +107,15 @@ CREATE TABLE IF NOT EXISTS archive (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS archive_by_owner ON archive (owner, id);
 CREATE INDEX IF NOT EXISTS archive_by_contact ON archive (owner, contact, id);
+CREATE VIRTUAL TABLE IF NOT EXISTS archive_text USING fts5(
+    body, content='archive', content_rowid='seq', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS archive_text_added AFTER INSERT ON archive BEGIN
+    INSERT INTO archive_text (rowid, body) VALUES (new.seq, new.body);
+END;
+CREATE TRIGGER IF NOT EXISTS archive_text_removed AFTER DELETE ON archive BEGIN
+    INSERT INTO archive_text (archive_text, rowid, body) VALUES ('delete', old.seq, old.body);
+END;
 CREATE TABLE IF NOT EXISTS archive_contacts (
     owner TEXT NOT NULL,
     contact TEXT NOT NULL,
@@ -194,7 +204,11 @@ class _BatchedSQLite:
                 f"{self.path}: history made by a newer chatgate"
                 f" (schema {row[0]}, this one knows {HISTORY_SCHEMA_VERSION})"
             )
+        indexed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'archive_text'").fetchone() is not None
         execute_statements(db, _SCHEMA[self.tables])
+        if self.tables == "archive" and not indexed:
+            # an archive from before full-text search: its messages indexed once (minutes for millions)
+            db.execute("INSERT INTO archive_text (archive_text) VALUES ('rebuild')")
 
     # -- the reactor side: queue, hand over, one batch in flight
 
@@ -497,6 +511,10 @@ def _filters(owner: str, query: ArchiveQuery) -> tuple[list[str], list[Any]]:
     if query.ids is not None:
         terms.append(f"id IN ({', '.join('?' * len(query.ids))})")
         params.extend(query.ids)
+    if query.text is not None:
+        # each word as a prefix (FTS5 §3.4: "word"*), all of them (implicit AND)
+        terms.append("seq IN (SELECT rowid FROM archive_text WHERE archive_text MATCH ?)")
+        params.append(" ".join('"' + term.replace('"', '""') + '"*' for term in search_terms(query.text)))
     return terms, params
 
 

@@ -175,7 +175,12 @@ def transaction(db: sqlite3.Connection, begin: str, work: Callable[..., T], *arg
 
 
 def execute_statements(db: sqlite3.Connection, script: str) -> None:
-    """Run each statement of *script* (``;``-separated) in the transaction under way."""
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    """Run each statement of *script* (``;``-separated; a trigger's body keeps its own) in the
+    transaction under way."""
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                db.execute(statement)
+            statement = ""

@@ -1,6 +1,6 @@
 """The webmail's history: a user's conversations as JSON on the web listener.
 
-Three GET endpoints under :data:`PATH`, each answering for the authenticated
+Four GET endpoints under :data:`PATH`, each answering for the authenticated
 user's own archive only:
 
 - ``contacts``: everyone the user has history with, most recent first::
@@ -45,6 +45,16 @@ user's own archive only:
   A cursor that is no message of the conversation, or a limit out of range,
   is 400.
 
+- ``search?q=<words>[&with=<bare JID>|&room=<room JID>][&before=<message id>][&limit=<1..100>]``:
+  the user's messages with every word (each a word's start, in any case,
+  accents aside: XEP-0431's rule), newest first, each with the conversation
+  it is in (open it with ``conversation?id=``); ``more`` and ``last`` (the
+  oldest listed: ask again with ``before`` = it). 501 where the archive cannot
+  search (Redis)::
+
+    {"q": "budget", "messages": [{"id": "…", "at": "…", "with": "bob@…", "from": "…",
+     "outgoing": true, "body": "…", "conversation": "…"}], "more": false, "last": "…"}
+
 A team room's history (its archive, open to its members): ``conversations``
 and ``conversation`` with ``room=<room JID>`` instead of ``with``; each
 message's ``from`` is ``room/nickname``, with ``"nick"``, and ``outgoing`` is
@@ -81,7 +91,14 @@ from chatgate.features.muc.model import USER_NS as MUC_USER_NS
 from chatgate.mirror import DirectoryMirror
 from chatgate.stanza import stamp
 from chatgate.storage.archive import Shown, fold, is_message, time_of
-from chatgate.storage.interfaces import ArchivedMessage, BadCursor, IArchive, UnknownMessage
+from chatgate.storage.interfaces import (
+    ArchivedMessage,
+    ArchiveQuery,
+    BadCursor,
+    IArchive,
+    SearchUnavailable,
+    UnknownMessage,
+)
 from chatgate.transports.bosh import Peer, peer_of
 from chatgate.web.site import Endpoint, Folder
 from chatgate.xml import StreamError, parse_document
@@ -89,6 +106,8 @@ from chatgate.xml import StreamError, parse_document
 #: where the endpoints are mounted on the web listener
 PATH = "/history"
 MAX_LIMIT = 100
+#: pages of 100 entries a search result's conversation start is looked for in, at most
+SEARCH_WALK = 50
 DEFAULT_LIMIT = 20
 
 log = Logger()
@@ -146,7 +165,7 @@ class HistoryAPI:
     def mount(self, root: Folder, origins: Sequence[str]) -> None:
         """Serve the endpoints below :data:`PATH` of *root*."""
         for name, handler in (("contacts", self.contacts), ("conversations", self.conversations),
-                              ("conversation", self.conversation)):
+                              ("conversation", self.conversation), ("search", self.search)):
             root.mount(f"{PATH}/{name}", Endpoint(_JSONResource(self, handler), origins))
 
     # -- authentication
@@ -257,6 +276,50 @@ class HistoryAPI:
         if page.count is not None:
             answer["count"] = page.count
         return answer
+
+
+    async def search(self, owner: str, args: dict[bytes, list[bytes]]) -> Answer:
+        user = owner
+        owner, room = self._archive(owner, args)
+        text = _arg(args, "q", required=True)
+        contact = room or (_bare(_arg(args, "with")) if _arg(args, "with") else None)
+        before = _cursor(args, "before")
+        limit = _limit(_arg(args, "limit"))
+        query = ArchiveQuery(contact=contact if room is None else None, text=text, before=before or "", max=limit)
+        try:
+            page = await self.archive.query(owner, query)
+        except SearchUnavailable as e:
+            raise HTTPError(501, str(e)) from None
+        except UnknownMessage:
+            raise HTTPError(400, f"before: {before} is no message of yours") from None
+        except ValueError as e:
+            raise HTTPError(400, f"q: {e}") from None
+        found = []
+        for message in reversed(page.messages):  # newest first
+            shown = _room_message(message, room, user) if room is not None else {
+                "id": message.id, "at": stamp(message.at), "with": message.contact,
+                "from": owner if message.outgoing else message.contact, "outgoing": message.outgoing,
+                "body": message.body}
+            shown["conversation"] = await self._conversation_of(owner, message)
+            found.append(shown)
+        return {"q": text, "messages": found, "more": bool(page.messages) and page.first_index > 0,
+                "last": page.messages[0].id if page.messages else None}
+
+    async def _conversation_of(self, owner: str, message: ArchivedMessage) -> str:
+        """The id of the conversation *message* is in (its first message: back to the last silence
+        longer than the gap), read back page by page, bounded."""
+        start = message
+        for _ in range(SEARCH_WALK):
+            earlier = await self.archive.between(owner, message.contact, before=start.id, limit=100, newest=True)
+            for candidate in reversed(earlier):
+                if not is_message(candidate):
+                    continue
+                if start.at - candidate.at > self.gap:
+                    return start.id
+                start = candidate
+            if len(earlier) < 100:
+                break
+        return start.id
 
 
 def _room_message(message: ArchivedMessage, room: str, user: str) -> dict[str, Any]:

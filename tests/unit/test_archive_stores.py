@@ -24,6 +24,7 @@ from chatgate.storage.interfaces import (
     IArchive,
     IOfflineStore,
     OfflineMessage,
+    SearchUnavailable,
     UnknownMessage,
 )
 from chatgate.storage.memory_archive import MemoryArchive, MemoryOfflineStore
@@ -335,6 +336,31 @@ async def test_erase_takes_one_owners_whole_archive(archive):
     assert await archive.contacts(ALICE) == []
     assert ids(await archive.query(BOB, ArchiveQuery())) == [other.id]  # bob's copy is bob's
     assert await archive.erase(ALICE) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_finds_every_word_as_a_prefix_in_any_case(archive):
+    maker = Conversation()
+    messages = [maker.message(ALICE, BOB, T0 + i, body) for i, body in enumerate((
+        "The quarterly Report is ready", "lunch at noon?", "report: café numbers", "nothing here"))]
+    messages.append(maker.message(ALICE, CAROL, T0 + 10, "carol's report"))
+    await archive.append(messages)
+    if not getattr(archive, "searchable", True):
+        with pytest.raises(SearchUnavailable):
+            await archive.query(ALICE, ArchiveQuery(text="report"))
+        return
+    assert ids(await archive.query(ALICE, ArchiveQuery(text="REPORT"))) == [messages[i].id for i in (0, 2, 4)]
+    assert ids(await archive.query(ALICE, ArchiveQuery(text="rep quart"))) == [messages[0].id]
+    assert ids(await archive.query(ALICE, ArchiveQuery(text="cafe"))) == [messages[2].id]  # accents aside
+    assert ids(await archive.query(ALICE, ArchiveQuery(text="port"))) == []  # words start, not inside
+    assert ids(await archive.query(ALICE, ArchiveQuery(text="report", contact=CAROL))) == [messages[4].id]
+    page = await archive.query(ALICE, ArchiveQuery(text="report", before="", max=2))
+    assert ids(page) == [messages[2].id, messages[4].id] and page.count == 3
+    assert ids(await archive.query(BOB, ArchiveQuery(text="report"))) == []  # alice's alone
+    await archive.erase(ALICE)
+    assert ids(await archive.query(ALICE, ArchiveQuery(text="report"))) == []
+    with pytest.raises(ValueError):
+        await archive.query(ALICE, ArchiveQuery(text="  ?! "))
 
 
 # -- conversations (grouped by contact and silence)
@@ -668,6 +694,23 @@ async def test_sqlite_shares_the_directory_file(tmp_path):
     assert (await archive.query(ALICE, ArchiveQuery())).count == 1
     for store in (directory, archive, offline):
         await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_indexes_an_archive_from_before_search_once(tmp_path):
+    path = str(tmp_path / "old.sqlite")
+    archive = SQLiteArchive(path)
+    await archive.start()
+    old = Conversation().message(ALICE, BOB, T0, "the budget meeting")
+    await archive.append([old])
+    await archive.stop()
+    db = sqlite3.connect(path)  # as a chatgate from before search left it: no index of words
+    db.executescript("DROP TRIGGER archive_text_added; DROP TRIGGER archive_text_removed; DROP TABLE archive_text;")
+    db.close()
+    archive = SQLiteArchive(path)
+    await archive.start()
+    assert ids(await archive.query(ALICE, ArchiveQuery(text="budget"))) == [old.id]
+    await archive.stop()
 
 
 def test_sqlite_between_reads_the_contact_index_without_sorting(tmp_path):
