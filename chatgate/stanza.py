@@ -54,6 +54,9 @@ CORRECT_NS = "urn:xmpp:message-correct:0"
 _MARKERS = {"received": "delivered", "displayed": "read", "acknowledged": "read"}
 
 # RFC 6120 §8.3.3: the error type each condition goes with.
+#: xml:lang as the parser keys it
+_XML_LANG = ("http://www.w3.org/XML/1998/namespace", "lang")
+
 _ERROR_TYPES = {
     "bad-request": "modify",
     "conflict": "cancel",
@@ -94,7 +97,7 @@ def error_reply(stanza: domish.Element, condition: str, text: str | None = None,
     """The error stanza answering *stanza* (RFC 6120 §8.3.1): addresses swapped,
     with the §8.3.4 *application*-specific condition element if given."""
     reply = Element((CLIENT_NS, stanza.name))
-    for attr in ("id", "xml:lang"):
+    for attr in ("id", _XML_LANG):
         if stanza.hasAttribute(attr):
             reply[attr] = stanza[attr]
     if stanza.hasAttribute("from"):
@@ -186,8 +189,6 @@ def parse_stamp(text: str) -> float:
 # -- entity capabilities (XEP-0115 §5): what a disco#info answer hashes to
 
 _XDATA_NS = "jabber:x:data"
-#: xml:lang as the parser keys it
-_XML_LANG = ("http://www.w3.org/XML/1998/namespace", "lang")
 
 
 def caps_hash(name: str, text: str) -> str | None:

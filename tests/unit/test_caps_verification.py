@@ -48,3 +48,4 @@ def test_answers_not_to_trust_have_no_verification():  # §5.4 3.3-3.5
             "<value>urn:b</value></field></x>")
     assert caps_verification(query(SIMPLE + form)) is None
     assert caps_hash("no-such-hash", "x") is None
+
