@@ -204,6 +204,16 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """The service's log lines (chatgate/logs.py)."""
+
+    #: text (twistd's lines) or json (one object a line)
+    format: str = "text"
+    #: debug, info, warn or error: events below are left out (SIGHUP changes it live)
+    level: str = "info"
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     """How a node stops: a drain (SIGTERM, ``chatgate-admin drain``)."""
 
@@ -266,6 +276,7 @@ class Settings:
     muc: MUCSettings = field(default_factory=MUCSettings)
     pep: PEPSettings = field(default_factory=PEPSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    log: LogSettings = field(default_factory=LogSettings)
     #: Directory relative paths in the file are resolved against.
     base_dir: str = "."
 
@@ -620,6 +631,13 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "alias_rooms": _bool,
             "history": _whole,
             "large_room": _whole,
+        },
+    ),
+    "log": (
+        LogSettings,
+        {
+            "format": _one_of("text", "json"),
+            "level": _one_of("debug", "info", "warn", "error"),
         },
     ),
     "service": (

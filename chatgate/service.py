@@ -12,6 +12,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from twisted.application import service
@@ -20,6 +21,7 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.web import server
 
+from chatgate import logs
 from chatgate.auth import slots
 from chatgate.auth.credentials import make_credentials
 from chatgate.auth.sasl import Authenticator
@@ -48,7 +50,7 @@ from chatgate.web.upload import UploadResource
 log = Logger()
 
 #: the configuration's sections SIGHUP applies to a running node
-RELOADABLE = ("limits",)
+RELOADABLE = ("limits", "log")
 #: seconds /health/ready waits for the directory
 READY_TIMEOUT = 2.0
 
@@ -196,7 +198,7 @@ class ChatService(service.MultiService):
         s = self.settings.service
         log.info("chatgate stopping: no new connections, clients sent to {where}, the archive flushed,"
                  " within {timeout:g} s", where=s.see_other_uri or s.see_other_host or "(nowhere: system-shutdown)",
-                 timeout=s.drain_timeout)
+                 timeout=s.drain_timeout, event="stopping")
         d = self._stop_children()
         d.addTimeout(s.drain_timeout, self.reactor)
         d.addErrback(self._drain_overdue)
@@ -368,7 +370,13 @@ class ChatService(service.MultiService):
         if "limits" in changed:
             # one Settings object is shared by every part: each reads settings.limits as it needs it
             object.__setattr__(self.settings, "limits", fresh.limits)
+        if "log" in changed:
+            logs.set_level(fresh.log.level)  # the format stays: it is the observer twistd started with
+            if fresh.log.format != self.settings.log.format:
+                changed.append("log format")
+            object.__setattr__(self.settings, "log", replace(self.settings.log, level=fresh.log.level))
         restart = [name for name in changed if name not in RELOADABLE]
+        changed = [name for name in changed if name != "log format"]
         log.info("configuration reloaded from {path}: {reloaded}{restart}", path=self.config_path,
                  reloaded=", ".join(f"[{n}]" for n in changed if n in RELOADABLE) or "nothing changed live",
                  restart=f"; changed but applied only at the next start: {', '.join(f'[{n}]' for n in restart)}"

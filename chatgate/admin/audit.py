@@ -45,7 +45,7 @@ def record(operation: str, target: str, caller: str, via: str, logger: Logger = 
     """Log one change: *operation* on *target* by *caller*, made *via* the API or the CLI."""
     logger.info(
         EVENT + " operation={operation} target={target} caller={caller} via={via}",
-        audit=EVENT, operation=operation, target=_printable(target), caller=_printable(caller), via=via,
+        audit=EVENT, event=EVENT, operation=operation, target=_printable(target), caller=_printable(caller), via=via,
     )
 
 

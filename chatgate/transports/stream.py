@@ -285,7 +285,8 @@ class XMPPStream:
         log.info(
             "login {user}@{domain} via {mechanism} from {peer} ({transport})",
             user=self.localpart, domain=self.domain, mechanism=exchange.mechanism,
-            peer=self.transport.peer, transport=self.transport.name,
+            peer=self.transport.peer, transport=self.transport.name, event="login",
+            jid=f"{self.localpart}@{self.domain}",
         )
         if self.authenticator.logins is not None:
             self.authenticator.logins.login_succeeded(self.transport.name, exchange.mechanism)
@@ -316,7 +317,8 @@ class XMPPStream:
         log.info(
             "refused login to {domain} from {peer} ({transport}): {condition}",
             domain=self.domain, peer=self.transport.peer, transport=self.transport.name,
-            condition=failure.condition,
+            condition=failure.condition, event="login-refused",
+            mechanism=exchange.mechanism if exchange else "",
         )
         if self._failures >= self.settings.auth.max_attempts:
             self.transport.fail("policy-violation", "Too many failed authentication attempts")
@@ -474,7 +476,7 @@ class XMPPStream:
                      jid=session.full, transport=self.transport.name, timeout=manager.timeout)
             manager.detach()
             return
-        log.info("logout {jid} ({transport})", jid=session.full, transport=self.transport.name)
+        log.info("logout {jid} ({transport})", jid=session.full, transport=self.transport.name, event="logout")
         session.closed = True
         if manager is not None:
             manager.forget()

@@ -145,7 +145,8 @@ def _refused(request: server.Request, peer: Peer, domain: str, condition: str) -
     domain = domain[:255]  # the address a stranger typed: bounded, and escaped unless printable
     log.info("refused login to {domain} from {peer} ({transport}): {condition}",
              domain=domain if domain.isprintable() else ascii(domain), peer=peer.label,
-             transport="http " + request.path.decode("ascii", "replace"), condition=condition)
+             transport="http " + request.path.decode("ascii", "replace"), condition=condition,
+             event="login-refused")
 
 
 class HistoryAPI:

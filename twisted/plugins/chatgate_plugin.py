@@ -20,6 +20,26 @@ class Options(usage.Options):
         ["config", "c", "tap-config.ini", "The configuration file (every key is documented in it)."],
     ]
 
+    def postOptions(self) -> None:
+        """twistd starts its log before the service is made: ``[log]`` is read now, and
+        anything but text at info gets chatgate's observer (chatgate/logs.py)."""
+        twistd = getattr(self, "parent", None)
+        if twistd is None or twistd.get("logger"):
+            return  # not under twistd, or an observer named on the command line wins
+        from chatgate.config import ConfigError, load
+
+        try:
+            log = load(self["config"]).log
+        except ConfigError:
+            return  # makeService says what is wrong, in one line
+        if (log.format, log.level) == ("text", "info"):
+            return
+        from chatgate import logs
+
+        logfile = twistd.get("logfile") or (None if twistd.get("nodaemon") else "twistd.log")
+        logs.chosen = (log.format, log.level, logfile)
+        twistd["logger"] = "chatgate.logs.twistd_observer"  # twistd takes a name, and imports it
+
 
 @implementer(IServiceMaker, IPlugin)
 class ChatgateServiceMaker:

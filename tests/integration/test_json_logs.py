@@ -1,0 +1,94 @@
+"""Structured logs: with ``[log] format = json`` every line twistd writes is one JSON
+object, the events a collector alerts on carry their stable names and fields,
+and no password or token appears anywhere; SIGHUP raises the level live."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import PASSWORD, provision
+from tests.integration.harness import LoginFailed, Server, async_test, login, logout
+
+WRONG = "not-the-password-4711"
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[Server]:
+    srv = Server(tmp_path, log={"format": "json", "level": "info"})
+    provision(srv)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def records(server: Server) -> list[dict]:
+    lines = [line for line in server.log_text().splitlines() if line.strip()]
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"not a JSON line: {line!r}") from None
+    return parsed
+
+
+def wait_for(server: Server, found, timeout: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = records(server)
+        if found(got):
+            return got
+        assert time.monotonic() < deadline, json.dumps(got[-10:], indent=1)
+        time.sleep(0.1)
+
+
+@async_test(timeout=90)
+async def test_every_line_is_json_with_the_events_and_no_secret(server):
+    with pytest.raises(LoginFailed):
+        await login(server, "carol@example.com", WRONG, mechanism="PLAIN")
+    alice = await login(server, "alice@example.com/desk", PASSWORD)
+    bob = await login(server, "bob@example.com/desk", PASSWORD)
+    alice.send_message(mto="bob@example.com", mbody="hello", mtype="chat")
+    await bob.next_message()
+    await logout(alice, bob)
+    server.admin("domain", "disable", "example.com")
+    server.admin("domain", "enable", "example.com")
+    token = server.admin("token", "bob@example.com", check=False).stdout.strip()
+
+    got = wait_for(server, lambda rs: sum(r.get("event") == "domain-switch" for r in rs) >= 2
+                   and sum(r.get("event") == "logout" for r in rs) >= 2)
+    assert all({"time", "level", "system", "message"} <= r.keys() for r in got)
+    logins = [r for r in got if r.get("event") == "login"]
+    assert {r["jid"] for r in logins} >= {"alice@example.com", "bob@example.com"}
+    assert all(r["transport"] == "c2s" and r["peer"] for r in logins)
+    refused = [r for r in got if r.get("event") == "login-refused"]
+    assert refused and refused[0]["condition"] == "not-authorized" and refused[0]["mechanism"] == "PLAIN"
+    assert refused[0]["domain"] == "example.com"
+    assert {r["jid"].split("/")[0] for r in got if r.get("event") == "logout"} >= {"alice@example.com",
+                                                                                   "bob@example.com"}
+    switches = [r for r in got if r.get("event") == "domain-switch"]
+    assert [r["state"] for r in switches[-2:]] == ["disabled", "enabled"]
+    text = server.log_text()
+    for secret in (PASSWORD, WRONG, token):
+        assert not secret or secret not in text
+
+
+@async_test(timeout=60)
+async def test_sighup_changes_the_level_and_json_stays(server):
+    text = server.config.read_text()
+    server.config.write_text(text.replace("level = info", "level = warn"))
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+    time.sleep(1.0)  # the reload's own line is at info: left out now
+    before = len(records(server))
+    client = await login(server, "alice@example.com/quiet", PASSWORD)
+    await logout(client)
+    time.sleep(0.5)
+    after = records(server)
+    assert not [r for r in after[before:] if r.get("event") in ("login", "logout")]
+    assert all(r["level"] in ("warn", "error", "critical") for r in after[before:])
