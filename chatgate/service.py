@@ -21,7 +21,7 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.web import server
 
-from chatgate import logs
+from chatgate import logs, systemd
 from chatgate.auth import slots
 from chatgate.auth.credentials import make_credentials
 from chatgate.auth.sasl import Authenticator
@@ -34,6 +34,7 @@ from chatgate.mirror import DirectoryMirror
 from chatgate.private_files import warn_if_open
 from chatgate.router import Router
 from chatgate.storage import Stores, open_archive, open_directory, open_files, open_offline
+from chatgate.storage.backup import hold_running
 from chatgate.storage.interfaces import ArchiveError, DirectoryError, DuplicateDomain, User
 from chatgate.tls import ReloadableContext, ensure_certificate
 from chatgate.transports.bosh import BOSHResource, ConnectionManager
@@ -142,6 +143,8 @@ class ChatService(service.MultiService):
         self.ports: list[Any] = []
         #: the admin listener's ports: closed last, so /health/ready tells a drain to the end
         self.admin_ports: list[Any] = []
+        #: the shared lock on the SQLite store's ``.running`` file while the stores are open
+        self._running_lock: Any = None
         #: address -> its connections not authenticated yet, c2s and BOSH alike
         self._preauth: dict[str, int] = {}
         self.bosh = ConnectionManager(self.router, self.authenticator, settings, reactor, self._preauth)
@@ -189,12 +192,16 @@ class ChatService(service.MultiService):
         if self.process_wide:
             self._take_process()
         log.info("chatgate ready: domains {domains}", domains=", ".join(self.domains.names()) or "(none)")
+        if self.process_wide:
+            systemd.notify("READY=1")
 
     def stopService(self) -> defer.Deferred[None]:
         """Drain: stop the children in reverse order, each after the one started after it has
         stopped, within ``[service] drain_timeout`` seconds; the admin listener last."""
         service.Service.stopService(self)
         self.draining = True
+        if self.process_wide:
+            systemd.notify("STOPPING=1")
         s = self.settings.service
         log.info("chatgate stopping: no new connections, clients sent to {where}, the archive flushed,"
                  " within {timeout:g} s", where=s.see_other_uri or s.see_other_host or "(nowhere: system-shutdown)",
@@ -233,6 +240,9 @@ class ChatService(service.MultiService):
 
     @defer.inlineCallbacks
     def _open_stores(self):
+        if "sqlite" in (self.settings.storage.backend, self.settings.archive.backend) and self.process_wide:
+            # a restore (chatgate-admin restore) waits for no node to hold this
+            self._running_lock = hold_running(self.settings.path(self.settings.storage.path))
         yield self.directory.start()
         yield self.archive.start()
         yield self.offline.start()
@@ -244,6 +254,9 @@ class ChatService(service.MultiService):
         yield self.archive.stop()  # commits the history still queued
         yield self.offline.stop()
         yield self.directory.stop()
+        if self._running_lock is not None:
+            self._running_lock.close()
+            self._running_lock = None
 
     @defer.inlineCallbacks
     def _load_directory(self):

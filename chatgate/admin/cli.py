@@ -32,13 +32,14 @@ from typing import Any, NoReturn
 from twisted.internet import threads
 from twisted.internet.task import react
 
-from chatgate.admin import audit
+from chatgate.admin import audit, export
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import ConfigError, Settings, load
 from chatgate.private_files import make_private_folder
 from chatgate.stanza import stamp
 from chatgate.storage import Stores, open_archive, open_directory, open_files, open_offline
+from chatgate.storage import backup as backups
 from chatgate.storage.interfaces import ArchiveError, Credentials, DirectoryError, IDirectory, User
 
 PROG = "chatgate-admin"
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", metavar="FILE", help=f"configuration file (default: ./{DEFAULT_CONFIG} if present)"
     )
     topics = parser.add_subparsers(dest="topic", required=True,
-                                   metavar="{domain,user,alias,room,site,token,hold,drain}")
+                                   metavar="{domain,user,alias,room,site,token,hold,backup,restore,drain,export,import}")
 
     domain = topics.add_parser("domain", help="hosted domains").add_subparsers(dest="action", required=True)
     for action, prepare, text in (
@@ -176,8 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--lifetime", type=float, default=None, help="seconds (default: [webmail] token_lifetime)")
     token.set_defaults(prepare=_token, action="mint")
 
+    backup_command = topics.add_parser("backup", help="copy the SQLite store (online, consistent) into a new file")
+    backup_command.add_argument("file", metavar="FILE")
+    backup_command.set_defaults(prepare=_backup, action="backup")
+    restore_command = topics.add_parser("restore", help="put a backup in place of the SQLite store (service stopped)")
+    restore_command.add_argument("file", metavar="FILE")
+    restore_command.set_defaults(prepare=_restore, action="restore")
+
     drain = topics.add_parser("drain", help="stop the running node gracefully, as SIGTERM does (the admin API)")
     drain.set_defaults(prepare=_drain, action="drain")
+    export.add_commands(topics)
     return parser
 
 
@@ -260,7 +269,7 @@ def _run(directory: IDirectory, job: Job) -> int:
 
 #: the actions that change nothing (every other one is audited)
 #: actions audited elsewhere or not at all: reads, and a drain (the node's admin API audits it)
-READS = frozenset({"list", "members", "drain"})
+READS = frozenset({"list", "members", "drain", "backup"})
 
 
 def _audited(job: Job, args: argparse.Namespace, settings: Settings) -> Job:
@@ -597,6 +606,38 @@ def _token(args: argparse.Namespace, settings: Settings) -> Job:
     async def job(directory: IDirectory) -> None:
         token, _ = await ops.token(directory, settings, args.jid, args.lifetime)
         print(token)
+
+    return job
+
+
+def _sqlite_store(settings: Settings) -> str:
+    if {settings.storage.backend, settings.archive.backend, settings.archive.offline_backend} != {"sqlite"}:
+        raise CommandError("backup and restore cover the SQLite store; Redis keeps its own (RDB or AOF)")
+    return settings.path(settings.storage.path)
+
+
+def _backup(args: argparse.Namespace, settings: Settings) -> Job:
+    store = _sqlite_store(settings)
+
+    async def job(directory: IDirectory) -> None:
+        try:
+            pages = await threads.deferToThread(backups.backup, store, args.file)
+        except backups.BackupError as e:
+            raise CommandError(str(e)) from None
+        print(f"backed up {store} into {args.file} ({pages} pages); uploads are the files in [upload] path")
+
+    return job
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> Job:
+    store = _sqlite_store(settings)
+    try:
+        backups.restore(args.file, store)
+    except backups.BackupError as e:
+        raise CommandError(str(e)) from None
+
+    async def job(directory: IDirectory) -> None:
+        print(f"restored {store} from {args.file}")
 
     return job
 
