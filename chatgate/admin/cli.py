@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 from twisted.internet import threads
 from twisted.internet.task import react
 
-from chatgate.admin import audit, export
+from chatgate.admin import audit, export, import_pie
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import ConfigError, Settings, load
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     drain = topics.add_parser("drain", help="stop the running node gracefully, as SIGTERM does (the admin API)")
     drain.set_defaults(prepare=_drain, action="drain")
     export.add_commands(topics)
+    import_pie.add_commands(topics)
     return parser
 
 
