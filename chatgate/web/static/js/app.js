@@ -144,6 +144,7 @@ function start(config, credentials) {
             banner();
         },
         onSignOut: () => client.signOut(),
+        onAvatar: (file) => client.setAvatar(file),
     });
 
     function selectContact(jid, fromChat = false) {
@@ -297,6 +298,10 @@ function start(config, credentials) {
         else model.upsert(e.detail.item);
     });
     client.addEventListener("presence-reset", () => model.resetPresence());
+    client.addEventListener("avatar", (e) => {
+        if (e.detail.jid === credentials.jid) menu.setAvatar(e.detail.photo);
+        else model.setPhoto(e.detail.jid, e.detail.photo);
+    });
     client.addEventListener("presence", (e) => model.presence(e.detail));
     client.addEventListener("chatstate", (e) => chats.chatState(e.detail));
     client.addEventListener("message-error", (e) => chats.failed(e.detail));

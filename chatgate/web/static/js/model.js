@@ -205,6 +205,14 @@ export class Model extends EventTarget {
         this.emit("contact", { contact, changed: before !== contact.presence.status });
     }
 
+    /** A contact's picture (a data: URL) came or went. */
+    setPhoto(jid, photo) {
+        const contact = this.contacts.get(jid);
+        if (!contact || contact.photo === photo) return;
+        contact.photo = photo;
+        this.emit("contact", { contact, changed: false });
+    }
+
     sorted(filter = "") {
         const needle = filter.trim().toLowerCase();
         const list = [...this.contacts.values()].filter((c) => !needle

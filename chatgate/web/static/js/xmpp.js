@@ -53,7 +53,36 @@ export const NS = {
     discoItems: "http://jabber.org/protocol/disco#items",
     muc: "http://jabber.org/protocol/muc",
     mucUser: "http://jabber.org/protocol/muc#user",
+    pubsub: "http://jabber.org/protocol/pubsub",
+    pubsubEvent: "http://jabber.org/protocol/pubsub#event",
+    caps: "http://jabber.org/protocol/caps",
+    avatarData: "urn:xmpp:avatar:data",
+    avatarMeta: "urn:xmpp:avatar:metadata",
 };
+
+/** What the pane is (XEP-0030) and asks the server to tell it of (avatars: XEP-0163 +notify). */
+const IDENTITY = { category: "client", type: "web", name: "chatgate webmail chat" };
+const FEATURES = [NS.discoInfo, NS.ping, NS.chatstates, NS.carbons, `${NS.avatarMeta}+notify`];
+/** XEP-0115's node for the pane; its ver is the hash of IDENTITY and FEATURES (§5.1). */
+const CAPS_NODE = "urn:chatgate:pane";
+/** the largest picture the pane publishes (bytes, before base64: the server's stanza limit) */
+const MAX_AVATAR = 160 * 1024;
+
+/** XEP-0115 §5.1's verification string, hashed (SHA-1, base64); null where the browser cannot hash. */
+async function capsVer() {
+    if (!globalThis.crypto?.subtle) return null;
+    const text = `${IDENTITY.category}/${IDENTITY.type}//${IDENTITY.name}<`
+        + [...FEATURES].sort().map((f) => `${f}<`).join("");
+    const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(text));
+    return btoa(String.fromCharCode(...new Uint8Array(digest)));
+}
+
+function base64Of(buffer) {
+    let text = "";
+    const bytes = new Uint8Array(buffer);
+    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(text);
+}
 
 const CHAT_STATES = ["active", "composing", "paused", "inactive", "gone"];
 /** seconds between reconnect attempts, then the last one over and over */
@@ -398,6 +427,7 @@ export class ChatClient extends EventTarget {
         try {
             await this.iq($iq({ type: "set" }).c("enable", { xmlns: NS.carbons })).catch(() => null);
             const roster = await this.iq($iq({ type: "get" }).c("query", { xmlns: NS.roster }));
+            if (this.capsVer === undefined) this.capsVer = await capsVer().catch(() => null);
             if (generation !== this.generation) return;
             this.emit("presence-reset");
             const items = Array.from(roster.getElementsByTagName("item"), rosterItem);
@@ -441,7 +471,67 @@ export class ChatClient extends EventTarget {
         const p = $pres();
         if (this.show) p.c("show").t(this.show).up();
         if (this.status) p.c("status").t(this.status).up();
+        if (this.capsVer) p.c("c", { xmlns: NS.caps, hash: "sha-1", node: CAPS_NODE, ver: this.capsVer }).up();
         return p;
+    }
+
+    // -- avatars (XEP-0084 over PEP; the vCard's PHOTO, XEP-0153, where there is none)
+
+    /** A contact's avatar as a data: URL, or null: their PEP avatar, else their vCard's photo. */
+    async avatar(jid) {
+        try {
+            const result = await this.iq($iq({ type: "get", to: jid }).c("pubsub", { xmlns: NS.pubsub })
+                .c("items", { node: NS.avatarMeta, max_items: "1" }));
+            const info = result.getElementsByTagNameNS(NS.avatarMeta, "info")[0];
+            if (info) return await this._avatarData(jid, info);
+        } catch {
+            // no avatar published: the vCard may have one
+        }
+        try {
+            return (await this.vcard(jid)).photo;
+        } catch {
+            return null;
+        }
+    }
+
+    async _avatarData(jid, info) {
+        const id = info.getAttribute("id");
+        const type = info.getAttribute("type") || "image/png";
+        if (!id || !/^image\/(png|jpeg|gif|webp)$/.test(type)) return null;
+        const result = await this.iq($iq({ type: "get", to: jid }).c("pubsub", { xmlns: NS.pubsub })
+            .c("items", { node: NS.avatarData }).c("item", { id }));
+        const data = result.getElementsByTagNameNS(NS.avatarData, "data")[0];
+        const binval = data ? data.textContent.replace(/\s+/g, "") : "";
+        return /^[A-Za-z0-9+/=]+$/.test(binval) ? `data:${type};base64,${binval}` : null;
+    }
+
+    /** A PEP notification of a contact's avatar metadata: fetch the picture it names. */
+    async _avatarEvent(jid, items) {
+        const info = items.getElementsByTagNameNS(NS.avatarMeta, "info")[0];
+        let photo = null;
+        try {
+            photo = info ? await this._avatarData(jid, info) : null;
+        } catch {
+            return;
+        }
+        this.emit("avatar", { jid, photo });
+    }
+
+    /** Publish *file* as the user's avatar (data, then metadata: XEP-0084 §4.1-4.2). */
+    async setAvatar(file) {
+        if (!/^image\/(png|jpeg|gif|webp)$/.test(file.type)) throw new Error("Choose a PNG, JPEG, GIF or WebP picture");
+        if (file.size > MAX_AVATAR) throw new Error(`The picture is over ${MAX_AVATAR / 1024} KB`);
+        const bytes = await file.arrayBuffer();
+        const id = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-1", bytes)),
+            (b) => b.toString(16).padStart(2, "0")).join("");
+        await this.iq($iq({ type: "set" }).c("pubsub", { xmlns: NS.pubsub })
+            .c("publish", { node: NS.avatarData }).c("item", { id })
+            .c("data", { xmlns: NS.avatarData }).t(base64Of(bytes)));
+        await this.iq($iq({ type: "set" }).c("pubsub", { xmlns: NS.pubsub })
+            .c("publish", { node: NS.avatarMeta }).c("item", { id })
+            .c("metadata", { xmlns: NS.avatarMeta })
+            .c("info", { id, type: file.type, bytes: String(file.size) }));
+        this.emit("avatar", { jid: this.me, photo: `data:${file.type};base64,${base64Of(bytes)}` });
     }
 
     /** Available ("" ), away or dnd, with an optional text; goes online first if needed. */
@@ -494,12 +584,10 @@ export class ChatClient extends EventTarget {
         } else if (query?.namespaceURI === NS.ping && iq.getAttribute("type") === "get") {
             reply();
         } else if (query?.namespaceURI === NS.discoInfo && iq.getAttribute("type") === "get") {
+            const node = query.getAttribute("node");
             reply((answer) => {
-                answer.c("query", { xmlns: NS.discoInfo })
-                    .c("identity", { category: "client", type: "web", name: "chatgate webmail chat" }).up();
-                for (const feature of [NS.discoInfo, NS.ping, NS.chatstates, NS.carbons]) {
-                    answer.c("feature", { var: feature }).up();
-                }
+                answer.c("query", { xmlns: NS.discoInfo, ...(node ? { node } : {}) }).c("identity", IDENTITY).up();
+                for (const feature of FEATURES) answer.c("feature", { var: feature }).up();
             });
         } else {
             const error = $iq({ type: "error", id: iq.getAttribute("id"), ...(from ? { to: from } : {}) })
@@ -540,6 +628,15 @@ export class ChatClient extends EventTarget {
         const result = child(m, "result", NS.mam);
         if (result) {
             if (trusted) this._mamResult(result);
+            return true;
+        }
+        const event = child(m, "event", NS.pubsubEvent);
+        if (event) {
+            // PEP (XEP-0163): from a contact's bare JID; only avatars are asked for
+            const items = child(event, "items");
+            if (from && !from.includes("/") && items?.getAttribute("node") === NS.avatarMeta) {
+                this._avatarEvent(bare(from), items);
+            }
             return true;
         }
         if (this._fromRooms(from) && (m.getAttribute("type") || "normal") !== "chat") {

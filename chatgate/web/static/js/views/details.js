@@ -107,7 +107,8 @@ export class Details {
         try {
             const card = await this.client.vcard(contact.jid);
             contact.vcard = card;
-            if (card.photo) contact.photo = card.photo;
+            const photo = contact.photo || await this.client.avatar(contact.jid);
+            if (photo) contact.photo = photo;
             if (this.jid === contact.jid) this.header();
         } catch {
             // the directory's name is shown without the card

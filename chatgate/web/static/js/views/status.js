@@ -13,9 +13,11 @@ export const CHOICES = [
 ];
 
 export class StatusMenu {
-    constructor({ me, name, onStatus, onSignOut, notifications }) {
+    constructor({ me, name, onStatus, onSignOut, onAvatar, notifications }) {
         this.me = me;
         this.onStatus = onStatus;
+        this.onAvatar = onAvatar;
+        this.photo = null;
         this.onSignOut = onSignOut;
         this.notifications = notifications;
         this.button = document.getElementById("status-button");
@@ -41,8 +43,10 @@ export class StatusMenu {
     }
 
     setName(name) {
+        this.name = name;
         document.getElementById("me-name").textContent = name;
-        document.getElementById("me-avatar").replaceWith(Object.assign(avatar({ jid: this.me, name }, "sm"), { id: "me-avatar" }));
+        document.getElementById("me-avatar").replaceWith(Object.assign(
+            avatar({ jid: this.me, name, photo: this.photo }, "sm"), { id: "me-avatar" }));
     }
 
     build() {
@@ -75,12 +79,33 @@ export class StatusMenu {
             },
         });
         this.notifyHint = h("p", { class: "setting-hint", id: "notify-hint" }, this.notifications.hint());
+        this.avatarHint = h("p", { class: "setting-hint", id: "avatar-hint", role: "status" },
+            "PNG, JPEG, GIF or WebP, up to 160 KB; everyone of your domain sees it.");
+        this.avatarImage = h("span", { class: "avatar avatar-md", id: "my-avatar", "aria-hidden": "true" },
+            this.photo ? h("img", { src: this.photo, alt: "" }) : null);
+        const avatarInput = h("input", {
+            id: "avatar-input", type: "file", accept: "image/png,image/jpeg,image/gif,image/webp",
+            onchange: async () => {
+                const file = avatarInput.files[0];
+                if (!file) return;
+                this.avatarHint.textContent = "Saving your picture…";
+                try {
+                    await this.onAvatar(file);
+                    this.avatarHint.textContent = "Your picture is saved.";
+                } catch (error) {
+                    this.avatarHint.textContent = `Your picture was not saved: ${error.message || error}`;
+                }
+            },
+        });
         this.popover.append(
             h("fieldset", { class: "status-choices" }, h("legend", {}, "Your status"), radios),
             h("div", { class: "status-text" },
                 h("label", { for: "status-text" }, "Status message"),
                 h("div", { class: "status-text-row" }, this.textInput,
                     h("button", { class: "button small", type: "button", onclick: () => { this.saveText(); this.closeMenu(true); } }, "Set"))),
+            h("div", { class: "setting avatar-setting" },
+                this.avatarImage,
+                h("label", { for: "avatar-input" }, "Your picture"), avatarInput, this.avatarHint),
             h("div", { class: "setting" },
                 h("label", { class: "switch" }, this.notifyBox, h("span", { class: "switch-track", "aria-hidden": "true" }),
                     h("span", {}, icon("bell"), "Desktop notifications")),
@@ -90,6 +115,15 @@ export class StatusMenu {
                 h("button", { class: "button subtle small", type: "button", onclick: () => this.onSignOut() }, icon("power"), "Sign out")),
         );
         this.notifyBox.setAttribute("aria-describedby", "notify-hint");
+    }
+
+    /** The user's own picture (a data: URL), as the menu shows it. */
+    setAvatar(photo) {
+        this.photo = photo;
+        this.setName(this.name || this.me);
+        if (this.avatarImage) {
+            this.avatarImage.replaceChildren(...(photo ? [h("img", { src: photo, alt: "" })] : []));
+        }
     }
 
     openMenu() {
