@@ -21,8 +21,8 @@ PIP := $(BIN)/pip --disable-pip-version-check
 
 # System programs the tests need, as command:apt-package pairs, installed with
 # apt-get by `make test-deps` when the command is missing (e.g. redis-server:redis-server;
-# mcabber, a console client, runs in tmux).
-TEST_SYSTEM_PACKAGES := chromium:chromium npm:npm redis-server:redis-server mcabber:mcabber tmux:tmux
+# mcabber, a console client, runs in tmux; prosody writes the XEP-0227 file the export test imports).
+TEST_SYSTEM_PACKAGES := chromium:chromium npm:npm redis-server:redis-server mcabber:mcabber tmux:tmux prosody:prosody
 
 # The browser tests' JavaScript (independent clients: Strophe.js over BOSH,
 # Converse.js over WebSocket), installed from tests/browser/package-lock.json
