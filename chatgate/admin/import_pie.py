@@ -18,7 +18,8 @@ The second writes, per user:
 - the archive (``<archive xmlns='urn:xmpp:pie:0#mam'>``, XEP-0313 results):
   into this user's archive only, each with its time (the forwarded delay) and
   its id when it is a chatgate archive id of that time, else a new id of that
-  time; the message's stanza-id is chatgate's. Archive ids are unique per owner,
+  time (a microsecond apart for messages of the same time, so they keep the
+  file's order: Prosody dates to the second); the message's stanza-id is chatgate's. Archive ids are unique per owner,
   so importing the same file again (``--merge``) adds no second copy of a message
   that kept its id.
 
@@ -282,8 +283,13 @@ def scram_keys(path: str, element: domish.Element) -> tuple[str, ScramKeys] | No
     return mechanism, keys
 
 
-def archived(path: str, owner: str, result: domish.Element, line: int) -> ArchivedMessage:
-    """One XEP-0313 result of *owner*'s archive as chatgate keeps it."""
+def archived(path: str, owner: str, result: domish.Element, line: int,
+             last: list[int] | None = None) -> ArchivedMessage:
+    """One XEP-0313 result of *owner*'s archive as chatgate keeps it.
+
+    *last* is ``[time, n]`` of the previous new id (microseconds): messages of one
+    time (a server that dates to the second) get new ids a microsecond apart, in the
+    file's order, so they keep it."""
     if (result.uri, result.name) != (MAM_NS, "result"):
         raise PieImportError(f"{path} line {line}: an archive holds only <result xmlns='{MAM_NS}'>")
     forwarded = next(result.elements(FORWARD_NS, "forwarded"), None)
@@ -304,7 +310,11 @@ def archived(path: str, owner: str, result: domish.Element, line: int) -> Archiv
     except ValueError:
         valid = False
     if not valid:
-        archive_id = f"{micros(at):014x}-{secrets.token_hex(5)}"
+        moment = micros(at)
+        if last is not None:
+            last[:] = [moment, last[1] + 1] if moment == last[0] else [moment, 0]
+            moment += last[1]
+        archive_id = f"{moment:014x}-{secrets.token_hex(5)}"
     for old in [c for c in message.elements() if (c.uri, c.name) == (SID_NS, "stanza-id")]:
         message.children.remove(old)  # the old server's ids
     mark = Element((SID_NS, "stanza-id"))
@@ -312,7 +322,7 @@ def archived(path: str, owner: str, result: domish.Element, line: int) -> Archiv
     message.addChild(mark)
     message.parent = None
     return ArchivedMessage(owner, archive_id, other.userhost(), other.resource or "", outgoing,
-                           time_of(archive_id) if valid else micros(at) / 1_000_000, body_of(message) or "",
+                           time_of(archive_id), body_of(message) or "",
                            serialize(message))
 
 
@@ -357,6 +367,7 @@ async def write(directory: IDirectory, history: Stores, settings: Settings, path
     user: _User | None = None
     counts = {"users": 0, "messages": 0, "offline": 0}
     batch: list[ArchivedMessage] = []
+    last = [-1, 0]
 
     async def made(u: _User) -> None:
         """The account, once its credentials are known (before its first message)."""
@@ -380,12 +391,13 @@ async def write(directory: IDirectory, history: Stores, settings: Settings, path
             elif kind == "user":
                 localpart = ops.address(f"{event[1]}@{domain}")[0]
                 user = _User(domain, localpart, event[2])
+                last = [-1, 0]
                 user.exists = merge and await directory.user(domain, localpart) is not None
             elif kind == "child" and user is not None:
                 await _child(directory, user, event[1], path, made)
             elif kind == "archived" and user is not None:
                 await made(user)
-                batch.append(archived(path, user.jid, event[1], event[2]))
+                batch.append(archived(path, user.jid, event[1], event[2], last))
                 if len(batch) >= BATCH:
                     await history.archive.append(batch)
                     counts["messages"] += len(batch)

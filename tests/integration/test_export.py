@@ -3,21 +3,33 @@ an offline message; ``chatgate-admin export`` writes the domain as XEP-0227 and
 as a transcript; a fresh chatgate (a new folder) imports the XEP-0227 file and
 the users log in with their old passwords and read the same conversations by
 MAM. A billion-laughs file is refused with one line, and so is a user that
-exists already (unless --merge). A file a real Prosody exported
-(``prosodyctl``'s mod_storage_xep0227) imports too."""
+exists already (unless --merge). And files a real Prosody wrote: users
+registered with ``prosodyctl`` chat (MAM), keep a vCard and bookmarks on a
+Prosody of their own, whose data ``prosody-migrator`` converts to its XEP-0227
+storage (mod_storage_xep0227; Prosody 0.12 has no XEP-0227 form for offline
+messages); chatgate imports them and the users log in with their Prosody
+passwords (SCRAM-SHA-1: the keys Prosody keeps) and read the same history."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import shutil
+import socket
 import stat
+import subprocess
+import tempfile
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from chatgate.tls import ensure_certificate
 from tests.integration.conftest import PASSWORD, provision
-from tests.integration.harness import Server, async_test, login, logout
+from tests.integration.harness import Server, async_test, free_port, login, logout
 from tests.integration.test_history import mam
 
 PIE = "{urn:xmpp:pie:0}"
@@ -171,7 +183,158 @@ def test_a_billion_laughs_file_is_refused_in_one_line(tmp_path):
     assert "DOCTYPE" in result.stderr
 
 
-def _require(what: str) -> None:
-    if os.environ.get("CI") == "1":
-        pytest.fail(f"{what} (CI=1: the test system packages must be installed)")
-    pytest.skip(what)
+# -- a file a real Prosody wrote
+
+MIGRATOR = "/usr/bin/prosody-migrator"
+PROSODY_CONFIG = """\
+data_path = "{folder}/data"
+pidfile = "{folder}/prosody.pid"
+log = {{ info = "{folder}/prosody.log" }}
+c2s_ports = {{ {port} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+s2s_ports = {{}}
+http_ports = {{}}
+https_ports = {{}}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "private"; "vcard"; "offline"; "mam"; "posix" }}
+modules_disabled = {{ "s2s" }}
+authentication = "internal_hashed"
+storage = "internal"
+archive_expires_after = "never"
+default_archive_policy = true
+ssl = {{ certificate = "{folder}/cert.pem"; key = "{folder}/key.pem" }}
+VirtualHost "example.com"
+"""
+#: prosody-migrator: Prosody's internal files of example.com to XEP-0227, one file per user
+MIGRATOR_CONFIG = """\
+input {{
+    hosts = {{ ["example.com"] = {{ "accounts", "roster", "vcard", "private", "archive-archive" }} }};
+    type = "internal";
+    path = "{folder}/data";
+}}
+output {{ type = "xep0227"; }}
+"""
+
+
+def require_prosody() -> None:
+    """Skip (fail with CI set) unless Prosody and its migrator are installed (make test-deps)."""
+    missing = [name for name in ("prosody", "prosodyctl", "lua5.4") if shutil.which(name) is None]
+    if missing or not os.path.exists(MIGRATOR):
+        reason = f"{', '.join(missing) or MIGRATOR} not installed (make test-deps: the prosody package)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+class Prosody:
+    """A Prosody of its own in a folder of its own (its user's when run by root: Prosody refuses root)."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="chatgate-prosody-"))
+        self.port = free_port()
+        self.user = "prosody" if os.geteuid() == 0 else None
+        (self.folder / "data").mkdir()
+        (self.folder / "out").mkdir()
+        ensure_certificate(str(self.folder / "cert.pem"), str(self.folder / "key.pem"), ["example.com"])
+        self.config = self.folder / "prosody.cfg.lua"
+        self.config.write_text(PROSODY_CONFIG.format(folder=self.folder, port=self.port))
+        (self.folder / "migrator.cfg.lua").write_text(MIGRATOR_CONFIG.format(folder=self.folder))
+        # prosody-migrator writes XEP-0227 files into its compiled-in data folder (/var/lib/prosody):
+        # the same script with this folder's out/ in its place
+        script = Path(MIGRATOR).read_text()
+        (self.folder / "migrator.lua").write_text(
+            re.sub(r"(?m)^CFG_DATADIR=.*$", f"CFG_DATADIR='{self.folder}/out';", script))
+        if self.user:
+            for path in [self.folder, *self.folder.rglob("*")]:
+                shutil.chown(path, self.user, self.user)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def run(self, *command: str) -> str:
+        result = subprocess.run(command, user=self.user, capture_output=True, text=True, timeout=60,
+                                cwd=self.folder)
+        assert result.returncode == 0, f"{command} failed: {result.stdout}{result.stderr}"
+        return result.stdout
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["prosody", "--config", str(self.config), "-F"], user=self.user,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.folder)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"prosody exited: {self.log_text()}"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"prosody did not start: {self.log_text()}")
+
+    stop = Server.stop  # SIGTERM, SIGKILL after 15 s
+
+    def log_text(self) -> str:
+        try:
+            return (self.folder / "prosody.log").read_text()
+        except OSError:
+            return ""
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@async_test(timeout=240)
+async def test_a_file_prosody_exported_imports_into_chatgate(tmp_path):
+    require_prosody()
+    prosody = Prosody()
+    try:
+        for name in ("alice", "bob"):
+            prosody.run("prosodyctl", "--config", str(prosody.config), "register", name, "example.com",
+                        f"prosody {name} secret")
+        prosody.start()
+        alice = await login(prosody, "alice@example.com/desk", "prosody alice secret")
+        bob = await login(prosody, "bob@example.com/desk", "prosody bob secret")
+        await iq_set(alice, VCARD)
+        await iq_set(alice, f"<query xmlns='jabber:iq:private'>{BOOKMARKS}</query>")
+        alice.send_message(mto="bob@example.com", mbody="hi from Prosody", mtype="chat")
+        await bob.next_message()
+        bob.send_message(mto="alice@example.com", mbody="hello back, ünïcode", mtype="chat")
+        await alice.next_message()
+        await logout(alice, bob)
+        await asyncio.sleep(0.5)  # Prosody's archive is written as it goes
+        prosody.stop()
+        # Prosody's own storage conversion tool, to its XEP-0227 storage driver
+        prosody.run("lua5.4", str(prosody.folder / "migrator.lua"),
+                    f"--config={prosody.folder / 'migrator.cfg.lua'}", "input", "output")
+        files = sorted((prosody.folder / "out").glob("*@example.com.xml"))
+        assert [f.name for f in files] == ["alice@example.com.xml", "bob@example.com.xml"]
+        for f in files:
+            shutil.copy(f, tmp_path / f.name)
+    finally:
+        prosody.cleanup()
+
+    (tmp_path / "chatgate").mkdir()
+    chatgate = Server(tmp_path / "chatgate")
+    for f in ("alice@example.com.xml", "bob@example.com.xml"):
+        done = chatgate.admin("import", str(tmp_path / f))
+        assert "imported 1 user, 2 archived" in done.stdout
+    chatgate.start()
+    try:
+        # Prosody keeps SCRAM-SHA-1 keys only: the old password logs in with that mechanism
+        alice = await login(chatgate, "alice@example.com/desk", "prosody alice secret", mechanism="SCRAM-SHA-1")
+        page = await mam(alice, with_jid="bob@example.com")
+        assert [r.xml.findtext(".//{jabber:client}body") for r in page.results] == [
+            "hi from Prosody", "hello back, ünïcode"]
+        iq = alice.make_iq_get()
+        iq.xml.append(ET.fromstring("<vCard xmlns='vcard-temp'/>"))
+        reply = await iq.send(timeout=10)
+        assert reply.xml.findtext("{vcard-temp}vCard/{vcard-temp}NICKNAME") == "ali"
+        iq = alice.make_iq_get()
+        iq.xml.append(ET.fromstring("<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>"))
+        private = await iq.send(timeout=10)
+        assert private.xml.find(".//{storage:bookmarks}conference").get("name") == "Team"
+        await logout(alice)
+        bob = await login(chatgate, "bob@example.com/desk", "prosody bob secret", mechanism="SCRAM-SHA-1")
+        page = await mam(bob, with_jid="alice@example.com")
+        assert [r.xml.findtext(".//{jabber:client}body") for r in page.results] == [
+            "hi from Prosody", "hello back, ünïcode"]
+        await logout(bob)
+    finally:
+        chatgate.stop()
