@@ -39,6 +39,8 @@ async def test_a_backup_taken_while_users_chat_restores_the_same_history(tmp_pat
         for _ in range(5):
             await alice.next_message()
         at_backup = bodies(await mam(bob, with_jid="alice@example.com"))
+        users_at_backup = live.admin("user", "list", "example.com").stdout
+        assert "alice@example.com" in users_at_backup and "bob@example.com" in users_at_backup
         again = live.admin("backup", str(backup), check=False)
         assert again.returncode == 1 and "exists" in again.stderr
         refused = live.admin("restore", str(backup), check=False)
@@ -51,6 +53,7 @@ async def test_a_backup_taken_while_users_chat_restores_the_same_history(tmp_pat
     restored = Server(tmp_path / "restored")
     done = restored.admin("restore", str(backup))
     assert "restored" in done.stdout
+    assert restored.admin("user", "list", "example.com").stdout == users_at_backup
     restored.start()
     try:
         bob = await login(restored, "bob@example.com/desk", PASSWORD)
