@@ -72,6 +72,15 @@ def check(path: str) -> None:
         raise BackupError(f"{path}: made by a newer chatgate (schema {version}, this one knows {SCHEMA_VERSION})")
 
 
+def _owned_like(folder: str, paths: list[str]) -> None:
+    """Files a restore run as root makes belong to the store folder's owner (the service's user)."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(folder)
+    for path in paths:
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
 def restore(source: str, store: str) -> None:
     """Put the backup *source* in place of *store*; refused while a node runs on it."""
     if not os.path.exists(source):
@@ -80,6 +89,7 @@ def restore(source: str, store: str) -> None:
     folder = os.path.dirname(store) or "."
     if not os.path.isdir(folder):
         raise BackupError(f"{folder}: no such folder")
+    made = [path for path in (_lock_path(store), store) if not os.path.exists(path)]
     with open(_lock_path(store), "ab") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,6 +97,7 @@ def restore(source: str, store: str) -> None:
             raise BackupError(f"a chatgate is running on {store}: stop it first") from None
         if not os.path.exists(store):
             os.close(new_file(store))
+        _owned_like(folder, made)
         try:
             with sqlite3.connect(source) as backup_db, sqlite3.connect(store) as db:
                 backup_db.backup(db)
