@@ -89,6 +89,8 @@ class RoomRecorder(Recorder):
         super().__init__()
         self.count: dict[int, int] = {}
         self.last: dict[int, int] = {}
+        #: per message, the latency of its first receipt (what came before the fan-out: archive, routing)
+        self.first: dict[int, int] = {}
         #: a step is being paced by load.run_rate; receipts still count after it returns
         self.holding = False
 
@@ -100,6 +102,8 @@ class RoomRecorder(Recorder):
                 latency = now - int(match.group(2))
                 self.latencies.append(latency)
                 seq = int(match.group(3))
+                if seq not in self.count:
+                    self.first[seq] = latency
                 self.count[seq] = self.count.get(seq, 0) + 1
                 self.last[seq] = latency
             else:
@@ -109,7 +113,7 @@ class RoomRecorder(Recorder):
 
     def open(self, step: int) -> None:
         super().open(step)
-        self.count, self.last = {}, {}
+        self.count, self.last, self.first = {}, {}, {}
 
     def close(self) -> list[int]:
         if self.holding:  # run_rate's summary, not the step's end
@@ -294,11 +298,14 @@ async def fanout_step(senders: list[RoomClient], recorder: RoomRecorder, occupan
     while len(recorder.latencies) < expected and loop.time() < deadline:
         await asyncio.sleep(0.01)
     cpu = meter.read(idle_rate)
-    count, last = recorder.count, recorder.last
+    count, last, first = recorder.count, recorder.last, recorder.first
     figures = summary(recorder.close(), expected)
     figures["receipts_expected"] = figures.pop("sent")
     figures["receipts"] = figures.pop("delivered")
     everyone = sorted(last[seq] / 1000 for seq in range(sent) if count.get(seq, 0) >= occupants)
+    firsts = sorted(first[seq] / 1000 for seq in first)
+    # per message, its first receipt to its last: the fan-out itself, as the occupants saw it
+    spread = sorted((last[seq] - first[seq]) / 1000 for seq in range(sent) if count.get(seq, 0) >= occupants)
     cpu_s = cpu["server_cpu_s"]
     figures.update(
         rate=rate,
@@ -310,6 +317,12 @@ async def fanout_step(senders: list[RoomClient], recorder: RoomRecorder, occupan
         all_reached_p50_ms=ms(everyone, 0.5) if len(everyone) == sent else None,
         all_reached_p99_ms=ms(everyone, 0.99) if len(everyone) == sent else None,
         all_reached_max_ms=round(everyone[-1], 2) if everyone and len(everyone) == sent else None,
+        first_reached_p50_ms=ms(firsts, 0.5),
+        first_reached_p99_ms=ms(firsts, 0.99),
+        first_reached_max_ms=ms(firsts, 1.0),
+        spread_p50_ms=ms(spread, 0.5),
+        spread_p99_ms=ms(spread, 0.99),
+        spread_max_ms=ms(spread, 1.0),
         server_cpu_s=round(cpu_s, 3),
         server_cpu_ms_per_message=round(cpu_s * 1000 / sent, 3) if sent else None,
         server_cpu_us_per_receipt=round(cpu_s * 1e6 / expected, 2) if expected else None,
@@ -322,6 +335,8 @@ async def fanout_step(senders: list[RoomClient], recorder: RoomRecorder, occupan
     log(f"{'warm-up: ' if step < 0 else ''}{rate:g} msg/s into {occupants}: "
         f"{figures['receipts']}/{expected} receipts, p50 {figures['p50_ms']} "
         f"p99 {figures['p99_ms']} max {figures['max_ms']} ms; all reached p99 {figures['all_reached_p99_ms']} ms; "
+        f"first receipt p50/p99 {figures['first_reached_p50_ms']}/{figures['first_reached_p99_ms']} ms, "
+        f"first to last p50/p99 {figures['spread_p50_ms']}/{figures['spread_p99_ms']} ms; "
         f"server {figures['server_cpu_ms_per_message']} ms CPU per message ({figures['server_cpu_share']:.0%}), "
         f"generator {figures['generator_cpu_share']:.0%}")
     return figures
@@ -390,7 +405,7 @@ def cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--occupants", type=int, default=1000, help="part 1: occupants of the room")
+    parser.add_argument("--occupants", type=int, default=1000, help="part 1: occupants of the room (0: no part 1)")
     parser.add_argument("--senders", type=int, default=5, help="occupants posting, round robin")
     parser.add_argument("--rates", default="1,5,10,20", help="part 1: groupchat messages/s into the room")
     parser.add_argument("--step", type=float, default=20.0, help="seconds of messages per rate")
@@ -425,7 +440,7 @@ def main() -> None:
                                "command": " ".join([Path(sys.executable).name, *sys.argv]),
                                "cores": os.cpu_count(), "cpu": cpu_model(), "server_core": SERVER_CORE,
                                "load_core": LOAD_CORE}
-    parts = [("fanout", args.occupants, rates, args.step)]
+    parts = [("fanout", args.occupants, rates, args.step)] if args.occupants else []
     if args.wave:
         parts.append(("wave", args.wave, [float(r) for r in args.big_rates.split(",") if r], args.big_step))
     for name, users, part_rates, step_s in parts:
@@ -456,10 +471,11 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"raw figures: {out}")
-    fanout = results["fanout"]
-    print(f"\n{fanout['wave']['entered']} occupants, {args.senders} senders, {args.step:g} s per rate:")
-    print("| rate | receipts | p50 | p99 | max | last occupant p99 | server CPU per message | server CPU |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    fanout = results.get("fanout", {"steps": []})
+    if "wave" in fanout:
+        print(f"\n{fanout['wave']['entered']} occupants, {args.senders} senders, {args.step:g} s per rate:")
+        print("| rate | receipts | p50 | p99 | max | last occupant p99 | server CPU per message | server CPU |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in fanout["steps"]:
         print(f"| {s['rate']:g} msg/s | {s['receipts']:,}/{s['receipts_expected']:,} | {s['p50_ms']} ms | "
               f"{s['p99_ms']} ms | {s['max_ms']} ms | {s['all_reached_p99_ms']} ms | "
