@@ -36,6 +36,7 @@ from typing import IO
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import Settings
+from chatgate.features.mam import readable
 from chatgate.storage import Stores
 from chatgate.storage.archive import is_message
 from chatgate.storage.interfaces import (
@@ -46,7 +47,7 @@ from chatgate.storage.interfaces import (
     UnknownDomain,
     User,
 )
-from chatgate.xml import escape_attribute
+from chatgate.xml import StreamError, escape_attribute, parse_fragment, serialize
 
 PIE_NS = "urn:xmpp:pie:0"
 SCRAM_NS = "urn:xmpp:pie:0#scram"
@@ -176,6 +177,21 @@ def _stamp(at: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S" + (".%fZ" if moment.microsecond else "Z"))
 
 
+#: the largest stored element read back (a vCard with a photo, private XML, a message)
+MAX_KEPT = 16 * 1024 * 1024
+
+
+def _kept(xml: str) -> str:
+    """A stored element read back through the restricted parser and written by the one
+    serializer, so a row a store holds can never break the document; "" (left out) when
+    it does not read back as one element. Archived messages go through MAM's own
+    ``readable`` instead, which rebuilds one from its fields."""
+    try:
+        return serialize(parse_fragment(xml, MAX_KEPT))
+    except StreamError:
+        return ""
+
+
 def _attr(name: str, value: str) -> str:
     return f" {name}='{escape_attribute(value)}'"
 
@@ -201,9 +217,10 @@ async def _pie(directory: IDirectory, history: Stores, domain: str, users: list[
                         " subscription='both'/>")
         f.write("</query>\n")
         vcard = await directory.vcard(domain, user.localpart)
-        if vcard:
-            f.write(vcard + "\n")  # kept as the one serializer wrote it: a whole element in its namespace
-        private = [xml for key in PRIVATE_KEYS if (xml := await directory.private_xml(domain, user.localpart, key))]
+        if vcard and (vcard := _kept(vcard)):
+            f.write(vcard + "\n")
+        private = [_kept(xml) for key in PRIVATE_KEYS
+                   if (xml := await directory.private_xml(domain, user.localpart, key))]
         if private:
             f.write("<query xmlns='jabber:iq:private'>" + "".join(private) + "</query>\n")
         offline = await history.offline.pop(user.jid)
@@ -218,8 +235,9 @@ async def _pie(directory: IDirectory, history: Stores, domain: str, users: list[
                 await history.offline.push(user.jid, waiting, None)
         f.write(f"<archive xmlns='{PIE_MAM_NS}'>\n")
         async for message in archive_of(history, user.jid):
+            forwarded = serialize(readable(message, MAX_KEPT))  # as MAM gives it: read back, or rebuilt
             f.write(f"<result xmlns='{MAM_NS}'{_attr('id', message.id)}><forwarded xmlns='{FORWARD_NS}'>"
-                    f"<delay xmlns='{DELAY_NS}'{_attr('stamp', _stamp(message.at))}/>{message.stanza}"
+                    f"<delay xmlns='{DELAY_NS}'{_attr('stamp', _stamp(message.at))}/>{forwarded}"
                     "</forwarded></result>\n")
             count += 1
         f.write("</archive>\n</user>\n")
@@ -230,6 +248,7 @@ async def _pie(directory: IDirectory, history: Stores, domain: str, users: list[
 def _with_delay(stanza: str, at: float) -> str:
     """An offline message with its XEP-0203 delay (when the server took it) as the last child."""
     close = "</message>"
+    stanza = _kept(stanza)
     if not stanza.endswith(close):
         return stanza
     return f"{stanza[:-len(close)]}<delay xmlns='{DELAY_NS}'{_attr('stamp', _stamp(at))}/>{close}"
