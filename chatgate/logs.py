@@ -1,10 +1,11 @@
 """What the service's log lines look like: ``[log] format`` (text or json) and ``level``.
 
 twistd starts the log before it makes the service, so the plugin's options
-(``twisted/plugins/chatgate_plugin.py``) read ``[log]`` first and, unless it
-is text at info (twistd's own lines, as always), hand twistd the observer
-:func:`observer` makes: the same file as ``--logfile`` (twistd's rotation),
-each event formatted here, those below the level left out.
+(``twisted/plugins/chatgate_plugin.py``) read ``[log]`` first and hand twistd
+the observer :func:`observer` makes (unless ``--logger`` or ``--syslog`` is
+given): the same file as ``--logfile`` (twistd's rotation), each event
+formatted here (text: twistd's own classic lines), those below the level left
+out.
 
 A JSON line is one object: ``time`` (ISO 8601 UTC), ``level``, ``system``
 (the logger's namespace), ``event`` (a short stable name where the call

@@ -92,3 +92,30 @@ async def test_sighup_changes_the_level_and_json_stays(server):
     after = records(server)
     assert not [r for r in after[before:] if r.get("event") in ("login", "logout")]
     assert all(r["level"] in ("warn", "error", "critical") for r in after[before:])
+
+
+@async_test(timeout=60)
+async def test_the_level_filters_text_lines_too(tmp_path):
+    """At the default format (text), [log] level leaves lines out as well, and SIGHUP changes it."""
+    srv = Server(tmp_path)
+    provision(srv)
+    srv.start()
+    try:
+        client = await login(srv, "alice@example.com/loud", PASSWORD)
+        await logout(client)
+        deadline = time.monotonic() + 10
+        while "logout alice@example.com/loud" not in srv.log_text():
+            assert time.monotonic() < deadline, srv.log_text()[-2000:]
+            time.sleep(0.1)
+        srv.config.write_text(srv.config.read_text() + "[log]\nlevel = warn\n")
+        assert srv.process is not None
+        srv.process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        client = await login(srv, "alice@example.com/quiet", PASSWORD)
+        await logout(client)
+        time.sleep(0.5)
+        text = srv.log_text()
+        assert "login alice@example.com" in text and "alice@example.com/quiet" not in text
+        assert not text.lstrip().startswith("{")  # text lines, as twistd writes them
+    finally:
+        srv.stop()

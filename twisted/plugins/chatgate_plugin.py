@@ -22,18 +22,17 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """twistd starts its log before the service is made: ``[log]`` is read now, and
-        anything but text at info gets chatgate's observer (chatgate/logs.py)."""
+        chatgate's observer (chatgate/logs.py) writes twistd's log file, so the level
+        filters (and SIGHUP changes it) whatever the format."""
         twistd = getattr(self, "parent", None)
-        if twistd is None or twistd.get("logger"):
-            return  # not under twistd, or an observer named on the command line wins
+        if twistd is None or twistd.get("logger") or twistd.get("syslog"):
+            return  # not under twistd, or an observer (or syslog) named on the command line wins
         from chatgate.config import ConfigError, load
 
         try:
             log = load(self["config"]).log
         except ConfigError:
             return  # makeService says what is wrong, in one line
-        if (log.format, log.level) == ("text", "info"):
-            return
         from chatgate import logs
 
         logfile = twistd.get("logfile") or (None if twistd.get("nodaemon") else "twistd.log")
