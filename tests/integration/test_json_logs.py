@@ -7,19 +7,26 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.conftest import PASSWORD, provision
-from tests.integration.harness import LoginFailed, Server, async_test, login, logout
+from tests.integration.harness import LoginFailed, Server, async_test, free_port, login, logout
 
 WRONG = "not-the-password-4711"
+TOKEN_SECRET = "json-logs-token-secret-0123456789abcdef"
+API_KEY = "json-logs-admin-key-0123456789abcdef"
 
 
 @pytest.fixture
 def server(tmp_path) -> Iterator[Server]:
-    srv = Server(tmp_path, log={"format": "json", "level": "info"})
+    admin_port = free_port()
+    srv = Server(tmp_path, log={"format": "json", "level": "info"}, webmail={"token_secret": TOKEN_SECRET},
+                 admin={"api_key": API_KEY, "port": admin_port})
+    srv.admin_port = admin_port
     provision(srv)
     srv.start()
     yield srv
@@ -58,10 +65,22 @@ async def test_every_line_is_json_with_the_events_and_no_secret(server):
     await logout(alice, bob)
     server.admin("domain", "disable", "example.com")
     server.admin("domain", "enable", "example.com")
-    token = server.admin("token", "bob@example.com", check=False).stdout.strip()
+    token = server.admin("token", "bob@example.com").stdout.strip()
+    assert len(token) > 20
+    with_token = await login(server, "bob@example.com/token", token, mechanism="PLAIN")  # a token is a password
+    await logout(with_token)
+    admin = f"http://127.0.0.1:{server.admin_port}/api/domains/example.com"
+    for key in ("a-wrong-admin-key", API_KEY):
+        request = urllib.request.Request(admin, method="PATCH", data=b'{"chat_enabled": true}', headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
 
     got = wait_for(server, lambda rs: sum(r.get("event") == "domain-switch" for r in rs) >= 2
-                   and sum(r.get("event") == "logout" for r in rs) >= 2)
+                   and sum(r.get("event") == "logout" for r in rs) >= 3
+                   and any(r.get("via") == "api" for r in rs))
     assert all({"time", "level", "system", "message"} <= r.keys() for r in got)
     logins = [r for r in got if r.get("event") == "login"]
     assert {r["jid"] for r in logins} >= {"alice@example.com", "bob@example.com"}
@@ -71,11 +90,13 @@ async def test_every_line_is_json_with_the_events_and_no_secret(server):
     assert refused[0]["domain"] == "example.com"
     assert {r["jid"].split("/")[0] for r in got if r.get("event") == "logout"} >= {"alice@example.com",
                                                                                    "bob@example.com"}
+    assert [r["via"] for r in got if r.get("event") == "admin-change"][-1] == "api"
+    assert "bob@example.com/token" in {r.get("jid") for r in got if r.get("event") == "logout"}
     switches = [r for r in got if r.get("event") == "domain-switch"]
     assert [r["state"] for r in switches[-2:]] == ["disabled", "enabled"]
     text = server.log_text()
-    for secret in (PASSWORD, WRONG, token):
-        assert not secret or secret not in text
+    for secret in (PASSWORD, WRONG, token, TOKEN_SECRET, API_KEY, "a-wrong-admin-key"):
+        assert secret not in text
 
 
 @async_test(timeout=60)
