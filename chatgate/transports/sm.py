@@ -165,7 +165,8 @@ class StreamManagement:
         self.sent = (self.sent + 1) % MODULO
         if self.transport is None:
             if self.queued_bytes > self.registry.max_queue:
-                log.info("{jid}: too much waiting for a client to resume; the session ends", jid=self.session.full)
+                log.info("{jid}: too much waiting for a client to resume; the session ends", jid=self.session.full,
+                         event="logout")
                 self.end()
             return
         self.session._write(data)
@@ -237,7 +238,7 @@ class StreamManagement:
 
     def _expired(self) -> None:
         self._expiry = None
-        log.info("{jid} was not resumed in time; the session ends", jid=self.session.full)
+        log.info("{jid} was not resumed in time; the session ends", jid=self.session.full, event="logout")
         self.end()
 
     def attach(self, stream: XMPPStream) -> None:
