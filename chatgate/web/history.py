@@ -296,19 +296,25 @@ class HistoryAPI:
         except ValueError as e:
             raise HTTPError(400, f"q: {e}") from None
         found = []
+        #: contact -> the start of the conversation of the last hit with them (hits come newest first:
+        #: an older hit at or after that start is in the same conversation, found without reading again)
+        starts: dict[str, ArchivedMessage] = {}
         for message in reversed(page.messages):  # newest first
             shown = _room_message(message, room, user) if room is not None else {
                 "id": message.id, "at": stamp(message.at), "with": message.contact,
                 "from": owner if message.outgoing else message.contact, "outgoing": message.outgoing,
                 "body": message.body}
-            shown["conversation"] = await self._conversation_of(owner, message)
+            start = starts.get(message.contact)
+            if start is None or message.id < start.id:
+                start = starts[message.contact] = await self._conversation_of(owner, message)
+            shown["conversation"] = start.id
             found.append(shown)
         return {"q": text, "messages": found, "more": bool(page.messages) and page.first_index > 0,
                 "last": page.messages[0].id if page.messages else None}
 
-    async def _conversation_of(self, owner: str, message: ArchivedMessage) -> str:
-        """The id of the conversation *message* is in (its first message: back to the last silence
-        longer than the gap), read back page by page, bounded."""
+    async def _conversation_of(self, owner: str, message: ArchivedMessage) -> ArchivedMessage:
+        """The first message of the conversation *message* is in (back to the last silence longer
+        than the gap), read back page by page, bounded."""
         start = message
         for _ in range(SEARCH_WALK):
             earlier = await self.archive.between(owner, message.contact, before=start.id, limit=100, newest=True)
@@ -316,11 +322,11 @@ class HistoryAPI:
                 if not is_message(candidate):
                     continue
                 if start.at - candidate.at > self.gap:
-                    return start.id
+                    return start
                 start = candidate
             if len(earlier) < 100:
                 break
-        return start.id
+        return start
 
 
 def _room_message(message: ArchivedMessage, room: str, user: str) -> dict[str, Any]:
