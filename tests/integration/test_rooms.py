@@ -469,3 +469,21 @@ async def test_a_large_room_tells_nobody_of_each_participant_coming_and_going(la
     seen = [str(p["from"]) for p in list(made.seen._queue) + list(bob.seen._queue)]
     assert f"{LUNCH}/carol" not in seen
     await logout(made.client, bob.client)
+
+
+@async_test(timeout=60)
+async def test_a_large_domain_room_shows_a_newcomer_nobody_but_itself(large):
+    # the domain's room has no owners: once large, a newcomer is told of no one, and nobody of it
+    joined = []
+    for name in ("alice", "bob"):
+        joined.append(await member(large, f"{name}@example.com/everyone"))
+        await joined[-1].muc.join_muc_wait(EVERYONE, name, timeout=10)
+    carol = await member(large, "carol@example.com/everyone")
+    _, _, occupants, _ = await carol.muc.join_muc_wait(EVERYONE, "carol", timeout=10)
+    assert others(occupants, "carol") == []
+    carol.client.send_message(mto=EVERYONE, mbody="hello, everyone", mtype="groupchat")
+    for reader in joined:
+        assert (await reader.next_said())["body"] == "hello, everyone"
+    seen = [str(p["from"]) for reader in joined for p in list(reader.seen._queue)]
+    assert f"{EVERYONE}/carol" not in seen
+    await logout(carol.client, *(m.client for m in joined))

@@ -4,6 +4,7 @@ rooms, the records administrators and users keep, and the directory's changes.""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 from twisted.internet import defer
 from twisted.words.protocols.jabber.jid import JID
@@ -112,6 +113,15 @@ class RoomDirectory:
         larger one (presence broadcast by role, ``muc#roomconfig_presencebroadcast``)."""
         return (not self.large_room or len(room.occupants) <= self.large_room
                 or self.affiliation(room, occupant.bare) == "owner")
+
+    def told_of(self, room: Room) -> Iterable[Occupant]:
+        """The occupants :meth:`broadcasts` is true of, without asking it of every occupant
+        of a large room: there only owners are told of, and only a room a user made has any."""
+        if not self.large_room or len(room.occupants) <= self.large_room:
+            return room.occupants.values()
+        if not room.made:
+            return ()
+        return [o for o in room.occupants.values() if self.affiliation(room, o.bare) == "owner"]
 
     def is_member(self, room: Room, bare: str) -> bool:
         return self.affiliation(room, bare) != "none"

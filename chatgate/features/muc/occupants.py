@@ -188,8 +188,8 @@ class Occupancy(RoomDirectory):
         self._share(sender, room.jid, nick)
         # §7.2.3: everyone else's presence first, then the newcomer's own, to everyone (a large room:
         # the moderators' only, and the newcomer's to nobody but itself)
-        current = [(None, Addressed(self._presence_of(room, other))) for other in room.occupants.values()
-                   if other is not occupant and self.broadcasts(room, other)]
+        current = [(None, Addressed(self._presence_of(room, other))) for other in self.told_of(room)
+                   if other is not occupant]
         if current:
             self.router.deliver_presences(sender, current)
         if taken is None and not self.broadcasts(room, occupant):
