@@ -1,9 +1,10 @@
 """Team rooms (XEP-0045) in the pane (Chromium), with slixmpp (xep_0045) on
 the other side: the rooms a user may enter listed under "Rooms" (an alias's
-room only for the alias's members), the pane entering the domain room as
-"alice" and showing what bob said before (the history of entering) and
-live, with his nickname; the pane's message reaching bob from
-everyone@conference.example.com/alice and shown once; bob's private message
+room only for the alias's members), the pane entering the domain room (a
+double click on its row: a click shows its history) as "alice" and showing
+what bob said before (the history of entering) and live, with his nickname;
+the pane's message reaching bob from everyone@conference.example.com/alice
+and shown once; bob's private message
 through the room in the chat with bob; who is here (also at
 a phone's width: test-artifacts/pane-room*.png); a nickname in use taken
 with a digit; a room the user is removed from (321) saying so in its window
@@ -88,7 +89,7 @@ async def test_rooms_in_the_pane_with_slixmpp(server):
         await dave.page.close()
 
         # the domain room: entering shows what bob said before, with his nickname, and who is here
-        await page.click(f".contact.room[data-jid='{EVERYONE}']")
+        await page.dblclick(f".contact.room[data-jid='{EVERYONE}']")
         await view.wait("jid => chatgate.chats.active === jid", EVERYONE)
         await view.wait(f"JSON.stringify({senders(EVERYONE)}) === JSON.stringify([['bob', 'Said before alice came']])")
         await view.wait(f"document.querySelector(\".chat-panel[data-jid='{EVERYONE}'] .people-count\")"
@@ -129,7 +130,7 @@ async def test_rooms_in_the_pane_with_slixmpp(server):
         await page.set_viewport_size({"width": 1360, "height": 840})
 
         # the sales team's room: "alice" is carol's there, so the pane is alice2
-        await page.click(f".contact.room[data-jid='{SALES}']")
+        await page.dblclick(f".contact.room[data-jid='{SALES}']")
         await view.wait("jid => chatgate.rooms.model.room(jid)?.joined", SALES)
         assert await page.evaluate("jid => chatgate.model.room(jid).nick", SALES) == "alice2"
         # bob speaks in the domain room meanwhile: its row and tab count it unread
@@ -137,7 +138,7 @@ async def test_rooms_in_the_pane_with_slixmpp(server):
         await view.wait(f"document.querySelector(\".contact.room[data-jid='{EVERYONE}'] .badge\")?.textContent === '1'")
 
         # the design room: alice is taken off the alias, the window says so and the room leaves the list
-        await page.click(f".contact.room[data-jid='{DESIGN}']")
+        await page.dblclick(f".contact.room[data-jid='{DESIGN}']")
         await view.wait("jid => chatgate.model.room(jid)?.joined", DESIGN)
         await asyncio.to_thread(server.admin, "alias", "remove", "design@example.com", "alice@example.com")
         await view.wait(f"document.querySelector(\".chat-panel[data-jid='{DESIGN}'] .room-notice:not([hidden])\")"
@@ -202,7 +203,7 @@ async def test_a_large_room_counted_and_listed_by_asking_it(large):
         page = view.page
         await view.sign_in_with_token("alice@example.com")
         await view.wait(f"document.querySelector(\".contact.room[data-jid='{EVERYONE}']\")")
-        await page.click(f".contact.room[data-jid='{EVERYONE}']")
+        await page.dblclick(f".contact.room[data-jid='{EVERYONE}']")
         # the pane comes in third, quietly, and is told of nobody: the room says how many are here
         await view.wait(f"document.querySelector(\".chat-panel[data-jid='{EVERYONE}'] .people-count\")"
                         "?.textContent === '3'")

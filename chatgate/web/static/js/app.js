@@ -218,6 +218,8 @@ function start(config, credentials) {
         if (chats.active && chats.seen(chats.active)) notifications.read(chats.active);
     });
     chats.addEventListener("sent", (e) => details.refreshSoon(e.detail.jid));
+    // a room shown in the preview: what is said there while the pane is in it
+    client.addEventListener("room-message", (e) => details.refreshSoon(e.detail.message.contact));
 
     // -- banner: connection trouble, offline by choice, the offer of notifications
 

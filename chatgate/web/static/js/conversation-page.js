@@ -8,6 +8,9 @@
 // shown) when the reader scrolls up to them or clicks "Earlier messages";
 // Print loads them all first. The credentials are kept until the whole
 // conversation is here, then dropped.
+//
+// A team room's conversation (&room=<room JID>&name=<its name>) is read from
+// the room's archive; its senders are the room's nicknames.
 
 import { attachmentOf, attachmentView, configure as configureUploads } from "./attachments.js";
 import { AuthError, askPane, explain, signInWithPassword } from "./auth.js";
@@ -51,32 +54,33 @@ function fail(text) {
     clear(page).append(h("p", { class: "transcript-error", role: "alert" }, text));
 }
 
-async function show(credentials, config, id) {
+async function show(credentials, config, id, room = null) {
     const api = new HistoryAPI(credentials, config.history || "/history");
     let newest;
     let names = new Map();
     try {
-        const [answer, contacts] = await Promise.all([api.conversation(id, { limit: PAGE }),
-            api.contacts().catch(() => ({ contacts: [] }))]);
+        const [answer, contacts] = await Promise.all([api.conversation(id, { limit: PAGE, room: room?.jid }),
+            room ? { contacts: [] } : api.contacts().catch(() => ({ contacts: [] }))]);
         newest = answer;
         names = new Map(contacts.contacts.map((c) => [c.jid, c.name]));
     } catch (error) {
-        fail(error.status === 404 ? "This conversation is not in your history." : `The conversation can't be loaded (${error.message}).`);
+        fail(room && error.status === 403 ? "You are not a member of this room: its conversations are for its members only."
+            : error.status === 404 ? "This conversation is not in your history." : `The conversation can't be loaded (${error.message}).`);
         return;
     }
-    const contactName = names.get(newest.with) || newest.with;
+    const contactName = room ? room.name : names.get(newest.with) || newest.with;
     const first = new Date(newest.start);
     const last = newest.messages.length ? new Date(newest.messages[newest.messages.length - 1].at) : first; // a page may list none
     document.title = `${contactName}, ${longDayOf(first)} — Chat`;
-    document.getElementById("transcript-title").textContent = `Conversation with ${contactName}`;
+    document.getElementById("transcript-title").textContent = `Conversation ${room ? "in" : "with"} ${contactName}`;
     const times = timeOf(first) === timeOf(last) ? timeOf(first) : `${timeOf(first)}–${timeOf(last)}`;
     document.getElementById("transcript-when").textContent =
         `${longDayOf(first)}, ${times} · ${plural(newest.count, "message")}`
         + (last - first >= 60000 ? ` · ${duration(last - first)}` : "");
-    document.getElementById("transcript-avatar").replaceWith(avatar({ jid: newest.with, name: contactName }, "lg"));
+    document.getElementById("transcript-avatar").replaceWith(avatar({ jid: newest.with, name: contactName, alias: Boolean(room) }, "lg"));
     document.getElementById("loading").hidden = true;
     document.getElementById("page").hidden = false;
-    const transcript = new Transcript(api, id, names, newest);
+    const transcript = new Transcript(api, id, names, newest, room);
     document.getElementById("print").addEventListener("click", async () => {
         if (await transcript.loadAll()) window.print();
     });
@@ -86,16 +90,17 @@ async function show(credentials, config, id) {
 
 /** The log of one conversation, from its newest page back to as far as was loaded. */
 class Transcript extends EventTarget {
-    constructor(api, id, names, newest) {
+    constructor(api, id, names, newest, room) {
         super();
         this.api = api;
         this.id = id;
         this.names = names;
+        this.room = room;
         this.messages = [];
         this.earlier = false;
         this.loading = null;
         this.log = document.getElementById("transcript");
-        this.log.setAttribute("aria-label", `Messages with ${names.get(newest.with) || newest.with}`);
+        this.log.setAttribute("aria-label", room ? `Messages in ${room.name}` : `Messages with ${names.get(newest.with) || newest.with}`);
         this.observer = "IntersectionObserver" in window
             ? new IntersectionObserver((entries) => {
                 if (entries.some((e) => e.isIntersecting)) this.loadEarlier();
@@ -125,7 +130,7 @@ class Transcript extends EventTarget {
         if (!this.loading) {
             this.button.disabled = true;
             this.button.textContent = "Loading earlier messages…";
-            this.loading = this.api.conversation(this.id, { before: this.cursor, limit: PAGE })
+            this.loading = this.api.conversation(this.id, { before: this.cursor, limit: PAGE, room: this.room?.jid })
                 .then((page) => {
                     this.loading = null;
                     this.add(page);
@@ -164,9 +169,10 @@ class Transcript extends EventTarget {
             if (previous && !sameDay(previous.at, m.at)) {
                 this.log.append(h("div", { class: "day", role: "separator" }, h("span", {}, friendlyDay(m.at))));
             }
-            const sender = m.outgoing ? "You" : this.names.get(m.from) || m.from;
-            const starts = !previous || previous.outgoing !== m.outgoing || m.at - previous.at > GROUP_GAP;
-            const ends = !next || next.outgoing !== m.outgoing || next.at - m.at > GROUP_GAP;
+            // in a room everyone, the user too, is their nickname there
+            const sender = this.room ? m.nick : m.outgoing ? "You" : this.names.get(m.from) || m.from;
+            const starts = !previous || previous.from !== m.from || m.at - previous.at > GROUP_GAP;
+            const ends = !next || next.from !== m.from || next.at - m.at > GROUP_GAP;
             this.log.append(h("div", { class: `msg ${m.outgoing ? "out" : "in"}${starts ? " group-start" : ""}${ends ? " group-end" : ""}`, "data-id": m.id },
                 starts ? h("div", { class: "msg-sender" }, sender) : null,
                 h("div", { class: "bubble" },
@@ -180,7 +186,7 @@ class Transcript extends EventTarget {
     }
 }
 
-function signIn(config, id) {
+function signIn(config, id, room) {
     document.getElementById("loading").hidden = true;
     const form = document.getElementById("signin-form");
     const error = document.getElementById("signin-error");
@@ -196,7 +202,7 @@ function signIn(config, id) {
             const credentials = await signInWithPassword(jid, password, config);
             document.getElementById("signin").hidden = true;
             document.getElementById("loading").hidden = false;
-            await show(credentials, config, id);
+            await show(credentials, config, id, room);
         } catch (e) {
             error.textContent = e instanceof AuthError ? e.message : explain(e);
             error.hidden = false;
@@ -205,7 +211,9 @@ function signIn(config, id) {
 }
 
 async function main() {
-    const id = new URLSearchParams(location.search).get("id");
+    const params = new URLSearchParams(location.search);
+    const id = params.get("id");
+    const room = params.get("room") ? { jid: params.get("room"), name: params.get("name") || params.get("room") } : null;
     const config = await loadConfig();
     configureUploads(config.upload);
     if (!id) {
@@ -213,8 +221,8 @@ async function main() {
         return;
     }
     const credentials = await askPane();
-    if (credentials) await show(credentials, config, id);
-    else signIn(config, id);
+    if (credentials) await show(credentials, config, id, room);
+    else signIn(config, id, room);
 }
 
 main();

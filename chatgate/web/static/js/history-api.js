@@ -34,17 +34,30 @@ export class HistoryAPI {
         return this.get("contacts");
     }
 
-    conversations(jid, { before, limit = 10 } = {}) {
-        return this.get("conversations", { with: jid, before, limit });
+    /** The conversations with a contact ({with: jid}, or the bare address) or in a team room ({room: jid}). */
+    conversations(target, { before, limit = 10 } = {}) {
+        const { with: contact, room } = typeof target === "string" ? { with: target } : target;
+        return this.get("conversations", { with: contact, room, before, limit });
     }
 
-    /** One page of a conversation: the newest, or the one before (after) a message id. */
-    conversation(id, { before, after, limit } = {}) {
-        return this.get("conversation", { id, before, after, limit });
+    /**
+     * One page of a conversation: the newest, or the one before (after) a message id.
+     * A room's conversation is in the room's archive: name the room.
+     */
+    conversation(id, { before, after, limit, room } = {}) {
+        return this.get("conversation", { id, room, before, after, limit });
     }
 }
 
-/** The stable address of one conversation's own page. */
-export function conversationURL(id) {
-    return new URL(`conversation.html?id=${encodeURIComponent(id)}`, location.href).href;
+/**
+ * The stable address of one conversation's own page; a room's names the room
+ * (its archive is read there) and its name (the page has no other way to know it).
+ */
+export function conversationURL(id, room = null) {
+    const url = new URL(`conversation.html?id=${encodeURIComponent(id)}`, location.href);
+    if (room) {
+        url.searchParams.set("room", room.jid);
+        url.searchParams.set("name", room.name);
+    }
+    return url.href;
 }

@@ -1,10 +1,16 @@
 // The content pane (the selected contact's vCard details and a Chat button)
 // and the preview pane under it (recent conversations from the history API,
-// each opening whole in a window of its own at a stable address).
+// each opening whole in a window of its own at a stable address). A team
+// room selected shows the same for the room's archive, each conversation with
+// its last messages under their senders' nicknames (a room's preview line alone
+// would not say who spoke).
 
 import { append, avatar, clear, duration, friendlyDay, h, icon, plural, timeOf } from "../dom.js";
 import { conversationURL } from "../history-api.js";
 import { STATUS } from "../model.js";
+
+/** messages of a room's conversation shown in the preview (its newest) */
+const ROOM_LINES = 4;
 
 export class Details {
     constructor(model, client, history, { onChat }) {
@@ -14,6 +20,8 @@ export class Details {
         this.onChat = onChat;
         this.root = document.getElementById("content");
         this.jid = null;
+        /** the Room shown (kept when the room leaves the list: the server says why), or null */
+        this.room = null;
         this.offline = false;
         this.empty();
         model.addEventListener("contact", (e) => {
@@ -21,13 +29,24 @@ export class Details {
         });
         model.addEventListener("presence-all", () => this.presenceLine());
         model.addEventListener("roster", () => {
+            if (this.room) return;
             if (this.jid && !model.contact(this.jid)) this.empty();
             else if (this.jid) this.header();
+        });
+        model.addEventListener("rooms", () => {
+            // a room that left the list (a membership ended, the room closed): ask again, the answer says which
+            if (this.room && !model.room(this.room.jid) && !this.unlisted) {
+                this.unlisted = true;
+                this.enterButton.disabled = true;
+                this.before = null;
+                this.loadConversations();
+            }
         });
     }
 
     empty() {
         this.jid = null;
+        this.room = null;
         clear(this.root).append(h("div", { class: "placeholder" },
             h("div", { class: "placeholder-art", "aria-hidden": "true" }, icon("chat")),
             h("h2", {}, "Your colleagues, one click away"),
@@ -40,9 +59,14 @@ export class Details {
     }
 
     show(jid) {
+        if (this.model.room(jid)) {
+            this.showRoom(jid);
+            return;
+        }
         const contact = this.model.contact(jid);
         if (!contact) return;
         this.jid = jid;
+        this.room = null;
         this.before = null;
         clear(this.root);
         this.profile = h("section", { class: "card profile", "aria-labelledby": "details-name" });
@@ -50,6 +74,35 @@ export class Details {
         this.root.append(this.profile, this.conversations);
         this.header();
         this.loadCard(contact);
+        this.conversationsSkeleton();
+        this.loadConversations();
+    }
+
+    /** A team room: its name, a button to enter it, and its past conversations (the room's archive). */
+    showRoom(jid) {
+        const room = this.model.room(jid);
+        if (!room) return;
+        this.jid = jid;
+        this.room = room;
+        this.unlisted = false;
+        this.before = null;
+        clear(this.root);
+        this.profile = h("section", { class: "card profile", "aria-labelledby": "details-name" });
+        this.conversations = h("section", { class: "card conversations", "aria-labelledby": "conversations-title" });
+        this.root.append(this.profile, this.conversations);
+        append(this.profile, [
+            h("div", { class: "profile-head" },
+                h("span", { class: "avatar-wrap" }, avatar(room, "xl")),
+                h("div", { class: "profile-title" },
+                    h("h2", { id: "details-name", tabindex: "-1" }, room.name),
+                    h("p", { class: "profile-role" }, "Team room: what its members say there is kept for them"))),
+            h("div", { class: "profile-actions" }, this.enterButton = h("button", {
+                class: "button primary", type: "button", onclick: () => this.onChat(room.jid),
+                "aria-label": `Enter ${room.name}`, "data-action": "open-room",
+            }, icon("chat"), "Enter room")),
+            h("dl", { class: "facts" }, h("div", { class: "fact" },
+                h("dt", {}, icon("at"), "Room address"), h("dd", {}, room.jid))),
+        ]);
         this.conversationsSkeleton();
         this.loadConversations();
     }
@@ -141,23 +194,30 @@ export class Details {
 
     async loadConversations(older = false) {
         const jid = this.jid;
+        const room = this.room;
         let answer;
         try {
-            answer = await this.history.conversations(jid, { before: older ? this.before : undefined, limit: 10 });
+            answer = await this.history.conversations(room ? { room: jid } : { with: jid },
+                { before: older ? this.before : undefined, limit: 10 });
         } catch (error) {
             if (jid !== this.jid) return;
             this.list.setAttribute("aria-busy", "false");
-            clear(this.list).append(h("li", { class: "empty-note" }, `Conversations can't be loaded now (${error.message}).`));
+            this.more.hidden = true;
+            const text = room && error.status === 403
+                ? "You are not a member of this room: its conversations are for its members only."
+                : `Conversations can't be loaded now (${error.message}).`;
+            clear(this.list).append(h("li", { class: "empty-note", "data-status": error.status }, text));
             return;
         }
         if (jid !== this.jid) return;
         if (!older) clear(this.list);
         this.list.setAttribute("aria-busy", "false");
-        const contact = this.model.contact(jid);
+        const contact = room || this.model.contact(jid);
         for (const c of answer.conversations) this.list.append(this.conversation(c, contact));
         if (!this.list.children.length) {
-            this.list.append(h("li", { class: "empty-note" },
-                `No conversations with ${contact?.name || jid} yet. Start one with the Chat button.`));
+            this.list.append(h("li", { class: "empty-note" }, room
+                ? `Nothing has been said in ${room.name} yet.`
+                : `No conversations with ${contact?.name || jid} yet. Start one with the Chat button.`));
         }
         const last = answer.conversations[answer.conversations.length - 1];
         this.before = last ? last.id : null;
@@ -167,23 +227,41 @@ export class Details {
     conversation(c, contact) {
         const start = new Date(c.start);
         const end = new Date(c.end);
-        const url = conversationURL(c.id);
+        const room = contact?.room ? contact : null;
+        const url = conversationURL(c.id, room);
         const span = end - start;
         const when = `${friendlyDay(start)}, ${timeOf(start)}${timeOf(start) !== timeOf(end) ? `–${timeOf(end)}` : ""}`;
         const open = h("a", {
             class: "button small", href: url, target: "_blank", "data-action": "open-conversation",
-            "aria-label": `Open the conversation of ${when} with ${contact?.name || ""}`,
+            "aria-label": `Open the conversation of ${when} ${room ? "in" : "with"} ${contact?.name || ""}`,
             onclick: (e) => {
                 const win = window.open(url, `conversation-${c.id}`, "popup,width=760,height=820");
                 if (win) e.preventDefault();
             },
         }, icon("open"), "Open");
+        const preview = h("p", { class: "conversation-preview" }, c.preview || "…");
+        if (room) this.roomLines(c, room, preview);
         return h("li", { class: "conversation", "data-id": c.id },
             h("div", { class: "conversation-main" },
                 h("div", { class: "conversation-when" }, when),
-                h("p", { class: "conversation-preview" }, c.preview || "…"),
+                preview,
                 h("div", { class: "conversation-meta" },
                     plural(c.count, "message"), " · ", duration(span))),
             open);
+    }
+
+    /** In place of a room conversation's first line, its newest messages, each under its sender's nickname. */
+    async roomLines(c, room, preview) {
+        let page;
+        try {
+            page = await this.history.conversation(c.id, { room: room.jid, limit: ROOM_LINES });
+        } catch {
+            return; // the first line stays
+        }
+        if (!page.messages.length || !preview.isConnected) return;
+        preview.replaceWith(h("div", { class: "conversation-lines" }, page.messages.map((m) =>
+            h("p", { class: `conversation-preview conversation-line${m.outgoing ? " out" : ""}`, "data-id": m.id },
+                h("b", { class: "conversation-nick" }, m.nick), ": ",
+                h("span", { class: "conversation-text" }, m.body)))));
     }
 }

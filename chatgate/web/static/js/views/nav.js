@@ -2,7 +2,9 @@
 // with a status dot, a filter box, unread counts and "typing…"; then the team
 // rooms the user may enter, with how many are in each once entered.
 // Keyboard: ↑/↓/Home/End move, Enter or Space shows the contact, Ctrl+Enter
-// (or double click) opens the chat; "/" jumps to the filter.
+// (or double click) opens the chat; "/" jumps to the filter. A room: a click
+// or Space shows its history (not entering it: the room would see the user
+// come and go), Enter or double click enters it.
 
 import { append, avatar, clear, h } from "../dom.js";
 import { STATUS } from "../model.js";
@@ -187,8 +189,9 @@ export class ContactList {
                 id: `room-${cssId(room.jid)}`, tabindex: "-1",
                 onclick: () => {
                     this.focused = room.jid;
-                    this.onRoom(room.jid);
+                    this.onSelect(room.jid);
                 },
+                ondblclick: () => this.onRoom(room.jid),
                 onfocus: () => {
                     this.focused = room.jid;
                 },
@@ -269,7 +272,7 @@ export class ContactList {
             case "Enter":
             case " ":
                 e.preventDefault();
-                if (row.dataset.room) this.onRoom(row.dataset.jid);
+                if (row.dataset.room && e.key === "Enter") this.onRoom(row.dataset.jid);
                 else if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) this.onChat(row.dataset.jid);
                 else this.onSelect(row.dataset.jid);
                 break;
