@@ -117,6 +117,8 @@ async def test_a_nickname_reaches_contacts_that_asked_and_a_late_client_gets_the
     info = await bob.plugin["xep_0030"].get_info(jid="alice@example.com", timeout=10)
     assert ("pubsub", "pep", None, None) in info["disco_info"]["identities"]
     assert f"{PUBSUB}#publish-options" in info["disco_info"]["features"]
+    # §7.1.5: max_items may be "max" (Converse.js asks for 9999, refused, unless this is offered)
+    assert f"{PUBSUB}#config-node-max" in info["disco_info"]["features"]
 
     answer = await publish_nick(alice, "Alice A.")
     assert answer["pubsub"]["publish"]["node"] == NICK

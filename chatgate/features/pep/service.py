@@ -52,7 +52,7 @@ CACHED = 20000
 
 #: what the service does, for disco (XEP-0060 §10)
 FEATURES = ("access-open", "access-presence", "access-whitelist", "auto-create", "auto-subscribe",
-            "config-node", "create-and-configure", "create-nodes", "delete-items", "delete-nodes",
+            "config-node", "config-node-max", "create-and-configure", "create-nodes", "delete-items", "delete-nodes",
             "filtered-notifications", "item-ids", "last-published", "multi-items", "persistent-items",
             "presence-notifications", "publish", "publish-options", "purge-nodes", "retract-items",
             "retrieve-affiliations", "retrieve-items", "retrieve-subscriptions")
