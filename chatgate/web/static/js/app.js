@@ -10,6 +10,7 @@ import { HistoryAPI } from "./history-api.js";
 import { Model } from "./model.js";
 import { Notifications, showUnread } from "./notify.js";
 import { Rooms } from "./rooms.js";
+import { Search } from "./search.js";
 import { Chats } from "./views/chats.js";
 import { Details } from "./views/details.js";
 import { ContactList } from "./views/nav.js";
@@ -124,6 +125,7 @@ function start(config, credentials) {
         onRoom: (jid) => openChat(jid),
     });
     const details = new Details(model, client, history, { onChat: (jid) => openChat(jid) });
+    new Search(history, model, { announce }); // the top bar's search box over the user's history
     const chats = new Chats(model, client, {
         announce,
         onShowContact: (jid) => selectContact(jid, true),

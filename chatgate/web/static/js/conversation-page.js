@@ -11,6 +11,9 @@
 //
 // A team room's conversation (&room=<room JID>&name=<its name>) is read from
 // the room's archive; its senders are the room's nicknames.
+//
+// A search result opens the page at its message (&msg=<message id>): the
+// pages back to it are loaded, and it is brought into view and marked.
 
 import { attachmentOf, attachmentView, configure as configureUploads } from "./attachments.js";
 import { AuthError, askPane, explain, signInWithPassword } from "./auth.js";
@@ -81,6 +84,8 @@ async function show(credentials, config, id, room = null) {
     document.getElementById("loading").hidden = true;
     document.getElementById("page").hidden = false;
     const transcript = new Transcript(api, id, names, newest, room);
+    const target = new URLSearchParams(location.search).get("msg");
+    if (target) transcript.reveal(target);
     document.getElementById("print").addEventListener("click", async () => {
         if (await transcript.loadAll()) window.print();
     });
@@ -146,6 +151,27 @@ class Transcript extends EventTarget {
         return this.loading;
     }
 
+    /** Load the pages back to a message (a search result's), then bring it into view, marked. */
+    async reveal(id) {
+        this.target = id;
+        while (this.earlier && !this.messages.some((m) => m.id === id)) {
+            if (!(await this.loadEarlier())) return;
+        }
+        const shown = this.mark();
+        shown?.scrollIntoView({ block: "center" });
+        shown?.focus({ preventScroll: true });
+    }
+
+    /** The message named in the address, marked (again on every redraw); null when not shown. */
+    mark() {
+        const shown = this.target ? this.log.querySelector(`.msg[data-id="${CSS.escape(this.target)}"]`) : null;
+        if (shown) {
+            shown.classList.add("msg-target");
+            shown.tabIndex = -1;
+        }
+        return shown;
+    }
+
     /** Every earlier page (for printing); false if one could not be loaded. */
     async loadAll() {
         while (this.earlier) {
@@ -183,6 +209,7 @@ class Transcript extends EventTarget {
                         m.outgoing && m.state ? ticks(m.state) : null))));
             previous = m;
         });
+        this.mark();
     }
 }
 

@@ -47,6 +47,15 @@ export class HistoryAPI {
     conversation(id, { before, after, limit, room } = {}) {
         return this.get("conversation", { id, room, before, after, limit });
     }
+
+    /**
+     * The user's messages with every word of q (each the start of a word, any case, accents
+     * aside), newest first, each with its conversation; narrowed to a contact ({with}) or
+     * searching a team room's archive ({room}); older ones with before = the answer's last.
+     */
+    search(q, { with: contact, room, before, limit } = {}) {
+        return this.get("search", { q, with: contact, room, before, limit });
+    }
 }
 
 /**
