@@ -22,6 +22,8 @@ PIP := $(BIN)/pip --disable-pip-version-check
 # System programs the tests need, as command:apt-package pairs, installed with
 # apt-get by `make test-deps` when the command is missing (e.g. redis-server:redis-server;
 # mcabber, a console client, runs in tmux; prosody writes the XEP-0227 file the export test imports).
+# PostgreSQL too (package postgresql), found by initdb in Debian's /usr/lib/postgresql/<version>/bin:
+# the tests start their own server in a temporary folder (tests/postgres_server.py).
 TEST_SYSTEM_PACKAGES := chromium:chromium npm:npm redis-server:redis-server mcabber:mcabber tmux:tmux prosody:prosody
 
 # The browser tests' JavaScript (independent clients: Strophe.js over BOSH,
@@ -123,6 +125,8 @@ test-deps:
 	for dep in $(TEST_SYSTEM_PACKAGES); do \
 		command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
 	done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+		|| missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -55,6 +55,8 @@ class StorageSettings:
     redis_tls: bool = False
     redis_tls_ca: str = ""
     redis_prefix: str = "chatgate"
+    #: the PostgreSQL database of the stores on postgresql (libpq: URI or key=value)
+    postgresql_dsn: str = ""
 
 
 @dataclass(frozen=True)
@@ -536,7 +538,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
     "storage": (
         StorageSettings,
         {
-            "backend": _one_of("sqlite", "redis", "memory"),
+            "backend": _one_of("sqlite", "redis", "postgresql", "memory"),
             "path": _nonempty,
             "poll_interval": _seconds,
             "redis_host": _nonempty,
@@ -546,13 +548,14 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "redis_tls": _bool,
             "redis_tls_ca": _text,
             "redis_prefix": _nonempty,
+            "postgresql_dsn": _text,
         },
     ),
     "archive": (
         ArchiveSettings,
         {
-            "backend": _one_of("sqlite", "redis", "memory"),
-            "offline_backend": _one_of("sqlite", "redis", "memory"),
+            "backend": _one_of("sqlite", "redis", "postgresql", "memory"),
+            "offline_backend": _one_of("sqlite", "redis", "postgresql", "memory"),
             "commit_interval": _seconds_or_zero,
             "conversation_gap": _seconds,
             "retention_days": _optional(_positive_int),
@@ -728,6 +731,9 @@ def _check(settings: Settings) -> None:
     if c.backend == "redis" and "memory" in (settings.storage.backend, settings.archive.backend,
                                              settings.archive.offline_backend):
         raise ConfigError("[cluster] backend = redis: the nodes must share their stores (not memory)")
+    if "postgresql" in (settings.storage.backend, settings.archive.backend, settings.archive.offline_backend) \
+            and not settings.storage.postgresql_dsn:
+        raise ConfigError("[storage] postgresql_dsn: needed by the stores on postgresql")
     paths = [p for p in (h.bosh_path, h.websocket_path, settings.upload.http_path) if p]
     if len(set(paths)) != len(paths):
         raise ConfigError("[http] websocket_path: bosh_path, websocket_path and [upload] http_path must differ")

@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore_command.add_argument("file", metavar="FILE")
     restore_command.set_defaults(prepare=_restore, action="restore")
 
+    db = topics.add_parser("db", help="the stores' database schema")
+    db.add_subparsers(dest="action", required=True).add_parser(
+        "upgrade", help="apply the schema changes this chatgate ships (PostgreSQL; SQLite files upgrade on opening)"
+    ).set_defaults(prepare=_db_upgrade, file="schema")
+
     drain = topics.add_parser("drain", help="stop the running node gracefully, as SIGTERM does (the admin API)")
     drain.set_defaults(prepare=_drain, action="drain")
     export.add_commands(topics)
@@ -613,7 +618,8 @@ def _token(args: argparse.Namespace, settings: Settings) -> Job:
 
 def _sqlite_store(settings: Settings) -> str:
     if {settings.storage.backend, settings.archive.backend, settings.archive.offline_backend} != {"sqlite"}:
-        raise CommandError("backup and restore cover the SQLite store; Redis keeps its own (RDB or AOF)")
+        raise CommandError("backup and restore cover the SQLite store; Redis keeps its own (RDB or AOF),"
+                           " PostgreSQL too (pg_dump)")
     return settings.path(settings.storage.path)
 
 
@@ -639,6 +645,29 @@ def _restore(args: argparse.Namespace, settings: Settings) -> Job:
 
     async def job(directory: IDirectory) -> None:
         print(f"restored {store} from {args.file}")
+
+    return job
+
+
+def _db_upgrade(args: argparse.Namespace, settings: Settings) -> Job:
+    """PostgreSQL: the migrations applied here, before the directory is opened (which refuses an older
+    schema). SQLite: the stores bring their file up to date when they open it, which the job does."""
+    s = settings.storage
+    on_postgresql = "postgresql" in (s.backend, settings.archive.backend, settings.archive.offline_backend)
+    done = ""
+    if on_postgresql:
+        from chatgate.storage import postgres
+
+        before, applied = postgres.upgrade(s.postgresql_dsn, CommandError)
+        where = postgres.describe(s.postgresql_dsn)
+        done = (f"{where}: schema {before} -> {applied[-1]}" if applied
+                else f"{where}: already at schema {before}")
+
+    async def job(directory: IDirectory) -> None:
+        for store in (open_archive(settings), open_offline(settings)):
+            await store.start()  # (an SQLite file's history tables made or upgraded)
+            await store.stop()
+        print(done or f"{settings.path(s.path)}: up to date")
 
     return job
 

@@ -57,6 +57,10 @@ def open_directory(settings: Settings) -> IDirectory:
         from chatgate.storage.redis_directory import RedisDirectory
 
         return RedisDirectory(**_redis_options(settings))  # type: ignore[arg-type]
+    if settings.storage.backend == "postgresql":
+        from chatgate.storage.postgres_stores import PostgresDirectory
+
+        return PostgresDirectory(settings.storage.postgresql_dsn, settings.storage.poll_interval)
     from chatgate.storage.sqlite import SQLiteDirectory
 
     return SQLiteDirectory(_sqlite_path(settings), settings.storage.poll_interval)
@@ -73,7 +77,8 @@ def open_offline(settings: Settings) -> IOfflineStore:
 
 
 def _open_archive_store(settings: Settings, backend: str, store: str) -> Any:
-    """``Memory<store>``, ``Redis<store>`` or ``SQLite<store>``, as *backend* says, made from *settings*."""
+    """``Memory<store>``, ``Redis<store>``, ``Postgres<store>`` or ``SQLite<store>``, as *backend* says,
+    made from *settings*."""
     if backend == "memory":
         from chatgate.storage import memory_archive
 
@@ -82,6 +87,11 @@ def _open_archive_store(settings: Settings, backend: str, store: str) -> Any:
         from chatgate.storage import redis
 
         return getattr(redis, f"Redis{store}")(**_redis_options(settings))
+    if backend == "postgresql":
+        from chatgate.storage import postgres_stores
+
+        return getattr(postgres_stores, f"Postgres{store}")(settings.storage.postgresql_dsn,
+                                                            settings.archive.commit_interval)
     from chatgate.storage import sqlite_archive
 
     return getattr(sqlite_archive, f"SQLite{store}")(_sqlite_path(settings), settings.archive.commit_interval)

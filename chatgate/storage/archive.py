@@ -104,8 +104,14 @@ def search_terms(text: str) -> list[str]:
     return terms
 
 
+def search_words(body: str) -> str:
+    """*body*'s words, folded, one space apart: what PostgreSQL's full-text index is made of, so that
+    its words are the ones :func:`text_matches` sees."""
+    return " ".join(re.findall(r"\w+", _folded(body)))
+
+
 def text_matches(body: str, terms: list[str]) -> bool:
-    """Whether each term starts a word of *body* (what the SQLite index answers too)."""
+    """Whether each term starts a word of *body* (what the SQLite and PostgreSQL indexes answer too)."""
     words = re.findall(r"\w+", _folded(body))
     return all(any(word.startswith(term) for word in words) for term in terms)
 

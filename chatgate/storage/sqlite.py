@@ -182,6 +182,9 @@ class SQLiteDirectory:
     :param reactor: the reactor for the worker thread's results.
     """
 
+    #: statements run on the new connection before the schema is checked
+    pragmas: tuple[str, ...] = ("PRAGMA foreign_keys = ON",)
+
     def __init__(self, path: str, poll_interval: float = 0.5, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -200,7 +203,7 @@ class SQLiteDirectory:
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        self._last_seq = await self._worker.start(self._create, ["PRAGMA foreign_keys = ON"])
+        self._last_seq = await self._worker.start(self._create, self.pragmas)
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._worker.stop())
@@ -384,7 +387,8 @@ class SQLiteDirectory:
         return self._write(_unblock, domain, localpart, jids)
 
 
-# -- the SQL, run on the worker thread inside a transaction
+# -- the SQL, run on the worker thread inside a transaction: standard SQL that PostgreSQL runs too
+# (chatgate.storage.postgres: "?" placeholders become "%s" there)
 
 
 def _record(db: sqlite3.Connection, kind: str, domain: str, localpart: str | None = None) -> None:
@@ -633,8 +637,8 @@ def _set_vcard(db: sqlite3.Connection, domain: str, localpart: str, vcard: str) 
 
 
 def _secret(db: sqlite3.Connection, name: str) -> bytes:
-    # INSERT OR IGNORE then SELECT: two processes racing to make it agree on the first one
-    db.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)", (name, os.urandom(32)))
+    # insert unless there, then SELECT: two processes racing to make it agree on the first one
+    db.execute("INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING", (name, os.urandom(32)))
     (value,) = db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
     return bytes(value)
 
@@ -662,7 +666,7 @@ def _insert_members(db: sqlite3.Connection, alias: Alias) -> None:
         if not _user_exists(db, alias.domain, member):
             raise UnknownUser(f"unknown user: {member}@{alias.domain}")
     db.executemany(
-        "INSERT OR IGNORE INTO alias_members (domain, alias, member) VALUES (?, ?, ?)",
+        "INSERT INTO alias_members (domain, alias, member) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         [(alias.domain, alias.localpart, member) for member in alias.members],
     )
 
@@ -757,7 +761,7 @@ def _block(db: sqlite3.Connection, domain: str, localpart: str, jids: list[str])
         raise UnknownUser(f"unknown user: {localpart}@{domain}")
     added = []
     for jid in dict.fromkeys(jids):
-        cursor = db.execute("INSERT OR IGNORE INTO blocklist (domain, localpart, jid) VALUES (?, ?, ?)",
+        cursor = db.execute("INSERT INTO blocklist (domain, localpart, jid) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                             (domain, localpart, jid))
         if cursor.rowcount:
             added.append(jid)

@@ -51,7 +51,6 @@ Deferred succeeded is on disk.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -193,7 +192,7 @@ class _BatchedSQLite:
             await waiter
         await self._worker.stop()  # closes after every batch and read handed over before it
 
-    def _create(self, db: sqlite3.Connection) -> None:
+    def _create(self, db: Any) -> None:
         """Check the history schema's version and create this store's tables (in the opening transaction)."""
         db.execute("CREATE TABLE IF NOT EXISTS history_schema (version INTEGER NOT NULL)")
         row = db.execute("SELECT MAX(version) FROM history_schema").fetchone()
@@ -289,11 +288,11 @@ class _BatchedSQLite:
 
     # -- the worker thread
 
-    def _commit(self, db: sqlite3.Connection, batch: list[_Work]) -> list[_Outcome]:
+    def _commit(self, db: Any, batch: list[_Work]) -> list[_Outcome]:
         """Every write of *batch*, each in its own savepoint (inside the batch's transaction)."""
         return [self._savepoint(db, work, args) for work, args in batch]
 
-    def _savepoint(self, db: sqlite3.Connection, work: Callable[..., Any], args: tuple[Any, ...]) -> _Outcome:
+    def _savepoint(self, db: Any, work: Callable[..., Any], args: tuple[Any, ...]) -> _Outcome:
         """Run one write in its own savepoint: (True, result), or (False, the exception) with nothing written."""
         db.execute("SAVEPOINT write")
         try:
@@ -305,7 +304,7 @@ class _BatchedSQLite:
         return outcome
 
     def _error(self, e: Exception) -> Exception:
-        return ArchiveError(f"{self.path}: {e}") if isinstance(e, sqlite3.Error) else e
+        return ArchiveError(f"{self.path}: {e}") if isinstance(e, self._worker.driver_error) else e
 
     # -- back on the reactor
 
@@ -329,7 +328,21 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
 
     tables = "archive"
 
-    def _commit(self, db: sqlite3.Connection, batch: list[_Work]) -> list[_Outcome]:
+    def insert_rows(self, db: Any, messages: list[ArchivedMessage]) -> None:
+        """Insert *messages*, leaving those already there as they are."""
+        db.executemany(
+            f"INSERT INTO archive ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [(m.owner, m.id, m.contact, m.resource, int(m.outgoing), m.body, m.stanza) for m in messages],
+        )
+
+    @staticmethod
+    def text_term(terms: list[str]) -> tuple[str, str]:
+        """The WHERE term (and its parameter) of a full-text search for *terms*: each word as a
+        prefix (FTS5 §3.4: "word"*), all of them (implicit AND)."""
+        return ("seq IN (SELECT rowid FROM archive_text WHERE archive_text MATCH ?)",
+                " ".join('"' + term.replace('"', '""') + '"*' for term in terms))
+
+    def _commit(self, db: Any, batch: list[_Work]) -> list[_Outcome]:
         """The writes of *batch* in order; each run of appends in a row goes as one statement, and the
         contacts' last ids once per batch (see :func:`_append`)."""
         outcomes: list[_Outcome] = []
@@ -348,7 +361,7 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
         return outcomes
 
     def _appends(
-        self, db: sqlite3.Connection, appends: list[list[ArchivedMessage]], latest: dict[tuple[str, str], str]
+        self, db: Any, appends: list[list[ArchivedMessage]], latest: dict[tuple[str, str], str]
     ) -> list[_Outcome]:
         """Appends in a row: all their rows in one statement in one savepoint; if that fails, again one
         append at a time, each in its own savepoint, so that only the failing ones fail."""
@@ -356,11 +369,11 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
             return []
         db.execute("SAVEPOINT appends")
         try:
-            _append(db, [m for messages in appends for m in messages], latest)
+            _append(db, [m for messages in appends for m in messages], latest, self.insert_rows)
         except Exception:
             db.execute("ROLLBACK TO appends")
             db.execute("RELEASE appends")
-            return [self._savepoint(db, _append, (messages, latest)) for messages in appends]
+            return [self._savepoint(db, _append, (messages, latest, self.insert_rows)) for messages in appends]
         db.execute("RELEASE appends")
         return [(True, None)] * len(appends)
 
@@ -375,7 +388,7 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
             check_query(query)
         except ValueError as e:
             return fail(e)
-        return self._read(_query, owner, query)
+        return self._read(_query, owner, query, self.text_term)
 
     def between(
         self, owner: str, contact: str, after: str | None = None, before: str | None = None, limit: int = 50,
@@ -433,13 +446,12 @@ def _message(row: tuple[Any, ...]) -> ArchivedMessage:
     return ArchivedMessage(owner, archive_id, contact, resource, bool(outgoing), time_of(archive_id), body, stanza)
 
 
-def _append(db: sqlite3.Connection, messages: list[ArchivedMessage], latest: dict[tuple[str, str], str]) -> None:
-    """Insert *messages* (the ones already there are left as they are) and note each (owner, contact)'s
-    greatest id in *latest*, for :func:`_upsert_contacts` (*latest* is changed only if nothing raised)."""
-    db.executemany(
-        f"INSERT OR IGNORE INTO archive ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(m.owner, m.id, m.contact, m.resource, int(m.outgoing), m.body, m.stanza) for m in messages],
-    )
+def _append(db: Any, messages: list[ArchivedMessage], latest: dict[tuple[str, str], str],
+            insert: Callable[[Any, list[ArchivedMessage]], None]) -> None:
+    """Insert *messages* (by *insert*: the ones already there are left as they are) and note each
+    (owner, contact)'s greatest id in *latest*, for :func:`_upsert_contacts` (*latest* is changed
+    only if nothing raised)."""
+    insert(db, messages)
     newer: dict[tuple[str, str], str] = {}
     for m in messages:
         key = (m.owner, m.contact)
@@ -449,18 +461,21 @@ def _append(db: sqlite3.Connection, messages: list[ArchivedMessage], latest: dic
     latest.update(newer)
 
 
-def _upsert_contacts(db: sqlite3.Connection, latest: dict[tuple[str, str], str]) -> None:
+def _upsert_contacts(db: Any, latest: dict[tuple[str, str], str]) -> None:
     """Raise each (owner, contact)'s last id to the one in *latest* (one statement per pair, not per message)."""
     if latest:
+        # in key order, so that two nodes upserting the same pairs (PostgreSQL) take their locks alike
         db.executemany(
             "INSERT INTO archive_contacts (owner, contact, last_id) VALUES (?, ?, ?)"
-            " ON CONFLICT (owner, contact) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
-            [(owner, contact, last_id) for (owner, contact), last_id in latest.items()],
+            " ON CONFLICT (owner, contact) DO UPDATE SET last_id = CASE"
+            " WHEN excluded.last_id > archive_contacts.last_id THEN excluded.last_id"
+            " ELSE archive_contacts.last_id END",
+            [(owner, contact, last_id) for (owner, contact), last_id in sorted(latest.items())],
         )
         latest.clear()
 
 
-def _remove(db: sqlite3.Connection, owner: str, ids: list[str]) -> None:
+def _remove(db: Any, owner: str, ids: list[str]) -> None:
     contacts = set()
     for archive_id in ids:
         row = db.execute("DELETE FROM archive WHERE owner = ? AND id = ? RETURNING contact", (owner, archive_id))
@@ -469,7 +484,7 @@ def _remove(db: sqlite3.Connection, owner: str, ids: list[str]) -> None:
         _recount_contact(db, owner, contact)
 
 
-def _recount_contact(db: sqlite3.Connection, owner: str, contact: str) -> None:
+def _recount_contact(db: Any, owner: str, contact: str) -> None:
     (last,) = db.execute(
         "SELECT MAX(id) FROM archive WHERE owner = ? AND contact = ?", (owner, contact)
     ).fetchone()
@@ -479,11 +494,11 @@ def _recount_contact(db: sqlite3.Connection, owner: str, contact: str) -> None:
         db.execute("UPDATE archive_contacts SET last_id = ? WHERE owner = ? AND contact = ?", (last, owner, contact))
 
 
-def _owners(db: sqlite3.Connection) -> list[str]:
+def _owners(db: Any) -> list[str]:
     return [row[0] for row in db.execute("SELECT DISTINCT owner FROM archive_contacts")]
 
 
-def _expire_chunk(db: sqlite3.Connection, owner: str, cutoff: str) -> int:
+def _expire_chunk(db: Any, owner: str, cutoff: str) -> int:
     rows = db.execute(
         "DELETE FROM archive WHERE seq IN"
         " (SELECT seq FROM archive WHERE owner = ? AND id < ? ORDER BY id LIMIT ?) RETURNING contact",
@@ -494,7 +509,8 @@ def _expire_chunk(db: sqlite3.Connection, owner: str, cutoff: str) -> int:
     return len(rows)
 
 
-def _filters(owner: str, query: ArchiveQuery) -> tuple[list[str], list[Any]]:
+def _filters(owner: str, query: ArchiveQuery,
+             text_term: Callable[[list[str]], tuple[str, str]]) -> tuple[list[str], list[Any]]:
     """The WHERE terms that make the query's result set."""
     terms, params = ["owner = ?"], [owner]
     for term, value in (
@@ -512,13 +528,14 @@ def _filters(owner: str, query: ArchiveQuery) -> tuple[list[str], list[Any]]:
         terms.append(f"id IN ({', '.join('?' * len(query.ids))})")
         params.extend(query.ids)
     if query.text is not None:
-        # each word as a prefix (FTS5 §3.4: "word"*), all of them (implicit AND)
-        terms.append("seq IN (SELECT rowid FROM archive_text WHERE archive_text MATCH ?)")
-        params.append(" ".join('"' + term.replace('"', '""') + '"*' for term in search_terms(query.text)))
+        term, param = text_term(search_terms(query.text))
+        terms.append(term)
+        params.append(param)
     return terms, params
 
 
-def _query(db: sqlite3.Connection, owner: str, query: ArchiveQuery) -> ArchivePage:
+def _query(db: Any, owner: str, query: ArchiveQuery,
+           text_term: Callable[[list[str]], tuple[str, str]]) -> ArchivePage:
     named = named_ids(query)
     if named:
         found = {row[0] for row in db.execute(
@@ -527,7 +544,7 @@ def _query(db: sqlite3.Connection, owner: str, query: ArchiveQuery) -> ArchivePa
         for archive_id in named:
             if archive_id not in found:
                 raise unknown(archive_id)
-    terms, params = _filters(owner, query)
+    terms, params = _filters(owner, query, text_term)
     where = " AND ".join(terms)
 
     def count(extra: str = "", *extra_params: Any) -> int:
@@ -560,7 +577,7 @@ def _query(db: sqlite3.Connection, owner: str, query: ArchiveQuery) -> ArchivePa
     return ArchivePage(page, total, first_index if page else None, complete)
 
 
-def _between(db: sqlite3.Connection, owner: str, contact: str, after: str | None, before: str | None, limit: int,
+def _between(db: Any, owner: str, contact: str, after: str | None, before: str | None, limit: int,
              newest: bool) -> list[ArchivedMessage]:
     """At most *limit* rows by ``archive_by_contact`` (owner, contact, id): no count, no offset."""
     terms, params = ["owner = ?", "contact = ?"], [owner, contact]
@@ -574,14 +591,14 @@ def _between(db: sqlite3.Connection, owner: str, contact: str, after: str | None
     return found[::-1] if newest else found
 
 
-def _contacts(db: sqlite3.Connection, owner: str) -> list[ArchiveContact]:
+def _contacts(db: Any, owner: str) -> list[ArchiveContact]:
     rows = db.execute(
         "SELECT contact, last_id FROM archive_contacts WHERE owner = ? ORDER BY last_id DESC", (owner,)
     )
     return [ArchiveContact(contact, time_of(last_id)) for contact, last_id in rows]
 
 
-def _push(db: sqlite3.Connection, owner: str, message: OfflineMessage, quota: int | None) -> bool:
+def _push(db: Any, owner: str, message: OfflineMessage, quota: int | None) -> bool:
     if quota is not None:
         (waiting,) = db.execute("SELECT COUNT(*) FROM offline WHERE owner = ?", (owner,)).fetchone()
         if waiting >= quota:
@@ -590,6 +607,6 @@ def _push(db: sqlite3.Connection, owner: str, message: OfflineMessage, quota: in
     return True
 
 
-def _pop(db: sqlite3.Connection, owner: str) -> list[OfflineMessage]:
+def _pop(db: Any, owner: str) -> list[OfflineMessage]:
     rows = db.execute("DELETE FROM offline WHERE owner = ? RETURNING seq, at, stanza", (owner,)).fetchall()
     return [OfflineMessage(at, stanza) for _, at, stanza in sorted(rows)]

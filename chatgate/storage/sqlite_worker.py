@@ -36,12 +36,21 @@ T = TypeVar("T")
 class SQLiteWorker:
     """The worker thread of one store and the connection it owns.
 
+    :class:`chatgate.storage.postgres.PostgresWorker` is the same thread on a
+    PostgreSQL connection: it overrides the class attributes and :meth:`_open`.
+
     :param path: the SQLite file.
     :param name: the thread's name.
     :param error: the one-line error class of the store (DirectoryError, ArchiveError).
     :param not_started: what the error says of a call made while the thread is stopped.
     :param reactor: the reactor the results are handed back to.
     """
+
+    #: the driver's errors, told in one line as the store's
+    driver_error: type[Exception] = sqlite3.Error
+    #: how a read transaction starts (a consistent snapshot) and a write one (the write lock taken first)
+    begin_read = "BEGIN"
+    begin_write = "BEGIN IMMEDIATE"
 
     def __init__(
         self, path: str, name: str, error: type[Exception], not_started: str, reactor: Any
@@ -118,7 +127,7 @@ class SQLiteWorker:
             db.execute("PRAGMA journal_mode = WAL")
             for pragma in pragmas:
                 db.execute(pragma)
-            result = transaction(db, "BEGIN IMMEDIATE", setup)
+            result = transaction(db, self.begin_write, setup)
         except BaseException:
             db.close()
             raise
@@ -138,8 +147,8 @@ class SQLiteWorker:
         def guarded() -> T:
             try:
                 return work(*args)
-            except sqlite3.Error as e:
-                raise self._error(f"{self.path}: {e}") from None
+            except self.driver_error as e:
+                raise self._error(f"{self.path}: {str(e).strip().splitlines()[0]}") from None
 
         if self._thread is None:
             return fail(self._error(f"{self.path}: {self._not_started}"))
@@ -149,11 +158,11 @@ class SQLiteWorker:
 
     def read(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run *work(db, *args)* in one read transaction (one consistent snapshot)."""
-        return self.run(self._transaction, "BEGIN", work, args)
+        return self.run(self._transaction, self.begin_read, work, args)
 
     def write(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run *work(db, *args)* in one write transaction, taking the write lock first."""
-        return self.run(self._transaction, "BEGIN IMMEDIATE", work, args)
+        return self.run(self._transaction, self.begin_write, work, args)
 
     def _transaction(self, begin: str, work: Callable[..., T], args: tuple[Any, ...]) -> T:
         if self._db is None:
@@ -161,7 +170,7 @@ class SQLiteWorker:
         return transaction(self._db, begin, work, *args)
 
 
-def transaction(db: sqlite3.Connection, begin: str, work: Callable[..., T], *args: Any) -> T:
+def transaction(db: Any, begin: str, work: Callable[..., T], *args: Any) -> T:
     """*work(db, *args)* between *begin* and COMMIT; rolled back if anything fails."""
     db.execute(begin)
     try:

@@ -280,7 +280,7 @@ def test_a_bad_csv_file_is_named(hosted):
 def test_configuration_errors_are_one_line(admin, tmp_path):
     (tmp_path / "bad.ini").write_text("[storage]\nbackend = postgres\n")
     assert admin.fails("-c", "bad.ini", "domain", "list") == (
-        "[storage] backend = 'postgres': expected sqlite, redis or memory"
+        "[storage] backend = 'postgres': expected sqlite, redis, postgresql or memory"
     )
     assert "cannot read the configuration file" in admin.fails("-c", "absent.ini", "domain", "list")
 

@@ -3,7 +3,9 @@
 slixmpp users chat; a MAM query with ``{urn:xmpp:fulltext:0}fulltext`` finds
 the messages with every word (any case, accents aside, word starts), paged
 with RSM, only in the asker's own archive; the webmail's ``search`` answers
-the same, newest first, each with the conversation to open at it."""
+the same, newest first, each with the conversation to open at it. All of it
+with the stores on SQLite, and again on PostgreSQL (a real server, the admin
+command and the service sharing its database)."""
 
 from __future__ import annotations
 
@@ -21,9 +23,15 @@ from tests.integration.test_history import http_get, mam, page_rsm
 FULLTEXT = "{urn:xmpp:fulltext:0}fulltext"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("search"), archive={"conversation_gap": 1})
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service with its stores on SQLite, or all on a PostgreSQL database of a real server."""
+    if request.param == "postgresql":
+        dsn = request.getfixturevalue("postgres_server").database()
+        srv = Server(tmp_path_factory.mktemp("search"), storage={"backend": "postgresql", "postgresql_dsn": dsn},
+                     archive={"conversation_gap": 1, "backend": "postgresql", "offline_backend": "postgresql"})
+    else:
+        srv = Server(tmp_path_factory.mktemp("search"), archive={"conversation_gap": 1})
     provision(srv)
     srv.start()
     yield srv

@@ -28,6 +28,7 @@ from chatgate.storage.interfaces import (
     UnknownMessage,
 )
 from chatgate.storage.memory_archive import MemoryArchive, MemoryOfflineStore
+from chatgate.storage.postgres_stores import PostgresArchive, PostgresOfflineStore
 from chatgate.storage.redis import RedisArchive, RedisOfflineStore
 from chatgate.storage.sqlite_archive import SQLiteArchive, SQLiteOfflineStore
 from chatgate.xml import Element, serialize
@@ -44,12 +45,15 @@ def _backend(kind: str, request: pytest.FixtureRequest, tmp_path, archive: bool)
     if kind == "sqlite":
         cls = SQLiteArchive if archive else SQLiteOfflineStore
         return cls(str(tmp_path / "history.sqlite"), commit_interval=0.005)
+    if kind == "postgresql":
+        cls = PostgresArchive if archive else PostgresOfflineStore
+        return cls(request.getfixturevalue("postgres_server").database(), commit_interval=0.005)
     server = request.getfixturevalue("redis_server")
     cls = RedisArchive if archive else RedisOfflineStore
     return cls(port=server.port, prefix=f"test{next(_prefixes)}")
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis", "postgresql"])
 async def archive(request, tmp_path):
     store = _backend(request.param, request, tmp_path, archive=True)
     await store.start()
@@ -57,7 +61,7 @@ async def archive(request, tmp_path):
     await store.stop()
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis", "postgresql"])
 async def offline(request, tmp_path):
     store = _backend(request.param, request, tmp_path, archive=False)
     await store.start()

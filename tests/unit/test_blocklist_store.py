@@ -11,6 +11,7 @@ import pytest_twisted
 
 from chatgate.storage.interfaces import Change, UnknownUser, User
 from chatgate.storage.memory import MemoryDirectory
+from chatgate.storage.postgres_stores import PostgresDirectory
 from chatgate.storage.redis_directory import RedisDirectory
 from chatgate.storage.sqlite import SCHEMA_VERSION, SQLiteDirectory
 
@@ -19,13 +20,15 @@ BOB = User("bob", "example.com", "Bob")
 _prefixes = itertools.count()
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis", "postgresql"])
 async def hosted(request, tmp_path):
     """A directory hosting example.com with alice and bob, its changes recorded in ``store.told``."""
     if request.param == "memory":
         store = MemoryDirectory()
     elif request.param == "sqlite":
         store = SQLiteDirectory(str(tmp_path / "d.sqlite"), 0.02)
+    elif request.param == "postgresql":
+        store = PostgresDirectory(request.getfixturevalue("postgres_server").database(), 0.02)
     else:
         store = RedisDirectory(port=request.getfixturevalue("redis_server").port, prefix=f"test{next(_prefixes)}")
     await store.start()

@@ -34,6 +34,7 @@ from chatgate.storage.interfaces import (
     User,
 )
 from chatgate.storage.memory import MemoryDirectory
+from chatgate.storage.postgres_stores import PostgresDirectory
 from chatgate.storage.redis_directory import RedisDirectory
 from chatgate.storage.sqlite import SCHEMA_VERSION, SQLiteDirectory
 from tests.redis_server import RedisServer, free_port
@@ -84,12 +85,14 @@ def redis_at(server: RedisServer, prefix: str | None = None) -> RedisDirectory:
     return RedisDirectory(port=server.port, prefix=prefix or f"test{next(_prefixes)}")
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis", "postgresql"])
 async def directory(request, tmp_path):
     if request.param == "memory":
         store = MemoryDirectory()
     elif request.param == "sqlite":
         store = SQLiteDirectory(str(tmp_path / "directory.sqlite"), POLL)
+    elif request.param == "postgresql":
+        store = PostgresDirectory(request.getfixturevalue("postgres_server").database(), POLL)
     else:
         store = redis_at(request.getfixturevalue("redis_server"))
     await store.start()
