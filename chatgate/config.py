@@ -57,6 +57,8 @@ class StorageSettings:
     redis_prefix: str = "chatgate"
     #: the PostgreSQL database of the stores on postgresql (libpq: URI or key=value)
     postgresql_dsn: str = ""
+    #: connections of each node's PostgreSQL archive for reads (MAM, history, search), beside its writer
+    postgresql_readers: int = 4
 
 
 @dataclass(frozen=True)
@@ -549,6 +551,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[str], object]]]] = {
             "redis_tls_ca": _text,
             "redis_prefix": _nonempty,
             "postgresql_dsn": _text,
+            "postgresql_readers": _positive_int,
         },
     ),
     "archive": (

@@ -90,8 +90,10 @@ def _open_archive_store(settings: Settings, backend: str, store: str) -> Any:
     if backend == "postgresql":
         from chatgate.storage import postgres_stores
 
+        # the archive's reads get the pool; offline messages are read once per login (1 reader)
+        readers = settings.storage.postgresql_readers if store == "Archive" else 1
         return getattr(postgres_stores, f"Postgres{store}")(settings.storage.postgresql_dsn,
-                                                            settings.archive.commit_interval)
+                                                            settings.archive.commit_interval, readers=readers)
     from chatgate.storage import sqlite_archive
 
     return getattr(sqlite_archive, f"SQLite{store}")(_sqlite_path(settings), settings.archive.commit_interval)

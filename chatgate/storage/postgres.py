@@ -208,6 +208,8 @@ class PgConnection:
     def __init__(self, connection: Any) -> None:
         self._connection = connection
         self._sql: dict[str, str] = {}
+        #: statements that went through (a transaction that failed with none sent nothing)
+        self.done = 0
 
     def _translated(self, sql: str) -> str:
         found = self._sql.get(sql)
@@ -217,11 +219,14 @@ class PgConnection:
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
         params = tuple(params)
-        return self._connection.execute(self._translated(sql) if params else sql, params or None)
+        cursor = self._connection.execute(self._translated(sql) if params else sql, params or None)
+        self.done += 1
+        return cursor
 
     def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> Any:
         cursor = self._connection.cursor()
         cursor.executemany(self._translated(sql), [tuple(row) for row in rows])
+        self.done += 1
         return cursor
 
     @property
@@ -287,10 +292,29 @@ class PostgresWorker(SQLiteWorker):
         return result
 
     def _transaction(self, begin: str, work: Callable[..., T], args: tuple[Any, ...]) -> T:
-        if self._db is not None and self._db.broken:  # type: ignore[attr-defined]
-            self._db = None
-            self._db = connect(self.dsn, self.path, self._error)  # type: ignore[assignment]
+        """A connection found lost (the server restarted, or ended the session) is made again; the work
+        is tried again on it if that cannot write twice: a read, or a write that failed at its BEGIN."""
+        db: PgConnection | None = self._db  # type: ignore[assignment]
+        if db is not None and db.broken:
+            db = self._reconnect()
+        before = db.done if db is not None else 0
+        try:
+            return super()._transaction(begin, work, args)
+        except self.driver_error:
+            db = self._db  # type: ignore[assignment]
+            if db is None or not db.broken:
+                raise
+            safe = begin == self.begin_read or db.done == before
+            self._reconnect()
+            if not safe:
+                raise
         return super()._transaction(begin, work, args)
+
+    def _reconnect(self) -> PgConnection:
+        self._db = None
+        db = connect(self.dsn, self.path, self._error)
+        self._db = db  # type: ignore[assignment]
+        return db
 
 
 # -- the schema

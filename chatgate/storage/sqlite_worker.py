@@ -64,10 +64,16 @@ class SQLiteWorker:
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self._shutdown_trigger: Any = None
+        self._pending = 0
 
     @property
     def started(self) -> bool:
         return self._thread is not None
+
+    @property
+    def pending(self) -> int:
+        """Calls handed over and not finished (for choosing among workers)."""
+        return self._pending
 
     # -- life cycle
 
@@ -153,7 +159,13 @@ class SQLiteWorker:
         if self._thread is None:
             return fail(self._error(f"{self.path}: {self._not_started}"))
         result: Deferred[T] = Deferred()
+        self._pending += 1
+        result.addBoth(self._finished)
         self._calls.put((result, guarded))
+        return result
+
+    def _finished(self, result: T) -> T:
+        self._pending -= 1
         return result
 
     def read(self, work: Callable[..., T], *args: Any) -> Deferred[T]:

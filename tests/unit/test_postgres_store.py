@@ -6,6 +6,8 @@ serialised; a lost connection made again; errors in one line without the DSN's p
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 import pytest_twisted
@@ -148,3 +150,30 @@ async def test_errors_name_the_database_without_its_password(postgres_server):
         await directory.start()
     message = str(refused.value)
     assert "no_such_database" in message and "hunter2" not in message and "\n" not in message
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_read_holds_up_neither_commits_nor_other_reads(postgres_server):
+    archive = PostgresArchive(postgres_server.database(), commit_interval=0.0, readers=2)
+    await archive.start()
+    maker = Conversation()
+    slow = archive._read(lambda db: db.execute("SELECT pg_sleep(1.5)").fetchone())  # a search of a huge archive
+    started = time.monotonic()
+    await archive.append([maker.message(ALICE, BOB, T0, "acknowledged meanwhile")])
+    assert time.monotonic() - started < 0.75
+    assert ids(await archive.query(ALICE, ArchiveQuery()))  # on the other reader, seeing the commit
+    assert time.monotonic() - started < 0.75
+    await slow
+    await archive.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_sees_the_writes_queued_before_it(postgres_server):
+    archive = PostgresArchive(postgres_server.database(), commit_interval=0.5)
+    await archive.start()
+    maker = Conversation()
+    for i in range(3):  # queued, not waited for: the query must still see them all
+        archive.append([maker.message(ALICE, BOB, T0 + i, f"queued {i}")])
+    page = await archive.query(ALICE, ArchiveQuery())
+    assert [m.body for m in page.messages] == ["queued 0", "queued 1", "queued 2"]
+    await archive.stop()
