@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from pathlib import Path
 from typing import IO
 
 from chatgate.private_files import new_file
@@ -61,7 +62,8 @@ def backup(store: str, target: str) -> int:
 def check(path: str) -> None:
     """BackupError unless *path* is a chatgate store this version can open."""
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        # read-only through a URI, the path percent-encoded: a file named "a?b#c" is that file
+        with sqlite3.connect(Path(path).absolute().as_uri() + "?mode=ro", uri=True) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             (version,) = db.execute("PRAGMA user_version").fetchone()
     except sqlite3.Error as e:
