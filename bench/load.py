@@ -549,6 +549,7 @@ async def run_rate(senders: list[tuple[Callable[[bytes], None], bytes]], recorde
     loop = asyncio.get_running_loop()
     meter = meter_of()
     started = loop.time()
+    started_at = time.time()  # wall clock, to line the step up with the server's log
     sent = 0
     worst_lag = 0.0
     count = len(senders)
@@ -582,6 +583,8 @@ async def run_rate(senders: list[tuple[Callable[[bytes], None], bytes]], recorde
         generator_cpu_share=round(cpu["generator_cpu_share"], 3),
         others_on_server_core_share=round(cpu["others_on_server_core_share"], 3),
         generator_worst_lag_ms=round(worst_lag * 1000, 1),
+        started_at=round(started_at, 3),
+        ended_at=round(time.time(), 3),
     )
     return figures
 
