@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from chatgate.storage.sqlite_worker import SQLiteWorker, transaction
+from chatgate.storage.sqlite_worker import SQLiteWorker
 
 T = TypeVar("T")
 
@@ -210,6 +210,9 @@ class PgConnection:
         self._sql: dict[str, str] = {}
         #: statements that went through (a transaction that failed with none sent nothing)
         self.done = 0
+        import psycopg
+
+        self._idle = psycopg.pq.TransactionStatus.IDLE
 
     def _translated(self, sql: str) -> str:
         found = self._sql.get(sql)
@@ -231,9 +234,7 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
-        import psycopg
-
-        return self._connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        return self._connection.info.transaction_status != self._idle
 
     @property
     def broken(self) -> bool:
@@ -279,17 +280,8 @@ class PostgresWorker(SQLiteWorker):
         self.driver_error = _driver_error()
         self.begin_write = "BEGIN" if lock is None else f"BEGIN; SELECT pg_advisory_xact_lock({lock})"
 
-    def _open(self, setup: Callable[[Any], T], pragmas: tuple[str, ...]) -> T:
-        db = connect(self.dsn, self.path, self._error)
-        try:
-            for statement in pragmas:
-                db.execute(statement)
-            result = transaction(db, self.begin_write, setup)
-        except BaseException:
-            db.close()
-            raise
-        self._db = db  # type: ignore[assignment]
-        return result
+    def _connect(self) -> PgConnection:
+        return connect(self.dsn, self.path, self._error)
 
     def _transaction(self, begin: str, work: Callable[..., T], args: tuple[Any, ...]) -> T:
         """A connection found lost (the server restarted, or ended the session) is made again; the work
@@ -312,7 +304,7 @@ class PostgresWorker(SQLiteWorker):
 
     def _reconnect(self) -> PgConnection:
         self._db = None
-        db = connect(self.dsn, self.path, self._error)
+        db = self._connect()
         self._db = db  # type: ignore[assignment]
         return db
 

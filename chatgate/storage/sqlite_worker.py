@@ -122,7 +122,8 @@ class SQLiteWorker:
             else:
                 self._reactor.callFromThread(result.callback, value)
 
-    def _open(self, setup: Callable[[sqlite3.Connection], T], pragmas: tuple[str, ...]) -> T:
+    def _connect(self) -> Any:
+        """A new connection, set up as every store of this kind needs it."""
         try:
             ensure_private_file(self.path)  # 0600 before SQLite makes it; its -wal and -shm files take its mode
         except OSError as e:
@@ -131,6 +132,15 @@ class SQLiteWorker:
         try:
             db.execute("PRAGMA busy_timeout = 5000")
             db.execute("PRAGMA journal_mode = WAL")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open(self, setup: Callable[[Any], T], pragmas: tuple[str, ...]) -> T:
+        """Connect, run the store's *pragmas*, then *setup(db)* in one write transaction."""
+        db = self._connect()
+        try:
             for pragma in pragmas:
                 db.execute(pragma)
             result = transaction(db, self.begin_write, setup)
