@@ -9,6 +9,7 @@ import { h, icon } from "./dom.js";
 import { HistoryAPI } from "./history-api.js";
 import { Model } from "./model.js";
 import { Notifications, showUnread } from "./notify.js";
+import { Invitations } from "./invitations.js";
 import { Rooms } from "./rooms.js";
 import { Search } from "./search.js";
 import { Chats } from "./views/chats.js";
@@ -135,6 +136,7 @@ function start(config, credentials) {
         onRoomPeople: (jid) => rooms.people(jid),
     });
     const rooms = new Rooms(model, client, chats, { notifications, announce });
+    new Invitations(model, client, { onEnter: (jid) => openChat(jid), notifications, announce });
     const menu = new StatusMenu({
         me: credentials.jid,
         name: credentials.jid,

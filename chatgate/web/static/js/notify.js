@@ -4,8 +4,8 @@
 // button or the setting in the status menu), as browsers require. A message
 // that arrives while the tab is hidden or the window is not focused shows a
 // notification with the sender and the text; clicking it brings the window
-// forward and opens that chat. The setting (kept in localStorage; it holds
-// no secret) turns them off.
+// forward and opens that chat (an invitation to a room: enters the room).
+// The setting (kept in localStorage; it holds no secret) turns them off.
 
 const SETTING = "chatgate.notifications";
 const BASE_TITLE = "Chat";
@@ -65,13 +65,22 @@ export class Notifications {
 
     /** A new incoming message: notify when the user can't see the window. */
     message({ chatJid, title, body }) {
+        this.show(chatJid, { title, body, onClick: () => this.onOpen(chatJid) });
+    }
+
+    /**
+     * A notification under *key* (one at a time per key: a newer one replaces it)
+     * when the user can't see the window; a click brings the window forward and
+     * calls *onClick*.
+     */
+    show(key, { title, body, onClick }) {
         if (!this.enabled || (document.visibilityState === "visible" && document.hasFocus())) return;
-        this.open.get(chatJid)?.close();
+        this.open.get(key)?.close();
         let notification;
         try {
             notification = new Notification(title, {
                 body: body.length > 180 ? `${body.slice(0, 177)}…` : body,
-                tag: `chatgate:${chatJid}`,
+                tag: `chatgate:${key}`,
                 icon: new URL("icon.svg", location.href).href,
             });
         } catch {
@@ -80,19 +89,19 @@ export class Notifications {
         notification.onclick = (event) => {
             event?.preventDefault?.();
             window.focus();
-            this.onOpen(chatJid);
+            onClick();
             notification.close();
         };
         notification.onclose = () => {
-            if (this.open.get(chatJid) === notification) this.open.delete(chatJid);
+            if (this.open.get(key) === notification) this.open.delete(key);
         };
-        this.open.set(chatJid, notification);
+        this.open.set(key, notification);
     }
 
-    /** Close the notifications of a chat the user is now reading. */
-    read(chatJid) {
-        this.open.get(chatJid)?.close();
-        this.open.delete(chatJid);
+    /** Close the notifications of a chat the user is now reading (or under any other *key*). */
+    read(key) {
+        this.open.get(key)?.close();
+        this.open.delete(key);
     }
 }
 

@@ -20,11 +20,14 @@
 //
 // - team rooms (XEP-0045) at the domain's room service: the rooms the user
 //   may enter (disco#items, after every sign-in), entering, leaving and
-//   groupchat messages; what the room says is told as room-* events.
+//   groupchat messages; what the room says is told as room-* events;
+//   invitations to rooms, from the room (§7.8.2) or from a user of the
+//   domain (XEP-0249, only to this domain's room service), as room-invitation.
 //
 // Events (CustomEvent, details in each dispatch): state, roster, roster-item,
 // presence-reset, presence, message, chatstate, message-error, rooms,
-// room-presence, room-error, room-message, room-subject, room-private.
+// room-presence, room-error, room-message, room-subject, room-private,
+// room-invitation.
 
 import { $iq, $msg, $pres, Strophe } from "../vendor/strophe.esm.js";
 import { randomId } from "./dom.js";
@@ -50,6 +53,7 @@ export const NS = {
     correct: "urn:xmpp:message-correct:0",
     upload: "urn:xmpp:http:upload:0",
     oob: "jabber:x:oob",
+    conference: "jabber:x:conference",
     discoItems: "http://jabber.org/protocol/disco#items",
     muc: "http://jabber.org/protocol/muc",
     mucUser: "http://jabber.org/protocol/muc#user",
@@ -433,6 +437,9 @@ export class ChatClient extends EventTarget {
             const items = Array.from(roster.getElementsByTagName("item"), rosterItem);
             this.aliases = new Set(items.filter((i) => i.alias).map((i) => i.jid));
             this.emit("roster", { items });
+            // known before the first presence: what comes then (an invitation kept offline) is told apart by it
+            if (!this.roomService) this.roomService = await this._findRoomService();
+            if (generation !== this.generation) return;
             c.send(this._presenceStanza());
             this._keepAlive(generation);
             const first = !this.everConnected;
@@ -671,6 +678,7 @@ export class ChatClient extends EventTarget {
             this._private(message);
             return;
         }
+        if (flags.live && !flags.carbon && !message.outgoing && this._directInvitation(stanza)) return;
         // XEP-0184: a receipt for a live message that asks, to the full JID it came from (never for carbons
         // or history: the resource that got it answers)
         if (flags.live && !flags.carbon && !message.outgoing && message.body !== null && message.receiptRequested
@@ -805,6 +813,34 @@ export class ChatClient extends EventTarget {
         }
     }
 
+    /**
+     * A XEP-0249 invitation in *stanza*, told as room-invitation when it comes from
+     * a user of this domain to a room of its room service (anything else is no
+     * invitation the pane follows: false, the message goes on as any other).
+     */
+    _directInvitation(stanza) {
+        const x = child(stanza, "x", NS.conference);
+        if (!x) return false;
+        const room = bare(x.getAttribute("jid") || "").toLowerCase();
+        const inviter = bare(stanza.getAttribute("from") || "");
+        if (!room.includes("@") || !this._fromRooms(room)
+            || Strophe.getDomainFromJid(inviter).toLowerCase() !== this.credentials.domain.toLowerCase()) {
+            console.info(`chat: an invitation to ${room || "no room"} from ${inviter}, not to this domain's rooms`);
+            return false;
+        }
+        this._roomsChanged(); // it may come with a membership
+        this.emit("room-invitation", {
+            room, inviter, reason: x.getAttribute("reason") || "",
+            direct: true, delayed: Boolean(child(stanza, "delay", NS.delay)),
+        });
+        return true;
+    }
+
+    /** The list of rooms now (an invitation accepted); resolves once it is told. */
+    refreshRooms() {
+        return this.state === "online" ? this._loadRooms(this.generation) : Promise.resolve();
+    }
+
     /** The list of rooms again, soon (several roster pushes make one query). */
     _roomsChanged() {
         clearTimeout(this._roomsTimer);
@@ -931,7 +967,16 @@ export class ChatClient extends EventTarget {
         const body = child(m, "body");
         if (type !== "groupchat") {
             // an invitation (§7.8.2): a room this user may enter now, so the list again
-            if (child(child(m, "x", NS.mucUser), "invite")) this._roomsChanged();
+            const x = child(m, "x", NS.mucUser);
+            const invite = child(x, "invite");
+            if (invite && room.includes("@")) {
+                this._roomsChanged();
+                const inviter = invite.getAttribute("from");
+                this.emit("room-invitation", {
+                    room, inviter: inviter ? bare(inviter) : null, reason: text(child(invite, "reason")) || "",
+                    direct: false, delayed: Boolean(child(m, "delay", NS.delay)),
+                });
+            }
             return;
         }
         const subject = child(m, "subject");
