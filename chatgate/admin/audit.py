@@ -10,7 +10,8 @@ Its fields: ``audit`` (always :data:`EVENT`, the event's stable name),
 ``operation`` (``<topic>.<action>`` in chatgate-admin's words: domain.add,
 domain.enable, domain.disable, user.add, user.passwd, user.remove,
 user.import, alias.add, alias.remove, site.add, site.show, site.hide,
-site.remove, token.mint; the API's ``PUT /api/sites/<host>`` is site.put),
+site.remove, token.mint; the API's ``PUT /api/sites/<host>`` is site.put;
+and history.search, not a change but a reading of people's messages),
 ``target`` (the address, domain or host changed; for ``user.import`` the CSV
 file), ``caller`` (the API caller's client address; for chatgate-admin the
 operating-system user) and ``via`` (``api`` or ``cli``). Nothing else is

@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 from twisted.internet import threads
 from twisted.internet.task import react
 
-from chatgate.admin import audit, export, import_pie
+from chatgate.admin import audit, export, import_pie, search
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import ConfigError, Settings, load
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", metavar="FILE", help=f"configuration file (default: ./{DEFAULT_CONFIG} if present)"
     )
     topics = parser.add_subparsers(dest="topic", required=True,
-                                   metavar="{domain,user,alias,room,site,token,hold,backup,restore,drain,export,import}")
+                                   metavar="{domain,user,alias,room,site,token,hold,backup,restore,drain,export,import,history}")
 
     domain = topics.add_parser("domain", help="hosted domains").add_subparsers(dest="action", required=True)
     for action, prepare, text in (
@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     drain = topics.add_parser("drain", help="stop the running node gracefully, as SIGTERM does (the admin API)")
     drain.set_defaults(prepare=_drain, action="drain")
     export.add_commands(topics)
+    search.add_commands(topics)
     import_pie.add_commands(topics)
     return parser
 
@@ -286,7 +287,7 @@ def _audited(job: Job, args: argparse.Namespace, settings: Settings) -> Job:
         logger = audit.file_logger(path)
     except OSError as e:
         raise CommandError(f"cannot write the audit log {path}: {e.strerror}") from None
-    names = [name for name in ("jid", "alias", "room", "domain", "host") if hasattr(args, name)]
+    names = [name for name in ("jid", "alias", "room", "user", "domain", "host") if getattr(args, name, None)]
     target = audit.target(getattr(args, names[0])) if names else args.file
 
     async def audited(directory: IDirectory) -> None:

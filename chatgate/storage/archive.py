@@ -62,6 +62,7 @@ from chatgate.storage.interfaces import (
     BadCursor,
     Conversation,
     ConversationPage,
+    HistorySearch,
     UnknownMessage,
 )
 from chatgate.xml import StreamError, parse_document
@@ -119,6 +120,65 @@ def text_matches(body: str, terms: list[str]) -> bool:
 def swept(owner: str, domain: str | None, spare: Collection[str]) -> bool:
     """Whether a retention sweep of *domain* (None: every domain) takes *owner*'s old messages."""
     return (domain is None or owner.endswith("@" + domain)) and owner not in spare
+
+
+#: the most hits on one page of an administrator's search
+MAX_SEARCH_PAGE = 500
+
+
+def check_search(search: HistorySearch) -> list[str] | None:
+    """The words of an administrator's search (None: it has none); ValueError, with a one-line
+    message, for a search no backend answers."""
+    if not search.hosts:
+        raise ValueError("name the domain whose history to search")
+    if not 1 <= search.max <= MAX_SEARCH_PAGE:
+        raise ValueError(f"a page holds 1 to {MAX_SEARCH_PAGE} hits")
+    if search.before is not None:
+        search_position(search.before)
+    if search.text is None:
+        if search.owner is None:
+            raise ValueError("give words to search for, or the user whose history to read")
+        return None
+    return search_terms(search.text)
+
+
+def search_cursor(message: ArchivedMessage) -> str:
+    """The cursor of the page after *message* in a search's order (newest first, then by owner)."""
+    return f"{message.id}/{message.owner}"
+
+
+def search_position(cursor: str) -> tuple[str, str]:
+    """(id, owner) of a cursor made by :func:`search_cursor`; ValueError for anything else."""
+    archive_id, _, owner = cursor.partition("/")
+    try:
+        time_of(archive_id)
+    except ValueError:
+        raise ValueError("not a cursor of this search") from None
+    if "@" not in owner:
+        raise ValueError("not a cursor of this search")
+    return archive_id, owner
+
+
+def in_hosts(jid: str, hosts: Collection[str]) -> bool:
+    """Whether the bare JID *jid* is of one of *hosts*."""
+    return jid.rpartition("@")[2] in hosts
+
+
+def search_hit(message: ArchivedMessage, search: HistorySearch) -> bool:
+    """Whether *message* answers *search* (its filters and cursor; not which copy is shown)."""
+    if not message.body or not in_hosts(message.owner, search.hosts):
+        return False
+    if search.owner is not None and message.owner != search.owner:
+        return False
+    if search.before is not None and (message.id, message.owner) >= search_position(search.before):
+        return False
+    return matches(message, ArchiveQuery(contact=search.contact, start=search.start, end=search.end,
+                                         text=search.text))
+
+
+def same_moment(one: str, other: str) -> bool:
+    """Whether two archive ids were made together (:meth:`ArchiveIds.twin`: one message's copies)."""
+    return one[:14] == other[:14]
 
 
 def id_floor(at: float) -> str:

@@ -450,6 +450,42 @@ class ConversationPage:
     count: int | None = None  # the conversation's size, on the newest page (found by walking it to its end)
 
 
+@dataclass(frozen=True)
+class HistorySearch:
+    """An administrator's search through the archives of a domain (not a user's own MAM query).
+
+    ``hosts`` are the domains whose archives are searched: a mail domain and its
+    room service (rooms are archived at their own JIDs). ``text`` keeps the
+    messages with every one of its words as a word prefix, as XEP-0431 search
+    does; ``owner`` keeps one archive (a user's or a room's), ``contact`` the
+    messages with one party, ``start``/``end`` (inclusive, POSIX seconds) a
+    time span. One of ``text`` and ``owner`` is needed: without either the search
+    would read every archive of the hosts. Messages without text (receipts,
+    markers) are never hits. ``before`` is the cursor of the page before
+    (:attr:`HistoryHits.next`).
+    """
+
+    hosts: tuple[str, ...]
+    text: str | None = None
+    owner: str | None = None
+    contact: str | None = None
+    start: float | None = None
+    end: float | None = None
+    before: str | None = None
+    max: int = 50
+
+
+@dataclass(frozen=True)
+class HistoryHits:
+    """One page of a :class:`HistorySearch`, newest first. A message between two users of
+    the searched hosts is in both parties' archives; it is a hit once, as its sender's
+    copy (the recipient's when the sender's is gone: erased, or past its retention),
+    unless the search is of one archive (``owner``)."""
+
+    messages: list[ArchivedMessage]
+    next: str | None  # the cursor of the next (older) page; None at the end
+
+
 class IArchive(Interface):
     """Every user's message history (XEP-0313 user archives).
 
@@ -506,6 +542,11 @@ class IArchive(Interface):
         same contact from *conversation_id* on, or when a page before it
         meets a silence (it belongs to a later conversation: only a page that
         reaches the silence can tell, so that is checked page by page)."""
+
+    def search(search: HistorySearch) -> Deferred[HistoryHits]:
+        """One page of an administrator's search (:class:`HistorySearch`); ValueError for a
+        search without words or owner, or whose words are none or too many (a one-line
+        message); SearchUnavailable where the backend cannot search text."""
 
     def expire(before: float, domain: str | None = None, spare: Collection[str] = ()) -> Deferred[int]:
         """Delete every message older than *before* (POSIX seconds) of the owners of *domain*

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Collection
-from itertools import islice
+from itertools import islice, takewhile
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -18,9 +18,14 @@ from zope.interface import implementer
 from chatgate.storage.archive import (
     ConversationsMixin,
     check_query,
+    check_search,
+    in_hosts,
     matches,
     named_ids,
     paginate,
+    same_moment,
+    search_cursor,
+    search_hit,
     swept,
     unknown,
 )
@@ -29,6 +34,8 @@ from chatgate.storage.interfaces import (
     ArchivedMessage,
     ArchivePage,
     ArchiveQuery,
+    HistoryHits,
+    HistorySearch,
     IArchive,
     IOfflineStore,
     OfflineMessage,
@@ -90,6 +97,28 @@ class MemoryArchive(ConversationsMixin):
             last[message.contact] = message.at
         ordered = sorted(last.items(), key=lambda item: item[1], reverse=True)
         return succeed([ArchiveContact(contact, at) for contact, at in ordered])
+
+    def search(self, search: HistorySearch) -> Deferred[HistoryHits]:
+        try:
+            check_search(search)
+        except ValueError as e:
+            return fail(e)
+        owners = [search.owner] if search.owner is not None else list(self._messages)
+        hits = [m for owner in owners for m in self._messages.get(owner, {}).values()
+                if search_hit(m, search) and (search.owner is not None or not self._twin_shown(m, search))]
+        hits.sort(key=lambda m: (m.id, m.owner), reverse=True)
+        page = hits[: search.max]
+        return succeed(HistoryHits(page, search_cursor(page[-1]) if len(hits) > search.max else None))
+
+    def _twin_shown(self, message: ArchivedMessage, search: HistorySearch) -> bool:
+        """Whether *message* is a recipient's copy whose sender's copy is a hit in its place."""
+        if message.outgoing or not in_hosts(message.contact, search.hosts):
+            return False
+        ids = self._ids.get(message.contact, [])
+        at = bisect.bisect_left(ids, message.id[:14])
+        twins = (self._messages[message.contact][i]
+                 for i in takewhile(lambda i: same_moment(i, message.id), islice(ids, at, None)))
+        return any(t.outgoing and t.contact == message.owner for t in twins)
 
     def expire(self, before: float, domain: str | None = None, spare: Collection[str] = ()) -> Deferred[int]:
         removed = 0

@@ -66,6 +66,8 @@ from chatgate.storage.interfaces import (
     ArchiveError,
     ArchivePage,
     ArchiveQuery,
+    HistoryHits,
+    HistorySearch,
     IArchive,
     IOfflineStore,
     OfflineMessage,
@@ -73,6 +75,9 @@ from chatgate.storage.interfaces import (
 )
 
 log = Logger()
+
+NO_SEARCH = ("searching history needs the SQLite or PostgreSQL archive ([archive] backend):"
+             " the Redis one keeps no index of words")
 
 #: seconds to reach Redis at start before giving up with a one-line error
 CONNECT_TIMEOUT = 5.0
@@ -635,14 +640,16 @@ class RedisArchive(ConversationsMixin, _RedisStore):
         keys = [f"{base}:ids", f"{base}:messages", f"{base}:contacts"]
         return self._eval(_REMOVE, keys, [f"{base}:with:", *ids]).addCallback(lambda _: None)
 
+    def search(self, search: HistorySearch) -> Deferred[HistoryHits]:
+        return fail(SearchUnavailable(NO_SEARCH))
+
     def query(self, owner: str, query: ArchiveQuery) -> Deferred[ArchivePage]:
         try:
             check_query(query)
         except ValueError as e:
             return fail(e)
         if query.text is not None:  # XEP-0431: Redis keeps no index of words
-            return fail(SearchUnavailable("searching history needs the SQLite archive ([archive] backend):"
-                                          " the Redis one keeps no index of words"))
+            return fail(SearchUnavailable(NO_SEARCH))
         if query.ids is not None:
             return Deferred.fromCoroutine(self._query_ids(owner, query))
         base, _, _ = self._base(owner, "archive")

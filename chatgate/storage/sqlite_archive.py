@@ -64,9 +64,12 @@ from chatgate.storage.archive import (
     ERASE_ALL,
     ConversationsMixin,
     check_query,
+    check_search,
     id_ceiling,
     id_floor,
     named_ids,
+    search_cursor,
+    search_position,
     search_terms,
     swept,
     time_of,
@@ -78,6 +81,8 @@ from chatgate.storage.interfaces import (
     ArchiveError,
     ArchivePage,
     ArchiveQuery,
+    HistoryHits,
+    HistorySearch,
     IArchive,
     IOfflineStore,
     OfflineMessage,
@@ -394,6 +399,13 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
             return fail(e)
         return self._read(_query, owner, query, self.text_term)
 
+    def search(self, search: HistorySearch) -> Deferred[HistoryHits]:
+        try:
+            terms = check_search(search)
+        except ValueError as e:
+            return fail(e)
+        return self._read(_search, search, terms, self.text_term)
+
     def between(
         self, owner: str, contact: str, after: str | None = None, before: str | None = None, limit: int = 50,
         newest: bool = False,
@@ -589,6 +601,50 @@ def _query(db: Any, owner: str, query: ArchiveQuery,
         page = found_rows[: query.max]
     complete = len(found_rows) <= query.max
     return ArchivePage(page, total, first_index if page else None, complete)
+
+
+def _hosts_term(column: str, hosts: tuple[str, ...]) -> tuple[str, list[str]]:
+    """The WHERE term (and its parameters) for "*column* is a bare JID of one of *hosts*"."""
+    patterns = ["%@" + host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for host in hosts]
+    return "(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for _ in hosts) + ")", patterns
+
+
+def _search(db: Any, search: HistorySearch, terms: list[str] | None,
+            text_term: Callable[[list[str]], tuple[str, str]]) -> HistoryHits:
+    """An administrator's search (:class:`HistorySearch`): newest first, by ``archive_by_owner``
+    for one archive, else from the words' index; a recipient's copy is left out where its
+    sender's copy (the same moment, :meth:`ArchiveIds.twin`) is a hit."""
+    owners, params = _hosts_term("owner", search.hosts)
+    terms_sql = ["body != ''", owners]
+    for term, value in (
+        ("owner = ?", search.owner),
+        ("contact = ?", search.contact),
+        ("id >= ?", None if search.start is None else id_floor(search.start)),
+        ("id < ?", None if search.end is None else id_ceiling(search.end)),
+    ):
+        if value is not None:
+            terms_sql.append(term)
+            params.append(value)
+    if search.before is not None:
+        before_id, before_owner = search_position(search.before)
+        terms_sql.append("(id < ? OR (id = ? AND owner < ?))")
+        params += [before_id, before_id, before_owner]
+    if terms is not None:
+        term, param = text_term(terms)
+        terms_sql.append(term)
+        params.append(param)
+    if search.owner is None:
+        contacts, patterns = _hosts_term("archive.contact", search.hosts)
+        terms_sql.append(
+            f"(outgoing = 1 OR NOT {contacts} OR NOT EXISTS (SELECT 1 FROM archive AS twin"
+            " WHERE twin.owner = archive.contact AND twin.contact = archive.owner AND twin.outgoing = 1"
+            " AND twin.id >= substr(archive.id, 1, 14) AND twin.id < substr(archive.id, 1, 14) || '.'))")
+        params += patterns
+    sql = (f"SELECT {_COLUMNS} FROM archive WHERE {' AND '.join(terms_sql)}"
+           " ORDER BY id DESC, owner DESC LIMIT ?")
+    found = [_message(r) for r in db.execute(sql, (*params, search.max + 1))]
+    page = found[: search.max]
+    return HistoryHits(page, search_cursor(page[-1]) if len(found) > search.max else None)
 
 
 def _between(db: Any, owner: str, contact: str, after: str | None, before: str | None, limit: int,

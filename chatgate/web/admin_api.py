@@ -11,6 +11,9 @@ input), 401 (no or wrong key), 404 (unknown), 405, 409 (taken) or 415.
     POST   /api/domains                        {"name"}
     PATCH  /api/domains/<domain>               {"chat_enabled"?: true|false, "retention_days"?: N|null}
     GET    /api/domains/<domain>/holds         [{"target", "by", "at", "reason"}]  (legal holds)
+    GET    /api/domains/<domain>/history?q=<words>[&user=<jid>][&with=<jid>][&since=<time>][&until=<time>]
+           [&max=<1..500>][&before=<next>]  {"messages": [{"id", "archive", "from", "to", "at", "body"}], "next"}
+           (the domain's history searched: chatgate.admin.search; 501 on the Redis archive)
     PUT    /api/holds/<jid or domain>          {"reason"?, "by"?}  -> the hold
     DELETE /api/holds/<jid or domain>
     GET    /api/domains/<domain>/users         [{"jid", "name", "title", "department", "phone"}]
@@ -49,12 +52,21 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from chatgate.admin import audit
+from chatgate.admin import audit, search
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import Settings
 from chatgate.storage import Stores
-from chatgate.storage.interfaces import Alias, DirectoryError, IDirectory, RoomRecord, Site, User
+from chatgate.storage.interfaces import (
+    Alias,
+    ArchiveError,
+    DirectoryError,
+    IDirectory,
+    RoomRecord,
+    SearchUnavailable,
+    Site,
+    User,
+)
 
 log = Logger()
 
@@ -131,6 +143,7 @@ class AdminAPI(resource.Resource):
             (b"GET", ("domains", "*", "holds")): self.holds,
             (b"PUT", ("holds", "*")): self.put_hold,
             (b"DELETE", ("holds", "*")): self.remove_hold,
+            (b"GET", ("domains", "*", "history")): self.search_history,
         }
         #: the handlers that change something -> (path arguments, body) -> (audit operation, target)
         self.changes: dict[Handler, Callable[[list[str], dict[str, Any]], tuple[str, str]]] = {
@@ -151,6 +164,8 @@ class AdminAPI(resource.Resource):
             self.drain: lambda args, body: ("node.drain", "-"),
             self.put_hold: lambda args, body: ("hold.add", args[0]),
             self.remove_hold: lambda args, body: ("hold.remove", args[0]),
+            # not a change, but reading people's messages is accounted for the same way
+            self.search_history: lambda args, body: ("history.search", body.get("user") or args[0]),
         }
 
     # -- HTTP plumbing
@@ -277,6 +292,28 @@ class AdminAPI(resource.Resource):
         done = await ops.remove_hold(self.directory, target, self.history)
         log.info("legal hold on {target} {done}", target=target, done=done)
         return 204, None
+
+    async def search_history(self, domain: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if self.history is None:
+            raise AdminError("this node has no history to search", None, 503)
+        if not body.get("q", "").strip() and not body.get("user"):
+            raise AdminError("give q (words to search for), or user to read one archive", "q")
+        try:
+            limit = int(body.get("max", search.DEFAULT_PAGE))
+        except ValueError:
+            raise AdminError("max must be a whole number", "max") from None
+        try:
+            hits = await search.search(
+                self.history.archive, self.directory, self.settings, domain, text=body.get("q"),
+                user=body.get("user"), contact=body.get("with"),
+                start=search.parse_time(body["since"], "since") if body.get("since") else None,
+                end=search.parse_time(body["until"], "until", end=True) if body.get("until") else None,
+                before=body.get("before"), max=limit)
+        except SearchUnavailable as e:
+            raise AdminError(str(e), "q", 501) from None
+        except ArchiveError as e:
+            raise AdminError(f"cannot search: {e}", None, 503) from None
+        return 200, search.page_json(hits)
 
     async def users(self, domain: str, body: dict[str, Any]) -> tuple[int, Any]:
         return 200, [_user_json(u) for u in await self.directory.users(ops.domain_name(domain))]

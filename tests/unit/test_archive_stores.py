@@ -21,6 +21,7 @@ from chatgate.storage.interfaces import (
     ArchiveError,
     ArchiveQuery,
     BadCursor,
+    HistorySearch,
     IArchive,
     IOfflineStore,
     OfflineMessage,
@@ -365,6 +366,73 @@ async def test_search_finds_every_word_as_a_prefix_in_any_case(archive):
     assert ids(await archive.query(ALICE, ArchiveQuery(text="report"))) == []
     with pytest.raises(ValueError):
         await archive.query(ALICE, ArchiveQuery(text="  ?! "))
+
+
+def both(maker: Conversation, sender: str, recipient: str, at: float, body: str) -> list[ArchivedMessage]:
+    """A message as the archive feature keeps it: the recipient's copy and the sender's (its twin)."""
+    received = maker.message(recipient, sender, at, body)
+    sent = ArchivedMessage(sender, ArchiveIds.twin(received.id), recipient, "", True, received.at, body,
+                           received.stanza)
+    return [received, sent]
+
+
+EXAMPLE = ("example.com", "conference.example.com")
+ROOM = "lunch@conference.example.com"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_administrators_search_of_a_domain(archive):
+    maker = Conversation()
+    to_bob = both(maker, ALICE, BOB, T0, "The quarterly report is ready")
+    to_alice = both(maker, BOB, ALICE, T0 + 1, "Thanks for the report")
+    to_carol = both(maker, ALICE, CAROL, T0 + 2, "Report for carol")
+    in_room = maker.message(ROOM, ROOM, T0 + 3, "report at lunch", resource="dan")
+    elsewhere = both(maker, "erin@example.org", "fred@example.org", T0 + 4, "their report")
+    receipt = maker.message(BOB, ALICE, T0 + 5, "")
+    lone = maker.message(CAROL, "gone@example.com", T0 + 6, "an old report")  # its sender erased
+    await archive.append([*to_bob, *to_alice, *to_carol, in_room, *elsewhere, receipt, lone])
+    if not getattr(archive, "searchable", True):
+        with pytest.raises(SearchUnavailable):
+            await archive.search(HistorySearch(EXAMPLE, text="report"))
+        return
+
+    def shown(hits) -> list[tuple[str, str]]:
+        return [(m.owner, m.body) for m in hits.messages]
+
+    # each message once, newest first: the sender's copy; the room's; the lone recipient's copy
+    everything = await archive.search(HistorySearch(EXAMPLE, text="REPORT"))
+    assert shown(everything) == [(CAROL, "an old report"), (ROOM, "report at lunch"), (ALICE, "Report for carol"),
+                                 (BOB, "Thanks for the report"), (ALICE, "The quarterly report is ready")]
+    assert everything.next is None and everything.messages[1].resource == "dan"
+    # one archive: every copy in it, received too
+    assert shown(await archive.search(HistorySearch(EXAMPLE, text="report", owner=ALICE))) == [
+        (ALICE, "Report for carol"), (ALICE, "Thanks for the report"), (ALICE, "The quarterly report is ready")]
+    assert shown(await archive.search(HistorySearch(EXAMPLE, owner=BOB))) == [
+        (BOB, "Thanks for the report"), (BOB, "The quarterly report is ready")]  # no receipt
+    assert shown(await archive.search(HistorySearch(EXAMPLE, text="report", contact=CAROL))) == [
+        (ALICE, "Report for carol")]
+    assert shown(await archive.search(HistorySearch(EXAMPLE, text="report", start=T0 + 1, end=T0 + 2))) == [
+        (ALICE, "Report for carol"), (BOB, "Thanks for the report")]
+    assert shown(await archive.search(HistorySearch(("example.org",), text="report"))) == [
+        ("erin@example.org", "their report")]
+    assert shown(await archive.search(HistorySearch(("example.com",), owner=ROOM))) == []  # not a host searched
+    # pages of two, by the cursor
+    pages, cursor = [], None
+    while True:
+        page = await archive.search(HistorySearch(EXAMPLE, text="report", max=2, before=cursor))
+        pages.append(shown(page))
+        if page.next is None:
+            break
+        cursor = page.next
+    assert [len(p) for p in pages] == [2, 2, 1] and sum(pages, []) == shown(everything)
+    # when the sender's copy is gone, the recipient's stands in for it
+    await archive.erase(ALICE)
+    assert shown(await archive.search(HistorySearch(EXAMPLE, text="quarterly"))) == [
+        (BOB, "The quarterly report is ready")]
+    for wrong in (HistorySearch(EXAMPLE), HistorySearch(EXAMPLE, text="?!"), HistorySearch((), text="report"),
+                  HistorySearch(EXAMPLE, text="report", before="nonsense"), HistorySearch(EXAMPLE, owner=BOB, max=0)):
+        with pytest.raises(ValueError):
+            await archive.search(wrong)
 
 
 # -- conversations (grouped by contact and silence)
