@@ -79,7 +79,7 @@ from chatgate.mirror import DirectoryMirror  # noqa: E402
 from chatgate.router import Router  # noqa: E402
 from chatgate.session import Session  # noqa: E402
 from chatgate.storage.archive import ArchiveIds, search_words  # noqa: E402
-from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, User  # noqa: E402
+from chatgate.storage.interfaces import ArchivedMessage, ArchiveQuery, HistorySearch, User  # noqa: E402
 from chatgate.storage.memory import MemoryDirectory  # noqa: E402
 from chatgate.storage.memory_archive import MemoryArchive  # noqa: E402
 from chatgate.storage.postgres import MIGRATIONS, PgConnection  # noqa: E402
@@ -513,6 +513,33 @@ async def time_queries(store: Any, archive: Archive, count: int) -> dict[str, An
             matched = statistics.mean(found[kind])
             figures[population][kind] = {**stats(samples), "mean_result_set": round(matched, 1)}
             print(f"    {kind:28s} {percentiles(samples)}   (result set {matched:,.1f} on average)", flush=True)
+    if search:
+        figures["administrator, whole domain"] = await time_domain_search(store, archive, max(10, count // 10))
+    return figures
+
+
+async def time_domain_search(store: Any, archive: Archive, count: int) -> dict[str, Any]:
+    """An administrator's search (``IArchive.search``) of the whole domain, newest first, and the newest
+    page of one user's archive that way; *count* of each, one at a time."""
+    typical = [o for o in archive.owners if o != archive.heavy]
+    kinds = {
+        "domain search, common word (~1 %)": lambda: HistorySearch((DOMAIN,), text=archive.common),
+        "domain search, rare word (~0.01 %)": lambda: HistorySearch((DOMAIN,), text=archive.rare),
+        "domain search, both words": lambda: HistorySearch((DOMAIN,), text=f"{archive.common} {archive.rare}"),
+        "one user's newest page": lambda: HistorySearch((DOMAIN,), owner=random.choice(typical)),
+    }
+    print(f"  administrator, whole domain ({count} of each):")
+    figures: dict[str, Any] = {}
+    for kind, make in kinds.items():
+        samples, hits = [], []
+        for _ in range(count):
+            search = make()
+            begin = time.perf_counter()
+            page = await store.search(search)
+            samples.append(time.perf_counter() - begin)
+            hits.append(len(page.messages))
+        figures[kind] = {**stats(samples), "mean_hits": round(statistics.mean(hits), 1)}
+        print(f"    {kind:34s} {percentiles(samples)}   ({statistics.mean(hits):,.1f} hits on a page)", flush=True)
     return figures
 
 
