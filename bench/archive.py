@@ -62,7 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -518,16 +518,21 @@ async def time_queries(store: Any, archive: Archive, count: int) -> dict[str, An
     return figures
 
 
-async def time_domain_search(store: Any, archive: Archive, count: int) -> dict[str, Any]:
-    """An administrator's search (``IArchive.search``) of the whole domain, newest first, and the newest
-    page of one user's archive that way; *count* of each, one at a time."""
+def domain_search_kinds(archive: Archive) -> dict[str, Callable[[], HistorySearch]]:
+    """Makers of an administrator's searches of the whole domain, by kind."""
     typical = [o for o in archive.owners if o != archive.heavy]
-    kinds = {
+    return {
         "domain search, common word (~1 %)": lambda: HistorySearch((DOMAIN,), text=archive.common),
         "domain search, rare word (~0.01 %)": lambda: HistorySearch((DOMAIN,), text=archive.rare),
         "domain search, both words": lambda: HistorySearch((DOMAIN,), text=f"{archive.common} {archive.rare}"),
         "one user's newest page": lambda: HistorySearch((DOMAIN,), owner=random.choice(typical)),
     }
+
+
+async def time_domain_search(store: Any, archive: Archive, count: int) -> dict[str, Any]:
+    """An administrator's search (``IArchive.search``) of the whole domain, newest first, and the newest
+    page of one user's archive that way; *count* of each, one at a time."""
+    kinds = domain_search_kinds(archive)
     print(f"  administrator, whole domain ({count} of each):")
     figures: dict[str, Any] = {}
     for kind, make in kinds.items():
@@ -568,6 +573,13 @@ async def explain(store: PostgresArchive, archive: Archive) -> dict[str, list[di
                 print(f"\n-- {owner}: {kind}")
                 for plan in plans:
                     print(f"{plan['sql']}\n  {plan['params']}\n{plan['plan']}")
+        for kind, make in domain_search_kinds(archive).items():
+            plans.clear()
+            await store.search(make())
+            figures[kind] = list(plans)
+            print(f"\n-- {kind}")
+            for plan in plans:
+                print(f"{plan['sql']}\n  {plan['params']}\n{plan['plan']}")
     finally:
         PgConnection.execute = original  # type: ignore[method-assign]
     return figures
