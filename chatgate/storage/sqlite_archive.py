@@ -638,7 +638,8 @@ def _search(db: Any, search: HistorySearch, terms: list[str] | None,
         terms_sql.append(
             f"(outgoing = 1 OR NOT {contacts} OR NOT EXISTS (SELECT 1 FROM archive AS twin"
             " WHERE twin.owner = archive.contact AND twin.contact = archive.owner AND twin.outgoing = 1"
-            " AND twin.id >= substr(archive.id, 1, 14) AND twin.id < substr(archive.id, 1, 14) || '.'))")
+            # 'g' after every hex digit and the dash, whatever the collation (a linguistic one ignores the dash)
+            " AND twin.id >= substr(archive.id, 1, 14) AND twin.id < substr(archive.id, 1, 14) || 'g'))")
         params += patterns
     sql = (f"SELECT {_COLUMNS} FROM archive WHERE {' AND '.join(terms_sql)}"
            " ORDER BY id DESC, owner DESC LIMIT ?")
