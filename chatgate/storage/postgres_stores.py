@@ -131,6 +131,9 @@ class _OnPostgres:
 class PostgresArchive(_OnPostgres, SQLiteArchive):
     """IArchive in the tables ``archive`` and ``archive_contacts`` of a PostgreSQL database."""
 
+    def merge_index(self, db: Any) -> None:
+        """(the GIN index needs no merging step: PostgreSQL's own pending list and autovacuum)"""
+
     def insert_rows(self, db: Any, messages: list[ArchivedMessage]) -> None:
         db.executemany(
             f"INSERT INTO archive ({_COLUMNS}, words) VALUES (?, ?, ?, ?, ?, ?, ?, to_tsvector('simple', ?))"

@@ -28,6 +28,11 @@ apart instead of back to back took server CPU at 4,000 messages/s from 61 % to
 1.9 ms at 4,000 messages/s (bench/RESULTS.md, History). 0 starts each batch as
 soon as the one before is committed.
 
+The words index (FTS5, kept by triggers) does not merge its segments by
+itself: inside the commit that fills a level, that merge held the writer for
+up to two seconds under load. The batches merge it instead, a bounded step at
+a time (:meth:`SQLiteArchive.merge_index`).
+
 A read sees every write queued before it: it goes to the worker (which runs
 its work in order) after the batch holding those writes; if they are still
 queued behind the batch in flight, the read waits until they are handed over.
@@ -51,6 +56,7 @@ Deferred succeeded is on disk.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -97,6 +103,9 @@ MAX_BATCH = 2000
 #: rows deleted per transaction when expiring or erasing: the first chunk, and the bounds of the
 #: size the sweep adapts to, so that one chunk holds the writer about EXPIRE_TARGET seconds
 EXPIRE_CHUNK = 500
+#: seconds between two steps of merging the words index, and the pages each step writes at most
+MERGE_EVERY = 0.05
+MERGE_PAGES = 100
 EXPIRE_CHUNK_RANGE = (50, 5000)
 EXPIRE_TARGET = 0.02
 HISTORY_SCHEMA_VERSION = 1
@@ -217,6 +226,10 @@ class _BatchedSQLite:
         if self.tables == "archive" and not indexed:
             # an archive from before full-text search: its messages indexed once (minutes for millions)
             db.execute("INSERT INTO archive_text (archive_text) VALUES ('rebuild')")
+        if self.tables == "archive":
+            # the words index's segments are merged a little at a time by the batches (merge_index),
+            # never all at once inside one commit
+            db.execute("INSERT INTO archive_text (archive_text, rank) VALUES ('automerge', 0)")
 
     # -- the reactor side: queue, hand over, one batch in flight
 
@@ -336,6 +349,8 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
     """IArchive in the tables ``archive`` and ``archive_contacts``."""
 
     tables = "archive"
+    #: when the words index was last merged (time.monotonic, on the worker thread)
+    _merged = float("-inf")
 
     def insert_rows(self, db: Any, messages: list[ArchivedMessage]) -> None:
         """Insert *messages*, leaving those already there as they are."""
@@ -367,7 +382,20 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
             outcomes.append(self._savepoint(db, work, args))
         outcomes += self._appends(db, appends, latest)
         _upsert_contacts(db, latest)
+        self.merge_index(db)
         return outcomes
+
+    def merge_index(self, db: Any) -> None:
+        """At most every MERGE_EVERY seconds, about MERGE_PAGES pages of the words index's merging
+        (FTS5 'merge'; only once a level has four segments, or a merge is under way). FTS5's own
+        automatic merges run inside the commit that fills a level, and a level's merge is four times
+        the one below: at 3,000 messages/s one commit took 270 ms every ~54 s and 1-2 s every
+        ~3.5 minutes (bench/RESULTS.md, "SQLite's lone spikes")."""
+        now = time.monotonic()
+        if now - self._merged < MERGE_EVERY:
+            return
+        self._merged = now
+        db.execute("INSERT INTO archive_text (archive_text, rank) VALUES ('merge', ?)", (MERGE_PAGES,))
 
     def _appends(
         self, db: Any, appends: list[list[ArchivedMessage]], latest: dict[tuple[str, str], str]
