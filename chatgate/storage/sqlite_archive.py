@@ -56,6 +56,7 @@ Deferred succeeded is on disk.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
@@ -106,6 +107,7 @@ EXPIRE_CHUNK = 500
 #: seconds between two steps of merging the words index, and the pages each step writes at most
 MERGE_EVERY = 0.05
 MERGE_PAGES = 100
+MERGE = "INSERT INTO archive_text (archive_text, rank) VALUES ('merge', ?)"
 EXPIRE_CHUNK_RANGE = (50, 5000)
 EXPIRE_TARGET = 0.02
 HISTORY_SCHEMA_VERSION = 1
@@ -395,7 +397,13 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
         if now - self._merged < MERGE_EVERY:
             return
         self._merged = now
-        db.execute("INSERT INTO archive_text (archive_text, rank) VALUES ('merge', ?)", (MERGE_PAGES,))
+        db.execute("SAVEPOINT merge")  # upkeep: a failure here never fails the batch's messages
+        try:
+            db.execute(MERGE, (MERGE_PAGES,))
+        except sqlite3.Error as e:
+            db.execute("ROLLBACK TO merge")
+            log.warn("{path}: merging the words index: {error}", path=self.path, error=e)
+        db.execute("RELEASE merge")
 
     def _appends(
         self, db: Any, appends: list[list[ArchivedMessage]], latest: dict[tuple[str, str], str]

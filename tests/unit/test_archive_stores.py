@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from chatgate.config import ArchiveSettings, Settings, StorageSettings
-from chatgate.storage import open_archive, open_offline
+from chatgate.storage import open_archive, open_offline, sqlite_archive
 from chatgate.storage.archive import ArchiveIds, client_id, fold, replaced_id
 from chatgate.storage.interfaces import (
     ArchiveContact,
@@ -702,6 +702,23 @@ async def test_sqlite_query_sees_writes_still_queued(tmp_path):
     assert not appended.called
     assert (await store.query(ALICE, ArchiveQuery())).count == 1
     assert appended.called
+    await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_words_index_merging_is_upkeep_that_never_fails_a_message(tmp_path, monkeypatch):
+    path = str(tmp_path / "h.sqlite")
+    store = SQLiteArchive(path, commit_interval=0)
+    await store.start()
+    with sqlite3.connect(path) as db:  # FTS5 merges only when the batches say so
+        assert db.execute("SELECT v FROM archive_text_config WHERE k = 'automerge'").fetchone() == (0,)
+    maker = Conversation()
+    await store.append([maker.message(ALICE, BOB, T0, "first report")])
+    monkeypatch.setattr(sqlite_archive, "MERGE_EVERY", 0.0)
+    monkeypatch.setattr(sqlite_archive, "MERGE", "INSERT INTO archive_text (archive_text, rank) VALUES ('nonsense', ?)")
+    await store.append([maker.message(ALICE, BOB, T0 + 1, "second report")])  # its batch's merge fails
+    assert [m.body for m in (await store.query(ALICE, ArchiveQuery(text="report"))).messages] == [
+        "first report", "second report"]
     await store.stop()
 
 
