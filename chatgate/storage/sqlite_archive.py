@@ -127,7 +127,7 @@ CREATE TABLE IF NOT EXISTS archive (
 CREATE UNIQUE INDEX IF NOT EXISTS archive_by_owner ON archive (owner, id);
 CREATE INDEX IF NOT EXISTS archive_by_contact ON archive (owner, contact, id);
 CREATE VIRTUAL TABLE IF NOT EXISTS archive_text USING fts5(
-    body, content='archive', content_rowid='seq', tokenize='unicode61 remove_diacritics 2'
+    body, content='archive', content_rowid='seq', tokenize='unicode61 remove_diacritics 2', detail=none, columnsize=0
 );
 CREATE TRIGGER IF NOT EXISTS archive_text_added AFTER INSERT ON archive BEGIN
     INSERT INTO archive_text (rowid, body) VALUES (new.seq, new.body);
@@ -223,10 +223,17 @@ class _BatchedSQLite:
                 f"{self.path}: history made by a newer chatgate"
                 f" (schema {row[0]}, this one knows {HISTORY_SCHEMA_VERSION})"
             )
-        indexed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'archive_text'").fetchone() is not None
+        made = db.execute("SELECT sql FROM sqlite_master WHERE name = 'archive_text'").fetchone()
+        if made is not None and "detail=none" not in made[0]:
+            # made with positions and sizes, which no search here reads and every message paid for
+            # (bench/RESULTS.md, "S2 again"): made again without them, below
+            db.execute("DROP TABLE archive_text")
+            made = None
+        indexed = made is not None
         execute_statements(db, _SCHEMA[self.tables])
         if self.tables == "archive" and not indexed:
-            # an archive from before full-text search: its messages indexed once (minutes for millions)
+            # an archive from before full-text search (or this index): its messages indexed once
+            # (minutes for millions)
             db.execute("INSERT INTO archive_text (archive_text) VALUES ('rebuild')")
         if self.tables == "archive":
             # the words index's segments are merged a little at a time by the batches (merge_index),

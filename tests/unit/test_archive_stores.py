@@ -802,6 +802,31 @@ async def test_sqlite_indexes_an_archive_from_before_search_once(tmp_path):
     await archive.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_sqlite_makes_a_words_index_with_positions_again_without_them(tmp_path):
+    path = str(tmp_path / "old.sqlite")
+    archive = SQLiteArchive(path)
+    await archive.start()
+    old = Conversation().message(ALICE, BOB, T0, "the budget meeting")
+    await archive.append([old])
+    await archive.stop()
+    db = sqlite3.connect(path)  # as an earlier chatgate made it: positions and sizes kept
+    db.executescript("DROP TABLE archive_text; CREATE VIRTUAL TABLE archive_text USING fts5(body, content='archive',"
+                     " content_rowid='seq', tokenize='unicode61 remove_diacritics 2');"
+                     " INSERT INTO archive_text (archive_text) VALUES ('rebuild');")
+    db.close()
+    archive = SQLiteArchive(path)
+    await archive.start()
+    with sqlite3.connect(path) as db:
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'archive_text'").fetchone()
+    assert "detail=none" in sql and "columnsize=0" in sql
+    assert ids(await archive.query(ALICE, ArchiveQuery(text="budg meet"))) == [old.id]
+    newer = Conversation().message(ALICE, BOB, T0 + 60, "budget approved")
+    await archive.append([newer])
+    assert ids(await archive.query(ALICE, ArchiveQuery(text="budget"))) == [old.id, newer.id]
+    await archive.stop()
+
+
 def test_sqlite_between_reads_the_contact_index_without_sorting(tmp_path):
     from chatgate.storage.sqlite_archive import _SCHEMA, _between
 
