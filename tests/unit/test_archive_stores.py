@@ -785,41 +785,30 @@ async def test_sqlite_shares_the_directory_file(tmp_path):
         await store.stop()
 
 
+@pytest.mark.parametrize("earlier", [
+    # a chatgate from before search: no index of words
+    "DROP TRIGGER archive_text_added; DROP TRIGGER archive_text_removed; DROP TABLE archive_text;",
+    # one that kept positions and sizes in it
+    "DROP TABLE archive_text; CREATE VIRTUAL TABLE archive_text USING fts5(body, content='archive',"
+    " content_rowid='seq', tokenize='unicode61 remove_diacritics 2');"
+    " INSERT INTO archive_text (archive_text) VALUES ('rebuild');",
+], ids=["no index", "positions kept"])
 @pytest_twisted.ensureDeferred
-async def test_sqlite_indexes_an_archive_from_before_search_once(tmp_path):
+async def test_sqlite_makes_the_words_index_of_an_earlier_archive_once(tmp_path, earlier):
     path = str(tmp_path / "old.sqlite")
     archive = SQLiteArchive(path)
     await archive.start()
     old = Conversation().message(ALICE, BOB, T0, "the budget meeting")
     await archive.append([old])
     await archive.stop()
-    db = sqlite3.connect(path)  # as a chatgate from before search left it: no index of words
-    db.executescript("DROP TRIGGER archive_text_added; DROP TRIGGER archive_text_removed; DROP TABLE archive_text;")
-    db.close()
-    archive = SQLiteArchive(path)
-    await archive.start()
-    assert ids(await archive.query(ALICE, ArchiveQuery(text="budget"))) == [old.id]
-    await archive.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_sqlite_makes_a_words_index_with_positions_again_without_them(tmp_path):
-    path = str(tmp_path / "old.sqlite")
-    archive = SQLiteArchive(path)
-    await archive.start()
-    old = Conversation().message(ALICE, BOB, T0, "the budget meeting")
-    await archive.append([old])
-    await archive.stop()
-    db = sqlite3.connect(path)  # as an earlier chatgate made it: positions and sizes kept
-    db.executescript("DROP TABLE archive_text; CREATE VIRTUAL TABLE archive_text USING fts5(body, content='archive',"
-                     " content_rowid='seq', tokenize='unicode61 remove_diacritics 2');"
-                     " INSERT INTO archive_text (archive_text) VALUES ('rebuild');")
+    db = sqlite3.connect(path)
+    db.executescript(earlier)
     db.close()
     archive = SQLiteArchive(path)
     await archive.start()
     with sqlite3.connect(path) as db:
         (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'archive_text'").fetchone()
-    assert "detail=none" in sql and "columnsize=0" in sql
+    assert "detail=none" in sql and "columnsize=0" in sql  # which words, not where
     assert ids(await archive.query(ALICE, ArchiveQuery(text="budg meet"))) == [old.id]
     newer = Conversation().message(ALICE, BOB, T0 + 60, "budget approved")
     await archive.append([newer])
