@@ -24,6 +24,7 @@ from typing import Any
 from chatgate.admin import operations as ops
 from chatgate.admin.operations import AdminError
 from chatgate.config import Settings
+from chatgate.stanza import stamp
 from chatgate.storage.interfaces import (
     ArchivedMessage,
     ArchiveError,
@@ -109,8 +110,7 @@ def hit(message: ArchivedMessage) -> dict[str, Any]:
         sender, recipient = message.owner, message.contact
     else:
         sender, recipient = message.contact, message.owner
-    at = datetime.fromtimestamp(message.at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {"id": message.id, "archive": message.owner, "from": sender, "to": recipient, "at": at,
+    return {"id": message.id, "archive": message.owner, "from": sender, "to": recipient, "at": stamp(message.at),
             "body": message.body}
 
 

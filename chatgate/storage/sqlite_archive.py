@@ -104,12 +104,12 @@ MAX_BATCH = 2000
 #: rows deleted per transaction when expiring or erasing: the first chunk, and the bounds of the
 #: size the sweep adapts to, so that one chunk holds the writer about EXPIRE_TARGET seconds
 EXPIRE_CHUNK = 500
+EXPIRE_CHUNK_RANGE = (50, 5000)
+EXPIRE_TARGET = 0.02
 #: seconds between two steps of merging the words index, and the pages each step writes at most
 MERGE_EVERY = 0.05
 MERGE_PAGES = 100
 MERGE = "INSERT INTO archive_text (archive_text, rank) VALUES ('merge', ?)"
-EXPIRE_CHUNK_RANGE = (50, 5000)
-EXPIRE_TARGET = 0.02
 HISTORY_SCHEMA_VERSION = 1
 
 _SCHEMA = {
@@ -444,10 +444,10 @@ class SQLiteArchive(ConversationsMixin, _BatchedSQLite):
 
     def search(self, search: HistorySearch) -> Deferred[HistoryHits]:
         try:
-            terms = check_search(search)
+            check_search(search)
         except ValueError as e:
             return fail(e)
-        return self._read(_search, search, terms, self.text_term)
+        return self._read(_search, search, self.text_term)
 
     def between(
         self, owner: str, contact: str, after: str | None = None, before: str | None = None, limit: int = 50,
@@ -578,10 +578,10 @@ def _expire_chunk(db: Any, owner: str, cutoff: str, limit: int) -> int:
     return len(rows)
 
 
-def _filters(owner: str, query: ArchiveQuery,
+def _filters(owner: str | None, query: ArchiveQuery,
              text_term: Callable[[list[str]], tuple[str, str]]) -> tuple[list[str], list[Any]]:
-    """The WHERE terms that make the query's result set."""
-    terms, params = ["owner = ?"], [owner]
+    """The WHERE terms that make the query's result set (in *owner*'s archive; None: in any)."""
+    terms, params = ([], []) if owner is None else (["owner = ?"], [owner])
     for term, value in (
         ("contact = ?", query.contact),
         ("resource = ?", query.resource),
@@ -652,30 +652,19 @@ def _hosts_term(column: str, hosts: tuple[str, ...]) -> tuple[str, list[str]]:
     return "(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for _ in hosts) + ")", patterns
 
 
-def _search(db: Any, search: HistorySearch, terms: list[str] | None,
-            text_term: Callable[[list[str]], tuple[str, str]]) -> HistoryHits:
+def _search(db: Any, search: HistorySearch, text_term: Callable[[list[str]], tuple[str, str]]) -> HistoryHits:
     """An administrator's search (:class:`HistorySearch`): newest first, by ``archive_by_owner``
     for one archive, else from the words' index; a recipient's copy is left out where its
     sender's copy (the same moment, :meth:`ArchiveIds.twin`) is a hit."""
-    owners, params = _hosts_term("owner", search.hosts)
-    terms_sql = ["body != ''", owners]
-    for term, value in (
-        ("owner = ?", search.owner),
-        ("contact = ?", search.contact),
-        ("id >= ?", None if search.start is None else id_floor(search.start)),
-        ("id < ?", None if search.end is None else id_ceiling(search.end)),
-    ):
-        if value is not None:
-            terms_sql.append(term)
-            params.append(value)
+    terms_sql, params = _filters(search.owner, ArchiveQuery(contact=search.contact, start=search.start,
+                                                            end=search.end, text=search.text), text_term)
+    owners, patterns = _hosts_term("owner", search.hosts)
+    terms_sql += ["body != ''", owners]
+    params += patterns
     if search.before is not None:
         before_id, before_owner = search_position(search.before)
         terms_sql.append("(id < ? OR (id = ? AND owner < ?))")
         params += [before_id, before_id, before_owner]
-    if terms is not None:
-        term, param = text_term(terms)
-        terms_sql.append(term)
-        params.append(param)
     if search.owner is None:
         contacts, patterns = _hosts_term("archive.contact", search.hosts)
         terms_sql.append(

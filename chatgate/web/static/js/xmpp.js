@@ -828,12 +828,14 @@ export class ChatClient extends EventTarget {
             console.info(`chat: an invitation to ${room || "no room"} from ${inviter}, not to this domain's rooms`);
             return false;
         }
-        this._roomsChanged(); // it may come with a membership
-        this.emit("room-invitation", {
-            room, inviter, reason: x.getAttribute("reason") || "",
-            direct: true, delayed: Boolean(child(stanza, "delay", NS.delay)),
-        });
+        this._invited(room, inviter, x.getAttribute("reason") || "");
         return true;
+    }
+
+    /** An invitation to *room*: told as room-invitation, and the list asked again (it may come with a membership). */
+    _invited(room, inviter, reason) {
+        this._roomsChanged();
+        this.emit("room-invitation", { room, inviter, reason });
     }
 
     /** The list of rooms now (an invitation accepted); resolves once it is told. */
@@ -967,15 +969,10 @@ export class ChatClient extends EventTarget {
         const body = child(m, "body");
         if (type !== "groupchat") {
             // an invitation (§7.8.2): a room this user may enter now, so the list again
-            const x = child(m, "x", NS.mucUser);
-            const invite = child(x, "invite");
+            const invite = child(child(m, "x", NS.mucUser), "invite");
             if (invite && room.includes("@")) {
-                this._roomsChanged();
                 const inviter = invite.getAttribute("from");
-                this.emit("room-invitation", {
-                    room, inviter: inviter ? bare(inviter) : null, reason: text(child(invite, "reason")) || "",
-                    direct: false, delayed: Boolean(child(m, "delay", NS.delay)),
-                });
+                this._invited(room, inviter ? bare(inviter) : null, text(child(invite, "reason")) || "");
             }
             return;
         }
